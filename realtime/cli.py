@@ -1,0 +1,81 @@
+"""The ``realtime`` command: one entry point, one subcommand per process the product runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realtime", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mongo = sub.add_parser(
+        "mongo",
+        help="run the MongoDB stand-in (an in-memory replica-set primary for development and tests)",
+        description="Run the MongoDB stand-in: an in-memory replica-set primary with change streams that "
+        "PyMongo, the Node.js driver and mongosh talk to. Prints its URI, then serves until "
+        "interrupted. Data lives in memory only.",
+    )
+    mongo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    mongo.add_argument("--port", type=int, default=27017, help="port to listen on, 0 for any free one "
+                       "(default: 27017)")
+    mongo.add_argument("--oplog-max-entries", type=_positive_int, default=1_000_000,
+                       help="oldest oplog entries are dropped past this many (default: 1000000)")
+    mongo.add_argument("--oplog-max-bytes", type=_positive_int, default=1 << 30,
+                       help="oldest oplog entries are dropped past this many bytes (default: 1 GiB)")
+    mongo.add_argument("--noop-interval", type=_positive_float, default=10.0,
+                       help="seconds of quiet after which a no-op is written to the oplog, so idle change "
+                       "streams' resume tokens advance (default: 10, as a replica set)")
+    return parser
+
+
+async def _run_mongo(args: argparse.Namespace) -> int:
+    from realtime.standin.server import Server
+
+    server = Server(args.host, args.port, oplog_max_entries=args.oplog_max_entries,
+                    oplog_max_bytes=args.oplog_max_bytes, noop_interval=args.noop_interval)
+    try:
+        address = await server.start()
+    except OSError as exc:
+        print(f"realtime mongo: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"MongoDB stand-in listening: mongodb://{address}/?replicaSet=rs0", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "mongo":
+        return asyncio.run(_run_mongo(args))
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Change-stream cursors: where a stream starts, what it sees at each level, and how events render.
+
+A cursor scans the oplog by sequence number. What it shows depends on its level (a collection, a
+database, or the whole cluster), its options (``fullDocument``, ``fullDocumentBeforeChange``) and the
+stages after ``$changeStream``. Each batch ends with a ``postBatchResumeToken``: the last event's token
+when the batch filled up, otherwise a high-water mark just past the newest oplog entry scanned, so the
+token advances even when nothing matches.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import mongomock.aggregate
+import mongomock.filtering
+from bson import Timestamp
+
+from realtime.standin import tokens
+from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
+from realtime.standin.oplog import Entry, Oplog
+from realtime.standin.store import SYSTEM_DBS, Store
+
+COLLECTION, DATABASE, CLUSTER = "collection", "database", "cluster"
+
+FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
+FULL_DOCUMENT_BEFORE_CHANGE = ("off", "whenAvailable", "required")
+STAGE_OPTIONS = frozenset({
+    "fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter", "startAtOperationTime",
+    "showExpandedEvents", "allChangesForCluster", "allowToRunOnConfigDB", "allowToRunOnSystemNS",
+})
+ALLOWED_STAGES = frozenset({
+    "$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith", "$redact",
+})
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+_ID_MODIFIED = (
+    "Encountered an event whose _id field, which contains the resume token, was modified by the "
+    "pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that "
+    "point. Only transformations that retain the unmodified _id field are allowed."
+)
+
+
+@dataclass
+class ChangeStreamCursor:
+    id: int
+    level: str
+    db: str
+    coll: str | None
+    ns: str
+    full_document: str
+    before_change: str
+    pipeline: list[dict[str, Any]]
+    pos: int
+    expect: str | None = None  # a resume token not yet seen in the oplog; the next later entry fails
+    floor: str | None = None  # the client's own resume token: no PBRT sorts before it
+    closed: bool = False
+
+
+def open_cursor(cursor_id: int, cmd: dict[str, Any], oplog: Oplog) -> ChangeStreamCursor:
+    """Validate an ``aggregate`` whose first stage is ``$changeStream`` and place its cursor."""
+    db = cmd["$db"]
+    pipeline = cmd.get("pipeline")
+    if not isinstance(pipeline, list) or not pipeline or not isinstance(pipeline[0], dict):
+        raise bad_value("pipeline must be a non-empty array of stages")
+    spec = pipeline[0]["$changeStream"]
+    if not isinstance(spec, dict):
+        raise CommandError(50808, "$changeStream stage expects a document as argument")
+    for key in spec:
+        if key not in STAGE_OPTIONS:
+            raise CommandError(40415, f"BSON field '$changeStream.{key}' is an unknown field.")
+    for stage in pipeline[1:]:
+        name = next(iter(stage), None) if isinstance(stage, dict) else None
+        if name == "$changeStream":
+            raise CommandError(40602, "$changeStream is only valid as the first stage in a pipeline")
+        if name not in ALLOWED_STAGES:
+            raise CommandError(20, f"Stage {name} is not permitted in a $changeStream pipeline")
+    if spec.get("showExpandedEvents"):
+        raise unsupported("$changeStream.showExpandedEvents")
+
+    target = cmd["aggregate"]
+    if spec.get("allChangesForCluster"):
+        if db != "admin" or target != 1:
+            raise CommandError(
+                73, "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' "
+                    "database, and with no collection name")
+        level, coll, ns = CLUSTER, None, "admin.$cmd.aggregate"
+    elif target == 1:
+        if db in SYSTEM_DBS:
+            raise CommandError(73, f"$changeStream may not be opened on the internal {db} database")
+        level, coll, ns = DATABASE, None, f"{db}.$cmd.aggregate"
+    else:
+        if db in SYSTEM_DBS or str(target).startswith("system."):
+            raise CommandError(73, f"cannot open $changeStream for internal {db}.{target} collection")
+        level, coll, ns = COLLECTION, str(target), f"{db}.{target}"
+
+    full_document = spec.get("fullDocument", "default")
+    if full_document not in FULL_DOCUMENT:
+        raise bad_value(f"'{full_document}' is not a valid value for $changeStream.fullDocument")
+    before_change = spec.get("fullDocumentBeforeChange", "off")
+    if before_change not in FULL_DOCUMENT_BEFORE_CHANGE:
+        raise bad_value(f"'{before_change}' is not a valid value for $changeStream.fullDocumentBeforeChange")
+
+    cursor = ChangeStreamCursor(cursor_id, level, db, coll, ns, full_document, before_change,
+                                list(pipeline[1:]), pos=oplog.next_seq)
+    _place(cursor, spec, oplog)
+    return cursor
+
+
+def _place(cursor: ChangeStreamCursor, spec: dict[str, Any], oplog: Oplog) -> None:
+    resume_after = spec.get("resumeAfter")
+    start_after = spec.get("startAfter")
+    start_at = spec.get("startAtOperationTime")
+    given = [o for o in (resume_after, start_after, start_at) if o is not None]
+    if len(given) > 1:
+        raise CommandError(
+            40674, "Only one type of resume option is allowed, but multiple were found.")
+    if not given:
+        return
+    if start_at is not None:
+        if not isinstance(start_at, Timestamp):
+            raise CommandError(14, "$changeStream.startAtOperationTime must be a Timestamp")
+        if start_at < oplog.oldest_ts:
+            raise history_lost()
+        cursor.pos = oplog.first_seq_at_or_after(start_at)
+        return
+    token: Any = resume_after if resume_after is not None else start_after
+    try:
+        key = tokens.decode(token)
+    except tokens.BadToken as exc:
+        raise bad_value(str(exc)) from None
+    data = token["_data"]
+    if key.from_invalidate and resume_after is not None:
+        raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is not allowed "
+                                "from an invalidate notification.")
+    if key.cluster_time < oplog.oldest_ts:
+        raise history_lost()
+    cursor.floor = data
+    if key.kind == tokens.HIGH_WATER_MARK or key.from_invalidate:
+        cursor.pos = oplog.first_seq_after(data)
+        return
+    entry = oplog.find(data)
+    if entry is not None:
+        cursor.pos = entry.seq + 1
+        return
+    if oplog.first_seq_after(data) < oplog.next_seq:
+        raise token_not_found(data)
+    cursor.pos, cursor.expect = oplog.next_seq, data
+
+
+def token_not_found(data: str) -> CommandError:
+    return CommandError(280, f"cannot resume stream; the resume token was not found. {{_data: \"{data}\"}}",
+                        ["NonResumableChangeStreamError"])
+
+
+def _ns_of(entry: Entry) -> tuple[str, str | None]:
+    assert entry.event is not None
+    ns = entry.event["ns"]
+    return ns["db"], ns.get("coll")
+
+
+def _sees(cursor: ChangeStreamCursor, entry: Entry) -> bool:
+    assert entry.event is not None
+    db, coll = _ns_of(entry)
+    if cursor.level == CLUSTER:
+        return db not in SYSTEM_DBS and not (coll or "").startswith("system.")
+    if db != cursor.db:
+        return False
+    if cursor.level == DATABASE:
+        return not (coll or "").startswith("system.")
+    if coll == cursor.coll:
+        return True
+    to = entry.event.get("to")
+    return entry.op == "rename" and to is not None and to == {"db": cursor.db, "coll": cursor.coll}
+
+
+def _invalidates(cursor: ChangeStreamCursor, entry: Entry) -> bool:
+    if cursor.level == COLLECTION:
+        return entry.op in ("drop", "rename")
+    if cursor.level == DATABASE:
+        return entry.op == "dropDatabase"
+    return False
+
+
+def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, Any]:
+    """The event document this cursor shows for an entry, before the user's pipeline stages."""
+    assert entry.event is not None
+    event = copy.deepcopy(entry.event)
+    op = event["operationType"]
+    out: dict[str, Any] = {"_id": dict(entry.token), "operationType": op, "clusterTime": entry.ts,
+                           "wallTime": event.pop("wallTime")}
+    event.pop("operationType")
+    if op == "update":
+        mode = cursor.full_document
+        if mode == "updateLookup":
+            db, coll = _ns_of(entry)
+            current = store._raw(db, coll, event["documentKey"]["_id"]) if coll and store.exists(db, coll) \
+                else None
+            out["fullDocument"] = copy.deepcopy(current)
+        elif mode in ("whenAvailable", "required"):
+            if entry.post is None and mode == "required":
+                raise CommandError(47, "Change stream was configured to require a post-image for all update "
+                                       f"events, but the post-image was not found for event: {entry.data}")
+            out["fullDocument"] = copy.deepcopy(entry.post)
+    out.update(event)
+    if op in ("update", "replace", "delete") and cursor.before_change != "off":
+        if entry.pre is None and cursor.before_change == "required":
+            raise CommandError(47, "Change stream was configured to require a pre-image for all update, delete "
+                                   f"and replace events, but the pre-image was not found for event: {entry.data}")
+        out["fullDocumentBeforeChange"] = copy.deepcopy(entry.pre)
+    return out
+
+
+def invalidate_event(entry: Entry, wall_time: Any) -> dict[str, Any]:
+    key = tokens.decode(entry.token)
+    token = tokens.make_token(entry.ts, tokens.EVENT, key.txn_op_index, ["invalidate", entry.data],
+                              from_invalidate=True)
+    return {"_id": token, "operationType": "invalidate", "clusterTime": entry.ts, "wallTime": wall_time}
+
+
+def apply_pipeline(cursor: ChangeStreamCursor, doc: dict[str, Any]) -> dict[str, Any] | None:
+    if not cursor.pipeline:
+        return doc
+    token = doc["_id"]
+    result: dict[str, Any] | None = doc
+    try:
+        for stage in cursor.pipeline:
+            name, arg = next(iter(stage.items()))
+            if name == "$match":
+                if not mongomock.filtering.filter_applies(arg, result):
+                    return None
+            else:
+                out = mongomock.aggregate.process_pipeline([result], None, [stage], None)
+                result = next(iter(out), None)
+                if result is None:
+                    return None
+    except NotImplementedError as exc:
+        raise unsupported(f"this $changeStream pipeline ({str(exc).splitlines()[0]})") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise bad_value(f"invalid $changeStream pipeline: {exc}") from None
+    if result is None or result.get("_id") != token:
+        raise CommandError(280, _ID_MODIFIED, ["NonResumableChangeStreamError"])
+    return result
+
+
+def scan(cursor: ChangeStreamCursor, oplog: Oplog, store: Store, batch_size: int | None
+         ) -> tuple[list[dict[str, Any]], bool]:
+    """Read what the oplog holds past the cursor. Returns the events and whether the batch filled up."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    while cursor.pos < oplog.next_seq:
+        if (batch_size is not None and len(batch) >= batch_size) or size >= MAX_BATCH_BYTES:
+            return batch, True
+        if cursor.pos < oplog.first_seq:
+            cursor.closed = True
+            raise history_lost()
+        entry = oplog.get(cursor.pos)
+        assert entry is not None
+        if cursor.expect is not None:
+            if entry.data == cursor.expect:
+                cursor.expect = None
+                cursor.pos += 1
+                continue
+            if entry.data > cursor.expect:
+                cursor.closed = True
+                raise token_not_found(cursor.expect)
+        cursor.pos += 1
+        if entry.event is None or not _sees(cursor, entry):
+            continue
+        docs = [render(cursor, entry, store)]
+        invalidated = _invalidates(cursor, entry)
+        if invalidated:
+            docs.append(invalidate_event(entry, docs[0]["wallTime"]))
+        for doc in docs:
+            shown = apply_pipeline(cursor, doc)
+            if shown is not None:
+                batch.append(shown)
+                size += len(str(shown))  # a cheap proxy; batches stay far below the 16 MiB reply limit
+        if invalidated:
+            cursor.closed = True
+            cursor.floor = docs[-1]["_id"]["_data"]
+            return batch, False
+    return batch, False
+
+
+def post_batch_resume_token(cursor: ChangeStreamCursor, oplog: Oplog, batch: list[dict[str, Any]],
+                            filled: bool) -> dict[str, str]:
+    if cursor.closed and cursor.floor is not None:
+        return {"_data": cursor.floor}
+    if filled and batch:
+        return dict(batch[-1]["_id"])
+    latest = oplog.latest_ts
+    hwm = tokens.high_water_mark(Timestamp(latest.time, latest.inc + 1))
+    if cursor.floor is not None and cursor.floor > hwm["_data"]:
+        return {"_data": cursor.floor}
+    return hwm

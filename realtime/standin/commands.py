@@ -1,0 +1,779 @@
+"""Command dispatch: one ``async`` method per MongoDB command the stand-in serves.
+
+Each handler takes the command document and returns the reply document (without ``ok``,
+``operationTime`` and ``$clusterTime``, which :meth:`Engine.run` adds). Failures raise
+:class:`CommandError`; the connection never sees a Python exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import hashlib
+import itertools
+import logging
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import Binary, Int64, ObjectId, Timestamp
+
+from realtime.standin import changestream
+from realtime.standin.changestream import ChangeStreamCursor
+from realtime.standin.errors import (
+    RESUMABLE_CHANGE_STREAM_CODES,
+    CommandError,
+    bad_value,
+    unsupported,
+)
+from realtime.standin.faults import FailPoints
+from realtime.standin.oplog import Oplog
+from realtime.standin.store import Locked, Store, Transaction, WriteResult, check_namespace
+
+log = logging.getLogger("realtime.standin")
+
+SERVER_VERSION = "7.0.14"
+MAX_WIRE_VERSION = 21  # MongoDB 7.0
+MAX_BSON_SIZE = 16 * 1024 * 1024
+DEFAULT_BATCH = 101
+TRANSACTION_LIFETIME = 60.0  # transactionLifetimeLimitSeconds
+_NO_USER_UID = Binary(hashlib.sha256(b"").digest(), 0)
+
+
+class HangUp(Exception):
+    """Close the connection without answering."""
+
+
+@dataclass
+class ListCursor:
+    id: int
+    ns: str
+    docs: list[dict[str, Any]]
+    pos: int = 0
+
+
+@dataclass
+class Session:
+    lsid: dict[str, Any]
+    txn: Transaction | None = None
+    txn_started: float = 0.0
+    retried: dict[int, dict[str, Any]] = field(default_factory=dict)  # txnNumber -> reply
+
+
+def _coll_arg(cmd: dict[str, Any], name: str) -> str:
+    value = cmd.get(name)
+    if not isinstance(value, str) or not value:
+        raise CommandError(73, f"collection name has invalid type {type(value).__name__}")
+    check_namespace(cmd["$db"], value)
+    return value
+
+
+def _session_key(lsid: Any) -> bytes:
+    if not isinstance(lsid, dict) or not isinstance(lsid.get("id"), (bytes, Binary)):
+        raise bad_value("lsid must be an object with an id field holding a UUID")
+    return bytes(lsid["id"])
+
+
+class Engine:
+    def __init__(self, oplog: Oplog, store: Store, host: str) -> None:
+        self.oplog = oplog
+        self.store = store
+        self.host = host
+        self.cursors: dict[int, ListCursor | ChangeStreamCursor] = {}
+        self.sessions: dict[bytes, Session] = {}
+        self.locks: dict[tuple[str, str, Any], Transaction] = {}
+        self.failpoints = FailPoints()
+        self.paused_until = 0.0
+        self.started = time.time()
+        self._cursor_ids = itertools.count(1_000_000_001)
+        self.hang_up_all: Callable[[], None] = lambda: None
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "hello": self.hello, "isMaster": self.is_master, "ismaster": self.is_master,
+            "ping": self.ping, "buildInfo": self.build_info, "buildinfo": self.build_info,
+            "endSessions": self.end_sessions, "killCursors": self.kill_cursors, "getMore": self.get_more,
+            "insert": self.insert, "update": self.update, "delete": self.delete,
+            "findAndModify": self.find_and_modify, "findandmodify": self.find_and_modify,
+            "find": self.find, "count": self.count, "distinct": self.distinct, "aggregate": self.aggregate,
+            "create": self.create, "drop": self.drop, "dropDatabase": self.drop_database,
+            "collMod": self.coll_mod, "renameCollection": self.rename_collection,
+            "listCollections": self.list_collections, "listDatabases": self.list_databases,
+            "createIndexes": self.create_indexes, "listIndexes": self.list_indexes,
+            "dropIndexes": self.drop_indexes, "commitTransaction": self.commit_transaction,
+            "abortTransaction": self.abort_transaction, "configureFailPoint": self.configure_fail_point,
+            "getParameter": self.get_parameter, "connectionStatus": self.connection_status,
+            "getCmdLineOpts": self.get_cmd_line_opts, "getLog": self.get_log, "hostInfo": self.host_info,
+            "whatsmyuri": self.whats_my_uri, "serverStatus": self.server_status,
+            "getFreeMonitoringStatus": self.free_monitoring, "dbStats": self.db_stats,
+            "realtimeStandIn": self.control,
+        }
+
+    # -- the entry point ----------------------------------------------------------------------------
+    async def run(self, cmd: dict[str, Any], app_name: str | None = None) -> dict[str, Any]:
+        """Run one command; returns the full reply, or raises :class:`HangUp`."""
+        name = next(iter(cmd), "")
+        try:
+            if self.paused_until > time.monotonic() and name != "realtimeStandIn":
+                await asyncio.sleep(self.paused_until - time.monotonic())
+            action = self.failpoints.check(name, app_name)
+            if action is not None:
+                if action.block_ms:
+                    await asyncio.sleep(action.block_ms / 1000)
+                if action.close_connection:
+                    raise HangUp()
+                if action.error is not None:
+                    if not action.labels_given:
+                        action.error.labels = self._default_labels(name, cmd, action.error.code)
+                    raise action.error
+            handler = self.handlers.get(name)
+            if handler is None:
+                raise CommandError(59, f"no such command: '{name}'")
+            reply = await handler(cmd)
+            reply.setdefault("ok", 1.0)
+        except CommandError as exc:
+            reply = exc.reply()
+        except HangUp:
+            raise
+        except Exception:
+            log.exception("command %r failed inside the stand-in", name)
+            reply = CommandError(1, f"internal error in the stand-in while running {name!r}").reply()
+        now = self.oplog.latest_ts
+        reply["operationTime"] = now
+        reply["$clusterTime"] = {"clusterTime": now,
+                                 "signature": {"hash": Binary(b"\0" * 20), "keyId": Int64(0)}}
+        return reply
+
+    def _default_labels(self, name: str, cmd: dict[str, Any], code: int) -> list[str]:
+        on_change_stream = (
+            name == "getMore" and isinstance(self.cursors.get(int(cmd.get("getMore", 0))), ChangeStreamCursor)
+        ) or (name == "aggregate" and _is_change_stream(cmd))
+        if on_change_stream and code in RESUMABLE_CHANGE_STREAM_CODES:
+            return ["ResumableChangeStreamError"]
+        return []
+
+    # -- handshake and server info -----------------------------------------------------------------
+    def _hello_fields(self) -> dict[str, Any]:
+        latest = self.oplog.latest_ts
+        wall = dt.datetime.fromtimestamp(latest.time, dt.UTC)
+        return {
+            "topologyVersion": None, "helloOk": True, "setName": "rs0", "setVersion": 1,
+            "hosts": [self.host], "primary": self.host, "me": self.host, "secondary": False,
+            "electionId": ObjectId("7fffffff0000000000000001"),
+            "lastWrite": {"opTime": {"ts": latest, "t": Int64(1)}, "lastWriteDate": wall,
+                          "majorityOpTime": {"ts": latest, "t": Int64(1)}, "majorityWriteDate": wall},
+            "maxBsonObjectSize": MAX_BSON_SIZE, "maxMessageSizeBytes": 48_000_000,
+            "maxWriteBatchSize": 100_000, "localTime": dt.datetime.now(dt.UTC),
+            "logicalSessionTimeoutMinutes": 30, "connectionId": 1, "minWireVersion": 0,
+            "maxWireVersion": MAX_WIRE_VERSION, "readOnly": False,
+        }
+
+    async def hello(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        fields = self._hello_fields()
+        fields.pop("topologyVersion")
+        return {"isWritablePrimary": True, **fields}
+
+    async def is_master(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        fields = self._hello_fields()
+        fields.pop("topologyVersion")
+        return {"ismaster": True, **fields}
+
+    async def ping(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def build_info(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        major, minor, patch = (int(x) for x in SERVER_VERSION.split("."))
+        return {"version": SERVER_VERSION, "gitVersion": "realtime-standin", "versionArray": [major, minor, patch, 0],
+                "modules": [], "allocator": "system", "javascriptEngine": "none", "sysInfo": "deprecated",
+                "bits": 64, "debug": False, "maxBsonObjectSize": MAX_BSON_SIZE, "storageEngines": ["memory"],
+                "openssl": {"running": "disabled", "compiled": "disabled"},
+                "buildEnvironment": {"target_os": platform.system().lower(), "target_arch": platform.machine()}}
+
+    async def get_parameter(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd.get("featureCompatibilityVersion"):
+            return {"featureCompatibilityVersion": {"version": SERVER_VERSION.rsplit(".", 1)[0]}}
+        raise CommandError(72, "no option found to get")
+
+    async def connection_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}}
+
+    async def get_cmd_line_opts(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"argv": ["realtime", "mongo"], "parsed": {"replication": {"replSet": "rs0"}}}
+
+    async def get_log(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd.get("getLog") == "*":
+            return {"names": ["startupWarnings"]}
+        return {"totalLinesWritten": 0, "log": []}
+
+    async def host_info(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"system": {"hostname": self.host, "cpuArch": platform.machine()},
+                "os": {"type": platform.system(), "name": platform.platform()}, "extra": {}}
+
+    async def whats_my_uri(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"you": self.host}
+
+    async def free_monitoring(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"state": "disabled"}
+
+    async def server_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"host": self.host, "version": SERVER_VERSION, "process": "mongod",
+                "uptime": time.time() - self.started, "localTime": dt.datetime.now(dt.UTC),
+                "oplog": {"entries": len(self.oplog), "bytes": self.oplog.size_bytes}}
+
+    async def db_stats(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db = cmd["$db"]
+        names = self.store.collection_names(db)
+        objects = sum(sum(1 for _ in self.store.documents(db, n)) for n in names)
+        return {"db": db, "collections": len(names), "objects": objects, "views": 0}
+
+    # -- sessions and transactions -------------------------------------------------------------------
+    def _session(self, cmd: dict[str, Any]) -> Session | None:
+        lsid = cmd.get("lsid")
+        if lsid is None:
+            return None
+        key = _session_key(lsid)
+        session = self.sessions.get(key)
+        if session is None:
+            session = Session({"id": Binary(key, 4), "uid": _NO_USER_UID})
+            self.sessions[key] = session
+        return session
+
+    def _transaction(self, cmd: dict[str, Any]) -> Transaction | None:
+        """The open transaction this command belongs to (starting it if asked), or None."""
+        if cmd.get("autocommit") is not False:
+            if cmd.get("startTransaction"):
+                raise CommandError(72, "Specifying startTransaction=true requires autocommit=false")
+            return None
+        session = self._session(cmd)
+        if session is None or "txnNumber" not in cmd:
+            raise CommandError(72, "'autocommit' may only be given with an lsid and a txnNumber")
+        number = int(cmd["txnNumber"])
+        if cmd.get("startTransaction"):
+            if session.txn is not None and session.txn.number > number:
+                raise CommandError(225, f"Cannot start transaction {number} on session because a newer "
+                                        f"transaction {session.txn.number} has already started",
+                                   code_name="TransactionTooOld")
+            if session.txn is not None and session.txn.state == "open":
+                self.store.abort(session.txn, self.locks)
+            session.txn = Transaction(session.lsid, number)
+            session.txn_started = time.monotonic()
+            return session.txn
+        txn = session.txn
+        if txn is None or txn.number != number or txn.state != "open":
+            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.",
+                               ["TransientTransactionError"])
+        return txn
+
+    async def commit_transaction(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        session = self._session(cmd)
+        number = int(cmd.get("txnNumber", -1))
+        txn = session.txn if session else None
+        if txn is not None and txn.number == number and txn.state == "committed":
+            return {}  # a retried commit
+        if txn is None or txn.number != number or txn.state != "open":
+            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.",
+                               ["TransientTransactionError"])
+        self.store.commit(txn, self.locks)
+        return {}
+
+    async def abort_transaction(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        session = self._session(cmd)
+        number = int(cmd.get("txnNumber", -1))
+        txn = session.txn if session else None
+        if txn is not None and txn.number == number and txn.state == "committed":
+            raise CommandError(256, "Transaction has been committed.")
+        if txn is None or txn.number != number or txn.state != "open":
+            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.",
+                               ["TransientTransactionError"])
+        self.store.abort(txn, self.locks)
+        return {}
+
+    async def end_sessions(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        for lsid in cmd.get("endSessions") or []:
+            session = self.sessions.pop(_session_key(lsid), None)
+            if session is not None and session.txn is not None:
+                self.store.abort(session.txn, self.locks)
+        return {}
+
+    def reap_transactions(self) -> None:
+        """Abort transactions open longer than the lifetime limit, as the server does."""
+        now = time.monotonic()
+        for session in self.sessions.values():
+            txn = session.txn
+            if txn is not None and txn.state == "open" and now - session.txn_started > TRANSACTION_LIFETIME:
+                log.warning("aborting transaction %s: open longer than %ss", txn.number, TRANSACTION_LIFETIME)
+                self.store.abort(txn, self.locks)
+
+    # -- writes -----------------------------------------------------------------------------------------
+    async def _write_command(self, cmd: dict[str, Any], items_key: str,
+                             one: Callable[[Any, Transaction | None], WriteResult | None]
+                             ) -> dict[str, Any]:
+        """Run the statements of insert/update/delete, with ordered semantics and retryable writes."""
+        session = self._session(cmd)
+        retry_number = None
+        if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
+            retry_number = int(cmd["txnNumber"])
+            if retry_number in session.retried:
+                return copy.deepcopy(session.retried[retry_number])
+        txn = self._transaction(cmd)
+        items = cmd.get(items_key)
+        if not isinstance(items, list):
+            raise CommandError(14, f"BSON field '{items_key}' is missing or is not an array")
+        ordered = cmd.get("ordered", True) is not False
+        reply: dict[str, Any] = {"n": 0}
+        errors: list[dict[str, Any]] = []
+        upserted: list[dict[str, Any]] = []
+        modified = 0
+        for index, item in enumerate(items):
+
+            def statement(item: Any = item) -> WriteResult | None:
+                return one(item, txn)
+
+            try:
+                result = await self._with_locks(statement)
+            except CommandError as exc:
+                if txn is not None:
+                    self.store.abort(txn, self.locks)
+                    if exc.code == 112:
+                        raise
+                error = {"index": index, "code": exc.code, "errmsg": exc.message, **exc.extra}
+                errors.append(error)
+                if ordered:
+                    break
+                continue
+            if result is None:
+                reply["n"] += 1
+                continue
+            if result.upserted is not None:
+                upserted.append({"index": index, "_id": result.upserted})
+                reply["n"] += 1
+            else:
+                reply["n"] += result.n
+            modified += result.modified
+        if items_key == "updates":
+            reply["nModified"] = modified
+            if upserted:
+                reply["upserted"] = upserted
+        if errors:
+            reply["writeErrors"] = errors
+        if retry_number is not None and session is not None:
+            session.retried = {retry_number: copy.deepcopy(reply)}
+        return reply
+
+    async def _with_locks(self, fn: Callable[[], WriteResult | None]) -> WriteResult | None:
+        while True:
+            try:
+                return fn()
+            except Locked as locked:
+                await locked.txn.ended.wait()
+
+    async def insert(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "insert")
+
+        def one(doc: Any, txn: Transaction | None) -> None:
+            self.store.insert(db, coll, doc, txn, self.locks)
+
+        return await self._write_command(cmd, "documents", one)
+
+    async def update(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "update")
+
+        def one(stmt: Any, txn: Transaction | None) -> WriteResult:
+            if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
+                raise CommandError(40414, "BSON field 'update.updates.q' and 'u' are required")
+            _reject_unsupported(stmt, ("hint", "collation", "c", "let", "sort"), "update")
+            return self.store.update(db, coll, stmt["q"], stmt["u"], upsert=bool(stmt.get("upsert")),
+                                     multi=bool(stmt.get("multi")), array_filters=stmt.get("arrayFilters"),
+                                     txn=txn, locks=self.locks)
+
+        return await self._write_command(cmd, "updates", one)
+
+    async def delete(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "delete")
+
+        def one(stmt: Any, txn: Transaction | None) -> WriteResult:
+            if not isinstance(stmt, dict) or "q" not in stmt or "limit" not in stmt:
+                raise CommandError(40414, "BSON field 'delete.deletes.q' and 'limit' are required")
+            _reject_unsupported(stmt, ("hint", "collation"), "delete")
+            limit = int(stmt["limit"])
+            if limit not in (0, 1):
+                raise CommandError(9, "The limit field in delete objects must be 0 or 1.")
+            return self.store.delete(db, coll, stmt["q"], limit=limit, txn=txn, locks=self.locks)
+
+        return await self._write_command(cmd, "deletes", one)
+
+    async def find_and_modify(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db = cmd["$db"]
+        coll = _coll_arg(cmd, "findAndModify" if "findAndModify" in cmd else "findandmodify")
+        _reject_unsupported(cmd, ("hint", "collation", "let"), "findAndModify")
+        session = self._session(cmd)
+        retry_number = None
+        if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
+            retry_number = int(cmd["txnNumber"])
+            if retry_number in session.retried:
+                return copy.deepcopy(session.retried[retry_number])
+        txn = self._transaction(cmd)
+        query = cmd.get("query") or {}
+        remove = bool(cmd.get("remove"))
+        if remove == ("update" in cmd):
+            raise CommandError(9, "Either an update or remove=true must be specified")
+        if remove and cmd.get("upsert"):
+            raise CommandError(9, "Cannot specify both an upsert and remove=true")
+
+        def one() -> WriteResult:
+            if remove:
+                return self.store.delete(db, coll, query, limit=1, txn=txn, locks=self.locks, sort=cmd.get("sort"))
+            return self.store.update(db, coll, query, cmd["update"], upsert=bool(cmd.get("upsert")), multi=False,
+                                     array_filters=cmd.get("arrayFilters"), txn=txn, locks=self.locks,
+                                     sort=cmd.get("sort"))
+
+        try:
+            result = await self._with_locks(one)
+        except CommandError:
+            if txn is not None:
+                self.store.abort(txn, self.locks)
+            raise
+        assert result is not None
+        value = result.after if cmd.get("new") and not remove else result.before
+        if result.upserted is not None and not cmd.get("new"):
+            value = None
+        if value is not None and cmd.get("fields"):
+            value = self._project(value, cmd["fields"])
+        last: dict[str, Any] = {"n": 1 if result.n or result.upserted is not None else 0}
+        if not remove:
+            last["updatedExisting"] = bool(result.n)
+            if result.upserted is not None:
+                last["upserted"] = result.upserted
+        reply = {"lastErrorObject": last, "value": value}
+        if retry_number is not None and session is not None:
+            session.retried = {retry_number: copy.deepcopy(reply)}
+        return reply
+
+    def _project(self, doc: dict[str, Any], projection: dict[str, Any]) -> dict[str, Any]:
+        import mongomock
+
+        scratch: Any = mongomock.MongoClient()["p"]["p"]
+        scratch.insert_one(copy.deepcopy(doc))
+        found = scratch.find_one({}, projection)
+        return dict(found) if found is not None else {}
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def _new_cursor(self, ns: str, docs: list[dict[str, Any]], first: int | None,
+                    single_batch: bool = False) -> dict[str, Any]:
+        batch_size = DEFAULT_BATCH if first is None else first
+        batch, rest = docs[:batch_size], docs[batch_size:]
+        cursor_id = 0
+        if rest and not single_batch:
+            cursor_id = next(self._cursor_ids)
+            self.cursors[cursor_id] = ListCursor(cursor_id, ns, rest)
+        return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}}
+
+    def _mcoll(self, db: str, coll: str) -> Any:
+        return self.store._mcoll(db, coll)
+
+    async def find(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "find")
+        _reject_unsupported(cmd, ("hint", "collation", "min", "max", "let", "tailable", "awaitData"), "find")
+        filter_ = cmd.get("filter") or {}
+        docs: list[dict[str, Any]] = []
+        if self.store.exists(db, coll):
+            mc = self._mcoll(db, coll)
+            cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
+            if cmd.get("sort"):
+                cursor = cursor.sort([(k, int(v)) for k, v in cmd["sort"].items()])
+            if cmd.get("skip"):
+                cursor = cursor.skip(int(cmd["skip"]))
+            limit = int(cmd.get("limit") or 0)
+            if limit:
+                cursor = cursor.limit(abs(limit))
+            docs = [dict(d) for d in self.store._read(lambda: list(cursor))]
+        limit = int(cmd.get("limit") or 0)
+        single = bool(cmd.get("singleBatch")) or limit < 0
+        batch = cmd.get("batchSize")
+        return self._new_cursor(f"{db}.{coll}", docs, None if batch is None else int(batch), single)
+
+    async def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "count")
+        if not self.store.exists(db, coll):
+            return {"n": 0}
+        mc = self._mcoll(db, coll)
+        n = len(self.store._read(lambda: list(mc.find(cmd.get("query") or {}, {"_id": 1}))))
+        n = max(n - int(cmd.get("skip") or 0), 0)
+        if cmd.get("limit"):
+            n = min(n, abs(int(cmd["limit"])))
+        return {"n": n}
+
+    async def distinct(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "distinct")
+        key = cmd.get("key")
+        if not isinstance(key, str):
+            raise CommandError(14, "BSON field 'distinct.key' is missing or is not a string")
+        if not self.store.exists(db, coll):
+            return {"values": []}
+        mc = self._mcoll(db, coll)
+        return {"values": self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))}
+
+    async def aggregate(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if _is_change_stream(cmd):
+            return await self._open_change_stream(cmd)
+        db = cmd["$db"]
+        target = cmd.get("aggregate")
+        if target == 1:
+            raise unsupported("a database-level aggregate other than $changeStream")
+        coll = _coll_arg(cmd, "aggregate")
+        pipeline = cmd.get("pipeline")
+        if not isinstance(pipeline, list):
+            raise CommandError(14, "'pipeline' option must be specified as an array")
+        for stage in pipeline:
+            name = next(iter(stage), None) if isinstance(stage, dict) else None
+            if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
+                raise unsupported(f"the aggregation stage {name}")
+        docs: list[dict[str, Any]] = []
+        if self.store.exists(db, coll):
+            mc = self._mcoll(db, coll)
+            docs = [_id_first(dict(d)) for d in self.store._read(lambda: list(mc.aggregate(pipeline)))]
+        batch = (cmd.get("cursor") or {}).get("batchSize")
+        return self._new_cursor(f"{db}.{coll}", docs, None if batch is None else int(batch))
+
+    async def _open_change_stream(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd.get("autocommit") is False:
+            raise CommandError(263, "Cannot run aggregate with $changeStream in a multi-document transaction.")
+        cursor = changestream.open_cursor(next(self._cursor_ids), cmd, self.oplog)
+        batch_size = (cmd.get("cursor") or {}).get("batchSize")
+        batch, filled = changestream.scan(cursor, self.oplog, self.store,
+                                          None if batch_size is None else int(batch_size))
+        pbrt = changestream.post_batch_resume_token(cursor, self.oplog, batch, filled)
+        cursor_id = 0 if cursor.closed else cursor.id
+        if not cursor.closed:
+            self.cursors[cursor.id] = cursor
+        return {"cursor": {"firstBatch": batch, "postBatchResumeToken": pbrt, "id": Int64(cursor_id),
+                           "ns": cursor.ns}}
+
+    async def get_more(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        cursor_id = int(cmd.get("getMore", 0))
+        cursor = self.cursors.get(cursor_id)
+        if cursor is None:
+            raise CommandError(43, f"cursor id {cursor_id} not found")
+        ns = f"{cmd['$db']}.{cmd.get('collection')}"
+        if ns != cursor.ns:
+            raise CommandError(13, f"Requested getMore on namespace '{ns}', but cursor belongs to a "
+                                   f"different namespace {cursor.ns}", code_name="Unauthorized")
+        batch_size = cmd.get("batchSize")
+        if isinstance(cursor, ListCursor):
+            size = len(cursor.docs) if batch_size is None else int(batch_size)
+            batch = cursor.docs[cursor.pos:cursor.pos + size]
+            cursor.pos += len(batch)
+            done = cursor.pos >= len(cursor.docs)
+            if done:
+                del self.cursors[cursor_id]
+            return {"cursor": {"nextBatch": batch, "id": Int64(0 if done else cursor_id), "ns": cursor.ns}}
+        return await self._change_stream_more(cursor, cmd)
+
+    async def _change_stream_more(self, cursor: ChangeStreamCursor, cmd: dict[str, Any]) -> dict[str, Any]:
+        batch_size = cmd.get("batchSize")
+        max_time = float(cmd.get("maxTimeMS", 1000)) / 1000
+        deadline = asyncio.get_running_loop().time() + max_time
+        try:
+            while True:
+                batch, filled = changestream.scan(cursor, self.oplog, self.store,
+                                                  None if batch_size is None else int(batch_size))
+                remaining = deadline - asyncio.get_running_loop().time()
+                if batch or cursor.closed or remaining <= 0 or cursor.id not in self.cursors:
+                    break
+                await self.oplog.wait(remaining)
+        except CommandError:
+            self.cursors.pop(cursor.id, None)
+            raise
+        if cursor.id not in self.cursors:  # killed while waiting
+            raise CommandError(43, f"cursor id {cursor.id} not found")
+        pbrt = changestream.post_batch_resume_token(cursor, self.oplog, batch, filled)
+        if cursor.closed:
+            self.cursors.pop(cursor.id, None)
+        return {"cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt,
+                           "id": Int64(0 if cursor.closed else cursor.id), "ns": cursor.ns}}
+
+    async def kill_cursors(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        killed, missing = [], []
+        for raw in cmd.get("cursors") or []:
+            cursor_id = int(raw)
+            if self.cursors.pop(cursor_id, None) is not None:
+                killed.append(Int64(cursor_id))
+            else:
+                missing.append(Int64(cursor_id))
+        return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [], "cursorsUnknown": []}
+
+    # -- collections, databases, indexes -----------------------------------------------------------------
+    async def create(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "create")
+        options = {k: v for k, v in cmd.items() if k not in _GENERIC_FIELDS and k != "create"}
+        self.store.create(db, coll, options)
+        return {}
+
+    async def coll_mod(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "collMod")
+        options = {k: v for k, v in cmd.items() if k not in _GENERIC_FIELDS and k != "collMod"}
+        self.store.coll_mod(db, coll, options)
+        return {}
+
+    async def drop(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "drop")
+        if cmd.get("autocommit") is False:
+            raise CommandError(263, "Cannot run 'drop' in a multi-document transaction.")
+        existed = self.store.drop(db, coll)
+        return {"ns": f"{db}.{coll}", "nIndexesWas": 1} if existed else {}
+
+    async def drop_database(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db = cmd["$db"]
+        if db in ("admin", "local", "config"):
+            raise CommandError(20, f"Dropping the '{db}' database is prohibited.")
+        self.store.drop_database(db)
+        return {"dropped": db}
+
+    async def rename_collection(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd["$db"] != "admin":
+            raise CommandError(13, "renameCollection may only be run against the admin database.",
+                               code_name="Unauthorized")
+        source, target = str(cmd.get("renameCollection", "")), str(cmd.get("to", ""))
+        sdb, _, scoll = source.partition(".")
+        tdb, _, tcoll = target.partition(".")
+        if not scoll or not tcoll:
+            raise CommandError(73, f"Invalid namespace specified '{source if not scoll else target}'")
+        if sdb != tdb:
+            raise unsupported("renameCollection across databases")
+        self.store.rename(sdb, scoll, tcoll, bool(cmd.get("dropTarget")))
+        return {}
+
+    async def list_collections(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db = cmd["$db"]
+        filter_ = cmd.get("filter") or {}
+        out = []
+        for name in self.store.collection_names(db):
+            meta = self.store.info(db, name)
+            entry = {"name": name, "type": "collection", "options": copy.deepcopy(meta.options),
+                     "info": {"readOnly": False, "uuid": meta.uuid},
+                     "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
+            import mongomock.filtering
+
+            if filter_ and not mongomock.filtering.filter_applies(filter_, entry):
+                continue
+            out.append({"name": name, "type": "collection"} if cmd.get("nameOnly") else entry)
+        batch = (cmd.get("cursor") or {}).get("batchSize")
+        return self._new_cursor(f"{db}.$cmd.listCollections", out, None if batch is None else int(batch))
+
+    async def list_databases(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        names = self.store.databases()
+        if cmd.get("nameOnly"):
+            return {"databases": [{"name": n} for n in names]}
+        dbs = [{"name": n, "sizeOnDisk": Int64(4096), "empty": False} for n in names]
+        return {"databases": dbs, "totalSize": Int64(4096 * len(dbs)), "totalSizeMb": Int64(0)}
+
+    async def create_indexes(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "createIndexes")
+        specs = cmd.get("indexes")
+        if not isinstance(specs, list) or not specs:
+            raise CommandError(2, "Must specify at least one index to create")
+        created = not self.store.exists(db, coll)
+        self.store.ensure(db, coll)
+        mc = self._mcoll(db, coll)
+        before = len(mc._store.indexes) + 1
+        for spec in specs:
+            if not isinstance(spec, dict) or not isinstance(spec.get("key"), dict) or not spec.get("name"):
+                raise CommandError(9, "index specification must have a key object and a name")
+            allowed = {"key", "name", "unique", "sparse", "partialFilterExpression", "expireAfterSeconds",
+                       "background", "v"}
+            for opt in spec:
+                if opt not in allowed:
+                    raise unsupported(f"the index option '{opt}'")
+            for direction in spec["key"].values():
+                if direction not in (1, -1):
+                    raise unsupported(f"the index type {direction!r}")
+            kwargs = {k: spec[k] for k in ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
+                      if k in spec}
+            try:
+                mc.create_index([(k, int(v)) for k, v in spec["key"].items()], name=spec["name"], **kwargs)
+            except Exception as exc:
+                if getattr(exc, "code", None) == 11000:
+                    raise CommandError(11000, f"Index build failed: E11000 duplicate key error collection: "
+                                              f"{db}.{coll} index: {spec['name']}") from None
+                raise CommandError(getattr(exc, "code", None) or 2, str(exc)) from None
+        return {"numIndexesBefore": before, "numIndexesAfter": len(mc._store.indexes) + 1,
+                "createdCollectionAutomatically": created}
+
+    async def list_indexes(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "listIndexes")
+        if not self.store.exists(db, coll):
+            raise CommandError(26, f"ns does not exist: {db}.{coll}")
+        out: list[dict[str, Any]] = [{"v": 2, "key": {"_id": 1}, "name": "_id_"}]
+        for name, index in self._mcoll(db, coll)._store.indexes.items():
+            entry: dict[str, Any] = {"v": 2, "key": dict(index["key"]), "name": name}
+            for opt in ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds"):
+                if opt in index:
+                    entry[opt] = index[opt]
+            out.append(entry)
+        return self._new_cursor(f"{db}.{coll}", out, None)
+
+    async def drop_indexes(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "dropIndexes")
+        if not self.store.exists(db, coll):
+            raise CommandError(26, f"ns not found {db}.{coll}")
+        store = self._mcoll(db, coll)._store
+        which = cmd.get("index")
+        names = list(which) if isinstance(which, list) else [which]
+        if names == ["*"]:
+            names = list(store.indexes)
+        for name in names:
+            if name not in store.indexes:
+                raise CommandError(27, f"index not found with name [{name}]", code_name="IndexNotFound")
+            store.drop_index(name)
+        return {"nIndexesWas": len(store.indexes) + 1 + len(names)}
+
+    # -- test control ------------------------------------------------------------------------------------
+    async def configure_fail_point(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd["$db"] != "admin":
+            raise CommandError(13, "configureFailPoint may only be run against the admin database.",
+                               code_name="Unauthorized")
+        self.failpoints.configure(cmd)
+        return {}
+
+    async def control(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """``{realtimeStandIn: <action>, ...}``: what tests in another process use to inject faults."""
+        action = cmd.get("realtimeStandIn")
+        if action == "truncateOplog":
+            self.oplog.truncate(int(cmd.get("keepLast", 0)))
+        elif action == "pause":
+            self.paused_until = time.monotonic() + float(cmd.get("seconds", 1.0))
+        elif action == "hangUp":
+            self.hang_up_all()
+        elif action != "status":
+            raise bad_value(f"unknown realtimeStandIn action {action!r}: use truncateOplog, pause, hangUp or status")
+        return {"oplog": {"entries": len(self.oplog), "bytes": self.oplog.size_bytes,
+                          "maxEntries": self.oplog.max_entries, "maxBytes": self.oplog.max_bytes,
+                          "oldest": self.oplog.oldest_ts, "latest": self.oplog.latest_ts}}
+
+
+_GENERIC_FIELDS = frozenset({
+    "$db", "lsid", "txnNumber", "autocommit", "startTransaction", "$clusterTime", "$readPreference",
+    "writeConcern", "readConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict", "apiDeprecationErrors",
+})
+
+
+def _is_change_stream(cmd: dict[str, Any]) -> bool:
+    pipeline = cmd.get("pipeline")
+    return (isinstance(pipeline, list) and bool(pipeline) and isinstance(pipeline[0], dict)
+            and "$changeStream" in pipeline[0])
+
+
+def _reject_unsupported(cmd: dict[str, Any], keys: tuple[str, ...], command: str) -> None:
+    for key in keys:
+        if key in cmd and cmd[key] not in (None, {}, False):
+            raise unsupported(f"the {command} option '{key}'")
+
+
+def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
+    if "_id" in doc and next(iter(doc)) != "_id":
+        return {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+    return doc
+
+
+_ = Timestamp  # re-exported type used in replies

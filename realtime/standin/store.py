@@ -1,0 +1,592 @@
+"""Documents and their changes: CRUD over ``mongomock``, with every committed change sent to the oplog.
+
+``mongomock`` does query matching, projection, sorting and the update operators (all but ``$mul``,
+which is done here). This module adds what a change stream needs from a real server: it reads each
+document before and after a write, so the oplog gets exact ``updateDescription``s, pre-images and
+post-images; it turns no-op updates into no event at all, as the server does; it keeps collection
+options (``changeStreamPreAndPostImages``) and UUIDs; and it runs multi-document transactions.
+
+Transactions apply their writes at once and keep an undo log; their events reach the oplog only at
+commit, all with the commit's cluster time. A document written by an open transaction is locked: another
+transaction that writes it fails with ``WriteConflict`` (112, ``TransientTransactionError``), and a write
+outside any transaction waits for the lock (see :class:`Locked`). Reads do not wait: unlike a real
+server, a read outside the transaction can see its uncommitted writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+import mongomock
+import mongomock.collection
+import mongomock.filtering
+import mongomock.helpers
+import pymongo.errors
+from bson import Binary, Decimal128, Int64
+
+from realtime.standin.errors import CommandError, bad_value, unsupported
+from realtime.standin.oplog import Change, Oplog
+from realtime.standin.updatedesc import describe, same_document
+
+SYSTEM_DBS = ("admin", "local", "config")
+
+# -- a fast path for mongomock ---------------------------------------------------------------------
+# mongomock scans every document for every filter. Filters that name an ``_id`` by value are the most
+# common ones producers send (updates and deletes by key), so they are answered by a dictionary look-up
+# and the rest of the filter is then applied to that one document. Results are the same.
+_original_iter_documents = mongomock.collection.Collection._iter_documents
+
+
+def _is_plain_id(value: Any) -> bool:
+    return not isinstance(value, (dict, list)) and not hasattr(value, "pattern")
+
+
+def _iter_documents(self: Any, filter: Any) -> Any:
+    if isinstance(filter, dict) and _is_plain_id(filter.get("_id", {})):
+        store = self._store
+        key = filter["_id"]
+        try:
+            doc = store[key] if key in store else None  # noqa: SIM401 - not a dict
+        except TypeError:  # unhashable
+            return _original_iter_documents(self, filter)
+        if doc is None:
+            return iter(())
+        return iter([doc] if mongomock.filtering.filter_applies(filter, doc) else [])
+    return _original_iter_documents(self, filter)
+
+
+mongomock.collection.Collection._iter_documents = _iter_documents
+
+
+@dataclass
+class CollectionInfo:
+    uuid: Binary = field(default_factory=lambda: Binary(uuid.uuid4().bytes, 4))
+    pre_and_post_images: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Locked(Exception):
+    """A write outside any transaction touched a document an open transaction has written."""
+
+    def __init__(self, txn: Transaction) -> None:
+        super().__init__("document locked by an open transaction")
+        self.txn = txn
+
+
+@dataclass
+class Transaction:
+    lsid: dict[str, Any]
+    number: int
+    state: str = "open"  # open, committed, aborted
+    changes: list[Change] = field(default_factory=list)
+    undo: list[tuple[str, str, Any, dict[str, Any] | None]] = field(default_factory=list)
+    locks: set[tuple[str, str, Any]] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class WriteResult:
+    n: int = 0
+    modified: int = 0
+    upserted: Any = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+def _lock_key(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return bson.encode({"k": value})
+
+
+def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
+    if "_id" in doc and next(iter(doc)) != "_id":
+        return {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+    return doc
+
+
+def _zero_like(value: Any) -> Any:
+    if isinstance(value, Int64):
+        return Int64(0)
+    if isinstance(value, float):
+        return 0.0
+    if isinstance(value, Decimal128):
+        return Decimal128("0")
+    return 0
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Int64, Decimal128)):
+        return None
+    return value.to_decimal() if isinstance(value, Decimal128) else value
+
+
+def _apply_mul(doc: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``$mul`` into the ``$set`` it amounts to for ``doc``."""
+    out: dict[str, Any] = {}
+    for path, factor in spec.items():
+        f = _number(factor)
+        if f is None:
+            raise CommandError(14, f"Cannot multiply with non-numeric argument: {{{path}: {factor!r}}}")
+        current: Any = doc
+        for part in path.split("."):
+            current = current.get(part) if isinstance(current, dict) else None
+            if current is None:
+                break
+        if current is None:
+            out[path] = _zero_like(factor)
+            continue
+        c = _number(current)
+        if c is None:
+            raise CommandError(14, f"Cannot apply $mul to a value of non-numeric type. "
+                                   f"{{_id: {doc.get('_id')!r}}} has the field '{path}' of non-numeric type")
+        result = c * f
+        if isinstance(current, Decimal128) or isinstance(factor, Decimal128):
+            result = Decimal128(str(result))
+        elif isinstance(result, int) and (isinstance(current, Int64) or isinstance(factor, Int64)
+                                          or not -(2**31) <= result < 2**31):
+            result = Int64(result)
+        out[path] = result
+    return out
+
+
+class Store:
+    def __init__(self, oplog: Oplog) -> None:
+        self.oplog = oplog
+        self.client: Any = mongomock.MongoClient()
+        self.collections: dict[tuple[str, str], CollectionInfo] = {}
+
+    # -- namespaces -----------------------------------------------------------------------------
+    def _mcoll(self, db: str, coll: str) -> Any:
+        return self.client[db][coll]
+
+    def exists(self, db: str, coll: str) -> bool:
+        return (db, coll) in self.collections
+
+    def info(self, db: str, coll: str) -> CollectionInfo:
+        return self.collections[(db, coll)]
+
+    def ensure(self, db: str, coll: str) -> CollectionInfo:
+        """Create a collection implicitly, as a first insert or upsert does."""
+        check_namespace(db, coll)
+        meta = self.collections.get((db, coll))
+        if meta is None:
+            meta = CollectionInfo()
+            self.collections[(db, coll)] = meta
+            self._mcoll(db, coll)._store.create()
+        return meta
+
+    def databases(self) -> list[str]:
+        return sorted({db for db, _ in self.collections})
+
+    def collection_names(self, db: str) -> list[str]:
+        return sorted(c for d, c in self.collections if d == db)
+
+    def documents(self, db: str, coll: str) -> Iterator[dict[str, Any]]:
+        if not self.exists(db, coll):
+            return iter(())
+        return iter(self._mcoll(db, coll)._store.documents)
+
+    # -- change capture ---------------------------------------------------------------------------
+    def _images(self, db: str, coll: str) -> bool:
+        meta = self.collections.get((db, coll))
+        return bool(meta and meta.pre_and_post_images)
+
+    def _record(self, txn: Transaction | None, change: Change) -> None:
+        if txn is None:
+            self.oplog.append([change])
+        else:
+            txn.changes.append(change)
+
+    def _raw(self, db: str, coll: str, key: Any) -> dict[str, Any] | None:
+        store = self._mcoll(db, coll)._store
+        k = mongomock.helpers.hashdict(key) if isinstance(key, dict) else key
+        return store[k] if k in store else None  # noqa: SIM401 - not a dict
+
+    def _claim(self, txn: Transaction | None, db: str, coll: str, key: Any,
+               locks: dict[tuple[str, str, Any], Transaction]) -> None:
+        """Check a document's lock before writing it; inside a transaction, take the lock."""
+        lk = (db, coll, _lock_key(key))
+        holder = locks.get(lk)
+        if holder is not None and holder is not txn and holder.state == "open":
+            if txn is None:
+                raise Locked(holder)
+            raise CommandError(112, "Write conflict during plan execution and yielding is disabled.",
+                               ["TransientTransactionError"])
+        if txn is not None:
+            locks[lk] = txn
+            txn.locks.add(lk)
+
+    def _undo(self, txn: Transaction | None, db: str, coll: str, key: Any,
+              before: dict[str, Any] | None) -> None:
+        if txn is not None:
+            txn.undo.append((db, coll, key, copy.deepcopy(before)))
+
+    # -- writes ---------------------------------------------------------------------------------
+    def insert(self, db: str, coll: str, doc: dict[str, Any], txn: Transaction | None,
+               locks: dict[tuple[str, str, Any], Transaction]) -> None:
+        if not isinstance(doc, dict):
+            raise bad_value("document to insert must be an object")
+        doc = dict(doc)
+        if "_id" not in doc:
+            doc = {"_id": bson.ObjectId(), **doc}
+        doc = _id_first(doc)
+        _check_field_names(doc)
+        self.ensure(db, coll)
+        self._claim(txn, db, coll, doc["_id"], locks)
+        mc = self._mcoll(db, coll)
+        self._write(lambda: mc.insert_one(doc), db, coll, doc)
+        stored = self._raw(db, coll, doc["_id"])
+        assert stored is not None
+        self._undo(txn, db, coll, doc["_id"], None)
+        self._record(txn, Change("insert", db, coll, doc["_id"], {"fullDocument": copy.deepcopy(stored)},
+                                 post=None))
+
+    def update(self, db: str, coll: str, query: dict[str, Any], update: Any, *, upsert: bool, multi: bool,
+               array_filters: list[Any] | None, txn: Transaction | None,
+               locks: dict[tuple[str, str, Any], Transaction], sort: Any = None) -> WriteResult:
+        if isinstance(update, list):
+            raise unsupported("an aggregation pipeline as the update")
+        if not isinstance(update, dict):
+            raise CommandError(9, "Update argument must be either an object or an array")
+        operators = [k for k in update if k.startswith("$")]
+        replacement = not operators
+        if operators and len(operators) != len(update):
+            raise CommandError(9, f"Unknown modifier: {next(k for k in update if not k.startswith('$'))}."
+                                  " Expected a valid update modifier or pipeline-style update specified as an array")
+        if replacement and multi:
+            raise CommandError(9, "multi update is not supported for replacement-style update")
+        for op in operators:
+            if op not in _UPDATE_OPERATORS:
+                raise CommandError(9, f"Unknown modifier: {op}. Expected a valid update modifier or "
+                                      "pipeline-style update specified as an array")
+        if replacement:
+            _check_field_names(update)
+        keys = self._matching_keys(db, coll, query, multi, sort)
+        for key in keys:
+            self._claim(txn, db, coll, key, locks)
+        result = WriteResult()
+        mc = self._mcoll(db, coll) if self.exists(db, coll) else None
+        for key in keys:
+            assert mc is not None
+            before = copy.deepcopy(self._raw(db, coll, key))
+            assert before is not None
+            spec = _spec_for(key, query)
+            if replacement:
+                if "_id" in update and not same_document({"_id": update["_id"]}, {"_id": key}):
+                    raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
+                                           f"found to have been altered to _id: {update['_id']!r}")
+                new = {"_id": key, **{k: v for k, v in update.items() if k != "_id"}}
+                self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
+            else:
+                ops = self._lower(update, before)
+                self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops, array_filters=array_filters),
+                            db, coll, before)
+            after = self._raw(db, coll, key)
+            assert after is not None
+            result.n += 1
+            if result.before is None:
+                result.before, result.after = before, copy.deepcopy(after)
+            if same_document(before, after):
+                continue
+            result.modified += 1
+            self._undo(txn, db, coll, key, before)
+            images = self._images(db, coll)
+            if replacement:
+                change = Change("replace", db, coll, key, {"fullDocument": copy.deepcopy(after)},
+                                pre=before if images else None)
+            else:
+                change = Change("update", db, coll, key, {"updateDescription": describe(before, after)},
+                                pre=before if images else None, post=copy.deepcopy(after) if images else None)
+            self._record(txn, change)
+        if not keys and upsert:
+            result.upserted = self._upsert(db, coll, query, update, replacement, array_filters, txn, locks)
+            result.after = copy.deepcopy(self._raw(db, coll, result.upserted))
+        return result
+
+    def _upsert(self, db: str, coll: str, query: dict[str, Any], update: dict[str, Any], replacement: bool,
+                array_filters: list[Any] | None, txn: Transaction | None,
+                locks: dict[tuple[str, str, Any], Transaction]) -> Any:
+        self.ensure(db, coll)
+        mc = self._mcoll(db, coll)
+        if replacement:
+            doc = dict(update)
+            if "_id" not in doc:
+                qid = query.get("_id")
+                doc = {"_id": qid if qid is not None and _is_plain_id(qid) else bson.ObjectId(), **doc}
+            doc = _id_first(doc)
+            self._claim(txn, db, coll, doc["_id"], locks)
+            self._write(lambda: mc.insert_one(doc), db, coll, doc)
+            key = doc["_id"]
+        else:
+            ops = self._lower(update, {})
+            res = self._write(lambda: mc.update_one(query, ops, upsert=True, array_filters=array_filters),
+                              db, coll, query)
+            key = res.upserted_id
+            stored = self._raw(db, coll, key)
+            assert stored is not None
+            self._claim(txn, db, coll, key, locks)
+            if next(iter(stored)) != "_id":  # real MongoDB puts _id first
+                fixed = _id_first(copy.deepcopy(stored))
+                mc.replace_one({"_id": key}, fixed)
+        stored = self._raw(db, coll, key)
+        assert stored is not None
+        self._undo(txn, db, coll, key, None)
+        self._record(txn, Change("insert", db, coll, key, {"fullDocument": copy.deepcopy(stored)}))
+        return key
+
+    def delete(self, db: str, coll: str, query: dict[str, Any], *, limit: int, txn: Transaction | None,
+               locks: dict[tuple[str, str, Any], Transaction], sort: Any = None) -> WriteResult:
+        keys = self._matching_keys(db, coll, query, multi=limit == 0, sort=sort)
+        for key in keys:
+            self._claim(txn, db, coll, key, locks)
+        result = WriteResult()
+        images = self._images(db, coll)
+        for key in keys:
+            before = copy.deepcopy(self._raw(db, coll, key))
+            self._mcoll(db, coll).delete_one({"_id": key})
+            result.n += 1
+            if result.before is None:
+                result.before = before
+            self._undo(txn, db, coll, key, before)
+            self._record(txn, Change("delete", db, coll, key, {}, pre=before if images else None))
+        return result
+
+    def _lower(self, update: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite the operators mongomock lacks into ones it has."""
+        if "$mul" not in update:
+            return update
+        ops = {k: v for k, v in update.items() if k != "$mul"}
+        mul = update["$mul"]
+        if not isinstance(mul, dict):
+            raise CommandError(9, "Modifiers operate on fields but we found type "
+                                  f"{type(mul).__name__} instead")
+        sets = _apply_mul(doc, mul)
+        overlap = set(sets) & set(ops.get("$set", {}))
+        if overlap:
+            path = sorted(overlap)[0]
+            raise CommandError(40, f"Updating the path '{path}' would create a conflict at '{path}'")
+        ops["$set"] = {**ops.get("$set", {}), **sets}
+        return ops
+
+    def _matching_keys(self, db: str, coll: str, query: Any, multi: bool, sort: Any) -> list[Any]:
+        if not isinstance(query, dict):
+            raise CommandError(14, "query must be an object")
+        if not self.exists(db, coll):
+            return []
+        mc = self._mcoll(db, coll)
+        cursor = self._read(lambda: mc.find(query, {"_id": 1}))
+        if sort:
+            cursor = cursor.sort(_sort_list(sort))
+        if not multi:
+            cursor = cursor.limit(1)
+        return [d["_id"] for d in self._read(lambda: list(cursor))]
+
+    def _write(self, fn: Any, db: str, coll: str, doc: dict[str, Any]) -> Any:
+        try:
+            return fn()
+        except pymongo.errors.DuplicateKeyError:
+            raise self._duplicate_key(db, coll, doc) from None
+        except pymongo.errors.WriteError as exc:
+            raise CommandError(exc.code or 2, str(exc)) from None
+        except pymongo.errors.OperationFailure as exc:
+            raise CommandError(exc.code or 2, str(exc)) from None
+        except NotImplementedError as exc:
+            raise unsupported(str(exc).split("\n")[0] or "this update") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CommandError(2, str(exc)) from None
+
+    def _read(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except pymongo.errors.OperationFailure as exc:
+            raise CommandError(exc.code or 2, str(exc)) from None
+        except NotImplementedError as exc:
+            raise unsupported(str(exc).split("\n")[0] or "this query") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CommandError(2, str(exc)) from None
+
+    def _duplicate_key(self, db: str, coll: str, doc: dict[str, Any]) -> CommandError:
+        """Name the index and key that collide, as the server's E11000 message does."""
+        mc = self._mcoll(db, coll)
+        candidates: list[tuple[str, list[tuple[str, Any]]]] = [("_id_", [("_id", 1)])]
+        for name, index in mc._store.indexes.items():
+            if index.get("unique"):
+                candidates.append((name, list(index["key"])))
+        for name, key in candidates:
+            values = {}
+            for path, _ in key:
+                value: Any = doc
+                for part in path.split("."):
+                    value = value.get(part) if isinstance(value, dict) else None
+                values[path] = value
+            others = [d for d in mc._store.documents if _key_of(d, key) == values]
+            if len(others) >= 1 and (name != "_id_" or self._raw(db, coll, doc.get("_id")) is not None):
+                pattern = {p: d for p, d in key}
+                shown = ", ".join(f"{p}: {_show(v)}" for p, v in values.items())
+                return CommandError(
+                    11000,
+                    f"E11000 duplicate key error collection: {db}.{coll} index: {name} dup key: {{ {shown} }}",
+                    extra={"keyPattern": pattern, "keyValue": values},
+                )
+        return CommandError(11000, f"E11000 duplicate key error collection: {db}.{coll}")
+
+    # -- transactions -----------------------------------------------------------------------------
+    def commit(self, txn: Transaction, locks: dict[tuple[str, str, Any], Transaction]) -> None:
+        info = {"lsid": txn.lsid, "txnNumber": Int64(txn.number)}
+        self.oplog.append(txn.changes, txn=info)
+        self._end(txn, "committed", locks)
+
+    def abort(self, txn: Transaction, locks: dict[tuple[str, str, Any], Transaction]) -> None:
+        if txn.state != "open":
+            return
+        for db, coll, key, before in reversed(txn.undo):
+            mc = self._mcoll(db, coll)
+            if before is None:
+                mc.delete_one({"_id": key})
+            else:
+                mc.replace_one({"_id": key}, before, upsert=True)
+        self._end(txn, "aborted", locks)
+
+    def _end(self, txn: Transaction, state: str, locks: dict[tuple[str, str, Any], Transaction]) -> None:
+        txn.state = state
+        for lk in txn.locks:
+            if locks.get(lk) is txn:
+                del locks[lk]
+        txn.changes, txn.undo = [], []
+        txn.ended.set()
+
+    # -- DDL --------------------------------------------------------------------------------------
+    def create(self, db: str, coll: str, options: dict[str, Any]) -> None:
+        check_namespace(db, coll)
+        images = _images_option(options.get("changeStreamPreAndPostImages"))
+        for key in options:
+            if key not in ("changeStreamPreAndPostImages", "validator", "validationLevel",
+                           "validationAction", "collation"):
+                raise unsupported(f"the create option '{key}'")
+        if self.exists(db, coll):
+            meta = self.info(db, coll)
+            if meta.options == options:
+                return
+            raise CommandError(48, f"Collection {db}.{coll} already exists.")
+        meta = self.ensure(db, coll)
+        meta.pre_and_post_images = bool(images)
+        meta.options = dict(options)
+
+    def coll_mod(self, db: str, coll: str, options: dict[str, Any]) -> None:
+        if not self.exists(db, coll):
+            raise CommandError(26, f"ns does not exist: {db}.{coll}")
+        for key, value in options.items():
+            if key == "changeStreamPreAndPostImages":
+                enabled = _images_option(value)
+                meta = self.info(db, coll)
+                meta.pre_and_post_images = enabled
+                meta.options = {**meta.options, key: {"enabled": enabled}}
+            else:
+                raise unsupported(f"the collMod option '{key}'")
+
+    def drop(self, db: str, coll: str) -> bool:
+        if not self.exists(db, coll):
+            return False
+        self._mcoll(db, coll).drop()
+        del self.collections[(db, coll)]
+        self.oplog.append([Change("drop", db, coll)])
+        return True
+
+    def drop_database(self, db: str) -> None:
+        names = self.collection_names(db)
+        for name in names:
+            self._mcoll(db, name).drop()
+            del self.collections[(db, name)]
+            self.oplog.append([Change("drop", db, name)])
+        if names:
+            self.oplog.append([Change("dropDatabase", db, None)])
+        self.client.drop_database(db)
+
+    def rename(self, db: str, source: str, target: str, drop_target: bool) -> None:
+        if not self.exists(db, source):
+            raise CommandError(26, "Source collection does not exist")
+        check_namespace(db, target)
+        if self.exists(db, target):
+            if not drop_target:
+                raise CommandError(48, "Target namespace exists")
+            self._mcoll(db, target).drop()
+            del self.collections[(db, target)]
+        docs = [copy.deepcopy(d) for d in self._mcoll(db, source)._store.documents]
+        indexes = dict(self._mcoll(db, source)._store.indexes)
+        meta = self.collections.pop((db, source))
+        self._mcoll(db, source).drop()
+        self.collections[(db, target)] = meta
+        tgt = self._mcoll(db, target)
+        tgt._store.create()
+        for name, index in indexes.items():
+            tgt._store.create_index(name, index)
+        for d in docs:
+            tgt._store[_store_key(d["_id"])] = d
+        self.oplog.append([Change("rename", db, source, None, {"to": {"db": db, "coll": target}})])
+
+
+_UPDATE_OPERATORS = frozenset({
+    "$set", "$unset", "$inc", "$mul", "$min", "$max", "$push", "$pull", "$pullAll", "$addToSet", "$pop",
+    "$rename", "$setOnInsert", "$currentDate",
+})
+
+
+def _store_key(key: Any) -> Any:
+    return mongomock.helpers.hashdict(key) if isinstance(key, dict) else key
+
+
+def _key_of(doc: dict[str, Any], key: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for path, _ in key:
+        value: Any = doc
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        out[path] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _spec_for(key: Any, query: dict[str, Any]) -> dict[str, Any]:
+    """A filter that selects one document and keeps the query's array matches for ``$``."""
+    if "_id" in query:
+        return {"$and": [{"_id": key}, query]} if not _is_plain_id(query["_id"]) else dict(query)
+    return {"_id": key, **query}
+
+
+def _sort_list(sort: Any) -> list[tuple[str, int]]:
+    if isinstance(sort, dict):
+        return [(k, int(v)) for k, v in sort.items()]
+    raise bad_value("sort must be an object")
+
+
+def _images_option(value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, dict) or not isinstance(value.get("enabled"), bool):
+        raise CommandError(2, "changeStreamPreAndPostImages must be of the form {enabled: <bool>}")
+    return bool(value["enabled"])
+
+
+def check_namespace(db: str, coll: str) -> None:
+    if not db or any(c in db for c in '/\\. "$'):
+        raise CommandError(73, f"Invalid database name: '{db}'")
+    if not coll or "$" in coll or "\x00" in coll:
+        raise CommandError(73, f"Invalid collection name: {coll}")
+
+
+def _check_field_names(doc: dict[str, Any]) -> None:
+    for key in doc:
+        if key.startswith("$"):
+            raise CommandError(2, f"Document can't have $ prefixed field names: {key}")

@@ -1,0 +1,1 @@
+"""Watchers: tail MongoDB change streams and publish typed events to Redis Streams."""
