@@ -115,7 +115,9 @@ def db_name() -> str:
 
 @pytest.fixture
 async def aclient(mongo: Mongo) -> AsyncIterator[AsyncMongoClient[dict[str, object]]]:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo.uri, serverSelectionTimeoutMS=int(TIMEOUT * 1000))
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        mongo.uri, serverSelectionTimeoutMS=int(TIMEOUT * 1000)
+    )
     yield client
     await client.close()
 
