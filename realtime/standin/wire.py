@@ -62,7 +62,10 @@ def _cstring(body: bytes, pos: int) -> tuple[str, int]:
     end = body.find(b"\x00", pos)
     if end < 0:
         raise ProtocolError("unterminated cstring")
-    return body[pos:end].decode("utf-8", "strict"), end + 1
+    try:
+        return body[pos:end].decode("utf-8", "strict"), end + 1
+    except UnicodeDecodeError:
+        raise ProtocolError("cstring is not UTF-8") from None
 
 
 def _document(body: bytes, pos: int, limit: int) -> tuple[dict[str, Any], int]:
