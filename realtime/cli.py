@@ -59,11 +59,12 @@ async def _run_mongo(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"realtime mongo: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"MongoDB stand-in listening: mongodb://{address}/?replicaSet=rs0", flush=True)
+    # Handlers first, then the ready line: a supervisor may signal as soon as it has read that line.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    print(f"MongoDB stand-in listening: mongodb://{address}/?replicaSet=rs0", flush=True)
     await stop.wait()
     await server.stop()
     return 0

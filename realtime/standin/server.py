@@ -118,7 +118,10 @@ class Server:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            raise
+            # Only stop() cancels a connection's handler. End it as a plain return: on Python 3.11 and early
+            # 3.12, asyncio.streams calls task.exception() on a finished handler and logs a traceback for a
+            # cancelled one (3.13 checks task.cancelled() first).
+            return
         except Exception:
             log.exception("closing connection from %s after an unexpected error", peer)
         finally:
