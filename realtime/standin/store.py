@@ -1,10 +1,12 @@
 """Documents and their changes: CRUD over ``mongomock``, with every committed change sent to the oplog.
 
-``mongomock`` does query matching, projection, sorting and the update operators (all but ``$mul``,
-which is done here). This module adds what a change stream needs from a real server: it reads each
-document before and after a write, so the oplog gets exact ``updateDescription``s, pre-images and
-post-images; it turns no-op updates into no event at all, as the server does; it keeps collection
-options (``changeStreamPreAndPostImages``) and UUIDs; and it runs multi-document transactions.
+``mongomock`` does query matching, projection, sorting and the update operators (all but ``$mul`` and a
+dotted ``$rename``, which are done here, as are the checks the server makes before it changes a
+document, which mongomock would leave half updated). This module adds what a change stream needs from
+a real server: it reads each document before and after a write, so the oplog gets exact
+``updateDescription``s, pre-images and post-images; it turns no-op updates into no event at all, as
+the server does; it keeps collection options (``changeStreamPreAndPostImages``) and UUIDs; and it runs
+multi-document transactions.
 
 Transactions apply their writes at once and keep an undo log; their events reach the oplog only at
 commit, all with the commit's cluster time. A document written by an open transaction is locked: another
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from typing import Any
 
 import bson
 import mongomock
+import mongomock.aggregate
 import mongomock.collection
 import mongomock.filtering
 import mongomock.helpers
@@ -62,6 +66,21 @@ def _iter_documents(self: Any, filter: Any) -> Any:
 
 
 mongomock.collection.Collection._iter_documents = _iter_documents
+
+
+# -- mongomock's aggregation, corrected ------------------------------------------------------------
+# mongomock's $group (with a constant _id) and $count emit a document even when no document reaches
+# them ({n: 0}); the server emits none.
+def _nothing_from_nothing(handler: Any) -> Any:
+    def stage(in_collection: Any, database: Any, options: Any) -> Any:
+        return handler(in_collection, database, options) if in_collection else []
+
+    return stage
+
+
+for _stage in ("$group", "$count"):
+    mongomock.aggregate._PIPELINE_HANDLERS[_stage] = _nothing_from_nothing(
+        mongomock.aggregate._PIPELINE_HANDLERS[_stage])
 
 
 @dataclass
@@ -270,6 +289,8 @@ class Store:
                                       "pipeline-style update specified as an array")
         if replacement:
             _check_field_names(update)
+        else:
+            _check_operators(update)
         keys = self._matching_keys(db, coll, query, multi, sort)
         for key in keys:
             self._claim(txn, db, coll, key, locks)
@@ -280,16 +301,23 @@ class Store:
             before = copy.deepcopy(self._raw(db, coll, key))
             assert before is not None
             spec = _spec_for(key, query)
-            if replacement:
-                if "_id" in update and not same_document({"_id": update["_id"]}, {"_id": key}):
-                    raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
-                                           f"found to have been altered to _id: {update['_id']!r}")
-                new = {"_id": key, **{k: v for k, v in update.items() if k != "_id"}}
-                self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
-            else:
-                ops = self._lower(update, before)
-                self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops, array_filters=array_filters),
-                            db, coll, before)
+            try:
+                if replacement:
+                    if "_id" in update and not same_document({"_id": update["_id"]}, {"_id": key}):
+                        raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
+                                               f"found to have been altered to _id: {update['_id']!r}")
+                    new = {"_id": key, **{k: v for k, v in update.items() if k != "_id"}}
+                    self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
+                else:
+                    ops = self._lower(update, before)
+                    if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
+                        self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops, array_filters=array_filters),
+                                    db, coll, before)
+            except CommandError:
+                # mongomock applies operators in place and leaves a failed update half done; the
+                # server's updates of one document are all or nothing.
+                mc._store[_store_key(key)] = copy.deepcopy(before)
+                raise
             after = self._raw(db, coll, key)
             assert after is not None
             result.n += 1
@@ -327,7 +355,7 @@ class Store:
             self._write(lambda: mc.insert_one(doc), db, coll, doc)
             key = doc["_id"]
         else:
-            ops = self._lower(update, {})
+            ops = self._lower(update, {}) or {"$set": {}}
             res = self._write(lambda: mc.update_one(query, ops, upsert=True, array_filters=array_filters),
                               db, coll, query)
             key = res.upserted_id
@@ -361,20 +389,26 @@ class Store:
         return result
 
     def _lower(self, update: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
-        """Rewrite the operators mongomock lacks into ones it has."""
-        if "$mul" not in update:
-            return update
-        ops = {k: v for k, v in update.items() if k != "$mul"}
-        mul = update["$mul"]
-        if not isinstance(mul, dict):
-            raise CommandError(9, "Modifiers operate on fields but we found type "
-                                  f"{type(mul).__name__} instead")
-        sets = _apply_mul(doc, mul)
-        overlap = set(sets) & set(ops.get("$set", {}))
-        if overlap:
-            path = sorted(overlap)[0]
-            raise CommandError(40, f"Updating the path '{path}' would create a conflict at '{path}'")
-        ops["$set"] = {**ops.get("$set", {}), **sets}
+        """Refuse the operands the server refuses (before mongomock half-applies them), and rewrite the
+        operators mongomock lacks or gets wrong into ones it has."""
+        _check_operands(update, doc)
+        ops = dict(update)
+        if "$mul" in ops:
+            ops["$set"] = {**ops.get("$set", {}), **_apply_mul(doc, ops.pop("$mul"))}
+        if "$addToSet" in ops:  # the server adds each value of $each once, duplicates in $each too
+            ops["$addToSet"] = {path: {**arg, "$each": _distinct(arg["$each"])} if _is_each(arg) else arg
+                                for path, arg in ops["$addToSet"].items()}
+        if "$rename" in ops:  # a $set of the destination and an $unset of the source; mongomock has no dots
+            keep: dict[str, Any] = {}
+            for source, target in ops.pop("$rename").items():
+                value = _get(doc, source)
+                if not isinstance(target, str) or value is _UNKNOWN or _get(doc, target) is _UNKNOWN:
+                    keep[source] = target  # through an array or a scalar: mongomock answers
+                elif value is not _MISSING:
+                    ops["$unset"] = {**ops.get("$unset", {}), source: ""}
+                    ops["$set"] = {**ops.get("$set", {}), target: value}
+            if keep:
+                ops["$rename"] = keep
         return ops
 
     def _matching_keys(self, db: str, coll: str, query: Any, multi: bool, sort: Any) -> list[Any]:
@@ -396,6 +430,9 @@ class Store:
         except pymongo.errors.DuplicateKeyError:
             raise self._duplicate_key(db, coll, doc) from None
         except pymongo.errors.WriteError as exc:
+            if exc.code is None and "(immutable) field '_id'" in str(exc):
+                raise CommandError(66, "Performing an update on the path '_id' would modify the immutable "
+                                       "field '_id'") from None
             raise CommandError(exc.code or 2, str(exc)) from None
         except pymongo.errors.OperationFailure as exc:
             raise CommandError(exc.code or 2, str(exc)) from None
@@ -538,6 +575,99 @@ _UPDATE_OPERATORS = frozenset({
     "$set", "$unset", "$inc", "$mul", "$min", "$max", "$push", "$pull", "$pullAll", "$addToSet", "$pop",
     "$rename", "$setOnInsert", "$currentDate",
 })
+
+
+_MISSING = object()  # no value at the path
+_UNKNOWN = object()  # the path goes through an array or a scalar
+
+
+def _get(doc: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path through sub-documents only."""
+    value: Any = doc
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return _UNKNOWN
+        if part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _type_name(value: Any) -> str:
+    """The server's name for a value's BSON type."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Int64) or (isinstance(value, int) and not -(2**31) <= value < 2**31):
+        return "long"
+    names = ((int, "int"), (float, "double"), (str, "string"), (dict, "object"), (list, "array"),
+             (type(None), "null"), (Decimal128, "decimal"), (bson.ObjectId, "objectId"),
+             (dt.datetime, "date"), (bson.Timestamp, "timestamp"), (bytes, "binData"))
+    return next((name for cls, name in names if isinstance(value, cls)), type(value).__name__)
+
+
+def _check_operators(update: dict[str, Any]) -> None:
+    """What the server refuses as it parses an update, whatever the documents: operands of the wrong
+    type, and two operators (or one twice) on the same path or on a path and its prefix."""
+    paths: list[str] = []
+    for op, spec in update.items():
+        if not isinstance(spec, dict):
+            raise CommandError(9, f"Modifiers operate on fields but we found type {_type_name(spec)} instead. "
+                                  f"For example: {{$mod: {{<field>: ...}}}} not {{{op}: {_show(spec)}}}")
+        paths.extend(spec)
+        for path, arg in spec.items():
+            if op == "$inc" and _number(arg) is None:
+                raise CommandError(14, f"Cannot increment with non-numeric argument: {{{path}: {_show(arg)}}}")
+            if op == "$rename" and isinstance(arg, str):
+                if arg == path or arg.startswith(path + ".") or path.startswith(arg + "."):
+                    raise CommandError(2, f"The source and target field for $rename must differ and not be on "
+                                          f"the same path: {{{path}: {_show(arg)}}}")
+                paths.append(arg)
+    seen: list[list[str]] = []
+    for path in paths:
+        parts = path.split(".")
+        for other in seen:
+            common = min(len(parts), len(other))
+            if parts[:common] == other[:common]:
+                raise CommandError(40, f"Updating the path '{path}' would create a conflict at "
+                                       f"'{'.'.join(parts[:common])}'")
+        seen.append(parts)
+
+
+def _check_operands(update: dict[str, Any], doc: dict[str, Any]) -> None:
+    """What the server refuses as it applies an update to ``doc``: operators on values of the wrong type."""
+    for op, spec in update.items():
+        for path in spec:
+            current = _get(doc, path)
+            known = current is not _MISSING and current is not _UNKNOWN
+            leaf = path.rsplit(".", 1)[-1]
+            if op == "$inc":
+                if known and _number(current) is None:
+                    raise CommandError(14, f"Cannot apply $inc to a value of non-numeric type. "
+                                           f"{{_id: {_show(doc.get('_id'))}}} has the field '{leaf}' of "
+                                           f"non-numeric type {_type_name(current)}")
+            elif op in ("$push", "$addToSet", "$pop", "$pull", "$pullAll") and known and not isinstance(current, list):
+                kind = _type_name(current)
+                if op == "$push":
+                    raise CommandError(2, f"The field '{path}' must be an array but is of type {kind} in "
+                                          f"document {{_id: {_show(doc.get('_id'))}}}")
+                if op == "$addToSet":
+                    raise CommandError(2, f"Cannot apply $addToSet to non-array field. Field named '{leaf}' "
+                                          f"has non-array type {kind}")
+                if op == "$pop":
+                    raise CommandError(14, f"Path '{path}' contains an element of non-array type '{kind}'")
+                raise CommandError(2, "Cannot apply $pull to a non-array value")
+
+
+def _is_each(arg: Any) -> bool:
+    return isinstance(arg, dict) and next(iter(arg), None) == "$each" and isinstance(arg["$each"], list)
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for value in values:
+        if not any(same_document({"v": value}, {"v": seen}) for seen in out):
+            out.append(value)
+    return out
 
 
 def _store_key(key: Any) -> Any:
