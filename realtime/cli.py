@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     mongo.add_argument("--noop-interval", type=_positive_float, default=10.0,
                        help="seconds of quiet after which a no-op is written to the oplog, so idle change "
                        "streams' resume tokens advance (default: 10, as a replica set)")
+    sub.add_parser(
+        "watch",
+        help="run a watcher: MongoDB change stream to typed events in Redis Streams",
+        description="Run a watcher. Configured from the environment (MONGODB_URI, REDIS_URL, MONGODB_DB, "
+        "REALTIME_*; see docs/configuration.md). Any number may run: one leads, the others stand by.",
+    )
+    sub.add_parser(
+        "mongo-setup",
+        help="enable change-stream pre- and post-images on the watched collections",
+        description="Enable changeStreamPreAndPostImages on the posts, likes and comments collections "
+        "(creating them if needed), so deletes of likes and comments reach their post's room. "
+        "Configured from the same environment as 'realtime watch'.",
+    )
     return parser
 
 
@@ -70,11 +83,39 @@ async def _run_mongo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mongo_setup() -> int:
+    from pymongo.errors import PyMongoError
+
+    from realtime.config import ConfigError
+    from watchers import config
+    from watchers.main import setup_collections
+
+    try:
+        cfg = config.load()
+    except ConfigError as exc:
+        print(f"realtime mongo-setup: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        done = asyncio.run(setup_collections(cfg))
+    except PyMongoError as exc:
+        print(f"realtime mongo-setup: {exc}", file=sys.stderr)
+        return 1
+    for name in done:
+        print(f"pre- and post-images enabled on {name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "mongo":
         return asyncio.run(_run_mongo(args))
+    if args.command == "watch":
+        from watchers.main import main as watch_main
+
+        return watch_main()
+    if args.command == "mongo-setup":
+        return _mongo_setup()
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -472,13 +472,31 @@ class Engine:
     def _mcoll(self, db: str, coll: str) -> Any:
         return self.store._mcoll(db, coll)
 
+    def _source(self, cmd: dict[str, Any], db: str, coll: str) -> Any:
+        """The collection a read runs on: the live one, or its state at ``readConcern.atClusterTime``."""
+        concern = cmd.get("readConcern") or {}
+        at = concern.get("atClusterTime") if isinstance(concern, dict) else None
+        if at is None:
+            return self._mcoll(db, coll) if self.store.exists(db, coll) else None
+        if concern.get("level") != "snapshot":
+            raise CommandError(2, "atClusterTime is only allowed with readConcern level 'snapshot'")
+        if not isinstance(at, Timestamp):
+            raise CommandError(14, "atClusterTime must be a Timestamp")
+        import mongomock
+
+        scratch: Any = mongomock.MongoClient()["snapshot"]["snapshot"]
+        docs = self.store.snapshot(db, coll, at)
+        if docs:
+            scratch.insert_many(docs)
+        return scratch
+
     async def find(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "find")
         _reject_unsupported(cmd, ("hint", "collation", "min", "max", "let", "tailable", "awaitData"), "find")
         filter_ = cmd.get("filter") or {}
         docs: list[dict[str, Any]] = []
-        if self.store.exists(db, coll):
-            mc = self._mcoll(db, coll)
+        mc = self._source(cmd, db, coll)
+        if mc is not None:
             cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
             if cmd.get("sort"):
                 cursor = cursor.sort([(k, int(v)) for k, v in cmd["sort"].items()])
@@ -495,9 +513,9 @@ class Engine:
 
     async def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "count")
-        if not self.store.exists(db, coll):
+        mc = self._source(cmd, db, coll)
+        if mc is None:
             return {"n": 0}
-        mc = self._mcoll(db, coll)
         n = len(self.store._read(lambda: list(mc.find(cmd.get("query") or {}, {"_id": 1}))))
         n = max(n - int(cmd.get("skip") or 0), 0)
         if cmd.get("limit"):
@@ -509,9 +527,9 @@ class Engine:
         key = cmd.get("key")
         if not isinstance(key, str):
             raise CommandError(14, "BSON field 'distinct.key' is missing or is not a string")
-        if not self.store.exists(db, coll):
+        mc = self._source(cmd, db, coll)
+        if mc is None:
             return {"values": []}
-        mc = self._mcoll(db, coll)
         return {"values": self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))}
 
     async def aggregate(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -530,8 +548,8 @@ class Engine:
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
         docs: list[dict[str, Any]] = []
-        if self.store.exists(db, coll):
-            mc = self._mcoll(db, coll)
+        mc = self._source(cmd, db, coll)
+        if mc is not None:
             docs = [_id_first(dict(d)) for d in self.store._read(lambda: list(mc.aggregate(pipeline)))]
         batch = (cmd.get("cursor") or {}).get("batchSize")
         return self._new_cursor(f"{db}.{coll}", docs, None if batch is None else int(batch))

@@ -61,6 +61,7 @@ class Entry:
     pre: dict[str, Any] | None = None
     post: dict[str, Any] | None = None
     size: int = 0
+    before: dict[str, Any] | None = None  # internal: the document before the write, for snapshot reads
 
     @property
     def data(self) -> str:
@@ -82,6 +83,7 @@ class Change:
     fields: dict[str, Any] = field(default_factory=dict)  # fullDocument, updateDescription, to, ...
     pre: dict[str, Any] | None = None
     post: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None  # the document before the write, always (for snapshot reads)
 
 
 def _wall_time() -> dt.datetime:
@@ -160,6 +162,12 @@ class Oplog:
         entry = self.get(seq)
         return entry if entry is not None and entry.data == data else None
 
+    def since(self, ts: Timestamp) -> list[Entry]:
+        """The entries after ``ts``, oldest first."""
+        start = self.first_seq_at_or_after(Timestamp(ts.time, ts.inc + 1) if ts.inc < 0xFFFFFFFF
+                                           else Timestamp(ts.time + 1, 0))
+        return [self._entries[i - self.first_seq] for i in range(start, self._next_seq)]
+
     async def wait(self, seconds: float) -> None:
         """Wait until something is appended, or ``seconds`` pass."""
         if seconds <= 0:
@@ -190,7 +198,7 @@ class Oplog:
             size = len(bson.encode(event)) + (len(bson.encode(change.pre)) if change.pre else 0) + (
                 len(bson.encode(change.post)) if change.post else 0
             )
-            entry = Entry(self._next_seq, ts, token, event, change.pre, change.post, size)
+            entry = Entry(self._next_seq, ts, token, event, change.pre, change.post, size, change.before)
             added.append(entry)
             self._push(entry)
         self._trim()

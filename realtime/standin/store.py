@@ -330,10 +330,11 @@ class Store:
             images = self._images(db, coll)
             if replacement:
                 change = Change("replace", db, coll, key, {"fullDocument": copy.deepcopy(after)},
-                                pre=before if images else None)
+                                pre=before if images else None, before=before)
             else:
                 change = Change("update", db, coll, key, {"updateDescription": describe(before, after)},
-                                pre=before if images else None, post=copy.deepcopy(after) if images else None)
+                                pre=before if images else None, post=copy.deepcopy(after) if images else None,
+                                before=before)
             self._record(txn, change)
         if not keys and upsert:
             result.upserted = self._upsert(db, coll, query, update, replacement, array_filters, txn, locks)
@@ -385,7 +386,7 @@ class Store:
             if result.before is None:
                 result.before = before
             self._undo(txn, db, coll, key, before)
-            self._record(txn, Change("delete", db, coll, key, {}, pre=before if images else None))
+            self._record(txn, Change("delete", db, coll, key, {}, pre=before if images else None, before=before))
         return result
 
     def _lower(self, update: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
@@ -475,6 +476,41 @@ class Store:
                     extra={"keyPattern": pattern, "keyValue": values},
                 )
         return CommandError(11000, f"E11000 duplicate key error collection: {db}.{coll}")
+
+    # -- snapshot reads ---------------------------------------------------------------------------------
+    def snapshot(self, db: str, coll: str, ts: Any) -> list[dict[str, Any]]:
+        """The collection's documents as they were at cluster time ``ts`` (``readConcern: snapshot`` with
+        ``atClusterTime``), rebuilt by undoing the oplog entries after it."""
+        if ts < self.oplog.oldest_ts:
+            raise CommandError(239, "Read timestamp is older than the oldest available timestamp.",
+                               code_name="SnapshotTooOld")
+        if ts > self.oplog.latest_ts:
+            raise CommandError(2, f"atClusterTime {ts} is in the future")
+        docs: dict[Any, dict[str, Any]] = {}
+        order: list[Any] = []
+        for d in self.documents(db, coll):
+            k = _lock_key(d["_id"])
+            docs[k] = d
+            order.append(k)
+        for entry in reversed(self.oplog.since(ts)):
+            event = entry.event
+            if event is None or event["ns"].get("db") != db:
+                continue
+            op = event["operationType"]
+            if op in ("drop", "rename", "dropDatabase") and (op == "dropDatabase" or event["ns"].get("coll") == coll
+                                                              or (event.get("to") or {}).get("coll") == coll):
+                raise CommandError(239, "Unable to read from a snapshot due to pending collection catalog changes",
+                                   code_name="SnapshotUnavailable")
+            if event["ns"].get("coll") != coll:
+                continue
+            k = _lock_key(event["documentKey"]["_id"])
+            if op == "insert":
+                docs.pop(k, None)
+            elif entry.before is not None:
+                if k not in docs:
+                    order.append(k)
+                docs[k] = entry.before
+        return [copy.deepcopy(docs[k]) for k in order if k in docs]
 
     # -- transactions -----------------------------------------------------------------------------
     def commit(self, txn: Transaction, locks: dict[tuple[str, str, Any], Transaction]) -> None:

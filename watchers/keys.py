@@ -1,0 +1,59 @@
+"""Redis key names. One hash tag (the prefix in braces) keeps every key of a deployment in one Redis Cluster
+slot, so one Lua script can touch them all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "rt"
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.prefix + "}"
+
+    @property
+    def events(self) -> str:
+        """The global stream: every event, in order, with the resume token of its change."""
+        return f"{self.tag}:events"
+
+    @property
+    def resets(self) -> str:
+        """Reset markers only, so a server can tell whether history is broken after an id."""
+        return f"{self.tag}:resets"
+
+    @property
+    def meta(self) -> str:
+        """Hash: the last published token (``token``, ``token_json``), ``last_id``, ``at`` (time:position)."""
+        return f"{self.tag}:meta"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.tag}:leader"
+
+    @property
+    def fence(self) -> str:
+        return f"{self.tag}:fence"
+
+    @property
+    def likes(self) -> str:
+        """Hash: post id -> like count."""
+        return f"{self.tag}:likes"
+
+    @property
+    def likes_since(self) -> str:
+        """Hash: post id -> the cluster time (zero-padded) at which its count was read from MongoDB."""
+        return f"{self.tag}:likes:since"
+
+    def index(self, kind: str) -> str:
+        """Hash: like or comment id -> {postId, userId}, to route deletes that carry no pre-image."""
+        return f"{self.tag}:idx:{kind}"
+
+    def room(self, room: str) -> str:
+        return f"{self.tag}:room:{room}"
+
+    @property
+    def room_prefix(self) -> str:
+        return f"{self.tag}:room:"

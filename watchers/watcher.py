@@ -1,0 +1,450 @@
+"""The watcher: one db-level change stream over posts, likes and comments, published to Redis.
+
+Life of a watcher: wait for the lease (standby), become leader, pick the resume point (the newer of the
+last token published to Redis and the checkpoint kept in MongoDB), open the stream, and for each change
+map it to events and publish them with one script call. After every ``try_next()``, events or not, the
+stream's resume token goes to the checkpoint (throttled), so a quiet database never ages it out of the
+oplog. Lost history (286, 280, 260) is reported with a ``reset`` marker and a fresh stream, never a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from bson import ObjectId, Timestamp
+from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from realtime import events as ev
+from realtime.events import Event
+from realtime.metrics import Registry
+from watchers import mapping
+from watchers.checkpoint import Checkpoint, MongoCheckpoints
+from watchers.config import WatcherConfig
+from watchers.keys import Keys
+from watchers.lease import RedisLease
+from watchers.publish import MAX_SEQ, Fenced, NeedSeed, Publisher, Seed, pad_time
+
+log = logging.getLogger("realtime.watcher")
+
+HISTORY_LOST = {286: "history_lost", 280: "token_not_found", 260: "invalid_token"}
+POST_CACHE_SIZE = 100_000
+
+
+class LeaseLost(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a stream opens: after a token, after an invalidate, at a time, or now."""
+
+    resume_after: dict[str, Any] | None = None
+    start_after: dict[str, Any] | None = None
+    start_at: Timestamp | None = None
+    at: str = ""  # "<time part>:<position>" of the last change processed before this point
+    fallback: ResumePoint | None = None  # tried when this one's history is gone (after a Redis data loss)
+
+    def describe(self) -> str:
+        if self.resume_after is not None:
+            return f"after token {self.resume_after['_data'][:26]}..."
+        if self.start_after is not None:
+            return f"after invalidate {self.start_after['_data'][:26]}..."
+        if self.start_at is not None:
+            return f"at operation time {self.start_at}"
+        return "now (a fresh stream)"
+
+
+def token_time(token: dict[str, Any]) -> tuple[int, int]:
+    """The cluster time at the start of a resume token (its first 18 hex characters, SERVER-133517)."""
+    data = token["_data"]
+    return int(data[2:10], 16), int(data[10:18], 16)
+
+
+def _at(at: str) -> tuple[int, int]:
+    head, _, tail = at.partition(":")
+    return (int(head), int(tail)) if head.isdigit() and tail.isdigit() else (-1, -1)
+
+
+class WatcherMetrics:
+    def __init__(self) -> None:
+        r = self.registry = Registry()
+        self.leader = r.gauge("realtime_watcher_leader", "1 while this watcher holds the lease and publishes")
+        self.lag = r.gauge("realtime_watcher_lag_seconds",
+                           "now minus the wall time of the last change published (0 when caught up)")
+        self.changes = r.counter("realtime_watcher_changes_total", "changes read from the stream")
+        self.published = r.counter("realtime_watcher_events_published_total", "events appended to Redis")
+        self.duplicates = r.counter("realtime_watcher_duplicates_total",
+                                    "changes refused by the publish script as already published")
+        self.skipped = r.counter("realtime_watcher_skipped_total", "changes that produced no event, by reason")
+        self.resets = r.counter("realtime_watcher_resets_total", "reset markers published, by reason")
+        self.checkpoints = r.counter("realtime_watcher_checkpoints_total", "checkpoints written to MongoDB")
+        self.errors = r.counter("realtime_watcher_errors_total", "errors that restarted the stream, by kind")
+        self.last_poll = r.gauge("realtime_watcher_last_poll_age_seconds",
+                                 "seconds since the change stream last answered")
+        self.stream_length = r.gauge("realtime_watcher_stream_length", "entries in the global event stream")
+
+
+class Watcher:
+    def __init__(self, cfg: WatcherConfig, mongo: AsyncMongoClient[dict[str, Any]], redis: Redis) -> None:
+        self.cfg = cfg
+        self.mongo = mongo
+        self.redis = redis
+        self.db = mongo[cfg.database]
+        self.keys = Keys(cfg.prefix)
+        self.publisher = Publisher(redis, self.keys, global_maxlen=cfg.global_maxlen, room_maxlen=cfg.room_maxlen)
+        self.lease = RedisLease(redis, self.keys, cfg.name, cfg.lease_seconds)
+        self.checkpoints = MongoCheckpoints(mongo, cfg.checkpoint_db, f"{cfg.database}/{cfg.prefix}", cfg.name)
+        self.metrics = WatcherMetrics()
+        self.posts: OrderedDict[str, mapping.PostInfo | None] = OrderedDict()
+        self.lease_value: str | None = None
+        self.last_time, self.last_position = -1, -1
+        self.last_poll = time.monotonic()
+        self.last_checkpoint = 0.0
+        self.started = False
+
+    # -- leadership ------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Wait for the lease, publish while holding it, go back to waiting when it is lost; until ``stop``."""
+        self.started = True
+        while not stop.is_set():
+            value = await self._acquire(stop)
+            if value is None:
+                return
+            self.lease_value = value
+            self.metrics.leader.set(1)
+            log.info("%s is the leader (lease %s)", self.cfg.name, value)
+            try:
+                await self._lead(value, stop)
+            except (LeaseLost, Fenced):
+                log.warning("%s lost the lease; back to standby", self.cfg.name)
+            finally:
+                self.metrics.leader.set(0)
+                self.lease_value = None
+        log.info("%s stopped", self.cfg.name)
+
+    async def _acquire(self, stop: asyncio.Event) -> str | None:
+        announced = False
+        while not stop.is_set():
+            try:
+                value = await self.lease.acquire()
+            except RedisError as exc:
+                log.warning("cannot reach Redis to take the lease: %s", exc)
+                value = None
+            if value is not None:
+                return value
+            if not announced:
+                log.info("%s is a standby; the leader is %s", self.cfg.name, await self._holder())
+                announced = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.lease_seconds / 4)
+        return None
+
+    async def _holder(self) -> str | None:
+        with contextlib.suppress(RedisError):
+            return await self.lease.holder()
+        return None
+
+    async def _lead(self, value: str, stop: asyncio.Event) -> None:
+        streaming: asyncio.Task[Any] = asyncio.create_task(self._stream_forever(value))
+        renewing: asyncio.Task[Any] = asyncio.create_task(self._renew(value))
+        stopping: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({streaming, renewing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, renewing, stopping):
+                task.cancel()
+            await asyncio.gather(streaming, renewing, stopping, return_exceptions=True)
+        for task in done:
+            if task is not stopping and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        if stopping in done:
+            with contextlib.suppress(RedisError):
+                await self.lease.release(value)  # let a standby take over at once
+
+    async def _renew(self, value: str) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.lease_seconds / 3)
+            try:
+                held = await self.lease.renew(value)
+            except RedisError as exc:
+                log.warning("cannot renew the lease: %s", exc)
+                continue
+            if not held:
+                raise LeaseLost()
+
+    # -- the stream --------------------------------------------------------------------------------------
+    def pipeline(self) -> list[dict[str, Any]]:
+        return [{"$match": {"$or": [{"ns.coll": {"$in": list(self.cfg.collections)}},
+                                    {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
+
+    async def _stream_forever(self, lease: str) -> None:
+        point = await self.resume_point()
+        failures = 0
+        while True:
+            try:
+                point = await self._stream(lease, point)
+                failures = 0
+            except (Fenced, LeaseLost, asyncio.CancelledError):
+                raise
+            except (PyMongoError, RedisError) as exc:
+                failures += 1
+                self.metrics.errors.inc(kind=type(exc).__name__)
+                delay = min(0.1 * 2 ** min(failures, 6), 5.0)
+                log.warning("stream interrupted (%s: %s); reopening in %.1fs", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                point = await self.resume_point()
+
+    async def resume_point(self) -> ResumePoint:
+        """The newer of the last token published to Redis and the MongoDB checkpoint."""
+        state = await self.publisher.state()
+        checkpoint = await self.checkpoints.load()
+        published = orjson.loads(state["token_json"]) if state.get("token_json") else None
+        if published is not None and (checkpoint is None or published["_data"] >= checkpoint.token["_data"]):
+            point = ResumePoint(resume_after=published, at=state.get("at", ""))
+        elif checkpoint is not None and published is None and not await self.redis.exists(self.keys.events):
+            # Redis lost its data: publish again, with the same ids, what the oplog still holds of the retention
+            # window; if it holds less, start from the checkpoint.
+            secs, _ = token_time(checkpoint.token)
+            start = Timestamp(max(secs - int(self.cfg.max_age), 1), 0)
+            fallback = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
+            point = ResumePoint(start_at=start, fallback=fallback)
+            log.warning("Redis holds no events but a checkpoint exists: republishing from %s", start)
+        elif checkpoint is not None:
+            point = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
+        else:
+            point = ResumePoint()
+        log.info("resuming %s", point.describe())
+        return point
+
+    async def _open(self, point: ResumePoint) -> Any:
+        kwargs: dict[str, Any] = {}
+        if point.resume_after is not None:
+            kwargs["resume_after"] = point.resume_after
+        if point.start_after is not None:
+            kwargs["start_after"] = point.start_after
+        if point.start_at is not None:
+            kwargs["start_at_operation_time"] = point.start_at
+        return await self.db.watch(self.pipeline(), full_document=self.cfg.full_document,
+                                   full_document_before_change="whenAvailable",
+                                   max_await_time_ms=self.cfg.max_await_ms, **kwargs)
+
+    async def _stream(self, lease: str, point: ResumePoint) -> ResumePoint:
+        """Run one stream until it ends; returns where the next one starts."""
+        try:
+            stream = await self._open(point)
+        except OperationFailure as exc:
+            if exc.code not in HISTORY_LOST:
+                raise
+            if point.fallback is not None:
+                log.warning("cannot start %s (%s); trying %s", point.describe(), exc.code, point.fallback.describe())
+                return point.fallback
+            return await self._lost(lease, exc)
+        self.last_time, self.last_position = _at(point.at)
+        async with stream:
+            while stream.alive:
+                try:
+                    change = await stream.try_next()
+                except OperationFailure as exc:
+                    if exc.code not in HISTORY_LOST:
+                        raise
+                    return await self._lost(lease, exc)
+                self.last_poll = time.monotonic()
+                if change is None:
+                    self.metrics.lag.set(0)
+                else:
+                    nxt = await self._handle(lease, change)
+                    if nxt is not None:
+                        return nxt
+                await self._checkpoint(stream.resume_token)
+            token = stream.resume_token
+        # The server closed the stream (an invalidate the $match let through is handled in _handle).
+        log.warning("the change stream was closed by the server; starting after %s", token)
+        return ResumePoint(start_after=token) if token else ResumePoint()
+
+    async def _lost(self, lease: str, exc: OperationFailure) -> ResumePoint:
+        reason = HISTORY_LOST[exc.code or 0]
+        log.error("change stream history is gone (%s, code %s: %s); publishing a reset and starting a fresh "
+                  "stream: events between the last one published and now are lost", reason, exc.code, exc)
+        return await self._fresh_with_reset(lease, reason, {"code": exc.code})
+
+    async def _fresh_with_reset(self, lease: str, reason: str, extra: dict[str, Any]) -> ResumePoint:
+        """Open a fresh stream (to learn where it starts), publish a reset just before that point."""
+        probe = await self._open(ResumePoint())
+        start = probe.resume_token
+        await probe.close()
+        assert start is not None
+        secs, inc = token_time(start)
+        await self._reset(lease, ev.time_part(secs, inc) - 1, reason, extra)
+        return ResumePoint(resume_after=start)
+
+    async def _reset(self, lease: str, time_part: int, reason: str, extra: dict[str, Any]) -> None:
+        event = Event(f"{time_part}-{MAX_SEQ}", ev.RESET, (ev.ALL_ROOMS,), {"reason": reason, **extra},
+                      int(time.time() * 1000))
+        if await self.publisher.reset(lease=lease, event=event, forget_token=False):
+            self.metrics.resets.inc(reason=reason)
+            log.warning("published reset marker %s (%s)", event.id, reason)
+        else:
+            log.warning("reset marker %s not written: the stream already holds a later event", event.id)
+
+    async def _checkpoint(self, token: dict[str, Any] | None, force: bool = False) -> None:
+        now = time.monotonic()
+        if token is None or (not force and now - self.last_checkpoint < self.cfg.checkpoint_interval):
+            return
+        self.last_checkpoint = now
+        await self.checkpoints.save(Checkpoint(dict(token), f"{self.last_time}:{self.last_position}"))
+        self.metrics.checkpoints.inc()
+
+    # -- one change --------------------------------------------------------------------------------------
+    async def _handle(self, lease: str, change: dict[str, Any]) -> ResumePoint | None:
+        op = change.get("operationType", "")
+        coll = (change.get("ns") or {}).get("coll")
+        ct: Timestamp = change["clusterTime"]
+        time_part = ev.time_part(ct.time, ct.inc)
+        position = self.last_position + 1 if time_part == self.last_time else 0
+        self.metrics.changes.inc(collection=str(coll), operation=str(op))
+        if op == "invalidate":
+            await self._publish(lease, change, time_part, position, mapping.Mapped())
+            return ResumePoint(start_after=change["_id"], at=f"{time_part}:{position}")
+        if op in ("drop", "rename", "dropDatabase"):
+            await self._publish(lease, change, time_part, position, mapping.Mapped())
+            self.posts.clear()
+            reason = {"drop": "collection_dropped", "rename": "collection_renamed"}.get(op, "database_dropped")
+            await self._reset(lease, time_part, reason, {"collection": coll} if coll else {})
+            return None
+        try:
+            mapped = await self._map(change, position)
+        except Exception:
+            log.exception("skipping change %s on %s: it could not be mapped", change.get("_id"), coll)
+            mapped = mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
+        if mapped.skipped:
+            self.metrics.skipped.inc(reason=mapped.skipped)
+            if mapped.skipped in (mapping.SKIP_UNROUTABLE_DELETE, mapping.SKIP_NO_POST, mapping.SKIP_BAD_ID):
+                log.info("change %s on %s published no event: %s", change["_id"]["_data"][:26], coll, mapped.skipped)
+        await self._publish(lease, change, time_part, position, mapped)
+        wall = change.get("wallTime")
+        if isinstance(wall, dt.datetime):
+            wall = wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
+            self.metrics.lag.set(max(time.time() - wall.timestamp(), 0.0))
+        return None
+
+    async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
+        cfg = self.cfg.mapping
+        coll = (change.get("ns") or {}).get("coll")
+        post: mapping.PostInfo | None = None
+        remembered = None
+        if coll == cfg.posts:
+            key = ev.id_part((change.get("documentKey") or {}).get("_id"))
+            if key is not None and change.get("fullDocument") is None:
+                post = await self._post_info(key)
+        else:
+            sub = mapping.subject(change, cfg)
+            if sub is not None and sub.doc is None and sub.id is not None and change["operationType"] == "delete":
+                raw = await self.redis.hget(self.keys.index(sub.kind), sub.id)
+                remembered = orjson.loads(raw) if raw else None
+                sub = mapping.subject(change, cfg, remembered)
+            if sub is not None and sub.post_id is not None:
+                post = await self._post_info(sub.post_id)
+        mapped = mapping.map_change(change, position, cfg, post, remembered)
+        if mapped.post_info is not None:
+            post_id, info = mapped.post_info
+            self._cache(post_id, info)
+        return mapped
+
+    async def _publish(self, lease: str, change: dict[str, Any], time_part: int, position: int,
+                       mapped: mapping.Mapped) -> None:
+        seeds: dict[str, Seed] = {}
+        while True:
+            try:
+                outcome = await self.publisher.publish(
+                    lease=lease, token=change["_id"], at=f"{time_part}:{position}", change_time=pad_time(
+                        time_part >> 32, time_part & 0xFFFFFFFF), events=mapped.events, seeds=seeds,
+                    index_set=[mapped.index_set] if mapped.index_set else [],
+                    index_del=[mapped.index_del] if mapped.index_del else [])
+                break
+            except NeedSeed as need:
+                seeds[need.post_id] = await self._seed(need.post_id, change["clusterTime"])
+        self.last_time, self.last_position = time_part, position
+        if not outcome.published:
+            self.metrics.duplicates.inc()
+            return
+        for e in mapped.events:
+            self.metrics.published.inc(type=e.type)
+
+    async def _seed(self, post_id: str, at: Timestamp) -> Seed:
+        """A post's like count as of the change at ``at`` (a snapshot read at that cluster time, so the
+        count includes that change and nothing after it). Where the server cannot read that far back, the
+        count as of now, with the time of that read: changes up to it then leave the count as it is."""
+        field = self.cfg.mapping.fields.post_id
+        pipeline = [{"$match": {field: {"$in": _id_forms(post_id)}}}, {"$count": "n"}]
+        try:
+            reply = await self.db.command({"aggregate": self.cfg.mapping.likes, "pipeline": pipeline, "cursor": {},
+                                           "readConcern": {"level": "snapshot", "atClusterTime": at}})
+            batch = reply["cursor"]["firstBatch"]
+            count = int(batch[0]["n"]) if batch else 0
+            log.debug("like count of post %s at %s: %d", post_id, at, count)
+            return Seed(count, pad_time(at.time, at.inc))
+        except OperationFailure as exc:
+            log.warning("cannot read the like count of post %s at %s (%s); reading the current count",
+                        post_id, at, exc)
+            self.metrics.skipped.inc(reason="approximate_seed")
+        async with self.mongo.start_session(causal_consistency=True) as session:
+            count = await self.db[self.cfg.mapping.likes].count_documents({field: {"$in": _id_forms(post_id)}},
+                                                                        session=session)
+            op_time = session.operation_time
+        when = pad_time(op_time.time, op_time.inc) if op_time is not None else pad_time(at.time, at.inc)
+        return Seed(count, when)
+
+    async def _post_info(self, post_id: str) -> mapping.PostInfo | None:
+        if post_id in self.posts:
+            self.posts.move_to_end(post_id)
+            return self.posts[post_id]
+        f = self.cfg.mapping.fields
+        doc = await self.db[self.cfg.mapping.posts].find_one({"_id": {"$in": _id_forms(post_id)}},
+                                                             {f.author_id: 1, f.visibility: 1})
+        info = mapping.post_info(doc, self.cfg.mapping)
+        self._cache(post_id, info)
+        return info
+
+    def _cache(self, post_id: str, info: mapping.PostInfo | None) -> None:
+        self.posts[post_id] = info
+        self.posts.move_to_end(post_id)
+        while len(self.posts) > POST_CACHE_SIZE:
+            self.posts.popitem(last=False)
+
+    # -- housekeeping -------------------------------------------------------------------------------------
+    async def trim_by_age(self) -> None:
+        """Drop history older than the retention age from the global stream and every room."""
+        cutoff = int(time.time() - self.cfg.max_age)
+        minid = f"{ev.time_part(max(cutoff, 0), 0)}-0"
+        await self.redis.xtrim(self.keys.events, minid=minid, approximate=True)
+        async for key in self.redis.scan_iter(match=self.keys.room_prefix + "*", count=1000):
+            await self.redis.xtrim(key, minid=minid, approximate=True)
+
+    def health(self) -> tuple[bool, str]:
+        """Unhealthy when leading and the stream has been silent past the stall threshold."""
+        silent = time.monotonic() - self.last_poll
+        self.metrics.last_poll.set(silent if self.lease_value else 0.0)
+        if self.lease_value is not None and silent > self.cfg.stall_seconds:
+            return False, f"the change stream has not answered for {silent:.0f}s"
+        return True, "leader" if self.lease_value else "standby"
+
+
+def _id_forms(post_id: str) -> list[Any]:
+    """A post id as text and, when it looks like one, as an ObjectId: producers store either."""
+    forms: list[Any] = [post_id]
+    if len(post_id) == 24 and ObjectId.is_valid(post_id):
+        forms.append(ObjectId(post_id))
+    if post_id.isdigit() and len(post_id) < 19:
+        forms.append(int(post_id))
+    return forms
