@@ -31,7 +31,15 @@ from realtime.standin.errors import (
 )
 from realtime.standin.faults import FailPoints
 from realtime.standin.oplog import Oplog
-from realtime.standin.store import Locked, Store, Transaction, WriteResult, check_namespace
+from realtime.standin.store import (
+    Locked,
+    Store,
+    Transaction,
+    WriteResult,
+    aggregate,
+    check_namespace,
+    materialize,
+)
 
 log = logging.getLogger("realtime.standin")
 
@@ -472,30 +480,45 @@ class Engine:
     def _mcoll(self, db: str, coll: str) -> Any:
         return self.store._mcoll(db, coll)
 
-    def _source(self, cmd: dict[str, Any], db: str, coll: str) -> Any:
-        """The collection a read runs on: the live one, or its state at ``readConcern.atClusterTime``."""
+    def _source(self, cmd: dict[str, Any], db: str, coll: str, query: Any = None) -> Any:
+        """The collection a read runs on: the live one, or (at ``readConcern.atClusterTime``, or while other
+        transactions have uncommitted writes in it) a scratch copy of what the read may see, holding only the
+        documents that match ``query``."""
         concern = cmd.get("readConcern") or {}
         at = concern.get("atClusterTime") if isinstance(concern, dict) else None
-        if at is None:
+        if at is not None:
+            if concern.get("level") != "snapshot":
+                raise CommandError(2, "atClusterTime is only allowed with readConcern level 'snapshot'")
+            if not isinstance(at, Timestamp):
+                raise CommandError(14, "atClusterTime must be a Timestamp")
+        own = self._own_transaction(cmd)
+        hide = [t for t in {id(t): t for t in self.locks.values()}.values()
+                if t is not own and t.state == "open" and any(u[:2] == (db, coll) for u in t.undo)]
+        if at is None and not hide:
             return self._mcoll(db, coll) if self.store.exists(db, coll) else None
-        if concern.get("level") != "snapshot":
-            raise CommandError(2, "atClusterTime is only allowed with readConcern level 'snapshot'")
-        if not isinstance(at, Timestamp):
-            raise CommandError(14, "atClusterTime must be a Timestamp")
         import mongomock
+        import mongomock.filtering
 
         scratch: Any = mongomock.MongoClient()["snapshot"]["snapshot"]
-        docs = self.store.snapshot(db, coll, at)
+        docs = self.store.snapshot(db, coll, at, hide)
+        if query:
+            docs = [d for d in docs if self.store._read(lambda d=d: mongomock.filtering.filter_applies(query, d))]
         if docs:
             scratch.insert_many(docs)
         return scratch
+
+    def _own_transaction(self, cmd: dict[str, Any]) -> Transaction | None:
+        if cmd.get("autocommit") is not False or cmd.get("lsid") is None:
+            return None
+        session = self.sessions.get(_session_key(cmd["lsid"]))
+        return session.txn if session is not None else None
 
     async def find(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "find")
         _reject_unsupported(cmd, ("hint", "collation", "min", "max", "let", "tailable", "awaitData"), "find")
         filter_ = cmd.get("filter") or {}
         docs: list[dict[str, Any]] = []
-        mc = self._source(cmd, db, coll)
+        mc = self._source(cmd, db, coll, filter_)
         if mc is not None:
             cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
             if cmd.get("sort"):
@@ -505,7 +528,7 @@ class Engine:
             limit = int(cmd.get("limit") or 0)
             if limit:
                 cursor = cursor.limit(abs(limit))
-            docs = [dict(d) for d in self.store._read(lambda: list(cursor))]
+            docs = [dict(d) for d in self.store._read(lambda: materialize(cursor))]
         limit = int(cmd.get("limit") or 0)
         single = bool(cmd.get("singleBatch")) or limit < 0
         batch = cmd.get("batchSize")
@@ -513,10 +536,10 @@ class Engine:
 
     async def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "count")
-        mc = self._source(cmd, db, coll)
+        mc = self._source(cmd, db, coll, cmd.get("query"))
         if mc is None:
             return {"n": 0}
-        n = len(self.store._read(lambda: list(mc.find(cmd.get("query") or {}, {"_id": 1}))))
+        n = len(self.store._read(lambda: materialize(mc.find(cmd.get("query") or {}, {"_id": 1}))))
         n = max(n - int(cmd.get("skip") or 0), 0)
         if cmd.get("limit"):
             n = min(n, abs(int(cmd["limit"])))
@@ -527,7 +550,7 @@ class Engine:
         key = cmd.get("key")
         if not isinstance(key, str):
             raise CommandError(14, "BSON field 'distinct.key' is missing or is not a string")
-        mc = self._source(cmd, db, coll)
+        mc = self._source(cmd, db, coll, cmd.get("query"))
         if mc is None:
             return {"values": []}
         return {"values": self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))}
@@ -548,9 +571,10 @@ class Engine:
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
         docs: list[dict[str, Any]] = []
-        mc = self._source(cmd, db, coll)
+        first = pipeline[0] if pipeline and isinstance(pipeline[0], dict) else {}
+        mc = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
         if mc is not None:
-            docs = [_id_first(dict(d)) for d in self.store._read(lambda: list(mc.aggregate(pipeline)))]
+            docs = [_id_first(dict(d)) for d in self.store._read(lambda: aggregate(mc, pipeline))]
         batch = (cmd.get("cursor") or {}).get("batchSize")
         return self._new_cursor(f"{db}.{coll}", docs, None if batch is None else int(batch))
 

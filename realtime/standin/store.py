@@ -423,7 +423,7 @@ class Store:
             cursor = cursor.sort(_sort_list(sort))
         if not multi:
             cursor = cursor.limit(1)
-        return [d["_id"] for d in self._read(lambda: list(cursor))]
+        return [d["_id"] for d in self._read(lambda: materialize(cursor))]
 
     def _write(self, fn: Any, db: str, coll: str, doc: dict[str, Any]) -> Any:
         try:
@@ -478,13 +478,15 @@ class Store:
         return CommandError(11000, f"E11000 duplicate key error collection: {db}.{coll}")
 
     # -- snapshot reads ---------------------------------------------------------------------------------
-    def snapshot(self, db: str, coll: str, ts: Any) -> list[dict[str, Any]]:
-        """The collection's documents as they were at cluster time ``ts`` (``readConcern: snapshot`` with
-        ``atClusterTime``), rebuilt by undoing the oplog entries after it."""
-        if ts < self.oplog.oldest_ts:
+    def snapshot(self, db: str, coll: str, ts: Any, hide: list[Transaction] = ()  # type: ignore[assignment]
+                 ) -> list[dict[str, Any]]:
+        """The collection's documents at cluster time ``ts`` (``readConcern: snapshot`` with ``atClusterTime``),
+        or now when ``ts`` is None, without the uncommitted writes of the transactions in ``hide``: rebuilt by
+        undoing those transactions' writes, then the oplog entries after ``ts``."""
+        if ts is not None and ts < self.oplog.oldest_ts:
             raise CommandError(239, "Read timestamp is older than the oldest available timestamp.",
                                code_name="SnapshotTooOld")
-        if ts > self.oplog.latest_ts:
+        if ts is not None and ts > self.oplog.latest_ts:
             raise CommandError(2, f"atClusterTime {ts} is in the future")
         docs: dict[Any, dict[str, Any]] = {}
         order: list[Any] = []
@@ -492,7 +494,21 @@ class Store:
             k = _lock_key(d["_id"])
             docs[k] = d
             order.append(k)
-        for entry in reversed(self.oplog.since(ts)):
+
+        def undo(key: Any, before: dict[str, Any] | None) -> None:
+            k = _lock_key(key)
+            if before is None:
+                docs.pop(k, None)
+            else:
+                if k not in docs:
+                    order.append(k)
+                docs[k] = before
+
+        for txn in hide:
+            for tdb, tcoll, key, before in reversed(txn.undo):
+                if (tdb, tcoll) == (db, coll):
+                    undo(key, before)
+        for entry in reversed(self.oplog.since(ts)) if ts is not None else ():
             event = entry.event
             if event is None or event["ns"].get("db") != db:
                 continue
@@ -501,15 +517,8 @@ class Store:
                                                               or (event.get("to") or {}).get("coll") == coll):
                 raise CommandError(239, "Unable to read from a snapshot due to pending collection catalog changes",
                                    code_name="SnapshotUnavailable")
-            if event["ns"].get("coll") != coll:
-                continue
-            k = _lock_key(event["documentKey"]["_id"])
-            if op == "insert":
-                docs.pop(k, None)
-            elif entry.before is not None:
-                if k not in docs:
-                    order.append(k)
-                docs[k] = entry.before
+            if event["ns"].get("coll") == coll:
+                undo(event["documentKey"]["_id"], None if op == "insert" else entry.before)
         return [copy.deepcopy(docs[k]) for k in order if k in docs]
 
     # -- transactions -----------------------------------------------------------------------------
@@ -704,6 +713,22 @@ def _distinct(values: list[Any]) -> list[Any]:
         if not any(same_document({"v": value}, {"v": seen}) for seen in out):
             out.append(value)
     return out
+
+
+def materialize(cursor: Any) -> list[dict[str, Any]]:
+    """All of a mongomock cursor's results at once (iterating it copies the rest of the list at every step)."""
+    return list(cursor._compute_results(with_limit_and_skip=True))
+
+
+def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """mongomock's aggregate, with a leading ``$match`` run as a query instead of over every document."""
+    first = pipeline[0] if pipeline else {}
+    if isinstance(first, dict) and list(first) == ["$match"]:
+        docs = materialize(collection.find(first["$match"]))
+        pipeline = pipeline[1:]
+    else:
+        docs = materialize(collection.find())
+    return list(mongomock.aggregate.process_pipeline(docs, collection.database, pipeline, None))
 
 
 def _store_key(key: Any) -> Any:
