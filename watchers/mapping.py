@@ -14,6 +14,7 @@ Routing (DESIGN §3):
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +103,12 @@ def subject(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, An
         kind = "comment"
     else:
         return None
-    doc = _doc(change) or _before(change) or remembered
+    doc = _doc(change) or _before(change)
+    if doc is None and isinstance(remembered, dict):
+        # An index entry is stored under fixed names ("postId", "userId"; see _map_reaction), whatever the
+        # configured field names are.
+        return Subject(kind, ev.id_part(_key(change)), ev.id_part(remembered.get("postId")),
+                       ev.id_part(remembered.get("userId")), remembered)
     f = cfg.fields
     user = None
     if doc is not None:
@@ -111,14 +117,16 @@ def subject(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, An
                    ev.id_part(user), doc)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _ts(change: dict[str, Any]) -> int:
     wall = change.get("wallTime")
-    if wall is not None and hasattr(wall, "timestamp"):
+    if isinstance(wall, dt.datetime):
         if wall.tzinfo is None:
-            import datetime as dt
-
             wall = wall.replace(tzinfo=dt.UTC)
-        return int(wall.timestamp() * 1000)
+        # Integer arithmetic: int(wall.timestamp() * 1000) is one millisecond short for some times.
+        return (wall - _EPOCH) // dt.timedelta(milliseconds=1)
     ct = change.get("clusterTime")
     return int(getattr(ct, "time", 0)) * 1000
 
@@ -162,10 +170,14 @@ def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
     return mapped
 
 
-def _post_data(doc: dict[str, Any] | None, post_id: str, author: str | None, cfg: MappingConfig) -> dict[str, Any]:
+def _post_data(doc: dict[str, Any] | None, post_id: str, author: str | None, cfg: MappingConfig,
+               changed: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"id": post_id, "authorId": author}
     data.update(pick(doc, cfg.post_fields, max_string=cfg.max_string, max_depth=cfg.max_depth))
-    return bound(data, cfg.max_payload, keep=("id", "authorId"))
+    if changed is None:
+        return bound(data, cfg.max_payload, keep=("id", "authorId"))
+    data["changed"] = changed  # inside the bound: the whole payload must fit max_payload
+    return bound(data, cfg.max_payload, keep=("id", "authorId", "changed"))
 
 
 def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, known: PostInfo | None) -> Mapped:
@@ -178,7 +190,8 @@ def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, 
     public = info.public if info else True
     private_rooms = [ev.user_room(author)] if author else []
     if op == "insert":
-        assert doc is not None
+        if doc is None:  # an insert always carries its document
+            return Mapped(skipped=SKIP_BAD_DOCUMENT)
         data = _post_data(doc, post_id, author, cfg)
         if public:
             rooms = [ev.PUBLIC]
@@ -206,13 +219,23 @@ def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, 
         if not changed and not routing_changed:
             return Mapped(post_info=(post_id, info) if doc is not None else None)
         if doc is None:  # no post-image: what the update set is all we know
-            doc = {k: v for k, v in (desc.get("updatedFields") or {}).items() if k in cfg.post_fields}
+            updated = desc.get("updatedFields") or {}
+            doc = {k: v for k, v in updated.items() if k in cfg.post_fields}
+            if routing_changed:  # route as the post is after the update, not as it was known before it
+                f = cfg.fields
+                if f.visibility in updated:
+                    public = is_public({f.visibility: updated[f.visibility]}, cfg)
+                elif f.visibility in tops:  # removed (absent: public) or changed below (a subdocument: not public)
+                    public = f.visibility in (desc.get("removedFields") or [])
+                if f.author_id in tops:
+                    author = ev.id_part(updated.get(f.author_id))
+                info = PostInfo(author, public)
+                private_rooms = [ev.user_room(author)] if author else []
     else:
-        changed = list(cfg.post_fields)
-    data = _post_data(doc, post_id, author, cfg)
-    data["changed"] = changed
+        changed, routing_changed = list(cfg.post_fields), False
+    data = _post_data(doc, post_id, author, cfg, changed)
     b.add(ev.POST_UPDATED, [ev.post_room(post_id)] if public else private_rooms, data)
-    return Mapped(post_info=(post_id, info) if _doc(change) is not None else None)
+    return Mapped(post_info=(post_id, info) if _doc(change) is not None or routing_changed else None)
 
 
 def _map_reaction(change: dict[str, Any], op: str, sub: Subject, b: _Builder, cfg: MappingConfig,
