@@ -78,7 +78,10 @@ def _routes(watcher: Watcher) -> dict[str, httpd.Route]:
         ok, why = watcher.health()
         if not ok:
             problems.append(why)
-        body = {"ready": not problems, "leader": watcher.lease_value is not None, "problems": problems}
+        if watcher.lease_value is not None and not watcher.streaming:
+            problems.append("the change stream is not open yet")
+        body = {"ready": not problems, "leader": watcher.lease_value is not None, "streaming": watcher.streaming,
+                "problems": problems}
         return (200 if not problems else 503), "application/json", orjson.dumps(body)
 
     async def metrics() -> tuple[int, str, bytes]:

@@ -112,6 +112,7 @@ class Watcher:
         self.last_poll = time.monotonic()
         self.last_checkpoint = 0.0
         self.started = False
+        self.streaming = False  # a change stream is open and being read
 
     # -- leadership ------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -214,18 +215,46 @@ class Watcher:
             point = ResumePoint(resume_after=published, at=state.get("at", ""))
         elif checkpoint is not None and published is None and not await self.redis.exists(self.keys.events):
             # Redis lost its data: publish again, with the same ids, what the oplog still holds of the retention
-            # window; if it holds less, start from the checkpoint.
-            secs, _ = token_time(checkpoint.token)
-            start = Timestamp(max(secs - int(self.cfg.max_age), 1), 0)
+            # window (the same changes give the same ids); if it holds nothing of it, go on from the checkpoint.
+            secs, inc = token_time(checkpoint.token)
+            start = await self._oldest_start(Timestamp(secs, inc))
             fallback = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
-            point = ResumePoint(start_at=start, fallback=fallback)
-            log.warning("Redis holds no events but a checkpoint exists: republishing from %s", start)
+            point = ResumePoint(start_at=start, fallback=fallback) if start is not None else fallback
+            log.warning("Redis holds no events but a checkpoint exists: republishing from %s", point.describe())
         elif checkpoint is not None:
             point = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
         else:
             point = ResumePoint()
         log.info("resuming %s", point.describe())
         return point
+
+    async def _oldest_start(self, upto: Timestamp) -> Timestamp | None:
+        """The earliest cluster time, within the retention window before ``upto``, at which the oplog still
+        lets a stream start: found by probing (a binary search over opening streams), which needs no
+        access to the oplog itself."""
+        async def can_start(time_part: int) -> bool:
+            try:
+                probe = await self._open(ResumePoint(start_at=Timestamp(time_part >> 32, time_part & 0xFFFFFFFF)))
+            except OperationFailure as exc:
+                if exc.code in HISTORY_LOST:
+                    return False
+                raise
+            await probe.close()
+            return True
+
+        good = ev.time_part(upto.time, upto.inc)
+        bad = ev.time_part(max(upto.time - int(self.cfg.max_age), 1), 0)
+        if await can_start(bad):
+            return Timestamp(bad >> 32, bad & 0xFFFFFFFF)
+        if not await can_start(good):
+            return None
+        while good - bad > 1:
+            mid = (good + bad) // 2
+            if await can_start(mid):
+                good = mid
+            else:
+                bad = mid
+        return Timestamp(good >> 32, good & 0xFFFFFFFF)
 
     async def _open(self, point: ResumePoint) -> Any:
         kwargs: dict[str, Any] = {}
@@ -251,6 +280,13 @@ class Watcher:
                 return point.fallback
             return await self._lost(lease, exc)
         self.last_time, self.last_position = _at(point.at)
+        self.streaming = True
+        try:
+            return await self._read(lease, stream)
+        finally:
+            self.streaming = False
+
+    async def _read(self, lease: str, stream: Any) -> ResumePoint:
         async with stream:
             while stream.alive:
                 try:
@@ -437,7 +473,9 @@ class Watcher:
         self.metrics.last_poll.set(silent if self.lease_value else 0.0)
         if self.lease_value is not None and silent > self.cfg.stall_seconds:
             return False, f"the change stream has not answered for {silent:.0f}s"
-        return True, "leader" if self.lease_value else "standby"
+        if self.lease_value is None:
+            return True, "standby"
+        return True, "leader" if self.streaming else "leader (opening the stream)"
 
 
 def _id_forms(post_id: str) -> list[Any]:

@@ -1,0 +1,229 @@
+"""The watcher against the stand-in and a real Redis: exactly once through crashes, leader changes,
+lost history and lost Redis data."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pymongo import MongoClient
+
+from realtime import events as ev
+from realtime.standin import StandIn
+from tests.conftest import TIMEOUT, RedisServer
+from tests.integration.producer import Producer
+from tests.integration.watcherkit import (
+    WatcherProcess,
+    expected_events,
+    leader,
+    published,
+    reference,
+    setup_collections,
+    stream,
+    streaming,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    mongo = StandIn(noop_interval=0.5)
+    mongo.start()
+    yield mongo
+    mongo.stop()
+
+
+@pytest.fixture
+def mongo_client(standin: StandIn) -> Iterator[MongoClient[dict[str, Any]]]:
+    client: MongoClient[dict[str, Any]] = MongoClient(standin.uri)
+    setup_collections(client, "app")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def watchers(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Iterator[Any]:
+    started: list[WatcherProcess] = []
+
+    def make(name: str, **env: str) -> WatcherProcess:
+        w = WatcherProcess(standin.uri, redis_server.url, tmp_path, name, **env)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+def start_time(client: MongoClient[dict[str, Any]]) -> Any:
+    return client.admin.command("ping")["operationTime"]
+
+
+def drained(r: redis.Redis, expected: list[Any]) -> bool:
+    return len(published(stream(r))) >= len(expected)
+
+
+def check_stream(r: redis.Redis, client: MongoClient[dict[str, Any]], start: Any) -> list[Any]:
+    changes = list(reference(client, "app", start))
+    expected = expected_events(changes)
+    wait_for(lambda: drained(r, expected), "the watcher to publish every change", timeout=TIMEOUT * 6)
+    got = published(stream(r))
+    assert len({e[0] for e in got}) == len(got), "no event id appears twice"
+    assert got == expected
+    return changes
+
+
+def check_counts(r: redis.Redis, client: MongoClient[dict[str, Any]]) -> None:
+    counts = {k.decode(): int(v) for k, v in r.hgetall("{rt}:likes").items()}
+    truth = {row["_id"]: row["n"] for row in client.app.likes.aggregate(
+        [{"$group": {"_id": "$postId", "n": {"$sum": 1}}}])}
+    for post, n in truth.items():
+        assert counts.get(post) == n, f"like count of {post}"
+    assert all(n == 0 for post, n in counts.items() if post not in truth)
+
+
+def test_exactly_once_through_two_sigkills(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
+                                           watchers: Any) -> None:
+    total = 5000
+    start = start_time(mongo_client)
+    watcher = watchers("w1").start()
+    wait_for(lambda: leader(r) == "w1" and streaming(watcher), "w1 to lead")
+    producer = Producer(mongo_client, "app")
+    thread = threading.Thread(target=producer.run, args=(total,))
+    thread.start()
+    rng = random.Random(11)
+    try:
+        for kill_at in sorted(rng.sample(range(500, total - 500), 2)):
+            assert producer.wait_for(kill_at, TIMEOUT * 6)
+            watcher.kill(signal.SIGKILL)
+            watcher.start()
+    finally:
+        thread.join(TIMEOUT * 12)
+    assert not thread.is_alive()
+    check_stream(r, mongo_client, start)
+    check_counts(r, mongo_client)
+    assert watcher.metric("realtime_watcher_resets_total") == 0
+
+
+def test_standby_takes_over_within_the_lease(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
+                                             watchers: Any) -> None:
+    start = start_time(mongo_client)
+    a = watchers("a").start()
+    wait_for(lambda: leader(r) == "a" and streaming(a), "a to lead")
+    b = watchers("b").start()
+    wait_for(lambda: b.get("/healthz")[0] == 200, "b to answer")
+    assert leader(r) == "a"
+    producer = Producer(mongo_client, "app", seed=3)
+    thread = threading.Thread(target=producer.run, args=(1500,))
+    thread.start()
+    try:
+        assert producer.wait_for(500, TIMEOUT * 3)
+        a.kill(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: leader(r) == "b", "b to take over", timeout=TIMEOUT)
+        took = time.monotonic() - killed
+    finally:
+        thread.join(TIMEOUT * 6)
+    assert took < 1.0 + 1.0 / 4 + 1.0, f"takeover took {took:.2f}s with a 1s lease"
+    check_stream(r, mongo_client, start)
+    check_counts(r, mongo_client)
+    assert b.metric("realtime_watcher_leader") == 1
+
+
+def test_deposed_leader_cannot_publish(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
+                                       watchers: Any) -> None:
+    a = watchers("a").start()
+    wait_for(lambda: leader(r) == "a" and streaming(a), "a to lead")
+    a.kill(signal.SIGSTOP)  # frozen, not dead: its lease runs out while it sleeps
+    try:
+        wait_for(lambda: leader(r) is None, "the lease to expire", timeout=TIMEOUT)
+        b = watchers("b").start()
+        wait_for(lambda: leader(r) == "b" and streaming(b), "b to lead")
+        mongo_client.app.posts.insert_one({"_id": "x", "authorId": "u1"})
+        wait_for(lambda: len(stream(r)) == 1, "b to publish")
+    finally:
+        a.kill(signal.SIGCONT)
+    time.sleep(1.0)  # a wakes up and finds its lease gone
+    mongo_client.app.posts.insert_one({"_id": "y", "authorId": "u1"})
+    wait_for(lambda: len(stream(r)) == 2, "b to publish again")
+    time.sleep(0.5)
+    ids = [e["id"] for e in stream(r)]
+    assert len(ids) == 2 and len(set(ids)) == 2
+    assert leader(r) == "b"
+
+
+def test_lost_history_gives_one_reset_and_a_fresh_stream(r: redis.Redis, standin: StandIn,
+                                                         mongo_client: MongoClient[dict[str, Any]],
+                                                         watchers: Any) -> None:
+    w = watchers("w").start()
+    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    mongo_client.app.posts.insert_one({"_id": "before", "authorId": "u1"})
+    wait_for(lambda: len(stream(r)) == 1, "the first event")
+    w.stop()
+    mongo_client.app.posts.insert_one({"_id": "lost", "authorId": "u1"})
+    standin.truncate_oplog()
+    mongo_client.app.checkpoints_noise.insert_one({})  # some oplog after the truncation
+    w.start()
+    wait_for(lambda: any(e["type"] == ev.RESET for e in stream(r)), "a reset marker")
+    mongo_client.app.posts.insert_one({"_id": "after", "authorId": "u1"})
+    wait_for(lambda: len(stream(r)) == 3, "the event after the reset")
+    time.sleep(1.0)  # a looping watcher would publish more resets meanwhile
+    events = stream(r)
+    assert [e["type"] for e in events] == [ev.POST_CREATED, ev.RESET, ev.POST_CREATED]
+    assert [e["data"].get("id") for e in events if e["type"] == ev.POST_CREATED] == ["before", "after"]
+    reset = events[1]
+    assert reset["rooms"] == [ev.ALL_ROOMS] and reset["data"]["reason"] == "history_lost"
+    assert [e["id"] for e in stream(r, "{rt}:resets")] == [reset["id"]]
+    assert w.metric("realtime_watcher_resets_total", reason="history_lost") == 1
+    assert "history is gone" in w.log()
+
+
+def test_quiet_database_keeps_the_checkpoint_moving(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
+                                                    watchers: Any) -> None:
+    watchers("w").start()
+    wait_for(lambda: leader(r) == "w", "w to lead")
+    checkpoints = mongo_client.realtime_meta.checkpoints
+
+    def token() -> str | None:
+        doc = checkpoints.find_one({"_id": "app/rt"})
+        return doc["token"]["_data"] if doc else None
+
+    first = wait_for(token, "a first checkpoint")
+    second = wait_for(lambda: (t := token()) is not None and t > first and t, "the checkpoint to advance")
+    wait_for(lambda: (t := token()) is not None and t > second, "the checkpoint to advance again")
+    assert stream(r) == []
+
+
+def test_redis_data_loss_republishes_with_the_same_ids(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
+                                                       watchers: Any) -> None:
+    start = start_time(mongo_client)
+    w = watchers("w").start()
+    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    producer = Producer(mongo_client, "app", seed=5)
+    producer.run(300)
+    before = check_stream(r, mongo_client, start)
+    first = published(stream(r))
+    w.kill(signal.SIGKILL)
+    r.flushall()
+    w.start()
+    wait_for(lambda: len(published(stream(r))) >= len(first), "the events to be published again")
+    assert published(stream(r)) == first
+    check_counts(r, mongo_client)
+    assert len(before) >= 300
