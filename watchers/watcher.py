@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,11 +78,15 @@ def _at(at: str) -> tuple[int, int]:
 
 
 class WatcherMetrics:
-    def __init__(self) -> None:
+    def __init__(self, caught_up: Callable[[], bool], last_wall: Callable[[], float]) -> None:
+        self.caught_up: Callable[[], bool] = caught_up
+        self.last_wall: Callable[[], float] = last_wall
         r = self.registry = Registry()
         self.leader = r.gauge("realtime_watcher_leader", "1 while this watcher holds the lease and publishes")
         self.lag = r.gauge("realtime_watcher_lag_seconds",
-                           "now minus the wall time of the last change published (0 when caught up)")
+                           "now minus the wall time of the last change published (0 when caught up)",
+                           read=lambda: 0.0 if self.caught_up() or not self.last_wall() else
+                           max(time.time() - self.last_wall(), 0.0))
         self.changes = r.counter("realtime_watcher_changes_total", "changes read from the stream")
         self.published = r.counter("realtime_watcher_events_published_total", "events appended to Redis")
         self.duplicates = r.counter("realtime_watcher_duplicates_total",
@@ -105,7 +110,7 @@ class Watcher:
         self.publisher = Publisher(redis, self.keys, global_maxlen=cfg.global_maxlen, room_maxlen=cfg.room_maxlen)
         self.lease = RedisLease(redis, self.keys, cfg.name, cfg.lease_seconds)
         self.checkpoints = MongoCheckpoints(mongo, cfg.checkpoint_db, f"{cfg.database}/{cfg.prefix}", cfg.name)
-        self.metrics = WatcherMetrics()
+        self.metrics = WatcherMetrics(lambda: self.caught_up, lambda: self.last_wall)
         self.posts: OrderedDict[str, mapping.PostInfo | None] = OrderedDict()
         self.lease_value: str | None = None
         self.last_time, self.last_position = -1, -1
@@ -113,6 +118,8 @@ class Watcher:
         self.last_checkpoint = 0.0
         self.started = False
         self.streaming = False  # a change stream is open and being read
+        self.caught_up = True  # the last poll of the stream returned nothing
+        self.last_wall = 0.0  # wall time of the last change handled
 
     # -- leadership ------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -297,12 +304,13 @@ class Watcher:
                     return await self._lost(lease, exc)
                 self.last_poll = time.monotonic()
                 if change is None:
-                    self.metrics.lag.set(0)
+                    self.caught_up = True
                 else:
+                    self.caught_up = False
                     nxt = await self._handle(lease, change)
                     if nxt is not None:
                         return nxt
-                await self._checkpoint(stream.resume_token)
+                await self._checkpoint(stream)
             token = stream.resume_token
         # The server closed the stream (an invalidate the $match let through is handled in _handle).
         log.warning("the change stream was closed by the server; starting after %s", token)
@@ -333,9 +341,12 @@ class Watcher:
         else:
             log.warning("reset marker %s not written: the stream already holds a later event", event.id)
 
-    async def _checkpoint(self, token: dict[str, Any] | None, force: bool = False) -> None:
+    async def _checkpoint(self, stream: Any) -> None:
         now = time.monotonic()
-        if token is None or (not force and now - self.last_checkpoint < self.cfg.checkpoint_interval):
+        if now - self.last_checkpoint < self.cfg.checkpoint_interval:
+            return
+        token = stream.resume_token  # a deep copy each time: read only when due
+        if token is None:
             return
         self.last_checkpoint = now
         await self.checkpoints.save(Checkpoint(dict(token), f"{self.last_time}:{self.last_position}"))
@@ -371,7 +382,7 @@ class Watcher:
         wall = change.get("wallTime")
         if isinstance(wall, dt.datetime):
             wall = wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
-            self.metrics.lag.set(max(time.time() - wall.timestamp(), 0.0))
+            self.last_wall = wall.timestamp()
         return None
 
     async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
