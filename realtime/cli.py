@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mongo-setup",
         help="enable change-stream pre- and post-images on the watched collections",
         description="Enable changeStreamPreAndPostImages on the posts, likes and comments collections "
-        "(creating them if needed), so deletes of likes and comments reach their post's room. "
+        "(creating them if needed), so deletes of likes and comments reach their post's room, and index "
+        "the post id of likes and comments. "
         "Configured from the same environment as 'realtime watch'.",
     )
     return parser
@@ -100,8 +101,8 @@ def _mongo_setup() -> int:
     except PyMongoError as exc:
         print(f"realtime mongo-setup: {exc}", file=sys.stderr)
         return 1
-    for name in done:
-        print(f"pre- and post-images enabled on {name}")
+    for line in done:
+        print(line)
     return 0
 
 

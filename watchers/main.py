@@ -115,7 +115,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 
 
 async def setup_collections(cfg: WatcherConfig) -> list[str]:
-    """Enable pre- and post-images on the watched collections (creating them if needed)."""
+    """Enable pre- and post-images on the watched collections (creating them if needed), and index the
+    post id of likes and comments (the watcher counts a post's likes by it once per post)."""
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=10_000)
     done = []
     try:
@@ -126,7 +127,11 @@ async def setup_collections(cfg: WatcherConfig) -> list[str]:
                 await db.command("collMod", name, changeStreamPreAndPostImages={"enabled": True})
             else:
                 await db.create_collection(name, changeStreamPreAndPostImages={"enabled": True})
-            done.append(f"{cfg.database}.{name}")
+            done.append(f"pre- and post-images enabled on {cfg.database}.{name}")
+        field = cfg.mapping.fields.post_id
+        for name in (cfg.mapping.likes, cfg.mapping.comments):
+            index = await db[name].create_index(field)
+            done.append(f"index {index} on {cfg.database}.{name}")
     finally:
         await mongo.close()
     return done

@@ -497,12 +497,9 @@ class Engine:
         if at is None and not hide:
             return self._mcoll(db, coll) if self.store.exists(db, coll) else None
         import mongomock
-        import mongomock.filtering
 
         scratch: Any = mongomock.MongoClient()["snapshot"]["snapshot"]
-        docs = self.store.snapshot(db, coll, at, hide)
-        if query:
-            docs = [d for d in docs if self.store._read(lambda d=d: mongomock.filtering.filter_applies(query, d))]
+        docs = self.store.snapshot(db, coll, at, hide, query)
         if docs:
             scratch.insert_many(docs)
         return scratch

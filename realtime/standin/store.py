@@ -478,31 +478,21 @@ class Store:
         return CommandError(11000, f"E11000 duplicate key error collection: {db}.{coll}")
 
     # -- snapshot reads ---------------------------------------------------------------------------------
-    def snapshot(self, db: str, coll: str, ts: Any, hide: list[Transaction] = ()  # type: ignore[assignment]
-                 ) -> list[dict[str, Any]]:
-        """The collection's documents at cluster time ``ts`` (``readConcern: snapshot`` with ``atClusterTime``),
-        or now when ``ts`` is None, without the uncommitted writes of the transactions in ``hide``: rebuilt by
-        undoing those transactions' writes, then the oplog entries after ``ts``."""
+    def snapshot(self, db: str, coll: str, ts: Any, hide: list[Transaction] = (),  # type: ignore[assignment]
+                 query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The documents matching ``query`` as they were at cluster time ``ts`` (``readConcern: snapshot`` with
+        ``atClusterTime``), or now when ``ts`` is None, without the uncommitted writes of the transactions in
+        ``hide``. Documents no later write touched are read as they are; the others are rebuilt by undoing
+        those transactions' writes, then the oplog entries after ``ts``, newest first."""
         if ts is not None and ts < self.oplog.oldest_ts:
             raise CommandError(239, "Read timestamp is older than the oldest available timestamp.",
                                code_name="SnapshotTooOld")
         if ts is not None and ts > self.oplog.latest_ts:
             raise CommandError(2, f"atClusterTime {ts} is in the future")
-        docs: dict[Any, dict[str, Any]] = {}
-        order: list[Any] = []
-        for d in self.documents(db, coll):
-            k = _lock_key(d["_id"])
-            docs[k] = d
-            order.append(k)
+        undone: dict[Any, tuple[Any, dict[str, Any] | None]] = {}  # key -> (_id, document at ts or None)
 
         def undo(key: Any, before: dict[str, Any] | None) -> None:
-            k = _lock_key(key)
-            if before is None:
-                docs.pop(k, None)
-            else:
-                if k not in docs:
-                    order.append(k)
-                docs[k] = before
+            undone[_lock_key(key)] = (key, before)
 
         for txn in hide:
             for tdb, tcoll, key, before in reversed(txn.undo):
@@ -519,7 +509,15 @@ class Store:
                                    code_name="SnapshotUnavailable")
             if event["ns"].get("coll") == coll:
                 undo(event["documentKey"]["_id"], None if op == "insert" else entry.before)
-        return [copy.deepcopy(docs[k]) for k in order if k in docs]
+        out = []
+        if self.exists(db, coll):
+            current = self._read(lambda: materialize(self._mcoll(db, coll).find(query or {})))
+            out = [d for d in current if _lock_key(d["_id"]) not in undone]
+        for _, before in undone.values():
+            if before is not None and (not query or self._read(
+                    lambda before=before: mongomock.filtering.filter_applies(query, before))):
+                out.append(copy.deepcopy(before))
+        return out
 
     # -- transactions -----------------------------------------------------------------------------
     def commit(self, txn: Transaction, locks: dict[tuple[str, str, Any], Transaction]) -> None:
