@@ -55,6 +55,7 @@ class ResumePoint:
     start_at: Timestamp | None = None
     at: str = ""  # "<time part>:<position>" of the last change processed before this point
     fallback: ResumePoint | None = None  # tried when this one's history is gone (after a Redis data loss)
+    reset: str | None = None  # publish a reset marker with this reason just before the stream's first change
 
     def describe(self) -> str:
         if self.resume_after is not None:
@@ -225,8 +226,9 @@ class Watcher:
             # window (the same changes give the same ids); if it holds nothing of it, go on from the checkpoint.
             secs, inc = token_time(checkpoint.token)
             start = await self._oldest_start(Timestamp(secs, inc))
-            fallback = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
-            point = ResumePoint(start_at=start, fallback=fallback) if start is not None else fallback
+            fallback = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at, reset="redis_data_lost")
+            point = ResumePoint(start_at=start, fallback=fallback, reset="redis_data_lost") if start is not None \
+                else fallback
             log.warning("Redis holds no events but a checkpoint exists: republishing from %s", point.describe())
         elif checkpoint is not None:
             point = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
@@ -287,6 +289,10 @@ class Watcher:
                 return point.fallback
             return await self._lost(lease, exc)
         self.last_time, self.last_position = _at(point.at)
+        if point.reset is not None:
+            # History before this point is gone from Redis: clients resuming from before it must refetch.
+            start = point.start_at if point.start_at is not None else Timestamp(*token_time(point.resume_after or {}))
+            await self._reset(lease, ev.time_part(start.time, start.inc) - 1, point.reset, {})
         self.streaming = True
         try:
             return await self._read(lease, stream)

@@ -225,5 +225,8 @@ def test_redis_data_loss_republishes_with_the_same_ids(r: redis.Redis, mongo_cli
     w.start()
     wait_for(lambda: len(published(stream(r))) >= len(first), "the events to be published again")
     assert published(stream(r)) == first
+    events = stream(r)
+    assert events[0]["type"] == ev.RESET and events[0]["data"]["reason"] == "redis_data_lost"
+    assert events[0]["id"] < events[1]["id"]
     check_counts(r, mongo_client)
     assert len(before) >= 300
