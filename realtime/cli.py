@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a watcher. Configured from the environment (MONGODB_URI, REDIS_URL, MONGODB_DB, "
         "REALTIME_*; see docs/configuration.md). Any number may run: one leads, the others stand by.",
     )
+    serve = sub.add_parser(
+        "serve",
+        help="run the push server (WebSocket, long-polling, SSE)",
+        description="Run the push server. Configured from the environment (REDIS_URL, REALTIME_JWT_SECRET or "
+        "REALTIME_JWKS_FILE/URL, REALTIME_*; see docs/configuration.md); the options override it.",
+    )
+    serve.add_argument("--host", help="address to listen on (REALTIME_LISTEN's host; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (REALTIME_LISTEN's port; default 8000)")
+    serve.add_argument("--workers", type=_positive_int, help="worker processes (REALTIME_WORKERS; default 1)")
     sub.add_parser(
         "mongo-setup",
         help="enable change-stream pre- and post-images on the watched collections",
@@ -115,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchers.main import main as watch_main
 
         return watch_main()
+    if args.command == "serve":
+        from realtime.server.main import serve as serve_main
+
+        return serve_main(args.host, args.port, args.workers)
     if args.command == "mongo-setup":
         return _mongo_setup()
     raise AssertionError(f"unhandled command {args.command}")

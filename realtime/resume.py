@@ -1,0 +1,37 @@
+"""Whether a room's history still covers a client's ``since``: a pure decision.
+
+History covers ``since`` when nothing after it was lost: no reset marker after it, no entry of the room
+trimmed after it, and ``since`` not beyond what this Redis has ever held (which happens when Redis lost
+its data). Otherwise the client gets an explicit ``reset`` for that room, never a silent gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from realtime.events import parse_id
+
+NEVER = (0, 0)
+
+
+@dataclass(frozen=True)
+class RoomHistory:
+    max_deleted: tuple[int, int] = NEVER  # the highest id ever trimmed from the room's stream
+
+
+@dataclass(frozen=True)
+class StreamState:
+    last: tuple[int, int] | None  # the global stream's newest id (None: empty or missing)
+    last_reset: tuple[int, int] | None  # the newest reset marker's id
+
+
+def covered(since: str, room: RoomHistory, stream: StreamState) -> tuple[bool, str]:
+    """``(True, "")`` when the room's history after ``since`` is complete, else ``(False, reason)``."""
+    point = parse_id(since)
+    if stream.last_reset is not None and stream.last_reset > point:
+        return False, "history_reset"
+    if stream.last is None or point > stream.last:
+        return (point == NEVER, "unknown_position") if stream.last is None else (False, "unknown_position")
+    if room.max_deleted > point:
+        return False, "history_trimmed"
+    return True, ""

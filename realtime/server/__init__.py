@@ -1,0 +1,1 @@
+"""The push server: Sanic, one stream reader per process, rooms fanned out in process."""

@@ -1,0 +1,295 @@
+"""The Sanic application: ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``; one stream reader per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sanic import Request, Sanic, Websocket
+from sanic.response import HTTPResponse, raw
+
+from realtime import events as ev
+from realtime.auth import TokenVerifier
+from realtime.errors import CLOSE_CODES
+from realtime.protocol import (
+    Authenticated,
+    Close,
+    PresenceQuery,
+    Send,
+    Session,
+    Subscribe,
+    Sync,
+    Typing,
+    Unsubscribe,
+    error_frame,
+    frame,
+)
+from realtime.resume import covered
+from realtime.server.config import ServerConfig
+from realtime.server.history import History
+from realtime.server.hub import Conn, Hub, text_frame
+from realtime.server.reader import StreamReader
+
+log = logging.getLogger("realtime.server")
+
+
+@dataclass
+class State:
+    cfg: ServerConfig
+    redis: Redis
+    hub: Hub
+    history: History
+    reader: StreamReader
+    verifier: TokenVerifier | None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    closing: set[asyncio.Future[Any]] = field(default_factory=set)
+    stopping: bool = False
+
+
+def _keys(prefix: str) -> tuple[str, str, str]:
+    tag = "{" + prefix + "}"
+    return f"{tag}:events", f"{tag}:resets", f"{tag}:room:"
+
+
+def _bearer(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+
+def _jwks_text(cfg: ServerConfig) -> str | None:
+    if cfg.auth.jwks_url is None:
+        return None
+    with urllib.request.urlopen(cfg.auth.jwks_url, timeout=10) as reply:
+        text: str = reply.read().decode()
+        return text
+
+
+def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
+    app = Sanic(name, configure_logging=False)
+    app.config.update({
+        "WEBSOCKET_MAX_SIZE": cfg.max_frame,
+        "WEBSOCKET_PING_INTERVAL": cfg.heartbeat or None,  # heartbeats: a ping every so often ...
+        "WEBSOCKET_PING_TIMEOUT": cfg.heartbeat_timeout,  # ... answered in time, or the connection closes (1011)
+        "GRACEFUL_SHUTDOWN_TIMEOUT": cfg.shutdown_grace,
+        "ACCESS_LOG": False,
+        "MOTD": False,
+    })
+
+    @app.before_server_start
+    async def start(app: Sanic[Any, Any]) -> None:
+        events_key, resets_key, room_prefix = _keys(cfg.prefix)
+        redis = Redis.from_url(cfg.redis_url)
+        hub = Hub(queue_bytes=cfg.queue_bytes, queue_messages=cfg.queue_messages, send_buffer=cfg.send_buffer)
+        history = History(redis, events_key, resets_key, room_prefix)
+        verifier = cfg.auth.verifier(await asyncio.to_thread(_jwks_text, cfg))
+        reader = StreamReader(cfg.redis_url, events_key, hub.on_entries, count=cfg.read_count)
+        state = State(cfg, redis, hub, history, reader, verifier)
+        app.ctx.state = state
+        last = b"$"
+        for attempt in range(50):
+            try:
+                last = await history.last_id()
+                break
+            except (RedisError, OSError) as exc:
+                if attempt == 0:
+                    log.warning("Redis unreachable at start (%s); retrying", exc)
+                await asyncio.sleep(0.2)
+        await reader.start(last)
+        state.tasks.append(asyncio.get_running_loop().create_task(_tick(state)))
+        log.info("serving on %s:%d, reading %s from %s", cfg.host, cfg.port, events_key, last.decode())
+
+    @app.before_server_stop
+    async def stop(app: Sanic[Any, Any]) -> None:
+        state: State = app.ctx.state
+        state.stopping = True
+        going = CLOSE_CODES["going_away"]
+        await state.hub.close_all(going.code, "going away", cfg.shutdown_grace)
+        for task in state.tasks:
+            task.cancel()
+        await state.reader.stop()
+        await state.redis.aclose()
+
+    @app.websocket("/ws")  # type: ignore[untyped-decorator]
+    async def websocket(request: Request, ws: Websocket) -> None:
+        await _serve_socket(request.app.ctx.state, request, ws)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> HTTPResponse:
+        return raw(orjson.dumps({"ok": True}), content_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> HTTPResponse:
+        state: State = request.app.ctx.state
+        problems = []
+        try:
+            stream = await state.history.state()
+        except (RedisError, OSError) as exc:
+            problems.append(f"redis: {type(exc).__name__}")
+            stream = None
+        if not state.reader.connected or time.monotonic() - state.reader.last_reply > 5.0:
+            problems.append("the stream reader is not reading")
+        elif stream is not None and stream.last is not None and state.reader.last not in (b"$",):
+            behind = (stream.last[0] >> 32) - (ev.parse_id(state.reader.last.decode())[0] >> 32)
+            if behind > cfg.lag_ready_seconds:
+                problems.append(f"delivery lags {behind}s behind the stream")
+        if state.stopping:
+            problems.append("shutting down")
+        body = orjson.dumps({"ready": not problems, "problems": problems})
+        return raw(body, status=200 if not problems else 503, content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> HTTPResponse:
+        state: State = request.app.ctx.state
+        return raw(state.hub.metrics.registry.render().encode(), content_type="text/plain; version=0.0.4")
+
+    return app
+
+
+async def _tick(state: State) -> None:
+    """Once a second: each session's clock checks (auth deadline, token expiry, idle)."""
+    while True:
+        await asyncio.sleep(1.0)
+        for conn in list(state.hub.conns):
+            actions = conn.session.tick()
+            if actions:
+                task = asyncio.ensure_future(_apply(state, conn, actions))
+                state.closing.add(task)
+                task.add_done_callback(state.closing.discard)
+
+
+async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
+    cfg = state.cfg
+    hub = state.hub
+    address = request.ip or "?"
+    if ws.ws_proto.extensions:  # shared raw frames need an uncompressed connection; Sanic never negotiates one
+        await ws.close(CLOSE_CODES["internal"].code, "compression not supported")
+        return
+    if state.stopping:
+        await ws.close(CLOSE_CODES["going_away"].code, "going away")
+        return
+    if hub.by_address.get(address, 0) >= cfg.max_conns_per_address:
+        hub.metrics.refused.inc(reason="address")
+        await ws.close(CLOSE_CODES["too_many_connections"].code, "too many connections from this address")
+        return
+    session = Session(cfg.session, state.verifier, time.time)
+    conn = Conn(hub, ws, session, address)
+    hub.add(conn)
+    try:
+        await _apply(state, conn, session.start(_bearer(request.headers.get("authorization"))))
+        async for message in ws:
+            if not conn.alive:
+                break
+            await _apply(state, conn, session.receive(message))
+    finally:
+        hub.forget(conn)
+
+
+async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
+    hub = state.hub
+    for action in actions:
+        if not conn.alive:
+            return
+        if isinstance(action, Send):
+            if action.frame.startswith(b'{"op":"error"'):
+                code = orjson.loads(action.frame).get("code", "")
+                hub.metrics.errors.inc(code=code)
+                if code in ("unauthorized", "token_expired", "token_mismatch"):
+                    hub.metrics.auth_failures.inc(reason=code)
+            conn.send(text_frame(action.frame))
+        elif isinstance(action, Close):
+            hub.forget(conn)
+            name = next((c.name for c in CLOSE_CODES.values() if c.code == action.code), str(action.code))
+            hub.metrics.closes.inc(reason=name)
+            if name in ("unauthorized", "token_expired", "auth_timeout"):
+                hub.metrics.auth_failures.inc(reason=name)
+            with contextlib.suppress(Exception):
+                await conn.ws.close(action.code, action.reason)
+            return
+        elif isinstance(action, Authenticated):
+            user = action.principal.user
+            if conn.user != user and hub.by_user.get(user, 0) >= state.cfg.max_conns_per_user:
+                hub.metrics.refused.inc(reason="user")
+                conn.send(text_frame(error_frame("too_many_connections", "too many connections for this user")))
+                await _apply(state, conn, [Close(CLOSE_CODES["too_many_connections"].code, "too many connections")])
+                return
+            hub.set_user(conn, user)
+        elif isinstance(action, Subscribe):
+            if action.since is None:
+                hub.join(conn, action.rooms)
+                conn.send(text_frame(frame("subscribed", ref=action.ref, rooms=list(action.rooms))))
+            else:
+                await _replay(state, conn, action.rooms, action.since, action.ref, join=True)
+        elif isinstance(action, Unsubscribe):
+            hub.leave(conn, action.rooms)
+        elif isinstance(action, Sync):
+            await _replay(state, conn, action.rooms, action.since, action.ref, join=False)
+        elif isinstance(action, (Typing, PresenceQuery)):
+            ref = action.ref if isinstance(action, PresenceQuery) else None
+            conn.send(text_frame(error_frame("unsupported", "presence and typing are not served yet", ref)))
+
+
+async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, ref: Any, *, join: bool) -> None:
+    """Events of ``rooms`` after ``since`` from history, then live, with no gap and no duplicate."""
+    hub = state.hub
+    conn.pending = []
+    if join:
+        hub.join(conn, rooms)
+        conn.send(text_frame(frame("subscribed", ref=ref, rooms=list(rooms))))
+    hub.metrics.replays.inc()
+    replayed: set[str] = set()
+    last: tuple[int, int] | None = None
+    try:
+        stream = await state.history.state()
+        info = await state.history.room_info(list(rooms))
+        resets: dict[str, list[str]] = {}
+        readable = []
+        for room in rooms:
+            ok, why = covered(since, info[room], stream)
+            if ok:
+                readable.append(room)
+            else:
+                resets.setdefault(why, []).append(room)
+        found = await state.history.read(readable, since, state.cfg.replay_limit) if readable else {}
+        merged: dict[tuple[int, int], tuple[str, bytes]] = {}
+        for room in readable:
+            entries = found.get(room, [])
+            if len(entries) > state.cfg.replay_limit:
+                resets.setdefault("too_far_behind", []).append(room)
+                continue
+            replayed.add(room)
+            for entry_id, raw in entries:
+                key = ev.parse_id(entry_id.decode())
+                if key not in merged:
+                    merged[key] = (room, raw)
+        for why, reset_rooms in resets.items():
+            conn.send(text_frame(frame("reset", ref=ref, rooms=sorted(reset_rooms), reason=why)))
+            hub.metrics.resets.inc(reason=why)
+        for key in sorted(merged):
+            room, raw = merged[key]
+            envelope = orjson.loads(raw)
+            conn.send(text_frame(orjson.dumps({"op": "event", "id": envelope["id"], "type": envelope["type"],
+                                               "room": room, "data": envelope.get("data"),
+                                               "ts": envelope.get("ts")})))
+            last = key
+        hub.metrics.replayed.inc(len(merged))
+    except (RedisError, OSError) as exc:
+        log.warning("replay failed: %s", exc)
+        conn.send(text_frame(error_frame("unavailable", "history is unreachable; retry the sync", ref)))
+    finally:
+        pending, conn.pending = conn.pending or [], None
+        for key, room, data in pending:
+            if room in replayed and last is not None and key <= last:
+                continue  # already sent from history
+            conn.send(data)
+    conn.send(text_frame(frame("synced", ref=ref, rooms=list(rooms),
+                               last=f"{last[0]}-{last[1]}" if last is not None else None)))

@@ -1,0 +1,113 @@
+"""The server's configuration, from the environment. Every variable is in docs/configuration.md."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from realtime.auth import TokenVerifier
+from realtime.config import ConfigError, Env
+from realtime.protocol import SessionConfig
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    secret: str | None = None
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    audience: str | None = None
+    issuer: str | None = None
+    leeway: float = 0.0
+
+    def verifier(self, jwks_text: str | None = None) -> TokenVerifier | None:
+        if self.secret is not None:
+            return TokenVerifier(secret=self.secret, audience=self.audience, issuer=self.issuer, leeway=self.leeway)
+        text = jwks_text
+        if text is None and self.jwks_file is not None:
+            text = Path(self.jwks_file).read_text()
+        if text is None:
+            return None
+        return TokenVerifier(jwks=json.loads(text), audience=self.audience, issuer=self.issuer, leeway=self.leeway)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    redis_url: str
+    prefix: str
+    host: str
+    port: int
+    workers: int
+    auth: AuthConfig
+    session: SessionConfig
+    max_frame: int = 64 * 1024
+    queue_bytes: int = 1 << 20  # per connection, past which it is closed as slow
+    queue_messages: int = 5_000
+    send_buffer: int = 0  # SO_SNDBUF of WebSocket sockets; 0 = the kernel's default
+    max_conns_per_user: int = 20
+    max_conns_per_address: int = 200
+    heartbeat: float = 20.0
+    heartbeat_timeout: float = 20.0
+    replay_limit: int = 10_000  # events per replay; past it the client gets a reset
+    shutdown_grace: float = 10.0
+    read_count: int = 512
+    lag_ready_seconds: float = 10.0  # /readyz fails when delivery lags more than this
+    cors_origin: str = ""
+
+
+def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
+    env = Env(os.environ if environ is None else environ)
+    secret = env.environ.get("REALTIME_JWT_SECRET") or None
+    jwks_file = env.environ.get("REALTIME_JWKS_FILE") or None
+    jwks_url = env.environ.get("REALTIME_JWKS_URL") or None
+    if sum(x is not None for x in (secret, jwks_file, jwks_url)) > 1:
+        raise ConfigError("set only one of REALTIME_JWT_SECRET, REALTIME_JWKS_FILE and REALTIME_JWKS_URL")
+    if secret is not None and len(secret) < 32:
+        raise ConfigError("REALTIME_JWT_SECRET must be at least 32 characters (HS256 needs a strong secret)")
+    if jwks_file is not None and not Path(jwks_file).is_file():
+        raise ConfigError(f"REALTIME_JWKS_FILE: no such file: {jwks_file}")
+    if jwks_url is not None:
+        env.url("REALTIME_JWKS_URL", jwks_url, ("https", "http"))
+    auth = AuthConfig(secret, jwks_file, jwks_url, env.environ.get("REALTIME_JWT_AUDIENCE") or None,
+                      env.environ.get("REALTIME_JWT_ISSUER") or None,
+                      env.number("REALTIME_JWT_LEEWAY", 0.0, maximum=300))
+    anonymous = env.flag("REALTIME_ALLOW_ANONYMOUS", False)
+    if secret is None and jwks_file is None and jwks_url is None and not anonymous:
+        raise ConfigError("configure authentication: REALTIME_JWT_SECRET (HS256), REALTIME_JWKS_FILE or "
+                          "REALTIME_JWKS_URL (RS256/ES256), or REALTIME_ALLOW_ANONYMOUS=true for public rooms only")
+    session = SessionConfig(
+        max_rooms=env.integer("REALTIME_MAX_ROOMS", 200, minimum=1, maximum=100_000),
+        rate=env.number("REALTIME_RATE", 20.0, minimum=0.1),
+        burst=env.integer("REALTIME_BURST", 40, minimum=1),
+        flood_close_after=env.integer("REALTIME_FLOOD_CLOSE_AFTER", 50, minimum=1),
+        auth_timeout=env.number("REALTIME_AUTH_TIMEOUT", 10.0, minimum=0.1),
+        idle_timeout=env.number("REALTIME_IDLE_TIMEOUT", 300.0, minimum=1.0),
+        allow_anonymous=anonymous,
+    )
+    listen = env.address("REALTIME_LISTEN", "127.0.0.1:8000")
+    if listen is None:
+        raise ConfigError("REALTIME_LISTEN cannot be off")
+    prefix = env.text("REALTIME_REDIS_PREFIX", "rt")
+    return ServerConfig(
+        redis_url=env.url("REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss", "unix")),
+        prefix=prefix,
+        host=listen[0],
+        port=listen[1],
+        workers=env.integer("REALTIME_WORKERS", 1, minimum=1, maximum=256),
+        auth=auth,
+        session=session,
+        max_frame=env.integer("REALTIME_MAX_FRAME", 64 * 1024, minimum=256, maximum=16 * 1024 * 1024),
+        queue_bytes=env.integer("REALTIME_QUEUE_BYTES", 1 << 20, minimum=1024),
+        queue_messages=env.integer("REALTIME_QUEUE_MESSAGES", 5_000, minimum=1),
+        send_buffer=env.integer("REALTIME_SEND_BUFFER", 0, minimum=0),
+        max_conns_per_user=env.integer("REALTIME_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+        max_conns_per_address=env.integer("REALTIME_MAX_CONNECTIONS_PER_ADDRESS", 200, minimum=1),
+        heartbeat=env.number("REALTIME_HEARTBEAT", 20.0, minimum=0.0),
+        heartbeat_timeout=env.number("REALTIME_HEARTBEAT_TIMEOUT", 20.0, minimum=0.1),
+        replay_limit=env.integer("REALTIME_REPLAY_LIMIT", 10_000, minimum=1),
+        shutdown_grace=env.number("REALTIME_SHUTDOWN_GRACE", 10.0, minimum=0.0),
+        lag_ready_seconds=env.number("REALTIME_READY_MAX_LAG", 10.0, minimum=0.1),
+        cors_origin=env.environ.get("REALTIME_CORS_ORIGIN", env.environ.get("SOCKET_CORS_ORIGIN", "")),
+    )

@@ -1,0 +1,64 @@
+"""Reading the rooms' history for a replay, and what Redis says about its coverage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from realtime.events import parse_id
+from realtime.resume import RoomHistory, StreamState
+
+
+def _id(raw: Any) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return parse_id(text)
+
+
+class History:
+    def __init__(self, redis: Redis, events_key: str, resets_key: str, room_prefix: str) -> None:
+        self.redis = redis
+        self.events_key = events_key
+        self.resets_key = resets_key
+        self.room_prefix = room_prefix
+
+    async def last_id(self) -> bytes:
+        """The global stream's newest id ("0-0" when empty): where live reading starts."""
+        last = await self.redis.xrevrange(self.events_key, count=1)
+        if not last:
+            return b"0-0"
+        newest: Any = last[0][0]
+        return newest if isinstance(newest, bytes) else str(newest).encode()
+
+    async def state(self) -> StreamState:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(self.events_key, count=1)
+            pipe.xrevrange(self.resets_key, count=1)
+            last, reset = await pipe.execute()
+        return StreamState(_id(last[0][0]) if last else None, _id(reset[0][0]) if reset else None)
+
+    async def room_info(self, rooms: list[str]) -> dict[str, RoomHistory]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.execute_command("XINFO", "STREAM", self.room_prefix + room)
+            replies = await pipe.execute(raise_on_error=False)
+        out = {}
+        for room, reply in zip(rooms, replies, strict=True):
+            if isinstance(reply, Exception):  # no such key: nothing was ever published there
+                out[room] = RoomHistory()
+                continue
+            info = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else reply
+            raw = info.get(b"max-deleted-entry-id", info.get("max-deleted-entry-id"))
+            out[room] = RoomHistory(_id(raw) or (0, 0))
+        return out
+
+    async def read(self, rooms: list[str], since: str, limit: int) -> dict[str, list[tuple[bytes, bytes]]]:
+        """Each room's events after ``since`` (exclusive), oldest first, at most ``limit + 1`` per room."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.xrange(self.room_prefix + room, min="(" + since, count=limit + 1)
+            replies = await pipe.execute()
+        return {room: [(eid, fields[b"e"]) for eid, fields in reply]
+                for room, reply in zip(rooms, replies, strict=True)}

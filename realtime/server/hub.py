@@ -1,0 +1,287 @@
+"""Rooms and connections of one server process, and the fan-out of events to them.
+
+Each event's frame is built once per room and the same bytes are written to every subscriber's
+transport: no ``await``, no lock and no serialisation per connection. A connection whose state has left
+OPEN is skipped; one whose transport holds more than its bound of unsent bytes or messages is closed as
+slow, so a slow client never stalls the others. While a connection replays history, live events for it
+are kept aside and merged after the replay, so it sees no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from websockets.protocol import State
+
+from realtime import events as ev
+from realtime.errors import CLOSE_CODES
+from realtime.metrics import Registry
+from realtime.protocol import Session, frame
+
+log = logging.getLogger("realtime.server")
+OPEN = State.OPEN
+ClosingAction = Callable[["Conn", int, str], None]
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final text frame (RFC 6455 §5.2) around ``payload``."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    payload = code.to_bytes(2, "big") + reason.encode()[:120]
+    return bytes((0x88, len(payload))) + payload
+
+
+def _id_key(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    head, _, tail = text.partition("-")
+    return int(head), int(tail or 0)
+
+
+class Conn:
+    """One WebSocket connection: its transport, its session, and its replay state."""
+
+    __slots__ = ("address", "alive", "backlog", "hub", "pending", "proto", "session", "transport", "user", "ws")
+
+    def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.proto = ws.ws_proto
+        self.transport: asyncio.Transport = ws.io_proto.transport
+        self.session = session
+        self.address = address
+        self.user: str | None = None
+        self.alive = True
+        self.backlog = 0  # frames written while the transport still held unsent bytes
+        self.pending: list[tuple[tuple[int, int], str, bytes]] | None = None  # live events kept during a replay
+
+    def send(self, data: bytes) -> None:
+        """Write one or more whole frames; close the connection as slow past its bounds."""
+        if not self.alive:
+            return
+        if self.proto.state is not OPEN:
+            self.hub.forget(self)
+            return
+        t = self.transport
+        t.write(data)
+        queued = t.get_write_buffer_size()
+        if queued:
+            self.backlog += 1
+            if queued > self.hub.queue_bytes or self.backlog > self.hub.queue_messages:
+                self.hub.slow(self)
+        else:
+            self.backlog = 0
+
+
+class Room:
+    __slots__ = ("members", "snap")
+
+    def __init__(self) -> None:
+        self.members: dict[Conn, None] = {}
+        self.snap: tuple[Conn, ...] | None = None
+
+
+class ServerMetrics:
+    def __init__(self, hub: Hub) -> None:
+        r = self.registry = Registry()
+        self.connections = r.gauge("realtime_connections", "open WebSocket connections", read=lambda: len(hub.conns))
+        self.subscriptions = r.gauge("realtime_subscriptions", "room subscriptions of open connections",
+                                     read=lambda: sum(len(c.session.rooms) for c in hub.conns))
+        self.rooms = r.gauge("realtime_rooms", "rooms with at least one subscriber here", read=lambda: len(hub.rooms))
+        self.events = r.counter("realtime_events_received_total", "events read from the global stream")
+        self.deliveries = r.counter("realtime_deliveries_total", "event frames written to connections")
+        self.slow = r.counter("realtime_slow_closes_total", "connections closed because they read too slowly")
+        self.closes = r.counter("realtime_closes_total", "connections closed by the server, by reason")
+        self.replays = r.counter("realtime_replays_total", "replays served (subscribe or sync with since)")
+        self.replayed = r.counter("realtime_replayed_events_total", "events sent from history")
+        self.resets = r.counter("realtime_resets_total", "reset frames sent to clients, by reason")
+        self.auth_failures = r.counter("realtime_auth_failures_total", "refused tokens, by reason")
+        self.refused = r.counter("realtime_refused_connections_total", "connections refused at the door, by reason")
+        self.errors = r.counter("realtime_client_errors_total", "error frames sent, by code")
+        self.lag = r.gauge("realtime_xread_lag_seconds",
+                           "now minus the wall time of the last event read from the stream")
+
+
+class Hub:
+    def __init__(self, *, queue_bytes: int, queue_messages: int, send_buffer: int = 0,
+                 close_timeout: float = 5.0) -> None:
+        self.rooms: dict[str, Room] = {}
+        self.conns: set[Conn] = set()
+        self.by_user: dict[str, int] = {}
+        self.by_address: dict[str, int] = {}
+        self.queue_bytes = queue_bytes
+        self.queue_messages = queue_messages
+        self.send_buffer = send_buffer
+        self.close_timeout = close_timeout
+        self.metrics = ServerMetrics(self)
+        self._frames: dict[str, bytes] = {}
+
+    # -- membership ------------------------------------------------------------------------------------
+    def add(self, conn: Conn) -> None:
+        self.conns.add(conn)
+        self.by_address[conn.address] = self.by_address.get(conn.address, 0) + 1
+        if self.send_buffer:
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+
+    def set_user(self, conn: Conn, user: str) -> None:
+        if conn.user == user:
+            return
+        if conn.user is not None:
+            self._dec(self.by_user, conn.user)
+        conn.user = user
+        self.by_user[user] = self.by_user.get(user, 0) + 1
+
+    def join(self, conn: Conn, rooms: tuple[str, ...] | list[str]) -> None:
+        for name in rooms:
+            room = self.rooms.get(name)
+            if room is None:
+                room = self.rooms[name] = Room()
+            if conn not in room.members:
+                room.members[conn] = None
+                room.snap = None
+
+    def leave(self, conn: Conn, rooms: tuple[str, ...] | list[str] | set[str]) -> None:
+        for name in rooms:
+            room = self.rooms.get(name)
+            if room is not None and room.members.pop(conn, 0) is None:
+                room.snap = None
+                if not room.members:
+                    del self.rooms[name]
+
+    def forget(self, conn: Conn) -> None:
+        """The connection is gone (or going): out of every room, out of the counts."""
+        if conn not in self.conns:
+            conn.alive = False
+            return
+        conn.alive = False
+        self.leave(conn, conn.session.rooms)
+        self.conns.discard(conn)
+        self._dec(self.by_address, conn.address)
+        if conn.user is not None:
+            self._dec(self.by_user, conn.user)
+
+    @staticmethod
+    def _dec(counts: dict[str, int], key: str) -> None:
+        n = counts.get(key, 0) - 1
+        if n > 0:
+            counts[key] = n
+        else:
+            counts.pop(key, None)
+
+    # -- closing ---------------------------------------------------------------------------------------
+    def slow(self, conn: Conn) -> None:
+        """Past its bounds: out of every room now; a close frame goes behind what is queued, and the
+        connection is cut if it still has not drained after the close timeout."""
+        self.forget(conn)
+        self.metrics.slow.inc()
+        self.metrics.closes.inc(reason="slow")
+        code = CLOSE_CODES["slow"]
+        t = conn.transport
+        with contextlib.suppress(Exception):
+            t.write(close_frame(code.code, code.name))
+            t.close()
+        asyncio.get_running_loop().call_later(self.close_timeout, self._abort, t)
+
+    @staticmethod
+    def _abort(t: asyncio.Transport) -> None:
+        if t.is_closing() and t.get_write_buffer_size() == 0:
+            return
+        with contextlib.suppress(Exception):
+            sock = t.get_extra_info("socket")
+            if sock is not None:  # RST: the kernel drops what it still holds for this client
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            t.abort()
+
+    # -- fan-out ---------------------------------------------------------------------------------------
+    def on_entries(self, entries: list[tuple[bytes, list[bytes]]]) -> None:
+        """A batch of the global stream: each event to the local subscribers of its rooms."""
+        metrics = self.metrics
+        delivered = 0
+        for entry_id, fields in entries:
+            try:
+                raw = fields[1] if fields[0] == b"e" else dict(zip(fields[::2], fields[1::2], strict=False))[b"e"]
+                envelope = orjson.loads(raw)
+                kind = envelope["type"]
+                rooms = envelope["rooms"]
+            except Exception:
+                log.warning("skipping malformed stream entry %r", entry_id)
+                continue
+            metrics.lag.set(max(time.time() - envelope.get("ts", 0) / 1000, 0.0))
+            if kind == ev.RESET:
+                self.reset_all(envelope, entry_id)
+                continue
+            key = _id_key(entry_id)
+            seen: set[Conn] | None = set() if len(rooms) > 1 else None
+            for name in rooms:
+                room = self.rooms.get(name)
+                if room is None:
+                    continue
+                snap = room.snap
+                if snap is None:
+                    snap = room.snap = tuple(room.members)
+                data = text_frame(orjson.dumps({"op": "event", "id": envelope["id"], "type": kind, "room": name,
+                                                "data": envelope.get("data"), "ts": envelope.get("ts")}))
+                for conn in snap:
+                    if seen is not None:
+                        if conn in seen:
+                            continue
+                        seen.add(conn)
+                    if conn.pending is not None:
+                        conn.pending.append((key, name, data))
+                        continue
+                    if conn.proto.state is not OPEN:
+                        self.forget(conn)
+                        continue
+                    t = conn.transport
+                    t.write(data)
+                    delivered += 1
+                    if t.get_write_buffer_size():
+                        conn.backlog += 1
+                        if t.get_write_buffer_size() > self.queue_bytes or conn.backlog > self.queue_messages:
+                            self.slow(conn)
+                    elif conn.backlog:
+                        conn.backlog = 0
+        metrics.events.inc(len(entries))
+        metrics.deliveries.inc(delivered)
+
+    def reset_all(self, envelope: dict[str, Any], entry_id: bytes) -> None:
+        reason = str((envelope.get("data") or {}).get("reason", "history_reset"))
+        for conn in list(self.conns):
+            if not conn.session.rooms:
+                continue
+            data = text_frame(frame("reset", rooms=sorted(conn.session.rooms), reason=reason,
+                                    id=entry_id.decode()))
+            if conn.pending is not None:
+                conn.pending.append((_id_key(entry_id), "*", data))
+            else:
+                conn.send(data)
+            self.metrics.resets.inc(reason=reason)
+
+    async def close_all(self, code: int, reason: str, grace: float) -> None:
+        """Close every connection (shutdown), waiting at most ``grace`` seconds for the close handshakes."""
+        conns = list(self.conns)
+        for conn in conns:
+            self.forget(conn)
+
+        async def one(conn: Conn) -> None:
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code, reason)
+
+        if conns:
+            await asyncio.wait([asyncio.ensure_future(one(c)) for c in conns], timeout=max(grace, 0.01))
