@@ -9,6 +9,7 @@ the ``sub`` claim.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,8 @@ class TokenVerifier:
 
     def verify(self, token: object) -> Principal:
         """The principal of a valid token; :class:`ClientError` otherwise."""
-        if not isinstance(token, str) or not token or len(token) > 8192:
-            raise ClientError("unauthorized", "a token is a non-empty string")
+        if not isinstance(token, str) or not token or len(token) > 8192 or not token.isascii():
+            raise ClientError("unauthorized", "a token is a non-empty string")  # a JWT is base64url and dots
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -80,4 +81,8 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub:
             raise ClientError("unauthorized", "the token has no subject")
         exp = claims.get("exp")
-        return Principal(sub, float(exp) if isinstance(exp, (int, float)) else None)
+        try:
+            expires = float(exp) if isinstance(exp, (int, float)) else None
+        except OverflowError:  # an integer past the float range: never expires in practice
+            expires = math.inf
+        return Principal(sub, expires)

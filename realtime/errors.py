@@ -50,7 +50,7 @@ ERROR_CODES: dict[str, ErrorCode] = {e.name: e for e in (
     ErrorCode("forbidden_room", 403, "the room is not readable with this token (another user's room, or a "
                                      "private room without a token)"),
     ErrorCode("too_many_rooms", 400, "the subscription would pass the per-connection bound"),
-    ErrorCode("not_subscribed", 400, "sync or unsubscribe for rooms the connection has not subscribed"),
+    ErrorCode("not_subscribed", 400, "sync on a connection that has no subscription"),
     ErrorCode("rate_limited", 429, "too many messages; this one was dropped"),
     ErrorCode("unauthorized", 401, "a token is needed, or the one given is not valid"),
     ErrorCode("token_expired", 401, "the token has expired"),

@@ -169,6 +169,7 @@ class Session:
         if header_token is None:
             return []
         if self.verifier is None:
+            self.closed = True
             return [close("unauthorized", "token authentication is not configured")]
         try:
             self.principal = self.verifier.verify(header_token)

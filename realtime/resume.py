@@ -30,8 +30,10 @@ def covered(since: str, room: RoomHistory, stream: StreamState) -> tuple[bool, s
     point = parse_id(since)
     if stream.last_reset is not None and stream.last_reset > point:
         return False, "history_reset"
-    if stream.last is None or point > stream.last:
-        return (point == NEVER, "unknown_position") if stream.last is None else (False, "unknown_position")
+    if stream.last is None:  # an empty (or missing) stream covers only the very beginning
+        return (True, "") if point == NEVER else (False, "unknown_position")
+    if point > stream.last:
+        return False, "unknown_position"
     if room.max_deleted > point:
         return False, "history_trimmed"
     return True, ""
