@@ -39,6 +39,7 @@ from realtime.server.hub import Conn, Hub, text_frame
 from realtime.server.reader import StreamReader
 
 log = logging.getLogger("realtime.server")
+CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
 
 
 @dataclass
@@ -188,10 +189,21 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
         await _apply(state, conn, session.start(_bearer(request.headers.get("authorization"))))
         async for message in ws:
             if not conn.alive:
+                await _drain(ws)
                 break
             await _apply(state, conn, session.receive(message))
     finally:
         hub.forget(conn)
+
+
+async def _drain(ws: Websocket) -> None:
+    """The server has closed this connection but the client still sends: discard its frames until its close
+    frame (or for CLOSE_DRAIN seconds). Closing the socket with unread data in it sends a reset, which can
+    destroy our close frame, and its code, before the client has read it (a flood would end in 1006)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_DRAIN):
+            async for _ in ws:
+                pass
 
 
 async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:

@@ -17,6 +17,24 @@ def _id(raw: Any) -> tuple[int, int] | None:
     return parse_id(text)
 
 
+def _max_deleted(info: dict[Any, Any]) -> tuple[int, int]:
+    """The highest id removed from a room's stream (or a bound above it). ``max-deleted-entry-id`` counts
+    XDEL only: trimming (``XADD MAXLEN``/``MINID``, ``XTRIM``) removes a prefix and leaves it at 0-0, so
+    when fewer entries are left than were added, everything before the first one left counts as removed."""
+    def get(name: str) -> Any:
+        return info.get(name.encode(), info.get(name))
+
+    deleted = _id(get("max-deleted-entry-id")) or (0, 0)
+    added, length = get("entries-added"), get("length")
+    if added is None or length is None or int(added) <= int(length):
+        return deleted
+    first = _id(get("recorded-first-entry-id"))
+    if not length or first is None or first == (0, 0):  # all gone, the last one too
+        return max(deleted, _id(get("last-generated-id")) or (0, 0))
+    ms, seq = first
+    return max(deleted, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
+
+
 class History:
     def __init__(self, redis: Redis, events_key: str, resets_key: str, room_prefix: str) -> None:
         self.redis = redis
@@ -50,8 +68,7 @@ class History:
                 out[room] = RoomHistory()
                 continue
             info = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else reply
-            raw = info.get(b"max-deleted-entry-id", info.get("max-deleted-entry-id"))
-            out[room] = RoomHistory(_id(raw) or (0, 0))
+            out[room] = RoomHistory(_max_deleted(info))
         return out
 
     async def read(self, rooms: list[str], since: str, limit: int) -> dict[str, list[tuple[bytes, bytes]]]:

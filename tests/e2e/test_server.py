@@ -1,0 +1,934 @@
+"""``realtime serve`` end to end: the stand-in, a watcher and two server processes, driven by WebSocket clients.
+
+Each group of tests gets a stack of its own (a fresh Redis key prefix, so the stacks share the session's
+redis-server without seeing each other's keys):
+
+* ``main``: the stand-in (pre- and post-images on posts, likes and comments), a watcher, and two servers
+  with a short ``REALTIME_AUTH_TIMEOUT``: delivery per room, resume on the other server, auth, bad frames,
+  limits.
+* ``trim``: a stand-in and a watcher that keeps only a few events per room, and a server: ``reset``.
+* ``slow``: two servers with small queue bounds and no watcher (the test appends envelopes to the global
+  stream itself): one client that never reads, 500 that do.
+
+What a client should have received is read back from Redis (``{rt}:events``, in order), filtered by the
+client's rooms; like counts are checked against running counts and against MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+import redis
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pymongo import MongoClient
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from realtime.standin import StandIn
+from tests.conftest import TIMEOUT, RedisServer, free_port
+from tests.integration.producer import Producer
+from tests.integration.watcherkit import ROOT, WatcherProcess, setup_collections, stream, streaming, wait_for
+
+pytestmark = [pytest.mark.e2e]
+
+SECRET = "e2e-shared-secret-for-hs256-tokens-0123456789"
+AUTH_TIMEOUT = 2.0  # REALTIME_AUTH_TIMEOUT of the main stack's servers
+DB = "app"
+
+
+# -- processes ----------------------------------------------------------------------------------------------
+
+class ServerProcess:
+    """``python -m realtime serve`` on a free port; stdout and stderr go to a log file."""
+
+    def __init__(self, redis_url: str, log_dir: Path, name: str, prefix: str, **env: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log_path = log_dir / f"{name}.log"
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith("REALTIME_") and k not in ("REDIS_URL", "MONGODB_URI", "MONGODB_DB")}
+        self.env = dict(base, REDIS_URL=redis_url, REALTIME_LISTEN=f"127.0.0.1:{self.port}",
+                        REALTIME_JWT_SECRET=SECRET, REALTIME_REDIS_PREFIX=prefix, **env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> ServerProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "realtime", "serve"], env=self.env, cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=TIMEOUT) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+        return self.get("/readyz")[0] == 200
+
+    def metric(self, name: str, **labels: str) -> float:
+        _, body = self.get("/metrics")
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        for line in body.decode().splitlines():
+            if line.startswith(want + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Stack:
+    prefix: str
+    r: redis.Redis
+    servers: list[ServerProcess]
+    mongo: MongoClient[dict[str, Any]] | None = None
+    standin: StandIn | None = None
+    watcher: WatcherProcess | None = None
+    serial: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_key(self) -> str:
+        return "{" + self.prefix + "}:events"
+
+    @property
+    def db(self) -> Any:
+        assert self.mongo is not None
+        return self.mongo[DB]
+
+    def events(self) -> list[dict[str, Any]]:
+        return stream(self.r, self.events_key)
+
+    def last_id(self) -> str:
+        newest = self.r.xrevrange(self.events_key, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    def sentinel(self) -> str:
+        """A public post written after everything else: once its event is in the stream, all before it is."""
+        self.serial += 1
+        post_id = f"sentinel{self.serial}"
+        self.db.posts.insert_one({"_id": post_id, "authorId": "sentinel", "text": "the end"})
+        return post_id
+
+    def published(self, post_id: str, timeout: float = TIMEOUT * 3) -> list[dict[str, Any]]:
+        """Wait until the watcher has published ``post_id``'s creation; the whole stream then."""
+        def found() -> list[dict[str, Any]] | None:
+            for _, fields in self.r.xrevrange(self.events_key, count=20):
+                e = orjson.loads(fields[b"e"])
+                if e["type"] == "post:created" and e["data"]["id"] == post_id:
+                    return self.events()
+            return None
+        events: list[dict[str, Any]] = wait_for(found, f"the watcher to publish {post_id}", timeout=timeout)
+        return events
+
+    def received(self) -> list[float]:
+        return [s.metric("realtime_events_received_total") for s in self.servers]
+
+
+@contextlib.contextmanager
+def running_stack(redis_server: RedisServer, log_dir: Path, name: str, *, servers: int = 2, watcher: bool = True,
+                  watcher_env: dict[str, str] | None = None, server_env: dict[str, str] | None = None
+                  ) -> Iterator[Stack]:
+    """Start a stack; everything started is stopped on the way out, whatever happens in between."""
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+    with contextlib.ExitStack() as stack:
+        r = redis.Redis.from_url(redis_server.url)
+        stack.callback(r.close)
+        st = Stack(prefix, r, [])
+        if watcher:
+            standin = StandIn(noop_interval=0.5)
+            standin.start()
+            stack.callback(standin.stop)
+            mongo: MongoClient[dict[str, Any]] = MongoClient(standin.uri, serverSelectionTimeoutMS=int(TIMEOUT * 1000))
+            stack.callback(mongo.close)
+            setup_collections(mongo, DB)
+            w = WatcherProcess(standin.uri, redis_server.url, log_dir, f"{name}-watcher", MONGODB_DB=DB,
+                               REALTIME_REDIS_PREFIX=prefix, **(watcher_env or {}))
+            stack.callback(w.stop)
+            w.start()
+            st.standin, st.mongo, st.watcher = standin, mongo, w
+        for i in range(servers):
+            s = ServerProcess(redis_server.url, log_dir, f"{name}-server{i}", prefix, **(server_env or {}))
+            stack.callback(s.stop)
+            s.start()
+            st.servers.append(s)
+        for s in st.servers:
+            wait_for(s.ready, f"{s.name} /readyz = 200", timeout=TIMEOUT * 3)
+        if st.watcher is not None:
+            w = st.watcher
+            wait_for(lambda: streaming(w), "the watcher to stream changes", timeout=TIMEOUT * 3)
+        yield st
+        for s in st.servers:  # each server stops cleanly on SIGTERM
+            assert s.stop() == 0, s.log()
+
+
+@pytest.fixture(scope="module")
+def main(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(redis_server, tmp_path_factory.mktemp("main"), "main",
+                       server_env={"REALTIME_AUTH_TIMEOUT": str(AUTH_TIMEOUT)}) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def producer(main: Stack) -> Producer:
+    assert main.mongo is not None
+    return Producer(main.mongo, DB, seed=23, users=6)
+
+
+@pytest.fixture(scope="module")
+def trim(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(redis_server, tmp_path_factory.mktemp("trim"), "trim", servers=1,
+                       watcher_env={"REALTIME_ROOM_HISTORY": "5"}) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def slow(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"REALTIME_QUEUE_BYTES": "65536", "REALTIME_SEND_BUFFER": "16384",
+           "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": "1000"}
+    with running_stack(redis_server, tmp_path_factory.mktemp("slow"), "slow", watcher=False, server_env=env) as st:
+        yield st
+
+
+# -- tokens ---------------------------------------------------------------------------------------------------
+
+def token(user: str, ttl: float = 600.0, secret: str = SECRET) -> str:
+    return jwt.encode({"sub": user, "exp": int(time.time() + ttl)}, secret, algorithm="HS256")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned_token(user: str) -> str:
+    """``alg: none``: no signature at all."""
+    claims = {"sub": user, "exp": int(time.time() + 600)}
+    return f"{_b64(orjson.dumps({'alg': 'none', 'typ': 'JWT'}))}.{_b64(orjson.dumps(claims))}."
+
+
+def rs256_token(user: str) -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode({"sub": user, "exp": int(time.time() + 600)}, key, algorithm="RS256")
+
+
+# -- clients --------------------------------------------------------------------------------------------------
+
+class Client:
+    """A ``websockets`` connection whose frames a background task collects, parsed, in order."""
+
+    def __init__(self, ws: ClientConnection, user: str | None) -> None:
+        self.ws = ws
+        self.user = user
+        self.frames: list[dict[str, Any]] = []
+        self.ended = False
+        self.refs = 0
+        self.task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                self.frames.append(orjson.loads(message))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.ended = True
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    async def send(self, **msg: Any) -> str:
+        self.refs += 1
+        ref = f"r{self.refs}"
+        await self.ws.send(orjson.dumps({**msg, "ref": ref}).decode())
+        return ref
+
+    async def reply(self, ref: str, within: float = TIMEOUT) -> dict[str, Any]:
+        """The first frame echoing ``ref``."""
+        def find() -> dict[str, Any] | None:
+            return next((f for f in self.frames if f.get("ref") == ref), None)
+        found: dict[str, Any] = await until(find, f"a reply to {ref}", within, self)
+        return found
+
+    async def request(self, **msg: Any) -> dict[str, Any]:
+        return await self.reply(await self.send(**msg))
+
+    async def subscribe(self, rooms: list[str], since: str | None = None) -> dict[str, Any]:
+        reply = await self.request(op="subscribe", rooms=rooms, **({"since": since} if since else {}))
+        assert reply["op"] == "subscribed" and reply["rooms"] == rooms, reply
+        return reply
+
+    async def barrier(self) -> int:
+        """Ping, and wait for the pong: everything the server sent before it has arrived. Its index."""
+        ref = await self.send(op="ping")
+        pong = await self.reply(ref)
+        assert pong["op"] == "pong", pong
+        return self.frames.index(pong)
+
+    def events(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
+        return [f for f in self.frames[start:end] if f["op"] == "event"]
+
+    async def closed(self, within: float = TIMEOUT) -> int | None:
+        await until(lambda: self.ended, "the server to close the connection", within)
+        return self.close_code
+
+    async def got_events(self, n: int, what: str, within: float = TIMEOUT * 3, start: int = 0) -> None:
+        await until(lambda: len(self.events(start)) >= n, what, within, self)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), TIMEOUT)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, TIMEOUT)
+
+
+async def until(condition: Callable[[], Any], what: str, within: float = TIMEOUT, client: Client | None = None
+                ) -> Any:
+    """Poll ``condition`` until it is true; fail after ``within`` seconds (or as soon as ``client`` closes)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value:
+            return value
+        if client is not None and client.ended:
+            raise AssertionError(f"connection closed ({client.close_code}) while waiting for {what}; "
+                                 f"last frames: {client.frames[-3:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+Opener = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Opener]:
+    """Open clients (closed at the end of the test): ``await open(server, user, rooms=[...])``."""
+    opened: list[Client] = []
+
+    async def open_(server: ServerProcess, user: str | None = None, *, rooms: list[str] | None = None,
+                    bearer: str | None = None, **kwargs: Any) -> Client:
+        if bearer is None and user is not None:
+            bearer = token(user)
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else None
+        ws = await connect(server.url, additional_headers=headers, open_timeout=TIMEOUT, **kwargs)
+        client = Client(ws, user)
+        opened.append(client)
+        if rooms:
+            await client.subscribe(rooms)
+        return client
+
+    yield open_
+    await asyncio.gather(*(c.aclose() for c in opened))
+
+
+def after(events: list[dict[str, Any]], point: str) -> list[dict[str, Any]]:
+    """The stored events (resets included) after ``point``."""
+    return [e for e in events if _key(e["id"]) > _key(point)]
+
+
+def of_rooms(events: list[dict[str, Any]], rooms: set[str], after: str = "0-0") -> list[dict[str, Any]]:
+    """The stored events a connection subscribed to ``rooms`` gets, after ``after``, once each, in order."""
+    point = _key(after)
+    return [e for e in events if e["type"] != "reset" and _key(e["id"]) > point and rooms & set(e["rooms"])]
+
+
+def _key(event_id: str) -> tuple[int, int]:
+    head, _, tail = event_id.partition("-")
+    return int(head), int(tail)
+
+
+def check_frames(got: list[dict[str, Any]], expected: list[dict[str, Any]], rooms: list[str], who: str) -> None:
+    """Event frames are the expected envelopes, in order, each once, labelled with a room of the client's."""
+    ids = [f["id"] for f in got]
+    assert len(set(ids)) == len(ids), f"{who}: an event arrived twice"
+    extra = [f for f in got if f["id"] not in {e["id"] for e in expected}]
+    assert not extra, f"{who} got {len(extra)} events of rooms it did not join, e.g. {extra[:2]}"
+    assert ids == [e["id"] for e in expected], f"{who}: missing or out of order events"
+    for f, e in zip(got, expected, strict=True):
+        assert (f["type"], f["data"], f["ts"]) == (e["type"], e["data"], e["ts"]), who
+        assert f["room"] in rooms and f["room"] in e["rooms"], (who, f, e)
+
+
+async def settled(st: Stack, baseline: list[float], count: int) -> None:
+    """Every server has read ``count`` more events from the stream than at ``baseline``."""
+    await until(lambda: all(n >= b + count for n, b in zip(st.received(), baseline, strict=True)),
+                f"the servers to read {count} new events", TIMEOUT * 3)
+
+
+# -- 1. delivery by room ---------------------------------------------------------------------------------------
+
+def write_private_posts(db: Any) -> list[str]:
+    """Private posts by u0 and u1, liked (and unliked) and commented by others, and edited."""
+    posts = []
+    for author, others in (("u0", ("u2", "u3", "u4")), ("u1", ("u0", "u5"))):
+        post_id = f"private-{author}"
+        db.posts.insert_one({"_id": post_id, "authorId": author, "text": "only me", "visibility": "private",
+                             "hashtags": ["cats"]})
+        for user in others:
+            db.likes.insert_one({"_id": f"like-{post_id}-{user}", "postId": post_id, "userId": user})
+            db.comments.insert_one({"_id": f"comment-{post_id}-{user}", "postId": post_id, "userId": user,
+                                    "text": "I can see it"})
+        db.likes.delete_one({"_id": f"like-{post_id}-{others[0]}"})
+        db.posts.update_one({"_id": post_id}, {"$set": {"text": "still only me"}})
+        posts.append(post_id)
+    return posts
+
+
+async def test_clients_get_exactly_the_events_of_their_rooms(main: Stack, producer: Producer,
+                                                             clients: Opener) -> None:
+    s0, s1 = main.servers
+    # (server, user, rooms): the post rooms are of the producer's first posts (p1..p5 by its seed)
+    specs = [
+        (s0, "u0", ["public", "user:u0"]),
+        (s1, "u1", ["author:u2", "hashtag:cats", "user:u1"]),
+        (s0, "u3", ["post:p1", "post:p3", "user:u3"]),
+        (s1, "u4", ["post:p2", "post:p4", "post:private-u0", "author:u0", "user:u4"]),
+        (s1, "u5", ["public", "hashtag:python"]),
+        (s0, "u2", ["user:u2", "author:u1", "post:private-u1"]),
+    ]
+    conns = [await clients(server, user, rooms=rooms) for server, user, rooms in specs]
+    start = main.last_id()
+    baseline = main.received()
+    initial: dict[str, int] = {}  # like counts before the test's writes (none on a fresh stack)
+    for like in main.db.likes.find({}, {"postId": 1}):
+        initial[str(like["postId"])] = initial.get(str(like["postId"]), 0) + 1
+
+    def write() -> tuple[list[str], str]:
+        producer.run(producer.changes + 150)
+        private = write_private_posts(main.db)
+        producer.run(producer.changes + 150)
+        return private, main.sentinel()
+
+    private, sentinel = await asyncio.to_thread(write)
+    events = after(await asyncio.to_thread(main.published, sentinel), start)
+    assert len(events) >= 300
+    await settled(main, baseline, len(events))
+
+    # the stream itself: like counts run exactly, and private posts reach only their authors
+    counts: dict[str, int] = {}
+    liked = 0
+    for e in events:
+        if e["type"] in ("post:liked", "post:unliked"):
+            post = e["data"]["postId"]
+            counts[post] = counts.get(post, initial.get(post, 0)) + (1 if e["type"] == "post:liked" else -1)
+            assert e["data"]["likes"] == counts[post], f"running like count of {post}: {e}"
+            liked += 1
+    assert liked >= 20 and counts
+    for post, count in counts.items():
+        assert main.db.likes.count_documents({"postId": post}) == count, f"likes of {post} in MongoDB"
+    secret = {str(p["_id"]): str(p["authorId"]) for p in main.db.posts.find({"visibility": "private"})}
+    assert set(private) <= set(secret)
+
+    def subject(e: dict[str, Any]) -> str | None:
+        data = e["data"]
+        return str(data.get("postId") if "postId" in data else data.get("id"))
+
+    for e in events:
+        if subject(e) in secret:
+            assert e["rooms"] == [f"user:{secret[str(subject(e))]}"], f"a private post's event left its author: {e}"
+
+    # every client: exactly its rooms' events, nothing else
+    for client, (server, user, rooms) in zip(conns, specs, strict=True):
+        who = f"{user} on {server.name} in {rooms}"
+        expected = of_rooms(events, set(rooms), start)
+        assert expected, who
+        await client.got_events(len(expected), f"{who} to receive {len(expected)} events")
+        end = await client.barrier()
+        got = client.events(0, end)
+        check_frames(got, expected, rooms, who)
+        for f in got:
+            post = subject(f)
+            if post in secret:
+                assert secret[post] == user, f"{who} got an event of another user's private post: {f}"
+        # in its post rooms, the like counts the client sees run exactly
+        mine: dict[str, int] = {}
+        for f in got:
+            if f["type"] in ("post:liked", "post:unliked") and f["room"].startswith("post:"):
+                post = f["data"]["postId"]
+                mine[post] = mine.get(post, initial.get(post, 0)) + (1 if f["type"] == "post:liked" else -1)
+                assert f["data"]["likes"] == mine[post], (who, f)
+
+    # the authors of the private posts got them, in their own rooms
+    by_user = {user: c for c, (_, user, _) in zip(conns, specs, strict=True)}
+    for post_id in private:
+        author = secret[post_id]
+        seen = [f for f in by_user[author].events() if subject(f) == post_id]
+        stored = [e for e in events if subject(e) == post_id]
+        assert seen and [f["id"] for f in seen] == [e["id"] for e in stored]
+        assert {f["room"] for f in seen} == {f"user:{author}"}
+        assert {"post:created", "post:liked", "post:unliked", "comment:added", "post:updated",
+                "notification:new"} <= {f["type"] for f in seen}
+    # the client in post:private-u0's room is not its author: nothing reached it
+    assert not [f for f in conns[3].events() if f["room"] == "post:private-u0"]
+
+
+# -- 2. resume on the other server -----------------------------------------------------------------------------
+
+async def test_resume_on_the_other_server(main: Stack, producer: Producer, clients: Opener) -> None:
+    s0, s1 = main.servers
+    rooms = ["public", "author:u1", "post:p2", "user:u5"]
+    first = await clients(s0, "u5", rooms=rooms)
+    start = main.last_id()
+    baseline = main.received()
+
+    def write(changes: int) -> str:
+        producer.run(producer.changes + changes)
+        return main.sentinel()
+
+    sentinel = await asyncio.to_thread(write, 20)
+    events = await asyncio.to_thread(main.published, sentinel)
+    await settled(main, baseline, len(after(events, start)))
+    before = of_rooms(events, set(rooms), start)
+    await first.got_events(len(before), "the first connection's events")
+    check_frames(first.events(), before, rooms, "before the disconnection")
+    last = first.events()[-1]["id"]
+    await first.aclose()
+
+    # while it is away: 200 changes, in its rooms and in others
+    sentinel = await asyncio.to_thread(write, 200)
+    events = await asyncio.to_thread(main.published, sentinel)
+    happened = after(events, last)
+    missed = of_rooms(events, set(rooms), last)
+    assert len(happened) >= 200 and 0 < len(missed) < len(happened)
+
+    second = await clients(s1, "u5")
+    ref = await second.send(op="subscribe", rooms=rooms, since=last)
+    subscribed = await second.reply(ref)
+    assert subscribed["op"] == "subscribed", subscribed
+    await until(lambda: any(f["op"] == "synced" for f in second.frames), "synced", TIMEOUT * 3, second)
+    frames = second.frames
+    at = next(i for i, f in enumerate(frames) if f["op"] == "synced")
+    assert [f["op"] for f in frames[:at]] == ["subscribed"] + ["event"] * (at - 1), "nothing but the replay"
+    check_frames(second.events(0, at), missed, rooms, "the replay")
+    assert frames[at]["ref"] == ref and frames[at]["rooms"] == rooms and frames[at]["last"] == missed[-1]["id"]
+
+    # then live events, after the replay, none twice
+    baseline, mark = main.received(), main.last_id()
+    sentinel = await asyncio.to_thread(write, 40)
+    events = await asyncio.to_thread(main.published, sentinel)
+    await settled(main, baseline, len(after(events, mark)))
+    live = of_rooms(events, set(rooms), missed[-1]["id"])
+    assert live
+    await second.got_events(len(live), "live events after the replay", start=at)
+    end = await second.barrier()
+    check_frames(second.events(at, end), live, rooms, "live after the replay")
+    every = [f["id"] for f in first.events() + second.events(0, end)]
+    assert len(every) == len(set(every)), "no event twice across the two connections"
+    assert every == [e["id"] for e in of_rooms(events, set(rooms), start)], "together: every event, in order"
+
+    # resuming while the writes go on: the replay and the live events held aside during it meet with no
+    # gap and no duplicate
+    baseline, mark = main.received(), main.last_id()
+    writer = asyncio.ensure_future(asyncio.to_thread(write, 300))
+    await until(lambda: main.last_id() != mark, "the writes to start")
+    third = await clients(s0, "u5")
+    ref = await third.send(op="subscribe", rooms=rooms, since=last)
+    sentinel = await writer
+    events = await asyncio.to_thread(main.published, sentinel)
+    await settled(main, baseline, len(after(events, mark)))
+    expected = of_rooms(events, set(rooms), last)
+    await third.got_events(len(expected), "the replay and the live events")
+    end = await third.barrier()
+    ops = [f["op"] for f in third.frames[:end]]
+    assert ops[0] == "subscribed" and ops.count("synced") == 1 and set(ops) == {"subscribed", "event", "synced"}
+    check_frames(third.events(0, end), expected, rooms, "resumed during writes")
+    synced = third.frames[ops.index("synced")]
+    assert synced["ref"] == ref and _key(synced["last"]) >= _key(missed[-1]["id"])
+
+
+# -- 3. reset, and refusals -------------------------------------------------------------------------------------
+
+async def test_trimmed_history_gives_reset(trim: Stack, clients: Opener) -> None:
+    (server,) = trim.servers
+    room = "post:trimmed"
+
+    def write() -> str:
+        trim.db.posts.insert_one({"_id": "trimmed", "authorId": "ta", "text": "busy"})
+        # The watcher trims room streams with MAXLEN ~ (whole nodes of 100 entries): past 100 + 5 entries,
+        # the oldest node goes. 150 comments by the author (no notifications): 150 events in the room.
+        for i in range(150):
+            trim.db.comments.insert_one({"_id": f"tc{i}", "postId": "trimmed", "userId": "ta", "text": f"{i}"})
+        return trim.sentinel()
+
+    sentinel = await asyncio.to_thread(write)
+    events = [e for e in await asyncio.to_thread(trim.published, sentinel) if room in e["rooms"]]
+    assert len(events) == 150
+    since = events[0]["id"]  # the room's first event: long trimmed by now
+    info = trim.r.xinfo_stream("{" + trim.prefix + "}:room:" + room)
+    assert info["entries-added"] == 150 > info["length"], info  # trimmed (max-deleted-entry-id counts XDEL only)
+    assert _key(info["recorded-first-entry-id"].decode()) > _key(since), info
+
+    client = await clients(server, "u1")
+    ref = await client.send(op="subscribe", rooms=[room, "author:ta"], since=since)
+    await until(lambda: any(f["op"] == "synced" for f in client.frames), "synced", TIMEOUT, client)
+    ops = [f["op"] for f in client.frames]
+    assert ops == ["subscribed", "reset", "synced"], client.frames
+    reset = client.frames[1]
+    assert reset == {"op": "reset", "ref": ref, "rooms": [room], "reason": "history_trimmed"}
+    assert client.frames[2] == {"op": "synced", "ref": ref, "rooms": [room, "author:ta"]}  # no event: no last
+
+    # a position the room still covers replays what follows it
+    recent = events[-4]["id"]
+    other = await clients(server, "u2")
+    await other.request(op="subscribe", rooms=[room], since=recent)
+    await until(lambda: any(f["op"] == "synced" for f in other.frames), "synced", TIMEOUT, other)
+    assert [f["op"] for f in other.frames] == ["subscribed", "event", "event", "event", "synced"]
+    assert [f["id"] for f in other.events()] == [e["id"] for e in events[-3:]]
+
+    # and live events follow the reset
+    await asyncio.to_thread(trim.db.comments.insert_one, {"_id": "after", "postId": "trimmed", "userId": "ta"})
+    frame = await until(lambda: next((f for f in client.events() if f["data"].get("id") == "after"), None),
+                        "a live event after the reset", TIMEOUT * 3, client)
+    assert frame["room"] == room and frame["type"] == "comment:added"
+
+
+async def test_another_users_room_is_forbidden(main: Stack, clients: Opener) -> None:
+    client = await clients(main.servers[0], "u1")
+    for rooms in (["user:u2"], ["public", "user:u2"]):
+        reply = await client.request(op="subscribe", rooms=rooms)
+        assert reply["op"] == "error" and reply["code"] == "forbidden_room", reply
+    presence = await client.request(op="presence", room="user:u3")
+    assert presence["op"] == "error" and presence["code"] == "forbidden_room"
+    await client.subscribe(["user:u1"])  # its own room, and the connection is still fine
+    await client.barrier()
+    assert not client.ended
+
+
+async def test_expired_token_closes_4003(main: Stack, clients: Opener) -> None:
+    lifetime = 3
+    expires = int(time.time()) + lifetime
+    bearer = jwt.encode({"sub": "u1", "exp": expires}, SECRET, algorithm="HS256")
+    by_header = await clients(main.servers[0], bearer=bearer, rooms=["public"])
+    by_frame = await clients(main.servers[1])
+    auth = await by_frame.request(op="auth", token=bearer)
+    assert auth["op"] == "authenticated" and auth["user"] == "u1" and auth["expires"] == expires
+    await by_frame.subscribe(["public", "user:u1"])
+    for client in (by_header, by_frame):
+        assert await client.closed(lifetime + TIMEOUT) == 4003
+    assert time.time() >= expires, "closed before the token expired"
+    # a token already expired is refused at once
+    late = jwt.encode({"sub": "u1", "exp": int(time.time()) - 5}, SECRET, algorithm="HS256")
+    at_door = await clients(main.servers[0], bearer=late)
+    assert await at_door.closed() == 4003
+    in_frame = await clients(main.servers[1])
+    reply = await in_frame.request(op="auth", token=late)
+    assert reply["op"] == "error" and reply["code"] == "token_expired"
+    assert await in_frame.closed() == 4003
+
+
+@pytest.mark.parametrize("forge", ["wrong_secret", "alg_none", "rs256", "garbage"])
+async def test_forged_tokens_are_refused(main: Stack, clients: Opener, forge: str) -> None:
+    bad = {
+        "wrong_secret": lambda: token("u1", secret="another-secret-that-is-long-enough-0123456789"),
+        "alg_none": lambda: unsigned_token("u1"),
+        "rs256": lambda: rs256_token("u1"),
+        "garbage": lambda: "not.a.token",
+    }[forge]()
+    failures = sum(s.metric("realtime_auth_failures_total", reason="unauthorized") for s in main.servers)
+    at_door = await clients(main.servers[0], bearer=bad)
+    assert await at_door.closed() == 4001
+    assert not [f for f in at_door.frames if f["op"] in ("authenticated", "event")]
+
+    in_frame = await clients(main.servers[1])
+    reply = await in_frame.request(op="auth", token=bad)
+    assert reply["op"] == "error" and reply["code"] == "unauthorized", reply
+    assert await in_frame.closed() == 4001
+    assert sum(s.metric("realtime_auth_failures_total", reason="unauthorized") for s in main.servers) >= failures + 2
+
+    # nothing can be read before authenticating, either
+    unauthenticated = await clients(main.servers[0])
+    reply = await unauthenticated.request(op="subscribe", rooms=["public"])
+    assert reply["op"] == "error" and reply["code"] == "unauthorized", reply
+
+
+async def test_no_auth_in_time_closes_4002(main: Stack, clients: Opener) -> None:
+    opened = time.monotonic()
+    silent = await clients(main.servers[0])
+    pinging = await clients(main.servers[1])  # messages other than auth do not count
+    await pinging.barrier()
+    for client in (silent, pinging):
+        assert await client.closed(AUTH_TIMEOUT + TIMEOUT) == 4002
+    assert time.monotonic() - opened >= AUTH_TIMEOUT - 0.2
+    assert not silent.frames
+
+
+# -- 4. bad frames and limits -----------------------------------------------------------------------------------
+
+async def test_bad_frames_get_errors_and_the_connection_goes_on(main: Stack, clients: Opener) -> None:
+    client = await clients(main.servers[0], "u2", rooms=["public"])
+    raw_cases = [("{not json", "bad_json"), ("[1, 2, 3]", "bad_json"), ("\"text\"", "bad_json")]
+    for text, code in raw_cases:
+        before = len(client.frames)
+        await client.ws.send(text)
+        reply = await until(lambda n=before: next((f for f in client.frames[n:] if f["op"] != "event"), None),
+                            f"a reply to {text!r}", client=client)
+        assert reply["op"] == "error" and reply["code"] == code, (text, reply)
+        await client.barrier()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"op": "dance"}, "unknown_op"),
+        ({"op": 7}, "unknown_op"),
+        ({"op": "subscribe", "rooms": ["no such room"]}, "bad_room"),
+        ({"op": "subscribe", "rooms": ["post:" + "x" * 200]}, "bad_room"),
+        ({"op": "subscribe", "rooms": ["user:"]}, "bad_room"),
+        ({"op": "subscribe", "rooms": "public"}, "bad_frame"),
+        ({"op": "subscribe", "rooms": []}, "bad_frame"),
+        ({"op": "subscribe", "rooms": ["public"], "since": "yesterday"}, "bad_since"),
+        ({"op": "unsubscribe", "rooms": [42]}, "bad_room"),
+        ({"op": "typing", "room": "nowhere"}, "bad_room"),
+        ({"op": "sync", "since": "1-x"}, "bad_since"),
+    ]
+    for msg, code in cases:
+        reply = await client.request(**msg)
+        assert reply["op"] == "error" and reply["code"] == code, (msg, reply)
+        assert reply["message"], reply
+        await client.barrier()
+    # still subscribed: a new public post reaches it
+    await asyncio.to_thread(main.db.posts.insert_one, {"_id": "after-bad-frames", "authorId": "u9", "text": "hi"})
+    await until(lambda: any(f["data"]["id"] == "after-bad-frames" for f in client.events()),
+                "a live event after the bad frames", TIMEOUT * 3, client)
+    assert not client.ended
+
+
+async def test_oversized_frame_closes_only_that_connection(main: Stack, clients: Opener) -> None:
+    s0, s1 = main.servers
+    big = await clients(s0, "u3", rooms=["public"])
+    neighbour = await clients(s0, "u4", rooms=["public"])
+    elsewhere = await clients(s1, "u4", rooms=["public"])
+    with contextlib.suppress(ConnectionClosed):
+        await big.ws.send(orjson.dumps({"op": "ping", "pad": "x" * (64 * 1024)}).decode())
+    assert await big.closed() == 1009
+    for client in (neighbour, elsewhere):
+        await client.barrier()
+    post_id = f"after-big-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(main.db.posts.insert_one, {"_id": post_id, "authorId": "u9", "text": "still here"})
+    for client in (neighbour, elsewhere):
+        await until(lambda c=client: any(f["data"]["id"] == post_id for f in c.events()),
+                    "a live event after the oversized frame", TIMEOUT * 3, client)
+    # just under the bound is fine
+    ok = await clients(s0, "u5")
+    reply = await ok.request(op="ping", pad="x" * (60 * 1024))
+    assert reply["op"] == "pong"
+
+
+async def test_flood_is_rate_limited_then_closed(main: Stack, clients: Opener) -> None:
+    flooder = await clients(main.servers[1], "u3", rooms=["public"])
+    calm = await clients(main.servers[1], "u3", rooms=["public"])
+    with contextlib.suppress(ConnectionClosed):
+        for i in range(400):
+            await flooder.ws.send(orjson.dumps({"op": "ping", "ref": i}).decode())
+    assert await flooder.closed() == 4009
+    ops = [f.get("code", f["op"]) for f in flooder.frames if f["op"] in ("pong", "error")]
+    limited = ops.count("rate_limited")
+    assert 0 < ops.count("pong") <= 40 + 5, ops  # the burst, and what refilled meanwhile
+    assert limited >= 1 and set(ops) == {"pong", "rate_limited"}, ops
+    assert ops[-1] == "rate_limited"
+    assert len(ops) < 400, "the connection was closed before it had answered everything"
+    await calm.barrier()
+    assert not calm.ended
+
+
+# -- 5. a slow client among 500 ---------------------------------------------------------------------------------
+
+def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A final client frame, masked (RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def raw_client(port: int, bearer: str, rooms: list[str]) -> socket.socket:
+    """A WebSocket client done by hand that subscribes, then never reads: a small receive buffer, so the
+    kernel holds little for it and the server's queue fills."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Authorization: Bearer {bearer}\r\n\r\n").encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):  # byte by byte: not a byte of what follows the response
+        chunk = sock.recv(1)
+        assert chunk, f"no upgrade: {head!r}"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    sock.sendall(masked_frame(orjson.dumps({"op": "subscribe", "rooms": rooms})))
+    return sock
+
+
+def drain(sock: socket.socket) -> tuple[bytes, bool]:
+    """Read until the server ends the connection: what arrived, and whether it ended (FIN or RST)."""
+    data = bytearray()
+    deadline = time.monotonic() + TIMEOUT * 2
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data), True
+        except TimeoutError:
+            continue
+        if not chunk:
+            return bytes(data), True
+        data += chunk
+    return bytes(data), False
+
+
+def close_code_of(data: bytes) -> int | None:
+    """The code of a close frame among the whole server frames at the start of ``data``, if any."""
+    i = 0
+    while i + 2 <= len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        if i + n > len(data):
+            return None
+        if opcode == 0x8:
+            return int.from_bytes(data[i:i + 2], "big")
+        i += n
+    return None
+
+
+async def test_slow_client_is_closed_and_the_others_get_everything(slow: Stack) -> None:
+    s0, s1 = slow.servers
+    room = "hashtag:load"
+    count, window, normal = 2000, 24, 500
+    started = time.monotonic()
+
+    sock = await asyncio.to_thread(raw_client, s0.port, token("slowpoke"), [room])
+    conns: list[ClientConnection] = []
+    try:
+        async def join(i: int) -> ClientConnection:
+            server = (s0, s1)[i % 2]
+            ws = await connect(server.url, additional_headers={"Authorization": f"Bearer {token(f'c{i}')}"},
+                               open_timeout=TIMEOUT * 3, max_queue=64)
+            conns.append(ws)
+            await ws.send(orjson.dumps({"op": "subscribe", "rooms": [room]}).decode())
+            reply = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT * 3))
+            assert reply["op"] == "subscribed", reply
+            return ws
+
+        gate = asyncio.Semaphore(50)
+
+        async def join_gated(i: int) -> ClientConnection:
+            async with gate:
+                return await join(i)
+
+        sockets = await asyncio.gather(*(join_gated(i) for i in range(normal)))
+        await until(lambda: sum(s.metric("realtime_subscriptions") for s in slow.servers) == normal + 1,
+                    "501 subscriptions", TIMEOUT)
+
+        base = int(time.time() * 1000)
+        ids = [f"{base + i}-0" for i in range(count)]
+        received = [0] * normal
+        wrong: list[str] = []
+
+        async def consume(k: int, ws: ClientConnection) -> None:
+            n = 0
+            async for message in ws:
+                f = orjson.loads(message)
+                if f["op"] != "event":
+                    continue
+                if f["id"] != ids[n] or f["room"] != room or len(f["data"]["text"]) != 2000:
+                    wrong.append(f"client {k}: expected {ids[n]}, got {f['id']}")
+                    return
+                n += 1
+                received[k] = n
+                if n == count:
+                    return
+
+        readers = [asyncio.create_task(consume(k, ws)) for k, ws in enumerate(sockets)]
+        try:
+            sent = 0
+            deadline = time.monotonic() + 45
+            while sent < count:
+                assert not wrong, wrong[:3]
+                assert time.monotonic() < deadline, f"only {min(received)} of {sent} events reached every client"
+                upto = min(count, min(received) + window)
+                if upto > sent:
+                    with slow.r.pipeline(transaction=False) as pipe:
+                        for i in range(sent, upto):
+                            envelope = {"id": ids[i], "type": "post:created", "rooms": [room],
+                                        "data": {"id": f"load{i}", "authorId": "load", "text": "x" * 2000},
+                                        "ts": int(time.time() * 1000)}
+                            pipe.xadd(slow.events_key, {"e": orjson.dumps(envelope)}, id=ids[i])
+                        pipe.execute()
+                    sent = upto
+                await asyncio.sleep(0.005)
+            done, _ = await asyncio.wait(readers, timeout=TIMEOUT * 2)
+            assert not wrong, wrong[:3]
+            assert len(done) == normal, f"{normal - len(done)} clients did not get all {count} events"
+            for task in readers:
+                task.result()
+            assert received == [count] * normal
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+        # the slow one was cut off; nobody else was
+        assert s0.metric("realtime_slow_closes_total") >= 1
+        assert s0.metric("realtime_closes_total", reason="slow") >= 1
+        assert s1.metric("realtime_slow_closes_total") == 0
+        data, ended = await asyncio.to_thread(drain, sock)
+        assert ended, "the slow client's connection was not ended"
+        assert len(data) < count * 2000, "the slow client's connection was cut well before the end"
+        code = close_code_of(data)
+        assert code in (None, 4008), code  # the close frame, when it got through before the reset
+        assert [s.metric("realtime_connections") for s in slow.servers] == [normal // 2, normal // 2]
+        assert all(ws.close_code is None for ws in sockets)
+    finally:
+        sock.close()
+        await asyncio.gather(*(asyncio.wait_for(ws.close(), TIMEOUT) for ws in conns), return_exceptions=True)
+    assert time.monotonic() - started < 90
