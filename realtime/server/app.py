@@ -32,11 +32,13 @@ from realtime.protocol import (
     error_frame,
     frame,
 )
-from realtime.resume import covered
+from realtime.server import transports
 from realtime.server.config import ServerConfig
 from realtime.server.history import History
 from realtime.server.hub import Conn, Hub, text_frame
+from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
+from realtime.server.transports import Collected, collect
 
 log = logging.getLogger("realtime.server")
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
@@ -50,6 +52,7 @@ class State:
     history: History
     reader: StreamReader
     verifier: TokenVerifier | None
+    presence: Presence
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     closing: set[asyncio.Future[Any]] = field(default_factory=set)
     stopping: bool = False
@@ -94,7 +97,9 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         history = History(redis, events_key, resets_key, room_prefix)
         verifier = cfg.auth.verifier(await asyncio.to_thread(_jwks_text, cfg))
         reader = StreamReader(cfg.redis_url, events_key, hub.on_entries, count=cfg.read_count)
-        state = State(cfg, redis, hub, history, reader, verifier)
+        presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
+                            typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval)
+        state = State(cfg, redis, hub, history, reader, verifier, presence)
         app.ctx.state = state
         last = b"$"
         for attempt in range(50):
@@ -106,6 +111,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
                     log.warning("Redis unreachable at start (%s); retrying", exc)
                 await asyncio.sleep(0.2)
         await reader.start(last)
+        await presence.start()
         state.tasks.append(asyncio.get_running_loop().create_task(_tick(state)))
         log.info("serving on %s:%d, reading %s from %s", cfg.host, cfg.port, events_key, last.decode())
 
@@ -117,12 +123,29 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         await state.hub.close_all(going.code, "going away", cfg.shutdown_grace)
         for task in state.tasks:
             task.cancel()
+        await state.presence.stop()
         await state.reader.stop()
         await state.redis.aclose()
 
     @app.websocket("/ws")  # type: ignore[untyped-decorator]
     async def websocket(request: Request, ws: Websocket) -> None:
         await _serve_socket(request.app.ctx.state, request, ws)
+
+    @app.get("/poll")
+    async def poll(request: Request) -> HTTPResponse:
+        return await transports.poll(request.app.ctx.state, request)
+
+    @app.get("/sse")
+    async def sse(request: Request) -> HTTPResponse | None:
+        return await transports.sse(request.app.ctx.state, request)
+
+    @app.route("/poll", methods=["OPTIONS"], name="poll_preflight")
+    async def poll_preflight(request: Request) -> HTTPResponse:
+        return transports.preflight(request.app.ctx.state, request)
+
+    @app.route("/sse", methods=["OPTIONS"], name="sse_preflight")
+    async def sse_preflight(request: Request) -> HTTPResponse:
+        return transports.preflight(request.app.ctx.state, request)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> HTTPResponse:
@@ -193,7 +216,11 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
                 break
             await _apply(state, conn, session.receive(message))
     finally:
+        rooms = _tracked(state, conn.session.rooms)
         hub.forget(conn)
+        if conn.user is not None and rooms:
+            with contextlib.suppress(RedisError, OSError):
+                await state.presence.left(conn.user, rooms)
 
 
 async def _drain(ws: Websocket) -> None:
@@ -234,20 +261,34 @@ async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
                 conn.send(text_frame(error_frame("too_many_connections", "too many connections for this user")))
                 await _apply(state, conn, [Close(CLOSE_CODES["too_many_connections"].code, "too many connections")])
                 return
+            was, rooms = conn.user, _tracked(state, conn.session.rooms)
             hub.set_user(conn, user)
+            if was is None and rooms:  # anonymous until now: present from here on
+                await state.presence.joined(user, rooms)
         elif isinstance(action, Subscribe):
             if action.since is None:
-                hub.join(conn, action.rooms)
+                await _join(state, conn, action.rooms)
                 conn.send(text_frame(frame("subscribed", ref=action.ref, rooms=list(action.rooms))))
             else:
                 await _replay(state, conn, action.rooms, action.since, action.ref, join=True)
         elif isinstance(action, Unsubscribe):
             hub.leave(conn, action.rooms)
+            if conn.user is not None and _tracked(state, action.rooms):
+                await state.presence.left(conn.user, _tracked(state, action.rooms))
         elif isinstance(action, Sync):
             await _replay(state, conn, action.rooms, action.since, action.ref, join=False)
-        elif isinstance(action, (Typing, PresenceQuery)):
-            ref = action.ref if isinstance(action, PresenceQuery) else None
-            conn.send(text_frame(error_frame("unsupported", "presence and typing are not served yet", ref)))
+        elif isinstance(action, Typing):
+            await _typing(state, conn, action.room)
+        elif isinstance(action, PresenceQuery):
+            if not _tracked(state, [action.room]):
+                conn.send(text_frame(error_frame("unsupported", "presence is not tracked in this room", action.ref)))
+                continue
+            try:
+                users = await state.presence.query(action.room)
+            except (RedisError, OSError):
+                conn.send(text_frame(error_frame("unavailable", "presence is unreachable; retry", action.ref)))
+                continue
+            conn.send(text_frame(frame("presence", ref=action.ref, room=action.room, users=users)))
 
 
 async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, ref: Any, *, join: bool) -> None:
@@ -255,53 +296,49 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     hub = state.hub
     conn.pending = []
     if join:
-        hub.join(conn, rooms)
+        await _join(state, conn, rooms)
         conn.send(text_frame(frame("subscribed", ref=ref, rooms=list(rooms))))
     hub.metrics.replays.inc()
-    replayed: set[str] = set()
+    got = Collected()
     last: tuple[int, int] | None = None
     try:
-        stream = await state.history.state()
-        info = await state.history.room_info(list(rooms))
-        resets: dict[str, list[str]] = {}
-        readable = []
-        for room in rooms:
-            ok, why = covered(since, info[room], stream)
-            if ok:
-                readable.append(room)
-            else:
-                resets.setdefault(why, []).append(room)
-        found = await state.history.read(readable, since, state.cfg.replay_limit) if readable else {}
-        merged: dict[tuple[int, int], tuple[str, bytes]] = {}
-        for room in readable:
-            entries = found.get(room, [])
-            if len(entries) > state.cfg.replay_limit:
-                resets.setdefault("too_far_behind", []).append(room)
-                continue
-            replayed.add(room)
-            for entry_id, raw in entries:
-                key = ev.parse_id(entry_id.decode())
-                if key not in merged:
-                    merged[key] = (room, raw)
-        for why, reset_rooms in resets.items():
+        got = await collect(state.history, rooms, since, state.cfg.replay_limit)
+        for why, reset_rooms in got.resets.items():
             conn.send(text_frame(frame("reset", ref=ref, rooms=sorted(reset_rooms), reason=why)))
             hub.metrics.resets.inc(reason=why)
-        for key in sorted(merged):
-            room, raw = merged[key]
-            envelope = orjson.loads(raw)
-            conn.send(text_frame(orjson.dumps({"op": "event", "id": envelope["id"], "type": envelope["type"],
-                                               "room": room, "data": envelope.get("data"),
-                                               "ts": envelope.get("ts")})))
+        for key, _, payload in got.events:
+            conn.send(text_frame(payload))
             last = key
-        hub.metrics.replayed.inc(len(merged))
+        hub.metrics.replayed.inc(len(got.events))
     except (RedisError, OSError) as exc:
         log.warning("replay failed: %s", exc)
         conn.send(text_frame(error_frame("unavailable", "history is unreachable; retry the sync", ref)))
     finally:
         pending, conn.pending = conn.pending or [], None
         for key, room, data in pending:
-            if room in replayed and last is not None and key <= last:
+            if room in got.replayed and last is not None and key <= last:
                 continue  # already sent from history
             conn.send(data)
     conn.send(text_frame(frame("synced", ref=ref, rooms=list(rooms),
                                last=f"{last[0]}-{last[1]}" if last is not None else None)))
+
+
+def _tracked(state: State, rooms: tuple[str, ...] | list[str] | set[str]) -> tuple[str, ...]:
+    """The rooms whose presence is tracked (announcing joins costs a frame per member: not for huge rooms)."""
+    prefixes = state.cfg.presence_rooms
+    return tuple(r for r in rooms if r.startswith(prefixes))
+
+
+async def _join(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
+    state.hub.join(conn, rooms)
+    tracked = _tracked(state, rooms)
+    if conn.user is not None and tracked:
+        await state.presence.joined(conn.user, tracked)
+
+
+async def _typing(state: State, conn: Conn, room: str) -> None:
+    now = time.monotonic()
+    if conn.user is None or now - conn.last_typing < state.presence.typing_interval:
+        return  # at most one typing notice per interval per connection; the rest are dropped quietly
+    conn.last_typing = now
+    await state.presence.typed(conn.user, room)

@@ -55,6 +55,10 @@ class ServerConfig:
     read_count: int = 512
     lag_ready_seconds: float = 10.0  # /readyz fails when delivery lags more than this
     cors_origin: str = ""
+    presence_ttl: float = 30.0  # an instance's presence entries expire this long after its last refresh
+    typing_ttl: float = 5.0  # seconds after the last typing notice before user:stopped_typing
+    typing_interval: float = 1.0  # at most one typing notice per connection per this many seconds
+    presence_rooms: tuple[str, ...] = ("post:",)  # presence is tracked in rooms whose name starts so
 
 
 def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -110,4 +114,8 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         shutdown_grace=env.number("REALTIME_SHUTDOWN_GRACE", 10.0, minimum=0.0),
         lag_ready_seconds=env.number("REALTIME_READY_MAX_LAG", 10.0, minimum=0.1),
         cors_origin=env.environ.get("REALTIME_CORS_ORIGIN", env.environ.get("SOCKET_CORS_ORIGIN", "")),
+        presence_ttl=env.number("REALTIME_PRESENCE_TTL", 30.0, minimum=1.0, maximum=3600),
+        typing_ttl=env.number("REALTIME_TYPING_TTL", 5.0, minimum=0.5, maximum=300),
+        typing_interval=env.number("REALTIME_TYPING_INTERVAL", 1.0, minimum=0.0, maximum=60),
+        presence_rooms=env.names("REALTIME_PRESENCE_ROOMS", "post:"),
     )

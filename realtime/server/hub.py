@@ -55,7 +55,8 @@ def _id_key(raw: bytes | str) -> tuple[int, int]:
 class Conn:
     """One WebSocket connection: its transport, its session, and its replay state."""
 
-    __slots__ = ("address", "alive", "backlog", "hub", "pending", "proto", "session", "transport", "user", "ws")
+    __slots__ = ("address", "alive", "backlog", "hub", "last_typing", "pending", "proto", "session", "transport",
+                 "user", "ws")
 
     def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
         self.hub = hub
@@ -68,6 +69,7 @@ class Conn:
         self.alive = True
         self.backlog = 0  # frames written while the transport still held unsent bytes
         self.pending: list[tuple[tuple[int, int], str, bytes]] | None = None  # live events kept during a replay
+        self.last_typing = 0.0
 
     def send(self, data: bytes) -> None:
         """Write one or more whole frames; close the connection as slow past its bounds."""
@@ -88,11 +90,12 @@ class Conn:
 
 
 class Room:
-    __slots__ = ("members", "snap")
+    __slots__ = ("listeners", "members", "snap")
 
     def __init__(self) -> None:
         self.members: dict[Conn, None] = {}
         self.snap: tuple[Conn, ...] | None = None
+        self.listeners: dict[Any, None] = {}  # long-poll and SSE clients (transports.Listener)
 
 
 class ServerMetrics:
@@ -114,6 +117,10 @@ class ServerMetrics:
         self.errors = r.counter("realtime_client_errors_total", "error frames sent, by code")
         self.lag = r.gauge("realtime_xread_lag_seconds",
                            "now minus the wall time of the last event read from the stream")
+        self.polls = r.counter("realtime_polls_total", "long-poll requests answered")
+        self.sse_streams = r.counter("realtime_sse_streams_total", "SSE streams opened")
+        self.listeners = r.gauge("realtime_http_listeners", "long-poll and SSE clients waiting",
+                                 read=lambda: len(hub.listeners))
 
 
 class Hub:
@@ -127,8 +134,8 @@ class Hub:
         self.queue_messages = queue_messages
         self.send_buffer = send_buffer
         self.close_timeout = close_timeout
+        self.listeners: set[Any] = set()
         self.metrics = ServerMetrics(self)
-        self._frames: dict[str, bytes] = {}
 
     # -- membership ------------------------------------------------------------------------------------
     def add(self, conn: Conn) -> None:
@@ -161,8 +168,34 @@ class Hub:
             room = self.rooms.get(name)
             if room is not None and room.members.pop(conn, 0) is None:
                 room.snap = None
-                if not room.members:
+                if not room.members and not room.listeners:
                     del self.rooms[name]
+
+    def listen(self, listener: Any) -> None:
+        self.listeners.add(listener)
+        for name in listener.rooms:
+            room = self.rooms.get(name)
+            if room is None:
+                room = self.rooms[name] = Room()
+            room.listeners[listener] = None
+
+    def unlisten(self, listener: Any) -> None:
+        self.listeners.discard(listener)
+        for name in listener.rooms:
+            room = self.rooms.get(name)
+            if room is not None:
+                room.listeners.pop(listener, None)
+                if not room.members and not room.listeners:
+                    del self.rooms[name]
+
+    def deliver_ephemeral(self, name: str, payload: bytes) -> None:
+        """Presence and typing: to the room's WebSocket members here, as they are (no id, no replay)."""
+        room = self.rooms.get(name)
+        if room is None or not room.members:
+            return
+        data = text_frame(payload)
+        for conn in tuple(room.members):
+            conn.send(data)
 
     def forget(self, conn: Conn) -> None:
         """The connection is gone (or going): out of every room, out of the counts."""
@@ -235,8 +268,12 @@ class Hub:
                 snap = room.snap
                 if snap is None:
                     snap = room.snap = tuple(room.members)
-                data = text_frame(orjson.dumps({"op": "event", "id": envelope["id"], "type": kind, "room": name,
-                                                "data": envelope.get("data"), "ts": envelope.get("ts")}))
+                payload = orjson.dumps({"op": "event", "id": envelope["id"], "type": kind, "room": name,
+                                        "data": envelope.get("data"), "ts": envelope.get("ts")})
+                if room.listeners:
+                    for listener in tuple(room.listeners):
+                        listener.feed(key, name, payload)
+                data = text_frame(payload)
                 for conn in snap:
                     if seen is not None:
                         if conn in seen:
@@ -262,6 +299,8 @@ class Hub:
 
     def reset_all(self, envelope: dict[str, Any], entry_id: bytes) -> None:
         reason = str((envelope.get("data") or {}).get("reason", "history_reset"))
+        for listener in tuple(self.listeners):
+            listener.reset(_id_key(entry_id), reason)
         for conn in list(self.conns):
             if not conn.session.rooms:
                 continue

@@ -261,6 +261,7 @@ class Client:
         self.ws = ws
         self.user = user
         self.frames: list[dict[str, Any]] = []
+        self.presence: list[dict[str, Any]] = []  # ephemeral presence and typing frames, kept apart
         self.ended = False
         self.refs = 0
         self.task = asyncio.get_running_loop().create_task(self._read())
@@ -268,7 +269,8 @@ class Client:
     async def _read(self) -> None:
         try:
             async for message in self.ws:
-                self.frames.append(orjson.loads(message))
+                msg = orjson.loads(message)
+                (self.presence if msg.get("op") == "presence" and "type" in msg else self.frames).append(msg)
         except ConnectionClosed:
             pass
         finally:

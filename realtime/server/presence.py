@@ -1,0 +1,219 @@
+"""Presence and typing: ephemeral, per room, across every server instance, through Redis pub/sub.
+
+Neither is stored in the event streams nor replayed.
+
+* **Presence.** Each instance keeps, per room, a sorted set ``{rt}:presence:<room>`` of
+  ``<user>|<instance>`` members scored by an expiry time, refreshed every ``ttl / 3`` seconds while the
+  user has a connection in the room on that instance. ``presence`` answers with the users whose entry has
+  not expired. The first connection of a user in a room (on any instance) announces ``user:online``; the
+  last one to leave announces ``user:offline``. When an instance dies its entries stop being refreshed;
+  any instance's sweep removes them after ``ttl`` and announces ``user:offline``: everyone sees the users
+  of a dead instance leave within ``ttl + sweep`` seconds.
+* **Typing.** ``typing`` from a client (at most one per ``typing_interval`` per connection) announces
+  ``user:typing`` to the room on every instance; each instance shows ``user:stopped_typing`` on its own when
+  no new ``typing`` came for ``typing_ttl`` seconds: it expires even when the typist's instance dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from realtime import events as ev
+
+log = logging.getLogger("realtime.server")
+
+Deliver = Callable[[str, bytes], None]  # (room, frame payload) to the local members of a room
+
+SWEEP_LUA = """
+local gone = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+end
+for _, member in ipairs(expired) do
+  local user = string.match(member, '^(.*)|[^|]*$')
+  local still = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+  local present = false
+  for _, m in ipairs(still) do
+    if string.match(m, '^(.*)|[^|]*$') == user then present = true break end
+  end
+  if not present then table.insert(gone, user) end
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return gone
+"""
+
+
+def ephemeral(kind: str, room: str, user: str) -> bytes:
+    """An ephemeral event as clients get it: a ``presence`` frame with a type, and no id (never replayed)."""
+    return orjson.dumps({"op": "presence", "type": kind, "room": room, "data": {"userId": user},
+                         "ts": int(time.time() * 1000)})
+
+
+class Presence:
+    def __init__(self, redis: Redis, prefix: str, deliver: Deliver, *, ttl: float = 30.0,
+                 typing_ttl: float = 5.0, typing_interval: float = 1.0, instance: str | None = None) -> None:
+        self.redis = redis
+        self.tag = "{" + prefix + "}"
+        self.channel = f"{self.tag}:ephemeral"
+        self.rooms_key = f"{self.tag}:presence:rooms"
+        self.deliver = deliver
+        self.ttl = ttl
+        self.typing_ttl = typing_ttl
+        self.typing_interval = typing_interval
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.local: dict[tuple[str, str], int] = {}  # (room, user) -> local connections
+        self.typing: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._sweep = redis.register_script(SWEEP_LUA)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = False
+
+    def key(self, room: str) -> str:
+        return f"{self.tag}:presence:{room}"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._refresh())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self.typing.values():
+            handle.cancel()
+        with contextlib.suppress(RedisError, OSError):  # leave at once rather than after the ttl
+            for room, user in list(self.local):
+                await self._remove(room, user)
+
+    # -- presence ----------------------------------------------------------------------------------------
+    async def joined(self, user: str, rooms: tuple[str, ...] | list[str]) -> None:
+        for room in rooms:
+            n = self.local.get((room, user), 0)
+            self.local[(room, user)] = n + 1
+            if n == 0:
+                await self._add(room, user)
+
+    async def left(self, user: str, rooms: tuple[str, ...] | list[str] | set[str]) -> None:
+        for room in list(rooms):
+            n = self.local.get((room, user), 0) - 1
+            if n > 0:
+                self.local[(room, user)] = n
+                continue
+            self.local.pop((room, user), None)
+            with contextlib.suppress(RedisError, OSError):
+                await self._remove(room, user)
+
+    async def _add(self, room: str, user: str) -> None:
+        key = self.key(room)
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrangebyscore(key, now, "+inf")
+            pipe.zadd(key, {f"{user}|{self.instance}": now + self.ttl})
+            pipe.sadd(self.rooms_key, room)
+            before, _, _ = await pipe.execute()
+        if not any(_user(m) == user for m in before):
+            await self._publish(ev.USER_ONLINE, room, user)
+
+    async def _remove(self, room: str, user: str) -> None:
+        key = self.key(room)
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(key, f"{user}|{self.instance}")
+            pipe.zrangebyscore(key, now, "+inf")
+            _, after = await pipe.execute()
+        if not any(_user(m) == user for m in after):
+            await self._publish(ev.USER_OFFLINE, room, user)
+
+    async def query(self, room: str) -> list[str]:
+        members = await self.redis.zrangebyscore(self.key(room), time.time(), "+inf")
+        return sorted({_user(m) for m in members})
+
+    async def _refresh(self) -> None:
+        """Keep this instance's entries alive, and sweep the rooms' expired ones (from dead instances)."""
+        while True:
+            try:
+                expires = time.time() + self.ttl
+                if self.local:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for room, user in list(self.local):
+                            pipe.zadd(self.key(room), {f"{user}|{self.instance}": expires})
+                        await pipe.execute()
+                for raw in await self.redis.smembers(self.rooms_key):
+                    room = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    gone = await self._sweep(keys=[self.key(room), self.rooms_key], args=[time.time(), room])
+                    for user in gone:
+                        await self._publish(ev.USER_OFFLINE, room, user.decode() if isinstance(user, bytes) else user)
+            except (RedisError, OSError) as exc:
+                log.warning("presence refresh failed: %s", exc)
+            await asyncio.sleep(self.ttl / 3)
+
+    # -- typing ------------------------------------------------------------------------------------------
+    async def typed(self, user: str, room: str) -> None:
+        await self._publish(ev.USER_TYPING, room, user)
+
+    def _typing(self, room: str, user: str) -> None:
+        handle = self.typing.pop((room, user), None)
+        if handle is not None:
+            handle.cancel()
+        else:
+            self.deliver(room, ephemeral(ev.USER_TYPING, room, user))
+        self.typing[(room, user)] = asyncio.get_running_loop().call_later(self.typing_ttl, self._stopped, room, user)
+
+    def _stopped(self, room: str, user: str) -> None:
+        if self.typing.pop((room, user), None) is not None:
+            self.deliver(room, ephemeral(ev.USER_STOPPED_TYPING, room, user))
+
+    # -- the channel -------------------------------------------------------------------------------------
+    async def _publish(self, kind: str, room: str, user: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.publish(self.channel, orjson.dumps({"type": kind, "room": room, "user": user}))
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                self.ready = True
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    self._on_message(message.get("data"))
+            except (RedisError, OSError) as exc:
+                self.ready = False
+                log.warning("presence channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_message(self, data: Any) -> None:
+        try:
+            msg = orjson.loads(data)
+            kind, room, user = msg["type"], msg["room"], msg["user"]
+        except Exception:
+            return
+        if not ev.valid_room(room) or not isinstance(user, str):
+            return
+        if kind == ev.USER_TYPING:
+            self._typing(room, user)
+        elif kind in (ev.USER_ONLINE, ev.USER_OFFLINE):
+            if kind == ev.USER_OFFLINE:
+                self._stopped(room, user)
+            self.deliver(room, ephemeral(kind, room, user))
+
+
+def _user(member: Any) -> str:
+    text = member.decode() if isinstance(member, bytes) else str(member)
+    return text.rsplit("|", 1)[0]
