@@ -59,8 +59,9 @@ class WatcherConfig:
         return (self.mapping.posts, self.mapping.likes, self.mapping.comments)
 
 
-def load(environ: Mapping[str, str] | None = None) -> WatcherConfig:
-    env = Env(os.environ if environ is None else environ)
+def load_mapping(env: Env) -> MappingConfig:
+    """The mapping's part of the configuration (collections, field names, allow-lists): watchers and servers
+    (for replays from the oplog) read the same variables."""
     fields = Fields(
         author_id=env.text("REALTIME_FIELD_AUTHOR_ID", "authorId"),
         post_id=env.text("REALTIME_FIELD_POST_ID", "postId"),
@@ -84,6 +85,12 @@ def load(environ: Mapping[str, str] | None = None) -> WatcherConfig:
     if len({mapping.posts, mapping.likes, mapping.comments}) != 3:
         raise ConfigError("REALTIME_POSTS_COLLECTION, REALTIME_LIKES_COLLECTION and REALTIME_COMMENTS_COLLECTION "
                           "must name three different collections")
+    return mapping
+
+
+def load(environ: Mapping[str, str] | None = None) -> WatcherConfig:
+    env = Env(os.environ if environ is None else environ)
+    mapping = load_mapping(env)
     database = env.text("MONGODB_DB", "app")
     checkpoint_db = env.text("REALTIME_CHECKPOINT_DB", "realtime_meta")
     if checkpoint_db == database:

@@ -59,6 +59,25 @@ class Mapped:
     index_del: tuple[str, str] | None = None  # (kind, id) to forget
 
 
+def stream_pipeline(cfg: MappingConfig) -> list[dict[str, Any]]:
+    """The change stream's ``$match``. Event ids count changes among those this pipeline lets through, so
+    the watcher and every replay from the oplog must use exactly this one."""
+    return [{"$match": {"$or": [{"ns.coll": {"$in": [cfg.posts, cfg.likes, cfg.comments]}},
+                                {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
+
+
+def id_forms(post_id: str) -> list[Any]:
+    """A post id as text and, when it could be one, as an ObjectId or an integer: producers store either."""
+    from bson import ObjectId
+
+    forms: list[Any] = [post_id]
+    if len(post_id) == 24 and ObjectId.is_valid(post_id):
+        forms.append(ObjectId(post_id))
+    if post_id.isdigit() and len(post_id) < 19:
+        forms.append(int(post_id))
+    return forms
+
+
 def _key(change: dict[str, Any]) -> Any:
     key = change.get("documentKey")
     return key.get("_id") if isinstance(key, dict) else None

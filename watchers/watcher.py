@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from bson import ObjectId, Timestamp
+from bson import Timestamp
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 from redis.asyncio import Redis
@@ -194,8 +194,7 @@ class Watcher:
 
     # -- the stream --------------------------------------------------------------------------------------
     def pipeline(self) -> list[dict[str, Any]]:
-        return [{"$match": {"$or": [{"ns.coll": {"$in": list(self.cfg.collections)}},
-                                    {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
+        return mapping.stream_pipeline(self.cfg.mapping)
 
     async def _stream_forever(self, lease: str) -> None:
         point = await self.resume_point()
@@ -439,7 +438,7 @@ class Watcher:
         count includes that change and nothing after it). Where the server cannot read that far back, the
         count as of now, with the time of that read: changes up to it then leave the count as it is."""
         field = self.cfg.mapping.fields.post_id
-        pipeline = [{"$match": {field: {"$in": _id_forms(post_id)}}}, {"$count": "n"}]
+        pipeline = [{"$match": {field: {"$in": mapping.id_forms(post_id)}}}, {"$count": "n"}]
         try:
             reply = await self.db.command({"aggregate": self.cfg.mapping.likes, "pipeline": pipeline, "cursor": {},
                                            "readConcern": {"level": "snapshot", "atClusterTime": at}})
@@ -452,7 +451,7 @@ class Watcher:
                         post_id, at, exc)
             self.metrics.skipped.inc(reason="approximate_seed")
         async with self.mongo.start_session(causal_consistency=True) as session:
-            count = await self.db[self.cfg.mapping.likes].count_documents({field: {"$in": _id_forms(post_id)}},
+            count = await self.db[self.cfg.mapping.likes].count_documents({field: {"$in": mapping.id_forms(post_id)}},
                                                                         session=session)
             op_time = session.operation_time
         when = pad_time(op_time.time, op_time.inc) if op_time is not None else pad_time(at.time, at.inc)
@@ -463,7 +462,7 @@ class Watcher:
             self.posts.move_to_end(post_id)
             return self.posts[post_id]
         f = self.cfg.mapping.fields
-        doc = await self.db[self.cfg.mapping.posts].find_one({"_id": {"$in": _id_forms(post_id)}},
+        doc = await self.db[self.cfg.mapping.posts].find_one({"_id": {"$in": mapping.id_forms(post_id)}},
                                                              {f.author_id: 1, f.visibility: 1})
         info = mapping.post_info(doc, self.cfg.mapping)
         self._cache(post_id, info)
@@ -493,13 +492,3 @@ class Watcher:
         if self.lease_value is None:
             return True, "standby"
         return True, "leader" if self.streaming else "leader (opening the stream)"
-
-
-def _id_forms(post_id: str) -> list[Any]:
-    """A post id as text and, when it looks like one, as an ObjectId: producers store either."""
-    forms: list[Any] = [post_id]
-    if len(post_id) == 24 and ObjectId.is_valid(post_id):
-        forms.append(ObjectId(post_id))
-    if post_id.isdigit() and len(post_id) < 19:
-        forms.append(int(post_id))
-    return forms

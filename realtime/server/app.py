@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sanic import Request, Sanic, Websocket
@@ -34,6 +35,7 @@ from realtime.protocol import (
 )
 from realtime.server import transports
 from realtime.server.config import ServerConfig
+from realtime.server.deep import DeepReplay
 from realtime.server.history import History
 from realtime.server.hub import Conn, Hub, text_frame
 from realtime.server.presence import Presence
@@ -53,6 +55,8 @@ class State:
     reader: StreamReader
     verifier: TokenVerifier | None
     presence: Presence
+    deep: DeepReplay | None = None
+    mongo: Any = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     closing: set[asyncio.Future[Any]] = field(default_factory=set)
     stopping: bool = False
@@ -100,6 +104,11 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
                             typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval)
         state = State(cfg, redis, hub, history, reader, verifier, presence)
+        if cfg.mongodb_uri is not None:
+            state.mongo = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=5000,
+                                           appname="realtime-server deep replay")
+            state.deep = DeepReplay(state.mongo, cfg.database, cfg.mapping, redis, "{" + cfg.prefix + "}:likes",
+                                    seconds=cfg.deep_seconds, limit=cfg.replay_limit, concurrency=cfg.deep_concurrency)
         app.ctx.state = state
         last = b"$"
         for attempt in range(50):
@@ -125,6 +134,8 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
             task.cancel()
         await state.presence.stop()
         await state.reader.stop()
+        if state.mongo is not None:
+            await state.mongo.close()
         await state.redis.aclose()
 
     @app.websocket("/ws")  # type: ignore[untyped-decorator]
@@ -302,7 +313,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     got = Collected()
     last: tuple[int, int] | None = None
     try:
-        got = await collect(state.history, rooms, since, state.cfg.replay_limit)
+        got = await collect(state.history, rooms, since, state.cfg.replay_limit, state.deep)
         for why, reset_rooms in got.resets.items():
             conn.send(text_frame(frame("reset", ref=ref, rooms=sorted(reset_rooms), reason=why)))
             hub.metrics.resets.inc(reason=why)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from realtime.auth import TokenVerifier
 from realtime.config import ConfigError, Env
 from realtime.protocol import SessionConfig
+from watchers.config import MappingConfig, load_mapping
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class ServerConfig:
     typing_ttl: float = 5.0  # seconds after the last typing notice before user:stopped_typing
     typing_interval: float = 1.0  # at most one typing notice per connection per this many seconds
     presence_rooms: tuple[str, ...] = ("post:",)  # presence is tracked in rooms whose name starts so
+    mongodb_uri: str | None = None  # for replays from the oplog (none: trimmed history gives a reset)
+    database: str = "app"
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    deep_seconds: float = 10.0
+    deep_concurrency: int = 4
 
 
 def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -118,4 +124,10 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         typing_ttl=env.number("REALTIME_TYPING_TTL", 5.0, minimum=0.5, maximum=300),
         typing_interval=env.number("REALTIME_TYPING_INTERVAL", 1.0, minimum=0.0, maximum=60),
         presence_rooms=env.names("REALTIME_PRESENCE_ROOMS", "post:"),
+        mongodb_uri=(env.url("MONGODB_URI", "mongodb://x", ("mongodb", "mongodb+srv"))
+                     if env.environ.get("MONGODB_URI") and env.flag("REALTIME_DEEP_REPLAY", True) else None),
+        database=env.text("MONGODB_DB", "app"),
+        mapping=load_mapping(env),
+        deep_seconds=env.number("REALTIME_DEEP_REPLAY_SECONDS", 10.0, minimum=0.1, maximum=600),
+        deep_concurrency=env.integer("REALTIME_DEEP_REPLAY_CONCURRENCY", 4, minimum=1, maximum=1000),
     )

@@ -71,6 +71,14 @@ class History:
             out[room] = RoomHistory(_max_deleted(info))
         return out
 
+    async def first_ids(self, rooms: list[str]) -> dict[str, tuple[int, int] | None]:
+        """The oldest id each room's history still holds (None: it holds nothing)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.xrange(self.room_prefix + room, count=1)
+            replies = await pipe.execute()
+        return {room: _id(reply[0][0]) if reply else None for room, reply in zip(rooms, replies, strict=True)}
+
     async def read(self, rooms: list[str], since: str, limit: int) -> dict[str, list[tuple[bytes, bytes]]]:
         """Each room's events after ``since`` (exclusive), oldest first, at most ``limit + 1`` per room."""
         async with self.redis.pipeline(transaction=False) as pipe:

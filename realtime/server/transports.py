@@ -47,21 +47,33 @@ class Collected:
     replayed: set[str] = field(default_factory=set)
 
 
-async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int) -> Collected:
+async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, deep: Any = None) -> Collected:
     """The events of ``rooms`` after ``since`` from their history, merged by id, each once; and which rooms
-    need a reset instead."""
+    need a reset instead. With ``deep`` (a :class:`~realtime.server.deep.DeepReplay`), what Redis trimmed is
+    read back from MongoDB's oplog where it still holds it."""
     out = Collected()
     stream = await history.state()
     info = await history.room_info(list(rooms))
     readable_rooms = []
+    deep_rooms = []
     for room in rooms:
         ok, why = covered(since, info[room], stream)
         if ok:
             readable_rooms.append(room)
+        elif why == "history_trimmed" and deep is not None:
+            deep_rooms.append(room)
         else:
             out.resets.setdefault(why, []).append(room)
-    found = await history.read(readable_rooms, since, limit) if readable_rooms else {}
     merged: dict[tuple[int, int], tuple[str, bytes]] = {}
+    if deep_rooms:
+        outcome = await deep.replay(deep_rooms, since, await history.first_ids(deep_rooms))
+        if outcome.events is None:
+            out.resets.setdefault(outcome.reason, []).extend(deep_rooms)
+        else:
+            readable_rooms += deep_rooms  # and the rest of their history from Redis
+            for key, room, payload in outcome.events:
+                merged[key] = (room, payload)
+    found = await history.read(readable_rooms, since, limit) if readable_rooms else {}
     for room in readable_rooms:
         entries = found.get(room, [])
         if len(entries) > limit:
@@ -71,10 +83,14 @@ async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int) 
         for entry_id, raw_envelope in entries:
             key = ev.parse_id(entry_id.decode())
             if key not in merged:
-                merged[key] = (room, raw_envelope)
+                merged[key] = (room, event_payload(orjson.loads(raw_envelope), room))
+    if len(merged) > limit:
+        out.resets.setdefault("too_far_behind", []).extend(sorted(out.replayed))
+        out.replayed.clear()
+        return out
     for key in sorted(merged):
-        room, raw_envelope = merged[key]
-        out.events.append((key, room, event_payload(orjson.loads(raw_envelope), room)))
+        room, payload = merged[key]
+        out.events.append((key, room, payload))
     return out
 
 
@@ -203,11 +219,11 @@ async def poll(state: Any, request: Request) -> HTTPResponse:
     listener = Listener(rooms, woke.set)
     hub.listen(listener)  # before reading history: nothing can fall between the read and the wait
     try:
-        got = await collect(state.history, rooms, since, state.cfg.replay_limit)
+        got = await collect(state.history, rooms, since, state.cfg.replay_limit, state.deep)
         if not got.events and not got.resets and wait > 0 and not listener.queue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woke.wait(), wait)
-            got = await collect(state.history, rooms, since, state.cfg.replay_limit)
+            got = await collect(state.history, rooms, since, state.cfg.replay_limit, state.deep)
     except (RedisError, OSError):
         return _error(ClientError("unavailable", "history is unreachable; retry"), headers)
     finally:
@@ -246,7 +262,7 @@ async def sse(state: Any, request: Request) -> HTTPResponse | None:
         await response.send(b"retry: 2000\n\n")
         sent_upto = (0, 0)  # live events held during the replay and already sent by it are skipped
         if since is not None:
-            got = await collect(state.history, rooms, since, state.cfg.replay_limit)
+            got = await collect(state.history, rooms, since, state.cfg.replay_limit, state.deep)
             for why, reset_rooms in got.resets.items():
                 await response.send(_sse_reset(reset_rooms, why))
             for key, _, payload in got.events:

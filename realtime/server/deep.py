@@ -1,0 +1,160 @@
+"""Deep replay: what Redis has trimmed from a room's history, read back from MongoDB's oplog.
+
+When a client's ``since`` is older than a room's history in Redis but MongoDB's oplog still holds it, the
+server opens a temporary change stream at the cluster time encoded in ``since`` (``startAtOperationTime``,
+inclusive), maps each change with the watcher's own pure mapping (same pipeline, same positions, so the
+same ids), keeps the events of the client's rooms after ``since`` and before the room's history in Redis
+begins, and hands them to the replay, which goes on from Redis. Like counts are not replayed as they were:
+a replayed ``post:liked``/``post:unliked`` carries the post's current count and ``replayed: true``.
+
+Bounded: at most ``concurrency`` deep replays at once per process (a client past that waits up to a
+second, then gets a reset), each at most ``seconds`` long and ``limit`` events; past a bound the rooms get a
+``reset`` (``too_far_behind``). When the oplog no longer holds ``since`` either, a ``reset``
+(``history_lost``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+from redis.asyncio import Redis
+
+from realtime import events as ev
+from watchers import mapping
+from watchers.config import MappingConfig
+
+log = logging.getLogger("realtime.server")
+HISTORY_LOST = (286, 280, 260, 239)
+
+
+class DeepOutcome:
+    __slots__ = ("events", "reason")
+
+    def __init__(self, events: list[tuple[tuple[int, int], str, bytes]] | None, reason: str = "") -> None:
+        self.events = events  # None: could not replay (see reason)
+        self.reason = reason
+
+
+class DeepReplay:
+    def __init__(self, mongo: AsyncMongoClient[dict[str, Any]], database: str, cfg: MappingConfig, redis: Redis,
+                 likes_key: str, *, seconds: float = 10.0, limit: int = 10_000, concurrency: int = 4) -> None:
+        self.mongo = mongo
+        self.db = mongo[database]
+        self.cfg = cfg
+        self.redis = redis
+        self.likes_key = likes_key
+        self.seconds = seconds
+        self.limit = limit
+        self.slots = asyncio.Semaphore(concurrency)
+        self.served = 0
+
+    async def replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None]
+                     ) -> DeepOutcome:
+        """The events of ``rooms`` after ``since`` and before ``until[room]`` (the first id Redis still holds
+        for that room; None: Redis holds none, read up to now)."""
+        try:
+            await asyncio.wait_for(self.slots.acquire(), 1.0)
+        except TimeoutError:
+            return DeepOutcome(None, "too_far_behind")
+        try:
+            return await asyncio.wait_for(self._replay(rooms, since, until), self.seconds)
+        except TimeoutError:
+            return DeepOutcome(None, "too_far_behind")
+        except OperationFailure as exc:
+            if exc.code in HISTORY_LOST:
+                return DeepOutcome(None, "history_lost")
+            log.warning("deep replay failed: %s", exc)
+            return DeepOutcome(None, "history_lost")
+        except PyMongoError as exc:
+            log.warning("deep replay failed: %s", exc)
+            return DeepOutcome(None, "history_lost")
+        finally:
+            self.slots.release()
+
+    async def _replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None]) -> DeepOutcome:
+        point = ev.parse_id(since)
+        seconds, increment = ev.id_cluster_time(since)
+        wanted = set(rooms)
+        end = max((u for u in until.values() if u is not None), default=None)
+        posts: dict[str, mapping.PostInfo | None] = {}
+        found: dict[tuple[int, int], tuple[str, bytes]] = {}
+        counts: dict[str, int | None] = {}
+        last_time, position = -1, -1
+        async with await self.db.watch(mapping.stream_pipeline(self.cfg), start_at_operation_time=Timestamp(
+                seconds, increment), full_document="updateLookup", full_document_before_change="whenAvailable",
+                max_await_time_ms=50) as stream:
+            while True:
+                change = await stream.try_next()
+                if change is None:
+                    break  # caught up with the oplog
+                ct = change["clusterTime"]
+                time_part = ev.time_part(ct.time, ct.inc)
+                position = position + 1 if time_part == last_time else 0
+                last_time = time_part
+                if end is not None and (time_part, 0) > end:
+                    break  # Redis holds the rest
+                mapped = await self._map(change, position, posts)
+                for event in mapped.events:
+                    key = ev.parse_id(event.id)
+                    if key <= point or key in found:
+                        continue
+                    room = next((r for r in event.rooms if r in wanted and (until.get(r) is None or
+                                                                            key < until[r])), None)  # type: ignore[operator]
+                    if room is None:
+                        continue
+                    envelope = event.envelope()
+                    if event.counter is not None:
+                        envelope["data"] = {**envelope["data"],
+                                            "likes": await self._count(event.counter.post_id, counts),
+                                            "replayed": True}
+                    found[key] = (room, orjson.dumps({"op": "event", "id": event.id, "type": event.type,
+                                                      "room": room, "data": envelope["data"], "ts": event.ts}))
+                    if len(found) > self.limit:
+                        return DeepOutcome(None, "too_far_behind")
+        self.served += 1
+        return DeepOutcome([(key, *found[key]) for key in sorted(found)])
+
+    async def _map(self, change: dict[str, Any], position: int, posts: dict[str, mapping.PostInfo | None]
+                   ) -> mapping.Mapped:
+        cfg = self.cfg
+        coll = (change.get("ns") or {}).get("coll")
+        info = None
+        try:
+            if coll == cfg.posts:
+                key = ev.id_part((change.get("documentKey") or {}).get("_id"))
+                if key is not None and change.get("fullDocument") is None:
+                    info = await self._post(key, posts)
+            else:
+                sub = mapping.subject(change, cfg)
+                if sub is not None and sub.post_id is not None:
+                    info = await self._post(sub.post_id, posts)
+            mapped = mapping.map_change(change, position, cfg, info)
+        except Exception:
+            log.exception("deep replay: a change could not be mapped; skipped")
+            return mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
+        if mapped.post_info is not None:
+            posts[mapped.post_info[0]] = mapped.post_info[1]
+        return mapped
+
+    async def _post(self, post_id: str, posts: dict[str, mapping.PostInfo | None]) -> mapping.PostInfo | None:
+        if post_id not in posts:
+            f = self.cfg.fields
+            doc = await self.db[self.cfg.posts].find_one({"_id": {"$in": mapping.id_forms(post_id)}},
+                                                         {f.author_id: 1, f.visibility: 1})
+            posts[post_id] = mapping.post_info(doc, self.cfg)
+        return posts[post_id]
+
+    async def _count(self, post_id: str, counts: dict[str, int | None]) -> int | None:
+        if post_id not in counts:
+            raw = None
+            with contextlib.suppress(Exception):
+                raw = await self.redis.hget(self.likes_key, post_id)
+            counts[post_id] = int(raw) if raw is not None else None
+        return counts[post_id]
