@@ -33,11 +33,12 @@ from realtime.protocol import (
     error_frame,
     frame,
 )
-from realtime.server import transports
+from realtime.server import lean, transports
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
 from realtime.server.history import History
-from realtime.server.hub import Conn, Hub, text_frame
+from realtime.server.hub import OPEN, Conn, Hub, text_frame
+from realtime.server.lean import PING, FastProtocol
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.transports import Collected, collect
@@ -56,6 +57,7 @@ class State:
     verifier: TokenVerifier | None
     presence: Presence
     deep: DeepReplay | None = None
+    fast: bool = False
     mongo: Any = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     closing: set[asyncio.Future[Any]] = field(default_factory=set)
@@ -93,17 +95,22 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         "MOTD": False,
     })
 
+    fast = cfg.fast_path and lean.supported()
+    if fast:
+        app.config.update({"WEBSOCKET_PING_INTERVAL": None})  # one heartbeat task for all (see _tick)
+
     @app.before_server_start
     async def start(app: Sanic[Any, Any]) -> None:
         events_key, resets_key, room_prefix = _keys(cfg.prefix)
         redis = Redis.from_url(cfg.redis_url)
-        hub = Hub(queue_bytes=cfg.queue_bytes, queue_messages=cfg.queue_messages, send_buffer=cfg.send_buffer)
+        hub = Hub(queue_bytes=cfg.queue_bytes, queue_messages=cfg.queue_messages, send_buffer=cfg.send_buffer,
+                  fast=fast)
         history = History(redis, events_key, resets_key, room_prefix)
         verifier = cfg.auth.verifier(await asyncio.to_thread(_jwks_text, cfg))
         reader = StreamReader(cfg.redis_url, events_key, hub.on_entries, count=cfg.read_count)
         presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
                             typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval)
-        state = State(cfg, redis, hub, history, reader, verifier, presence)
+        state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast)
         if cfg.mongodb_uri is not None:
             state.mongo = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=5000,
                                            appname="realtime-server deep replay")
@@ -191,9 +198,24 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
 
 
 async def _tick(state: State) -> None:
-    """Once a second: each session's clock checks (auth deadline, token expiry, idle)."""
+    """Once a second: each session's clock checks (auth deadline, token expiry, idle); on the fast path, the
+    heartbeats too: one shared ping frame to every connection, and 1011 for those silent too long."""
+    beat = state.cfg.heartbeat
+    next_beat = time.monotonic() + beat
     while True:
         await asyncio.sleep(1.0)
+        now = time.monotonic()
+        if state.fast and beat and now >= next_beat:
+            next_beat = now + beat
+            silent_for = beat + state.cfg.heartbeat_timeout
+            for conn in list(state.hub.conns):
+                io = conn.ws.io_proto
+                if now - io.last_in > silent_for:
+                    state.hub.forget(conn)
+                    state.hub.metrics.closes.inc(reason="heartbeat")
+                    conn.ws.fail_connection(CLOSE_CODES["internal"].code, "no answer to heartbeats")
+                elif conn.proto.state is OPEN:
+                    conn.transport.write(PING)
         for conn in list(state.hub.conns):
             actions = conn.session.tick()
             if actions:
@@ -221,17 +243,47 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
     hub.add(conn)
     try:
         await _apply(state, conn, session.start(_bearer(request.headers.get("authorization"))))
-        async for message in ws:
-            if not conn.alive:
-                await _drain(ws)
-                break
-            await _apply(state, conn, session.receive(message))
+        if isinstance(ws.io_proto, FastProtocol):
+            await _serve_fast(state, conn, ws.io_proto)
+        else:
+            async for message in ws:
+                if not conn.alive:
+                    await _drain(ws)
+                    break
+                await _apply(state, conn, session.receive(message))
     finally:
         rooms = _tracked(state, conn.session.rooms)
         hub.forget(conn)
         if conn.user is not None and rooms:
             with contextlib.suppress(RedisError, OSError):
                 await state.presence.left(conn.user, rooms)
+
+
+async def _serve_fast(state: State, conn: Conn, proto: FastProtocol) -> None:
+    """Client messages come from the protocol's callback; one task works through a burst of them, in order."""
+    inbox: list[bytes | str] = []
+    worker: asyncio.Task[None] | None = None
+
+    async def work() -> None:
+        nonlocal worker
+        try:
+            while inbox and conn.alive:
+                await _apply(state, conn, conn.session.receive(inbox.pop(0)))
+        finally:
+            worker = None
+
+    def on_text(message: bytes | str) -> None:
+        nonlocal worker
+        if not conn.alive:
+            return  # closed by the server: what the client still sends is read and dropped
+        inbox.append(message)
+        if worker is None:
+            worker = asyncio.get_running_loop().create_task(work())
+
+    proto.listen(on_text)
+    await conn.ws.wait_for_connection_lost()
+    if worker is not None:
+        worker.cancel()
 
 
 async def _drain(ws: Websocket) -> None:

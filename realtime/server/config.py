@@ -65,6 +65,7 @@ class ServerConfig:
     mapping: MappingConfig = field(default_factory=MappingConfig)
     deep_seconds: float = 10.0
     deep_concurrency: int = 4
+    fast_path: bool = True  # the WebSocket fast path of realtime/server/lean.py, where its versions match
 
 
 def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -130,4 +131,5 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         mapping=load_mapping(env),
         deep_seconds=env.number("REALTIME_DEEP_REPLAY_SECONDS", 10.0, minimum=0.1, maximum=600),
         deep_concurrency=env.integer("REALTIME_DEEP_REPLAY_CONCURRENCY", 4, minimum=1, maximum=1000),
+        fast_path=env.flag("REALTIME_FAST_PATH", True),
     )

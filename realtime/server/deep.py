@@ -55,16 +55,17 @@ class DeepReplay:
         self.slots = asyncio.Semaphore(concurrency)
         self.served = 0
 
-    async def replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None]
-                     ) -> DeepOutcome:
+    async def replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None],
+                     label: tuple[str, ...] | list[str] = ()) -> DeepOutcome:
         """The events of ``rooms`` after ``since`` and before ``until[room]`` (the first id Redis still holds
-        for that room; None: Redis holds none, read up to now)."""
+        for that room; None: Redis holds none, read up to now). Each is labelled with the first of its rooms
+        among ``label`` (all the client's rooms; default ``rooms``), as live delivery labels it."""
         try:
             await asyncio.wait_for(self.slots.acquire(), 1.0)
         except TimeoutError:
             return DeepOutcome(None, "too_far_behind")
         try:
-            return await asyncio.wait_for(self._replay(rooms, since, until), self.seconds)
+            return await asyncio.wait_for(self._replay(rooms, since, until, set(label or rooms)), self.seconds)
         except TimeoutError:
             return DeepOutcome(None, "too_far_behind")
         except OperationFailure as exc:
@@ -78,7 +79,8 @@ class DeepReplay:
         finally:
             self.slots.release()
 
-    async def _replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None]) -> DeepOutcome:
+    async def _replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None],
+                      labels: set[str]) -> DeepOutcome:
         point = ev.parse_id(since)
         seconds, increment = ev.id_cluster_time(since)
         wanted = set(rooms)
@@ -105,10 +107,10 @@ class DeepReplay:
                     key = ev.parse_id(event.id)
                     if key <= point or key in found:
                         continue
-                    room = next((r for r in event.rooms if r in wanted and (until.get(r) is None or
-                                                                            key < until[r])), None)  # type: ignore[operator]
-                    if room is None:
-                        continue
+                    if not any(r in wanted and (until.get(r) is None or key < until[r])  # type: ignore[operator]
+                               for r in event.rooms):
+                        continue  # not in the client's trimmed rooms, or Redis still holds it
+                    room = next((r for r in event.rooms if r in labels), next(r for r in event.rooms if r in wanted))
                     envelope = event.envelope()
                     if event.counter is not None:
                         envelope["data"] = {**envelope["data"],

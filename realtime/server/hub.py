@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 import time
@@ -55,8 +56,8 @@ def _id_key(raw: bytes | str) -> tuple[int, int]:
 class Conn:
     """One WebSocket connection: its transport, its session, and its replay state."""
 
-    __slots__ = ("address", "alive", "backlog", "hub", "last_typing", "pending", "proto", "session", "transport",
-                 "user", "ws")
+    __slots__ = ("address", "alive", "backlog", "fd", "hub", "last_typing", "pending", "proto", "session",
+                 "transport", "user", "ws")
 
     def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
         self.hub = hub
@@ -70,13 +71,18 @@ class Conn:
         self.backlog = 0  # frames written while the transport still held unsent bytes
         self.pending: list[tuple[tuple[int, int], str, bytes]] | None = None  # live events kept during a replay
         self.last_typing = 0.0
+        self.fd = -1  # fast path: our duplicate of the socket's descriptor, while its transport holds nothing
 
     def send(self, data: bytes) -> None:
         """Write one or more whole frames; close the connection as slow past its bounds."""
         if not self.alive:
             return
-        if self.proto.state is not OPEN:
+        if not self.hub.fast and self.proto.state is not OPEN:
             self.hub.forget(self)
+            return
+        fd = self.fd
+        if fd >= 0:
+            self.hub.write_direct(self, fd, data)
             return
         t = self.transport
         t.write(data)
@@ -125,7 +131,11 @@ class ServerMetrics:
 
 class Hub:
     def __init__(self, *, queue_bytes: int, queue_messages: int, send_buffer: int = 0,
-                 close_timeout: float = 5.0) -> None:
+                 close_timeout: float = 5.0, fast: bool = False) -> None:
+        # fast: connections come from lean.FastProtocol, which reports at once when one leaves OPEN (so the
+        # fan-out need not ask each connection's state), and frames go straight to each socket with
+        # os.write() while its transport holds nothing (see add()).
+        self.fast = fast
         self.rooms: dict[str, Room] = {}
         self.conns: set[Conn] = set()
         self.by_user: dict[str, int] = {}
@@ -141,10 +151,39 @@ class Hub:
     def add(self, conn: Conn) -> None:
         self.conns.add(conn)
         self.by_address[conn.address] = self.by_address.get(conn.address, 0) + 1
-        if self.send_buffer:
-            sock = conn.transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        t = conn.transport
+        sock = t.get_extra_info("socket")
+        if self.send_buffer and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        if self.fast:
+            conn.ws.io_proto.conn = conn  # told when it leaves OPEN, and of its transport's pauses
+            if sock is not None and t.get_extra_info("ssl_object") is None:
+                # Direct writes may only happen while the transport holds nothing, or they would overtake
+                # its bytes: with both water marks at 0, the transport says (pause_writing) as soon as it
+                # keeps anything, and (resume_writing) once it has sent it all.
+                t.set_write_buffer_limits(high=0, low=0)
+                conn.fd = os.dup(sock.fileno())
+
+    def queued(self, conn: Conn) -> None:
+        """The transport keeps bytes: write through it until it has sent them (the fd stays ours)."""
+        if conn.fd >= 0:
+            conn.backlog = 0
+            conn.fd = -conn.fd - 2  # remembered, negative: not in use
+
+    def direct(self, conn: Conn) -> None:
+        if conn.alive and conn.fd <= -2:
+            conn.fd = -conn.fd - 2
+
+    def write_direct(self, conn: Conn, fd: int, data: bytes) -> None:
+        try:
+            k = os.write(fd, data)
+        except BlockingIOError:
+            k = 0
+        except OSError:  # the peer is gone; the transport will notice and close
+            self.forget(conn)
+            return
+        if k != len(data):
+            conn.transport.write(data[k:])  # the rest through the transport: pause_writing follows
 
     def set_user(self, conn: Conn, user: str) -> None:
         if conn.user == user:
@@ -199,6 +238,10 @@ class Hub:
 
     def forget(self, conn: Conn) -> None:
         """The connection is gone (or going): out of every room, out of the counts."""
+        if conn.fd != -1:
+            fd, conn.fd = (conn.fd if conn.fd >= 0 else -conn.fd - 2), -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if conn not in self.conns:
             conn.alive = False
             return
@@ -246,6 +289,8 @@ class Hub:
         """A batch of the global stream: each event to the local subscribers of its rooms."""
         metrics = self.metrics
         delivered = 0
+        checked = not self.fast
+        oswrite = os.write
         for entry_id, fields in entries:
             try:
                 raw = fields[1] if fields[0] == b"e" else dict(zip(fields[::2], fields[1::2], strict=False))[b"e"]
@@ -274,6 +319,7 @@ class Hub:
                     for listener in tuple(room.listeners):
                         listener.feed(key, name, payload)
                 data = text_frame(payload)
+                n = len(data)
                 for conn in snap:
                     if seen is not None:
                         if conn in seen:
@@ -282,7 +328,20 @@ class Hub:
                     if conn.pending is not None:
                         conn.pending.append((key, name, data))
                         continue
-                    if conn.proto.state is not OPEN:
+                    fd = conn.fd
+                    if fd >= 0:  # the fast path: straight to the socket
+                        try:
+                            k = oswrite(fd, data)
+                        except BlockingIOError:
+                            k = 0
+                        except OSError:  # the peer is gone; the transport will notice and close
+                            self.forget(conn)
+                            continue
+                        delivered += 1
+                        if k != n:  # the rest through the transport, which then pauses: queued mode
+                            conn.transport.write(data[k:])
+                        continue
+                    if not conn.alive or (checked and conn.proto.state is not OPEN):
                         self.forget(conn)
                         continue
                     t = conn.transport

@@ -40,6 +40,16 @@ def event_payload(envelope: dict[str, Any], room: str) -> bytes:
                          "data": envelope.get("data"), "ts": envelope.get("ts")})
 
 
+def _label(event_rooms: Any, wanted: set[str], default: str) -> str:
+    """The room an event is labelled with for a client of ``wanted`` rooms: the first of the event's own rooms
+    that the client asked for, as live delivery labels it (whichever room's history it was read from)."""
+    if isinstance(event_rooms, list):
+        for room in event_rooms:
+            if room in wanted:
+                return str(room)
+    return default
+
+
 @dataclass
 class Collected:
     events: list[tuple[tuple[int, int], str, bytes]] = field(default_factory=list)  # (id, room, payload)
@@ -52,6 +62,7 @@ async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, 
     need a reset instead. With ``deep`` (a :class:`~realtime.server.deep.DeepReplay`), what Redis trimmed is
     read back from MongoDB's oplog where it still holds it."""
     out = Collected()
+    wanted = set(rooms)
     stream = await history.state()
     info = await history.room_info(list(rooms))
     readable_rooms = []
@@ -66,7 +77,7 @@ async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, 
             out.resets.setdefault(why, []).append(room)
     merged: dict[tuple[int, int], tuple[str, bytes]] = {}
     if deep_rooms:
-        outcome = await deep.replay(deep_rooms, since, await history.first_ids(deep_rooms))
+        outcome = await deep.replay(deep_rooms, since, await history.first_ids(deep_rooms), label=rooms)
         if outcome.events is None:
             out.resets.setdefault(outcome.reason, []).extend(deep_rooms)
         else:
@@ -83,7 +94,9 @@ async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, 
         for entry_id, raw_envelope in entries:
             key = ev.parse_id(entry_id.decode())
             if key not in merged:
-                merged[key] = (room, event_payload(orjson.loads(raw_envelope), room))
+                envelope = orjson.loads(raw_envelope)
+                label = _label(envelope.get("rooms"), wanted, room)
+                merged[key] = (label, event_payload(envelope, label))
     if len(merged) > limit:
         out.resets.setdefault("too_far_behind", []).extend(sorted(out.replayed))
         out.replayed.clear()

@@ -1,0 +1,155 @@
+"""The WebSocket fast path: client frames handled as they arrive, and less kept per connection.
+
+Everything here that depends on how Sanic and websockets work inside is in this one module, written for
+the versions in :data:`WRITTEN_FOR` and used only when those are the installed ones (the tests fail when
+they change, so that this module is looked at again). Elsewhere, Sanic's standard path runs.
+
+What it changes, through :class:`FastProtocol` (a subclass of Sanic's public ``WebSocketProtocol``, passed
+as ``protocol=`` when the server starts):
+
+* Text frames from the client are handed to a callback from ``data_received``, with no ``recv()``, no
+  task and no ``asyncio.wait`` per message; control frames (close, and pings and pongs the server did not
+  send itself) still take Sanic's path, and the pong to a client's ping is queued by the sans-I/O protocol.
+* Without ``recv()``, the frame assembler (a queue, two events and two locks per connection) is dropped.
+* Heartbeats: one task pings every connection with the same frame; a connection that has sent nothing
+  for the heartbeat interval plus its timeout is closed with 1011 (instead of a ping task per connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+from websockets.frames import Opcode
+from websockets.protocol import State
+
+WRITTEN_FOR = {"sanic": "25.12.1", "websockets": "17.4"}
+PING = b"\x89\x00"  # an unmasked ping with no payload; the client answers with an empty pong
+
+_TEXT, _BINARY, _CONT, _PING, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PING, Opcode.PONG
+_OPEN = State.OPEN
+
+
+def installed() -> dict[str, str]:
+    return {name: version(name) for name in WRITTEN_FOR}
+
+
+def supported() -> bool:
+    return installed() == WRITTEN_FOR
+
+
+class _NoAssembler:
+    """Stands in for Sanic's frame assembler, which only ``recv()`` reads; data frames never reach it here."""
+
+    __slots__ = ()
+
+    async def put(self, frame: Any) -> None:
+        return None
+
+
+NO_ASSEMBLER = _NoAssembler()
+_pending: set[asyncio.Future[Any]] = set()  # control-frame handling in flight (kept referenced until done)
+
+
+class FastProtocol(WebSocketProtocol):
+    __slots__ = ("conn", "early", "fragments", "last_in", "on_text")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_text: Callable[[bytes | str], None] | None = None
+        # The hub's connection (realtime.server.hub.Conn), told when the connection leaves OPEN (write nothing
+        # more), when the transport keeps unsent bytes, and when it has sent them all.
+        self.conn: Any = None
+        self.early: list[bytes | str] | None = None  # frames that came before the handler set on_text
+        self.fragments: list[bytes] | None = None
+        self.last_in = time.monotonic()
+
+    async def websocket_handshake(self, request: Any, subprotocols: Any = None) -> Any:
+        ws = await super().websocket_handshake(request, subprotocols)
+        ws.assembler = NO_ASSEMBLER
+        # What the connection kept of its HTTP life: the timeout check (which stops itself once the handler
+        # runs a websocket) and the request-body event.
+        if self._callback_check_timeouts is not None:
+            self._callback_check_timeouts.cancel()
+            self._callback_check_timeouts = None
+        self._data_received = None  # type: ignore[assignment]
+        return ws
+
+    def data_received(self, data: bytes) -> None:
+        ws: Any = self.websocket
+        if ws is None:
+            super().data_received(data)  # type: ignore[no-untyped-call]  # still HTTP: the upgrade
+            return
+        self.last_in = time.monotonic()
+        p: Any = ws.ws_proto
+        p.receive_data(data)
+        if p.state is not _OPEN:  # a close frame, or a protocol error: no data frame may follow ours
+            self._left()
+        out = p.data_to_send()
+        rest: list[Any] | None = None
+        frame: Any
+        for frame in p.events_received():
+            op = frame.opcode
+            if op is _TEXT or op is _BINARY:
+                if frame.fin:
+                    self._deliver(frame.data.decode() if op is _TEXT else frame.data)
+                else:
+                    self.fragments = [frame.data]
+            elif op is _CONT:
+                if self.fragments is not None:
+                    self.fragments.append(frame.data)
+                    if frame.fin:
+                        whole, self.fragments = b"".join(self.fragments), None
+                        self._deliver(whole)
+            elif op is _PING or (op is _PONG and not frame.data):
+                continue  # the pong is queued in `out`; an empty pong answers our heartbeat
+            else:
+                if rest is None:
+                    rest = []
+                rest.append(frame)
+        if out or rest:
+            task = asyncio.ensure_future(ws.async_data_received(out, rest or []))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+
+    def _left(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.hub.forget(conn)
+
+    def eof_received(self) -> bool | None:
+        self._left()
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._left()
+        super().connection_lost(exc)  # type: ignore[no-untyped-call]
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[no-untyped-call]
+        if self.conn is not None:
+            self.conn.hub.queued(self.conn)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[no-untyped-call]
+        if self.conn is not None:
+            self.conn.hub.direct(self.conn)
+
+    def _deliver(self, message: bytes | str) -> None:
+        if self.on_text is None:
+            if self.early is None:
+                self.early = []
+            self.early.append(message)
+            return
+        self.on_text(message)
+
+    def listen(self, on_text: Callable[[bytes | str], None]) -> None:
+        """From now on, give each client message to ``on_text`` (and those that came before)."""
+        self.on_text = on_text
+        early, self.early = self.early, None
+        for message in early or ():
+            on_text(message)
