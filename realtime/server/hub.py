@@ -123,6 +123,8 @@ class ServerMetrics:
         self.errors = r.counter("realtime_client_errors_total", "error frames sent, by code")
         self.lag = r.gauge("realtime_xread_lag_seconds",
                            "now minus the wall time of the last event read from the stream")
+        self.fast = r.gauge("realtime_fast_path", "1 when the WebSocket fast path (realtime/server/lean.py) is on",
+                            read=lambda: 1.0 if hub.fast else 0.0)
         self.polls = r.counter("realtime_polls_total", "long-poll requests answered")
         self.sse_streams = r.counter("realtime_sse_streams_total", "SSE streams opened")
         self.listeners = r.gauge("realtime_http_listeners", "long-poll and SSE clients waiting",

@@ -193,6 +193,11 @@ async def test_clients_get_exactly_the_events_of_their_rooms(main: Stack, produc
 
 # -- 2. resume on the other server -----------------------------------------------------------------------------
 
+def test_servers_run_the_fast_path(main: Stack) -> None:
+    """The installed Sanic and websockets are the ones lean.py was written for: the fast path must be on."""
+    assert [server.metric("realtime_fast_path") for server in main.servers] == [1.0, 1.0]
+
+
 async def test_resume_on_the_other_server(main: Stack, producer: Producer, clients: Opener) -> None:
     s0, s1 = main.servers
     rooms = ["public", "author:u1", "post:p2", "user:u5"]
