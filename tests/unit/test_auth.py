@@ -30,6 +30,14 @@ NOW = int(time.time())
 EXP = NOW + 3600
 
 
+@pytest.fixture(autouse=True)
+def _real_time_now() -> None:
+    """Tokens are made against the real time of each test, not of the import (a long run would age them)."""
+    global NOW, EXP
+    NOW = int(time.time())
+    EXP = NOW + 3600
+
+
 def claims(**extra: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"sub": "alice", "exp": EXP}
     base.update(extra)

@@ -39,7 +39,20 @@ EXP = int(T0) + 3600
 ACTION_TYPES = (Send, Close, Subscribe, Unsubscribe, Sync, Typing, PresenceQuery, Authenticated)
 
 
-def token(sub: str = "alice", exp: int | None = EXP, secret: str = SECRET, **claims: Any) -> str:
+@pytest.fixture(autouse=True)
+def _real_time_now() -> None:
+    """The clock starts at the real time of each test (tokens made at import time would age during a long run)."""
+    global T0, EXP
+    T0 = float(int(time.time()))
+    EXP = int(T0) + 3600
+
+
+_EXP: Any = object()
+
+
+def token(sub: str = "alice", exp: Any = _EXP, secret: str = SECRET, **claims: Any) -> str:
+    if exp is _EXP:
+        exp = EXP
     payload: dict[str, Any] = {"sub": sub, **claims}
     if exp is not None:
         payload["exp"] = exp
