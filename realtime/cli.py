@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (REALTIME_LISTEN's host; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (REALTIME_LISTEN's port; default 8000)")
     serve.add_argument("--workers", type=_positive_int, help="worker processes (REALTIME_WORKERS; default 1)")
+    dev = sub.add_parser(
+        "dev",
+        help="run everything on this machine with a simulated app: stand-in, Redis, watcher, server, producer",
+        description="Start the MongoDB stand-in, a private redis-server (or use REDIS_URL), a watcher, a server and "
+        "a demo producer that simulates users posting, liking and commenting. Ctrl-C stops everything.",
+    )
+    dev.add_argument("--port", type=int, default=8000, help="the server's port (default 8000, or a free one)")
+    dev.add_argument("--mongo-port", type=int, default=27017,
+                     help="the stand-in's port (default 27017, or a free one)")
+    dev.add_argument("--rate", type=float, default=2.0,
+                     help="changes per second written by the demo producer; 0 for none (default 2)")
     sub.add_parser(
         "mongo-setup",
         help="enable change-stream pre- and post-images on the watched collections",
@@ -124,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watchers.main import main as watch_main
 
         return watch_main()
+    if args.command == "dev":
+        from realtime.dev import main as dev_main
+
+        return dev_main(args.port, args.mongo_port, args.rate)
     if args.command == "serve":
         from realtime.server.main import serve as serve_main
 

@@ -705,7 +705,9 @@ async def test_deep_replay_from_the_oplog_then_reset_when_it_is_gone(deep: Stack
     third = await clients(a, "u7")
     ref = await third.send(op="subscribe", rooms=rooms, since=last)
     await until(lambda: any(f["op"] == "synced" for f in third.frames), "synced", TIMEOUT * 3, third)
-    frames = third.frames
+    # (the watcher's own live stream may lose its place in the truncated oplog too: its reset marker reaches
+    # the client live, with no ref; the replay's frames are the others)
+    frames = [f for f in third.frames if not (f["op"] == "reset" and "ref" not in f)]
     assert frames[1] == {"op": "reset", "ref": ref, "rooms": sorted(trimmed), "reason": "history_lost"}, frames[:3]
     # author:f0's history is whole: it is replayed all the same
     tail = of_rooms(newest, {"author:f0"}, last)

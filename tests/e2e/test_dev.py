@@ -1,0 +1,98 @@
+"""``realtime dev``: everything starts, events flow from the demo producer, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import websockets
+
+from tests.conftest import TIMEOUT, free_port
+
+pytestmark = [pytest.mark.e2e]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def children(pid: int) -> set[int]:
+    """Every descendant of a process, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    errors = (tmp_path / "stderr").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "realtime", "dev", "--port", str(port), "--mongo-port",  # noqa: ASYNC220
+                             str(free_port()), "--rate", "20"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=errors, text=True)
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), TIMEOUT * 3)
+        match = re.search(r"WebSocket (ws://\S+)\)", first)
+        assert match, (first, (tmp_path / "stderr").read_text())
+        assert "MongoDB mongodb://" in first and "Redis redis://" in first
+        kids = children(proc.pid)
+        assert len(kids) >= 3, "redis-server, the watcher and the server run as child processes"
+        async with websockets.connect(match.group(1)) as ws:
+            await ws.send(orjson.dumps({"op": "subscribe", "rooms": ["public"]}).decode())
+            seen = []
+            deadline = time.monotonic() + TIMEOUT * 2
+            while not any(f.get("type") == "post:created" for f in seen):
+                assert time.monotonic() < deadline, f"no post from the demo producer: {seen}"
+                seen.append(orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT * 2)))
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), TIMEOUT * 2) == 0
+        assert not [pid for pid in kids if alive(pid)], "no process is left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        errors.close()
+
+
+def test_dev_without_redis_server_says_what_to_do(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["PATH"] = str(bin_dir)
+    result = subprocess.run([sys.executable, "-m", "realtime", "dev", "--port", str(free_port()), "--mongo-port",
+                             str(free_port())], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT * 3)
+    assert result.returncode == 1
+    assert "redis-server is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
