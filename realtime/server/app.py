@@ -357,7 +357,7 @@ async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
 async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, ref: Any, *, join: bool) -> None:
     """Events of ``rooms`` after ``since`` from history, then live, with no gap and no duplicate."""
     hub = state.hub
-    conn.pending = []
+    hub.hold(conn)
     if join:
         await _join(state, conn, rooms)
         conn.send(text_frame(frame("subscribed", ref=ref, rooms=list(rooms))))
@@ -377,7 +377,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         log.warning("replay failed: %s", exc)
         conn.send(text_frame(error_frame("unavailable", "history is unreachable; retry the sync", ref)))
     finally:
-        pending, conn.pending = conn.pending or [], None
+        pending = hub.release(conn)
         for key, room, data in pending:
             if room in got.replayed and last is not None and key <= last:
                 continue  # already sent from history

@@ -96,12 +96,28 @@ class Conn:
 
 
 class Room:
-    __slots__ = ("listeners", "members", "snap")
+    __slots__ = ("fds", "listeners", "members", "rest", "snap")
 
     def __init__(self) -> None:
         self.members: dict[Conn, None] = {}
+        # Snapshots of the members, rebuilt after any change (snap None means stale): all of them; the
+        # descriptors of those written directly; the others (held for a replay, or writing through their
+        # transport).
         self.snap: tuple[Conn, ...] | None = None
+        self.fds: tuple[int, ...] = ()
+        self.rest: tuple[Conn, ...] = ()
         self.listeners: dict[Any, None] = {}  # long-poll and SSE clients (transports.Listener)
+
+    def split(self) -> tuple[Conn, ...]:
+        fds, rest = [], []
+        for conn in self.members:
+            if conn.fd >= 0 and conn.pending is None and conn.alive:
+                fds.append(conn.fd)
+            else:
+                rest.append(conn)
+        self.fds, self.rest = tuple(fds), tuple(rest)
+        snap = self.snap = tuple(self.members)
+        return snap
 
 
 class ServerMetrics:
@@ -147,6 +163,7 @@ class Hub:
         self.send_buffer = send_buffer
         self.close_timeout = close_timeout
         self.listeners: set[Any] = set()
+        self.by_fd: dict[int, Conn] = {}
         self.metrics = ServerMetrics(self)
 
     # -- membership ------------------------------------------------------------------------------------
@@ -165,16 +182,36 @@ class Hub:
                 # keeps anything, and (resume_writing) once it has sent it all.
                 t.set_write_buffer_limits(high=0, low=0)
                 conn.fd = os.dup(sock.fileno())
+                self.by_fd[conn.fd] = conn
 
     def queued(self, conn: Conn) -> None:
         """The transport keeps bytes: write through it until it has sent them (the fd stays ours)."""
         if conn.fd >= 0:
             conn.backlog = 0
             conn.fd = -conn.fd - 2  # remembered, negative: not in use
+            self.touch(conn)
 
     def direct(self, conn: Conn) -> None:
         if conn.alive and conn.fd <= -2:
             conn.fd = -conn.fd - 2
+            self.touch(conn)
+
+    def touch(self, conn: Conn) -> None:
+        """The connection's way of being written changed: its rooms' snapshots are stale."""
+        for name in conn.session.rooms:
+            room = self.rooms.get(name)
+            if room is not None:
+                room.snap = None
+
+    def hold(self, conn: Conn) -> None:
+        """A replay starts: live events for this connection are kept aside until :meth:`release`."""
+        conn.pending = []
+        self.touch(conn)
+
+    def release(self, conn: Conn) -> list[tuple[tuple[int, int], str, bytes]]:
+        pending, conn.pending = conn.pending or [], None
+        self.touch(conn)
+        return pending
 
     def write_direct(self, conn: Conn, fd: int, data: bytes) -> None:
         try:
@@ -242,6 +279,8 @@ class Hub:
         """The connection is gone (or going): out of every room, out of the counts."""
         if conn.fd != -1:
             fd, conn.fd = (conn.fd if conn.fd >= 0 else -conn.fd - 2), -1
+            self.touch(conn)
+            self.by_fd.pop(fd, None)
             with contextlib.suppress(OSError):
                 os.close(fd)
         if conn not in self.conns:
@@ -314,7 +353,7 @@ class Hub:
                     continue
                 snap = room.snap
                 if snap is None:
-                    snap = room.snap = tuple(room.members)
+                    snap = room.split()
                 payload = orjson.dumps({"op": "event", "id": envelope["id"], "type": kind, "room": name,
                                         "data": envelope.get("data"), "ts": envelope.get("ts")})
                 if room.listeners:
@@ -322,6 +361,30 @@ class Hub:
                         listener.feed(key, name, payload)
                 data = text_frame(payload)
                 n = len(data)
+                if seen is None:  # one room: the descriptors first, in one tight loop, then the others
+                    short = None
+                    for fd in room.fds:
+                        try:
+                            k = oswrite(fd, data)
+                        except BlockingIOError:
+                            k = 0
+                        except OSError:
+                            k = -1
+                        if k != n:
+                            if short is None:
+                                short = []
+                            short.append((fd, k))
+                    delivered += len(room.fds)
+                    for fd, k in short or ():
+                        conn = self.by_fd.get(fd)
+                        if conn is None:
+                            continue
+                        if k < 0:  # the peer is gone; the transport will notice and close
+                            self.forget(conn)
+                            delivered -= 1
+                        else:  # the rest through the transport, which then pauses: queued mode
+                            conn.transport.write(data[k:])
+                    snap = room.rest
                 for conn in snap:
                     if seen is not None:
                         if conn in seen:
