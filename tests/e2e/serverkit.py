@@ -11,12 +11,7 @@ import asyncio
 import base64
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +28,8 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime.standin import StandIn
 from tests.conftest import TIMEOUT, RedisServer, free_port
-from tests.integration.watcherkit import ROOT, WatcherProcess, setup_collections, stream, streaming, wait_for
+from tests.integration.watcherkit import WatcherProcess, setup_collections, stream, streaming, wait_for
+from tests.processes import Service
 
 SECRET = "e2e-shared-secret-for-hs256-tokens-0123456789"
 DB = "app"
@@ -41,18 +37,17 @@ DB = "app"
 
 # -- processes ----------------------------------------------------------------------------------------------
 
-class ServerProcess:
+class ServerProcess(Service):
     """``python -m realtime serve`` on a free port; stdout and stderr go to a log file."""
 
+    argv = ("realtime", "serve")
+
     def __init__(self, redis_url: str, log_dir: Path, name: str, prefix: str, **env: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.log_path = log_dir / f"{name}.log"
+        port = free_port()
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith("REALTIME_") and k not in ("REDIS_URL", "MONGODB_URI", "MONGODB_DB")}
-        self.env = dict(base, REDIS_URL=redis_url, REALTIME_LISTEN=f"127.0.0.1:{self.port}",
-                        REALTIME_JWT_SECRET=SECRET, REALTIME_REDIS_PREFIX=prefix, **env)
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(log_dir, name, dict(base, REDIS_URL=redis_url, REALTIME_LISTEN=f"127.0.0.1:{port}",
+                                             REALTIME_JWT_SECRET=SECRET, REALTIME_REDIS_PREFIX=prefix, **env), port)
         self.killed = False  # by the test (SIGKILL): no clean exit to expect
 
     @property
@@ -70,48 +65,10 @@ class ServerProcess:
         self.proc.kill()
         self.proc.wait(timeout=TIMEOUT)
 
-    def start(self) -> ServerProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "realtime", "serve"], env=self.env, cwd=ROOT,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=TIMEOUT) as reply:
-                return reply.status, reply.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
-
     def ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
         return self.get("/readyz")[0] == 200
-
-    def metric(self, name: str, **labels: str) -> float:
-        _, body = self.get("/metrics")
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in body.decode().splitlines():
-            if line.startswith(want + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @dataclass

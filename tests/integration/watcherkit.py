@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,69 +15,30 @@ from pymongo import MongoClient
 
 from realtime import events as ev
 from tests.conftest import TIMEOUT, free_port
+from tests.processes import Service
 from watchers import mapping
 from watchers.config import MappingConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS = ("posts", "likes", "comments")
 
 
-class WatcherProcess:
+class WatcherProcess(Service):
     """``python -m watchers`` with a test's environment; stdout and stderr go to a log file."""
 
-    def __init__(self, mongo_uri: str, redis_url: str, log_dir: Path, name: str, **env: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.log_path = log_dir / f"{name}.log"
-        self.env = dict(os.environ, MONGODB_URI=mongo_uri, REDIS_URL=redis_url, REALTIME_WATCHER_NAME=name,
-                        REALTIME_WATCHER_HTTP=f"127.0.0.1:{self.port}", REALTIME_LEASE_SECONDS="1",
-                        REALTIME_CHECKPOINT_INTERVAL="0.2", REALTIME_MAX_AWAIT_MS="100", **env)
-        self.proc: subprocess.Popen[bytes] | None = None
+    argv = ("watchers",)
 
-    def start(self) -> WatcherProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "watchers"], env=self.env, cwd=ROOT, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
-        return self
+    def __init__(self, mongo_uri: str, redis_url: str, log_dir: Path, name: str, **env: str) -> None:
+        port = free_port()
+        super().__init__(log_dir, name, dict(
+            os.environ, MONGODB_URI=mongo_uri, REDIS_URL=redis_url, REALTIME_WATCHER_NAME=name,
+            REALTIME_WATCHER_HTTP=f"127.0.0.1:{port}", REALTIME_LEASE_SECONDS="1",
+            REALTIME_CHECKPOINT_INTERVAL="0.2", REALTIME_MAX_AWAIT_MS="100", **env), port)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             if sig not in (signal.SIGSTOP, signal.SIGCONT):
                 self.proc.wait(timeout=TIMEOUT)
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=TIMEOUT) as reply:
-                return reply.status, reply.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except urllib.error.URLError:
-            return 0, b""  # not listening (yet, or any more)
-
-    def metric(self, name: str, **labels: str) -> float:
-        _, body = self.get("/metrics")
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in body.decode().splitlines():
-            if line.startswith(want + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def wait_for(condition: Any, what: str, timeout: float = TIMEOUT, interval: float = 0.05) -> Any:
