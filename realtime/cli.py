@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the post id of likes and comments. "
         "Configured from the same environment as 'realtime watch'.",
     )
+    tail = sub.add_parser(
+        "tail",
+        help="print the events of rooms as JSON lines (a client of 'realtime serve')",
+        description="Connect to a server, subscribe to rooms and print each event frame (and resets and presence) "
+        "as one JSON object per line; reconnects and resumes by itself. Ctrl-C stops it.",
+    )
+    tail.add_argument("--url", required=True, help="the server's WebSocket URL, e.g. ws://127.0.0.1:8000/ws")
+    tail.add_argument("--room", action="append", required=True, help="a room to follow (repeatable)")
+    token = tail.add_mutually_exclusive_group()
+    token.add_argument("--token", help="the JWT to connect with")
+    token.add_argument("--token-env", metavar="VAR", help="the environment variable holding the JWT")
+    tail.add_argument("--since", metavar="ID", help="start after this event id (default: from now)")
     return parser
 
 
@@ -145,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_main(args.host, args.port, args.workers)
     if args.command == "mongo-setup":
         return _mongo_setup()
+    if args.command == "tail":
+        from realtime.client import tail_command
+
+        return tail_command(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
