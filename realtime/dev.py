@@ -99,7 +99,8 @@ class Dev:
         secret = secrets.token_urlsafe(32)
         env = dict(os.environ, MONGODB_URI=mongo_uri, REDIS_URL=redis_url, REALTIME_JWT_SECRET=secret,
                    REALTIME_ALLOW_ANONYMOUS="true", REALTIME_LISTEN=f"127.0.0.1:{port}",
-                   REALTIME_WATCHER_HTTP=f"127.0.0.1:{free_port()}", REALTIME_PRESENCE_ROOMS="post:,public")
+                   REALTIME_WATCHER_HTTP=f"127.0.0.1:{free_port()}", REALTIME_PRESENCE_ROOMS="post:,public",
+                   REALTIME_DEMO="true")  # /demo and its write API: development only
         asyncio.run(self._setup(mongo_uri, env))
         self.spawn("watcher", [sys.executable, "-m", "watchers"], env)
         server = self.spawn("server", [sys.executable, "-m", "realtime", "serve"], env)
@@ -183,7 +184,8 @@ def main(port: int, mongo_port: int, rate: float) -> int:
     except BaseException:
         dev.stop()
         raise
-    print(f"realtime dev: server {where['url']} (WebSocket {where['ws']}) · MongoDB {where['mongodb']} · "
+    print(f"realtime dev: demo {where['url']}/demo · server {where['url']} (WebSocket {where['ws']}) · "
+          f"MongoDB {where['mongodb']} · "
           f"Redis {where['redis']} · logs {where['logs']}", flush=True)
     print(f"realtime dev: a token for user u1: {where['token']}", flush=True)
     print("realtime dev: Ctrl-C stops everything", flush=True)

@@ -1,4 +1,5 @@
-"""The Sanic application: ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``; one stream reader per process."""
+"""The Sanic application: ``/ws``, ``/poll``, ``/sse``, ``/healthz``, ``/readyz``, ``/metrics``, ``/client/realtime.js``
+(and ``/demo`` with ``REALTIME_DEMO=true``); one stream reader per process."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from realtime.protocol import (
     error_frame,
     frame,
 )
-from realtime.server import lean, transports
+from realtime.server import demo, lean, transports, web
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
 from realtime.server.history import History
@@ -194,6 +195,9 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         state: State = request.app.ctx.state
         return raw(state.hub.metrics.registry.render().encode(), content_type="text/plain; version=0.0.4")
 
+    web.register(app)  # GET /client/realtime.js
+    if cfg.demo:
+        demo.register(app, cfg)  # /demo and its write API: REALTIME_DEMO=true only (development)
     return app
 
 

@@ -66,6 +66,8 @@ class ServerConfig:
     deep_seconds: float = 10.0
     deep_concurrency: int = 4
     fast_path: bool = True  # the WebSocket fast path of realtime/server/lean.py, where its versions match
+    demo: bool = False  # REALTIME_DEMO: /demo and its write API (realtime/server/demo.py); development only
+    demo_mongodb_uri: str | None = None  # where the demo write API writes (MONGODB_URI)
 
 
 def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -101,6 +103,14 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
     if listen is None:
         raise ConfigError("REALTIME_LISTEN cannot be off")
     prefix = env.text("REALTIME_REDIS_PREFIX", "rt")
+    demo = env.flag("REALTIME_DEMO", False)
+    demo_mongodb_uri = None
+    if demo:  # development only: anyone may mint tokens and write as any user
+        if secret is None:
+            raise ConfigError("REALTIME_DEMO=true needs REALTIME_JWT_SECRET (the demo mints HS256 tokens with it)")
+        if not env.environ.get("MONGODB_URI"):
+            raise ConfigError("REALTIME_DEMO=true needs MONGODB_URI (the demo's write API writes to MongoDB)")
+        demo_mongodb_uri = env.url("MONGODB_URI", "mongodb://x", ("mongodb", "mongodb+srv"))
     return ServerConfig(
         redis_url=env.url("REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss", "unix")),
         prefix=prefix,
@@ -132,4 +142,6 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         deep_seconds=env.number("REALTIME_DEEP_REPLAY_SECONDS", 10.0, minimum=0.1, maximum=600),
         deep_concurrency=env.integer("REALTIME_DEEP_REPLAY_CONCURRENCY", 4, minimum=1, maximum=1000),
         fast_path=env.flag("REALTIME_FAST_PATH", True),
+        demo=demo,
+        demo_mongodb_uri=demo_mongodb_uri,
     )

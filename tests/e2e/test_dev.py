@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -63,6 +64,10 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         match = re.search(r"WebSocket (ws://\S+)\)", first)
         assert match, (first, (tmp_path / "stderr").read_text())
         assert "MongoDB mongodb://" in first and "Redis redis://" in first
+        demo = re.search(r"demo (http://127\.0\.0\.1:\d+/demo) ", first)  # the demo page, first
+        assert demo and first.index(demo.group(1)) < first.index("WebSocket"), first
+        with urllib.request.urlopen(demo.group(1), timeout=TIMEOUT) as page:  # noqa: ASYNC210 - a local page
+            assert page.status == 200 and page.headers["content-type"].startswith("text/html")
         kids = children(proc.pid)
         assert len(kids) >= 3, "redis-server, the watcher and the server run as child processes"
         async with websockets.connect(match.group(1)) as ws:
