@@ -73,17 +73,18 @@ class Conn:
         self.last_typing = 0.0
         self.fd = -1  # fast path: our duplicate of the socket's descriptor, while its transport holds nothing
 
-    def send(self, data: bytes) -> None:
-        """Write one or more whole frames; close the connection as slow past its bounds."""
+    def send(self, data: bytes) -> bool:
+        """Write one or more whole frames; close the connection as slow past its bounds. False when the
+        connection is gone and nothing was written."""
         if not self.alive:
-            return
+            return False
         if not self.hub.fast and self.proto.state is not OPEN:
             self.hub.forget(self)
-            return
+            return False
         fd = self.fd
         if fd >= 0:
             self.hub.write_direct(self, fd, data)
-            return
+            return self.alive
         t = self.transport
         t.write(data)
         queued = t.get_write_buffer_size()
@@ -93,6 +94,7 @@ class Conn:
                 self.hub.slow(self)
         else:
             self.backlog = 0
+        return True
 
 
 class Room:
@@ -330,7 +332,6 @@ class Hub:
         """A batch of the global stream: each event to the local subscribers of its rooms."""
         metrics = self.metrics
         delivered = 0
-        checked = not self.fast
         oswrite = os.write
         for entry_id, fields in entries:
             try:
@@ -393,31 +394,8 @@ class Hub:
                     if conn.pending is not None:
                         conn.pending.append((key, name, data))
                         continue
-                    fd = conn.fd
-                    if fd >= 0:  # the fast path: straight to the socket
-                        try:
-                            k = oswrite(fd, data)
-                        except BlockingIOError:
-                            k = 0
-                        except OSError:  # the peer is gone; the transport will notice and close
-                            self.forget(conn)
-                            continue
+                    if conn.send(data):
                         delivered += 1
-                        if k != n:  # the rest through the transport, which then pauses: queued mode
-                            conn.transport.write(data[k:])
-                        continue
-                    if not conn.alive or (checked and conn.proto.state is not OPEN):
-                        self.forget(conn)
-                        continue
-                    t = conn.transport
-                    t.write(data)
-                    delivered += 1
-                    if t.get_write_buffer_size():
-                        conn.backlog += 1
-                        if t.get_write_buffer_size() > self.queue_bytes or conn.backlog > self.queue_messages:
-                            self.slow(conn)
-                    elif conn.backlog:
-                        conn.backlog = 0
         metrics.events.inc(len(entries))
         metrics.deliveries.inc(delivered)
 
