@@ -117,7 +117,6 @@ class Watcher:
         self.last_time, self.last_position = -1, -1
         self.last_poll = time.monotonic()
         self.last_checkpoint = 0.0
-        self.started = False
         self.streaming = False  # a change stream is open and being read
         self.caught_up = True  # the last poll of the stream returned nothing
         self.last_wall = 0.0  # wall time of the last change handled
@@ -125,7 +124,6 @@ class Watcher:
     # -- leadership ------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for the lease, publish while holding it, go back to waiting when it is lost; until ``stop``."""
-        self.started = True
         while not stop.is_set():
             value = await self._acquire(stop)
             if value is None:
