@@ -38,8 +38,8 @@ from realtime.server import demo, lean, transports, web
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
 from realtime.server.history import History
-from realtime.server.hub import OPEN, Conn, Hub, text_frame
-from realtime.server.lean import PING, FastProtocol
+from realtime.server.hub import Conn, Hub, text_frame
+from realtime.server.lean import FastProtocol, Heartbeats
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.transports import Collected, collect
@@ -201,25 +201,27 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     return app
 
 
+TICK = 0.25  # seconds between two heartbeat slices
+
+
 async def _tick(state: State) -> None:
-    """Once a second: each session's clock checks (auth deadline, token expiry, idle); on the fast path, the
-    heartbeats too: one shared ping frame to every connection, and 1011 for those silent too long."""
-    beat = state.cfg.heartbeat
-    next_beat = time.monotonic() + beat
+    """Once a second, each session's clock checks (auth deadline, token expiry, idle). On the fast path, every
+    TICK a slice of the heartbeats: one shared ping frame, each connection once per REALTIME_HEARTBEAT, and
+    1011 for a connection silent for REALTIME_HEARTBEAT_TIMEOUT after a ping."""
+    cfg = state.cfg
+    beats = Heartbeats(cfg.heartbeat, cfg.heartbeat_timeout, TICK) if state.fast and cfg.heartbeat else None
+    next_clock = time.monotonic() + 1.0
     while True:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(TICK)
         now = time.monotonic()
-        if state.fast and beat and now >= next_beat:
-            next_beat = now + beat
-            silent_for = beat + state.cfg.heartbeat_timeout
-            for conn in list(state.hub.conns):
-                io = conn.ws.io_proto
-                if now - io.last_in > silent_for:
-                    state.hub.forget(conn)
-                    state.hub.metrics.closes.inc(reason="heartbeat")
-                    conn.ws.fail_connection(CLOSE_CODES["internal"].code, "no answer to heartbeats")
-                elif conn.proto.state is OPEN:
-                    conn.transport.write(PING)
+        if beats is not None:
+            for conn in beats.step(state.hub.conns, now):
+                state.hub.forget(conn)
+                state.hub.metrics.closes.inc(reason="heartbeat")
+                conn.ws.fail_connection(CLOSE_CODES["internal"].code, "no answer to heartbeats")
+        if now < next_clock:
+            continue
+        next_clock = now + 1.0
         for conn in list(state.hub.conns):
             actions = conn.session.tick()
             if actions:

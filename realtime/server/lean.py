@@ -11,15 +11,18 @@ as ``protocol=`` when the server starts):
   task and no ``asyncio.wait`` per message; control frames (close, and pings and pongs the server did not
   send itself) still take Sanic's path, and the pong to a client's ping is queued by the sans-I/O protocol.
 * Without ``recv()``, the frame assembler (a queue, two events and two locks per connection) is dropped.
-* Heartbeats: one task pings every connection with the same frame; a connection that has sent nothing
-  for the heartbeat interval plus its timeout is closed with 1011 (instead of a ping task per connection).
+* Heartbeats (:class:`Heartbeats`): one task pings every connection with the same frame, a slice of them at
+  a time so that the pings and their pongs are spread over the interval; a connection that has sent nothing
+  within the timeout of a ping is closed with 1011 (instead of a ping task per connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Collection
 from importlib.metadata import version
 from typing import Any
 
@@ -55,8 +58,50 @@ NO_ASSEMBLER = _NoAssembler()
 _pending: set[asyncio.Future[Any]] = set()  # control-frame handling in flight (kept referenced until done)
 
 
+class Heartbeats:
+    """Pings every connection once per ``interval``, ``tick / interval`` of them per :meth:`step`, so that a
+    ping to each of thousands of connections, and their pongs, do not stall delivery all at once. A connection
+    that has sent nothing within ``timeout`` of a ping is returned by :meth:`step` as silent.
+
+    Connections are the hub's (realtime.server.hub.Conn, on the fast path): ``alive``, ``proto``, ``transport``
+    and ``ws.io_proto``, a :class:`FastProtocol` whose ``last_in`` is when the client last sent anything."""
+
+    def __init__(self, interval: float, timeout: float, tick: float) -> None:
+        self.interval, self.timeout, self.tick = interval, timeout, tick
+        self.order: list[Any] = []  # this round's connections, pinged in this order
+        self.pos = 0
+        self.started = -math.inf  # when this round started: one round per interval
+        self.waiting: deque[tuple[float, Any]] = deque()  # (sent at, connection), in the order sent
+
+    def step(self, conns: Collection[Any], now: float) -> list[Any]:
+        """One tick: ping this tick's share of ``conns``; return the connections silent for too long."""
+        silent = []
+        waiting = self.waiting
+        while waiting and now - waiting[0][0] >= self.timeout:
+            sent, conn = waiting.popleft()
+            if conn.alive and conn.ws.io_proto.last_in < sent:
+                silent.append(conn)
+        if not self.order:
+            if now - self.started < self.interval:
+                return silent
+            self.order, self.pos, self.started = list(conns), 0, now
+        n = math.ceil(len(self.order) * self.tick / self.interval)
+        share = self.order[self.pos:self.pos + n]
+        self.pos += n
+        if self.pos >= len(self.order):
+            self.order = []  # not kept until the next round: a new snapshot then
+        for conn in share:
+            io = conn.ws.io_proto
+            if not conn.alive or conn.proto.state is not _OPEN or (io.pinged and io.last_in < io.pinged):
+                continue  # gone, closing, or its last ping is still unanswered (in `waiting`)
+            conn.transport.write(PING)
+            io.pinged = now
+            waiting.append((now, conn))
+        return silent
+
+
 class FastProtocol(WebSocketProtocol):
-    __slots__ = ("conn", "early", "fragments", "last_in", "on_text")
+    __slots__ = ("conn", "early", "fragments", "last_in", "on_text", "pinged")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,6 +112,7 @@ class FastProtocol(WebSocketProtocol):
         self.early: list[bytes | str] | None = None  # frames that came before the handler set on_text
         self.fragments: list[bytes] | None = None
         self.last_in = time.monotonic()
+        self.pinged = 0.0  # when Heartbeats last pinged this connection
 
     async def websocket_handshake(self, request: Any, subprotocols: Any = None) -> Any:
         ws = await super().websocket_handshake(request, subprotocols)

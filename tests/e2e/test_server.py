@@ -7,6 +7,7 @@ redis-server without seeing each other's keys):
   with a short ``REALTIME_AUTH_TIMEOUT``: delivery per room, resume on the other server, auth, bad frames,
   limits.
 * ``trim``: a stand-in and a watcher that keeps only a few events per room, and a server: ``reset``.
+* ``beats``: a server with a heartbeat every second and no watcher: silent clients closed with 1011.
 * ``slow``: two servers with small queue bounds and no watcher (the test appends envelopes to the global
   stream itself): one client that never reads, 500 that do.
 
@@ -54,6 +55,7 @@ from tests.integration.producer import Producer
 pytestmark = [pytest.mark.e2e]
 
 AUTH_TIMEOUT = 2.0  # REALTIME_AUTH_TIMEOUT of the main stack's servers
+BEAT, BEAT_TIMEOUT = 1.0, 1.5  # REALTIME_HEARTBEAT and REALTIME_HEARTBEAT_TIMEOUT of the beats stack's server
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,14 @@ def slow(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
     env = {"REALTIME_QUEUE_BYTES": "65536", "REALTIME_SEND_BUFFER": "16384",
            "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": "1000"}
     with running_stack(redis_server, tmp_path_factory.mktemp("slow"), "slow", watcher=False, server_env=env) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def beats(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"REALTIME_HEARTBEAT": str(BEAT), "REALTIME_HEARTBEAT_TIMEOUT": str(BEAT_TIMEOUT)}
+    with running_stack(redis_server, tmp_path_factory.mktemp("beats"), "beats", servers=1, watcher=False,
+                       server_env=env) as st:
         yield st
 
 
@@ -514,8 +524,9 @@ def drain(sock: socket.socket) -> tuple[bytes, bool]:
     return bytes(data), False
 
 
-def close_code_of(data: bytes) -> int | None:
-    """The code of a close frame among the whole server frames at the start of ``data``, if any."""
+def frames_of(data: bytes) -> list[tuple[int, bytes]]:
+    """The whole server frames at the start of ``data``: (opcode, payload) each."""
+    frames = []
     i = 0
     while i + 2 <= len(data):
         opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
@@ -525,11 +536,41 @@ def close_code_of(data: bytes) -> int | None:
         elif n == 127:
             n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
         if i + n > len(data):
-            return None
-        if opcode == 0x8:
-            return int.from_bytes(data[i:i + 2], "big")
+            break
+        frames.append((opcode, data[i:i + n]))
         i += n
-    return None
+    return frames
+
+
+def close_code_of(data: bytes) -> int | None:
+    """The code of a close frame among the whole server frames at the start of ``data``, if any."""
+    return next((int.from_bytes(payload[:2], "big") for op, payload in frames_of(data) if op == 0x8), None)
+
+
+async def test_heartbeats_close_only_the_silent_client_1011(beats: Stack, clients: Opener) -> None:
+    server = beats.servers[0]
+    answering = await clients(server, "u1", rooms=["public"])  # websockets answers pings by itself
+    opened = time.monotonic()
+    mute = await asyncio.to_thread(raw_client, server.port, token("u2"), ["public"])  # never answers
+    try:
+        data, ended = await asyncio.to_thread(drain, mute)
+    finally:
+        mute.close()
+    silent_for = time.monotonic() - opened
+    assert ended, "the silent client was not closed"
+    frames = frames_of(data)
+    ops = [op for op, _ in frames]
+    assert ops[0] == 0x1 and orjson.loads(frames[0][1])["op"] == "subscribed", frames
+    assert 0x9 in ops and ops.index(0x9) < ops.index(0x8), ops  # pinged, then closed
+    assert ops.count(0x9) == 1, ops  # an unanswered ping is not repeated
+    assert close_code_of(data) == 1011
+    assert silent_for >= BEAT_TIMEOUT, silent_for  # not before its ping's timeout ran out
+    assert server.metric("realtime_closes_total", reason="heartbeat") == 1
+    # the client that answers is still there, several heartbeats later, and still served
+    await asyncio.sleep(max(opened + 3 * BEAT + BEAT_TIMEOUT - time.monotonic(), 0.0))
+    assert not answering.ended
+    await answering.barrier()
+    assert server.metric("realtime_closes_total", reason="heartbeat") == 1
 
 
 async def test_slow_client_is_closed_and_the_others_get_everything(slow: Stack) -> None:
