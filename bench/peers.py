@@ -24,6 +24,8 @@ harness is kept in this repository.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shlex
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "peers.md"
@@ -147,6 +150,32 @@ def out_dir(passthrough: list[str]) -> Path | None:
     return None
 
 
+def summarise(path: Path) -> str:
+    """Per workload and target, the range over the runs of CPU per delivery, p99, RSS per connection and the
+    share received: a markdown table (empty without results)."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            rows.setdefault((r["workload"].split(" (")[0], r["label"]), []).append(r)
+    if not rows:
+        return ""
+
+    def span(values: list[float], digits: int = 1) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo:.{digits}f}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+    lines = ["Summary (the range over the runs below):", "",
+             "| workload | target | runs | server µs/delivery | p99 ms | RSS/connection KiB | received |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for (workload, label), runs in rows.items():
+        received = [100 * r["received"] / r["expected"] for r in runs if r["expected"]]
+        lines.append(f"| {workload} | {label} | {len(runs)} | {span([r['server_cpu_us_per_delivery'] for r in runs])} "
+                     f"| {span([r['lat_ms']['p99'] for r in runs if r['lat_ms'].get('p99') is not None])} "
+                     f"| {span([r['rss_per_conn_kib'] for r in runs])} | {span(received)}% |")
+    return "\n".join(lines) + "\n\n"
+
+
 def write_results(out: Path, passthrough: list[str]) -> None:
     """The harness's tables and versions to bench/results/peers.md and the docs' side-by-side section."""
     table, info = out / "table.md", out / "info.txt"
@@ -155,7 +184,8 @@ def write_results(out: Path, passthrough: list[str]) -> None:
         return
     command = " ".join(["python bench/peers.py", *(["--", *passthrough] if passthrough else [])])
     head = info.read_text().strip() if info.is_file() else ""
-    body = (f"`{command}`\n\n```\n{head}\n```\n\n{table.read_text().strip()}\n")
+    summary = summarise(out / "results.jsonl")
+    body = (f"`{command}`\n\n```\n{head}\n```\n\n{summary}{table.read_text().strip()}\n")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(f"# Side by side with the peers\n\n{body}")
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
