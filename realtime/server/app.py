@@ -35,6 +35,7 @@ from realtime.protocol import (
     frame,
 )
 from realtime.server import demo, lean, transports, web
+from realtime.server.addresses import client_address
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
 from realtime.server.history import History
@@ -233,7 +234,7 @@ async def _tick(state: State) -> None:
 async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
     cfg = state.cfg
     hub = state.hub
-    address = request.ip or "?"
+    address = client_address(request.ip or "?", request.headers.getall("x-forwarded-for", []), cfg.trusted_proxies)
     if ws.ws_proto.extensions:  # shared raw frames need an uncompressed connection; Sanic never negotiates one
         await ws.close(CLOSE_CODES["internal"].code, "compression not supported")
         return

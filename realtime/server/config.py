@@ -11,6 +11,7 @@ from pathlib import Path
 from realtime.auth import TokenVerifier
 from realtime.config import ConfigError, Env
 from realtime.protocol import SessionConfig
+from realtime.server.addresses import Network, parse_networks
 from watchers.config import MappingConfig, load_mapping
 
 
@@ -49,6 +50,7 @@ class ServerConfig:
     send_buffer: int = 0  # SO_SNDBUF of WebSocket sockets; 0 = the kernel's default
     max_conns_per_user: int = 20
     max_conns_per_address: int = 200
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client's address
     heartbeat: float = 20.0
     heartbeat_timeout: float = 20.0
     replay_limit: int = 10_000  # events per replay; past it the client gets a reset
@@ -99,6 +101,10 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         idle_timeout=env.number("REALTIME_IDLE_TIMEOUT", 300.0, minimum=1.0),
         allow_anonymous=anonymous,
     )
+    try:
+        trusted_proxies = parse_networks(env.environ.get("REALTIME_TRUSTED_PROXIES", ""))
+    except ValueError as exc:
+        raise ConfigError(f"REALTIME_TRUSTED_PROXIES: {exc}") from None
     listen = env.address("REALTIME_LISTEN", "127.0.0.1:8000")
     if listen is None:
         raise ConfigError("REALTIME_LISTEN cannot be off")
@@ -125,6 +131,7 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         send_buffer=env.integer("REALTIME_SEND_BUFFER", 0, minimum=0),
         max_conns_per_user=env.integer("REALTIME_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
         max_conns_per_address=env.integer("REALTIME_MAX_CONNECTIONS_PER_ADDRESS", 200, minimum=1),
+        trusted_proxies=trusted_proxies,
         heartbeat=env.number("REALTIME_HEARTBEAT", 20.0, minimum=0.0),
         heartbeat_timeout=env.number("REALTIME_HEARTBEAT_TIMEOUT", 20.0, minimum=0.1),
         replay_limit=env.integer("REALTIME_REPLAY_LIMIT", 10_000, minimum=1),

@@ -19,10 +19,12 @@ async def clients() -> AsyncIterator[Opener]:
     opened: list[Client] = []
 
     async def open_(server: ServerProcess, user: str | None = None, *, rooms: list[str] | None = None,
-                    bearer: str | None = None, **kwargs: Any) -> Client:
+                    bearer: str | None = None, headers: dict[str, str] | None = None, **kwargs: Any) -> Client:
         if bearer is None and user is not None:
             bearer = token(user)
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else None
+        headers = dict(headers or {})
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
         ws = await connect(server.url, additional_headers=headers, open_timeout=TIMEOUT, **kwargs)
         client = Client(ws, user)
         opened.append(client)

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from realtime.server.addresses import client_address, parse_networks
 from realtime.server.transports import MAX_WAIT, SSE_HEARTBEAT
 
 pytestmark = [pytest.mark.e2e]
@@ -136,6 +137,12 @@ def check_stack(config: dict[str, Any]) -> None:
         assert command(services[name]) == ["serve"]
     assert server_envs[0] == server_envs[1]
     assert server_envs[0]["REALTIME_LISTEN"] == "0.0.0.0:8000"
+
+    # Behind nginx the servers trust the X-Forwarded-For it appends (from Docker's private networks), so the
+    # per-address limit counts clients, not nginx; safe because no server port is published (below).
+    trusted = parse_networks(server_envs[0]["REALTIME_TRUSTED_PROXIES"])
+    assert client_address("172.18.0.5", ["198.51.100.7"], trusted) == "198.51.100.7"
+    assert client_address("198.51.100.7", ["203.0.113.1"], trusted) == "198.51.100.7"
 
     # Everything talks to the same MongoDB replica set and Redis.
     for name in REALTIME_SERVICES:
@@ -303,6 +310,7 @@ def test_nginx_balances_both_servers_and_proxies_websockets(source: dict[str, An
     headers = {args[0].lower(): args[1] for args in directive(ws, "proxy_set_header")}
     assert headers["upgrade"] == "$http_upgrade"
     assert headers["connection"] == "$connection_upgrade"
+    assert headers["x-forwarded-for"] == "$proxy_add_x_forwarded_for"  # the client's address, for its limit
     assert seconds(directive(ws, "proxy_read_timeout")[0][0]) >= 600
 
     sse = nginx_block(text, "location = /sse")

@@ -7,6 +7,8 @@ redis-server without seeing each other's keys):
   with a short ``REALTIME_AUTH_TIMEOUT``: delivery per room, resume on the other server, auth, bad frames,
   limits.
 * ``trim``: a stand-in and a watcher that keeps only a few events per room, and a server: ``reset``.
+* ``limits``: a server allowing 2 connections per address and per user, behind a trusted proxy (the clients
+  send ``X-Forwarded-For`` from 127.0.0.1).
 * ``beats``: a server with a heartbeat every second and no watcher: silent clients closed with 1011.
 * ``slow``: two servers with small queue bounds and no watcher (the test appends envelopes to the global
   stream itself): one client that never reads, 500 that do.
@@ -90,6 +92,15 @@ def slow(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
 def beats(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"REALTIME_HEARTBEAT": str(BEAT), "REALTIME_HEARTBEAT_TIMEOUT": str(BEAT_TIMEOUT)}
     with running_stack(redis_server, tmp_path_factory.mktemp("beats"), "beats", servers=1, watcher=False,
+                       server_env=env) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def limits(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"REALTIME_MAX_CONNECTIONS_PER_ADDRESS": "2", "REALTIME_MAX_CONNECTIONS_PER_USER": "2",
+           "REALTIME_TRUSTED_PROXIES": "127.0.0.1"}  # the test's clients play a proxy on 127.0.0.1
+    with running_stack(redis_server, tmp_path_factory.mktemp("limits"), "limits", servers=1, watcher=False,
                        server_env=env) as st:
         yield st
 
@@ -452,6 +463,38 @@ async def test_oversized_frame_closes_only_that_connection(main: Stack, clients:
     ok = await clients(s0, "u5")
     reply = await ok.request(op="ping", pad="x" * (60 * 1024))
     assert reply["op"] == "pong"
+
+
+async def test_connections_per_address_behind_a_trusted_proxy_and_per_user_4010(limits: Stack,
+                                                                                  clients: Opener) -> None:
+    server = limits.servers[0]
+
+    def via(*hops: str) -> dict[str, str]:
+        return {"X-Forwarded-For": ", ".join(hops)}
+
+    # per address: the address the proxy saw, not the proxy's own
+    first = [await clients(server, f"a{i}", rooms=["public"], headers=via("198.51.100.1")) for i in range(2)]
+    third = await clients(server, "a3", headers=via("198.51.100.1"))
+    assert await third.closed() == 4010
+    spoof = await clients(server, "a4", headers=via("203.0.113.66", "198.51.100.1"))  # what the client wrote
+    assert await spoof.closed() == 4010
+    other = await clients(server, "a5", rooms=["public"], headers=via("198.51.100.2"))
+    assert server.metric("realtime_refused_connections_total", reason="address") == 2
+    # per user, whatever the addresses
+    mine = [await clients(server, "u7", rooms=["public"], headers=via(f"198.51.100.{10 + i}")) for i in range(2)]
+    extra = await clients(server, "u7", headers=via("198.51.100.20"))
+    assert await extra.closed() == 4010
+    assert any(f.get("code") == "too_many_connections" for f in extra.frames), extra.frames
+    assert server.metric("realtime_refused_connections_total", reason="user") == 1
+    for client in (*first, other, *mine):
+        assert not client.ended
+        await client.barrier()
+    # a place frees up when a connection goes
+    await first[0].aclose()
+    await until(lambda: server.metric("realtime_connections") == 4, "the closed connection to be gone")
+    again = await clients(server, "a6", rooms=["public"], headers=via("198.51.100.1"))
+    await again.barrier()
+    assert not again.ended
 
 
 async def test_flood_is_rate_limited_then_closed(main: Stack, clients: Opener) -> None:
