@@ -66,7 +66,7 @@ import urllib.error
 import urllib.request
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -691,6 +691,19 @@ def loadgen_main(cfg: dict[str, Any], indices: list[int], pipe: multiprocessing.
 
 # -- the publisher (a forked process) -------------------------------------------------------------------------
 
+def on_schedule(rate: float, total: int) -> Iterator[tuple[int, float]]:
+    """0 to total - 1, each at its time on an absolute schedule of ``rate`` a second, with how late it is (a late
+    one is not dropped: the next ones follow at once until the schedule is met)."""
+    t0 = time.monotonic()
+    for i in range(total):
+        due = t0 + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+            now = time.monotonic()
+        yield i, now - due
+
+
 def publisher_main(cfg: dict[str, Any], pipe: multiprocessing.connection.Connection) -> None:
     """XADD rate events/s for duration s, round robin over the rooms, on an absolute schedule (a late event
     is not dropped: the next ones go at once until the schedule is met; the lateness is reported)."""
@@ -713,14 +726,8 @@ def publisher_main(cfg: dict[str, Any], pipe: multiprocessing.connection.Connect
     first_ns = last_ns = 0
     last_hi = 0
     max_lag = 0.0
-    t0 = time.monotonic()
-    for i in range(total):
-        due = t0 + i / rate
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
-            now = time.monotonic()
-        max_lag = max(max_lag, now - due)
+    for i, lag in on_schedule(rate, total):
+        max_lag = max(max_lag, lag)
         r = i % rooms
         seq = per_room[r]
         t = time.time_ns()
@@ -826,12 +833,7 @@ def floor_writer_main(cfg: dict[str, Any], listener: socket.socket,
     writes = short = 0
     pending: list[tuple[int, bytes]] = []
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.monotonic()
-    for i in range(total):
-        due = t0 + i / rate
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
+    for i, _lag in on_schedule(rate, total):
         if pending:  # the rest of earlier short writes first, in order
             pending = flush(pending)
         fds = groups[i % rooms]
