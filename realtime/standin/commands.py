@@ -38,6 +38,7 @@ from realtime.standin.store import (
     WriteResult,
     aggregate,
     check_namespace,
+    first_duplicate,
     materialize,
 )
 
@@ -727,15 +728,31 @@ class Engine:
             for direction in spec["key"].values():
                 if direction not in (1, -1):
                     raise unsupported(f"the index type {direction!r}")
-            kwargs = {k: spec[k] for k in ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
-                      if k in spec}
-            try:
-                mc.create_index([(k, int(v)) for k, v in spec["key"].items()], name=spec["name"], **kwargs)
-            except Exception as exc:
-                if getattr(exc, "code", None) == 11000:
+            # The index as mongomock keeps it, made here: mongomock's create_index checks uniqueness over
+            # the documents without the partial filter, and warns on Python 3.12 and later while doing so.
+            name = spec["name"]
+            index: dict[str, Any] = {"key": [(k, int(v)) for k, v in spec["key"].items()]}
+            for opt in ("sparse", "unique"):
+                if spec.get(opt):
+                    index[opt] = True
+            for opt in ("expireAfterSeconds", "partialFilterExpression"):
+                if spec.get(opt) is not None:
+                    index[opt] = spec[opt]
+            existing = mc._store.indexes.get(name)
+            if existing is not None:
+                if existing == index:
+                    continue  # the same index again: nothing to do, as on the server
+                code = 85 if existing["key"] == index["key"] else 86  # IndexOptionsConflict, IndexKeySpecsConflict
+                raise CommandError(code, f"An existing index has the same name as the requested index. "
+                                         f"Requested index: {spec}, existing index: {existing}")
+            if index.get("unique"):
+                dup = first_duplicate(mc._store.documents, list(spec["key"]), sparse=bool(index.get("sparse")),
+                                      partial=index.get("partialFilterExpression"))
+                if dup is not None:
+                    shown = ", ".join(f"{p}: {v!r}" for p, v in dup.items())
                     raise CommandError(11000, f"Index build failed: E11000 duplicate key error collection: "
-                                              f"{db}.{coll} index: {spec['name']}") from None
-                raise CommandError(getattr(exc, "code", None) or 2, str(exc)) from None
+                                              f"{db}.{coll} index: {name} dup key: {{ {shown} }}")
+            mc._store.create_index(name, index)
         return {"numIndexesBefore": before, "numIndexesAfter": len(mc._store.indexes) + 1,
                 "createdCollectionAutomatically": created}
 

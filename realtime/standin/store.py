@@ -83,6 +83,18 @@ for _stage in ("$group", "$count"):
         mongomock.aggregate._PIPELINE_HANDLERS[_stage])
 
 
+# -- mongomock's clock ------------------------------------------------------------------------------
+# $currentDate reads mongomock.utcnow(), which mongomock lets its users replace; its own calls
+# datetime.utcnow(), deprecated from Python 3.12. The same value (naive UTC, millisecond precision like a
+# BSON date), without the warning.
+def _utcnow() -> dt.datetime:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+mongomock.utcnow = _utcnow  # type: ignore[attr-defined]  # (no stubs for it)
+
+
 @dataclass
 class CollectionInfo:
     uuid: Binary = field(default_factory=lambda: Binary(uuid.uuid4().bytes, 4))
@@ -731,6 +743,31 @@ def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str,
 
 def _store_key(key: Any) -> Any:
     return mongomock.helpers.hashdict(key) if isinstance(key, dict) else key
+
+
+def first_duplicate(docs: Any, paths: list[str], *, sparse: bool = False,
+                    partial: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The key (path -> value) that two of ``docs`` share under a unique index on ``paths``, if any: what
+    building that index over them would refuse. A missing field counts as null, but a sparse index skips
+    documents that have none of its fields, and a partial index those its filter does not match."""
+    seen: set[tuple[Any, ...]] = set()
+    unhashable: list[tuple[Any, ...]] = []
+    for doc in docs:
+        if partial is not None and not mongomock.filtering.filter_applies(partial, doc):
+            continue
+        values = [_get(doc, path) for path in paths]
+        if sparse and all(v is _MISSING for v in values):
+            continue
+        key = tuple(None if v is _MISSING or v is _UNKNOWN else v for v in values)
+        try:
+            if key in seen:
+                return dict(zip(paths, key, strict=True))
+            seen.add(key)
+        except TypeError:  # a sub-document or an array in the key
+            if key in unhashable:
+                return dict(zip(paths, key, strict=True))
+            unhashable.append(key)
+    return None
 
 
 def _key_of(doc: dict[str, Any], key: list[tuple[str, Any]]) -> dict[str, Any]:

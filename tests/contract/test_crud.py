@@ -710,7 +710,43 @@ def test_unique_index_over_existing_duplicates_fails(coll: Collection[Doc]) -> N
     with pytest.raises(OperationFailure) as info:
         coll.create_index("k", unique=True)
     assert info.value.code == 11000
+    assert "same" in str(info.value)  # the duplicate key is named
     assert set(coll.index_information()) == {"_id_"}
+
+
+def test_unique_index_over_missing_fields(coll: Collection[Doc]) -> None:
+    coll.insert_many([{"_id": 1}, {"_id": 2}, {"_id": 3, "k": 1}])
+    with pytest.raises(OperationFailure) as info:  # a missing field is null: two nulls collide
+        coll.create_index("k", unique=True)
+    assert info.value.code == 11000
+    coll.create_index("k", unique=True, sparse=True)  # a sparse index leaves them out
+    assert coll.index_information()["k_1"]["sparse"] is True
+
+
+def test_unique_index_over_duplicates_a_partial_filter_leaves_out(coll: Collection[Doc]) -> None:
+    coll.insert_many([{"_id": 1, "k": "a", "live": False}, {"_id": 2, "k": "a", "live": False},
+                      {"_id": 3, "k": "a", "live": True}, {"_id": 4, "k": {"x": [1]}, "live": True}])
+    coll.create_index("k", unique=True, partialFilterExpression={"live": True})
+    coll.insert_one({"_id": 6, "k": "a", "live": False})  # outside the filter: no constraint
+    with pytest.raises(DuplicateKeyError):  # two live documents with the same sub-document
+        coll.insert_one({"_id": 5, "k": {"x": [1]}, "live": True})
+    coll.drop_index("k_1")
+    coll.update_one({"_id": 1}, {"$set": {"live": True}})  # now two live documents share "a"
+    with pytest.raises(OperationFailure) as info:
+        coll.create_index("k", unique=True, partialFilterExpression={"live": True})
+    assert info.value.code == 11000
+    assert set(coll.index_information()) == {"_id_"}
+
+
+def test_an_index_name_taken_by_another_index_is_refused(coll: Collection[Doc]) -> None:
+    coll.create_index("k", name="mine")
+    coll.create_index("k", name="mine")  # the same index again: fine
+    with pytest.raises(OperationFailure) as info:
+        coll.create_index("j", name="mine")
+    assert info.value.code == 86  # IndexKeySpecsConflict
+    with pytest.raises(OperationFailure) as info:
+        coll.create_index("k", name="mine", unique=True)
+    assert info.value.code == 85  # IndexOptionsConflict
 
 
 # -- what the stand-in does not implement ----------------------------------------------------------------
