@@ -109,7 +109,8 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
                   fast=fast)
         history = History(redis, events_key, resets_key, room_prefix)
         verifier = cfg.auth.verifier(await asyncio.to_thread(_jwks_text, cfg))
-        reader = StreamReader(cfg.redis_url, events_key, hub.on_entries, count=cfg.read_count)
+        reader = StreamReader(cfg.redis_url, events_key, hub.on_entries, count=cfg.read_count,
+                              on_lost=hub.metrics.reader_lost.inc)
         presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
                             typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval)
         state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast)

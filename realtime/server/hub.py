@@ -139,6 +139,8 @@ class ServerMetrics:
         self.auth_failures = r.counter("realtime_auth_failures_total", "refused tokens, by reason")
         self.refused = r.counter("realtime_refused_connections_total", "connections refused at the door, by reason")
         self.errors = r.counter("realtime_client_errors_total", "error frames sent, by code")
+        self.reader_lost = r.counter("realtime_xread_reconnects_total",
+                                     "times the stream reader lost its Redis connection (it then reconnects)")
         self.lag = r.gauge("realtime_xread_lag_seconds",
                            "now minus the wall time of the last event read from the stream")
         self.fast = r.gauge("realtime_fast_path", "1 when the WebSocket fast path (realtime/server/lean.py) is on",

@@ -84,10 +84,11 @@ class _XRead(asyncio.Protocol):
 
 class StreamReader:
     def __init__(self, url: str, key: str, on_entries: Callable[[Entries], None], *, count: int = 512,
-                 block_ms: int = 1000) -> None:
+                 block_ms: int = 1000, on_lost: Callable[[], None] | None = None) -> None:
         self.url = url
         self.key = key
         self.on_entries = on_entries
+        self.on_lost = on_lost  # told each time the connection to Redis is lost (then it reconnects)
         self.count = count
         self.block_ms = block_ms
         self.last: bytes = b"$"
@@ -148,5 +149,7 @@ class StreamReader:
             delay = 0.1
             why = await proto.lost
             self.connected = False
+            if self.on_lost is not None:
+                self.on_lost()
             log.warning("stream reader lost Redis (%s); reconnecting from %s", why, self.last.decode())
             await asyncio.sleep(delay)

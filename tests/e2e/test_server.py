@@ -219,6 +219,43 @@ def test_servers_run_the_fast_path(main: Stack) -> None:
     assert [server.metric("realtime_fast_path") for server in main.servers] == [1.0, 1.0]
 
 
+def drop_connections(r: Any, only_readers: bool) -> int:
+    """Drop Redis connections as Redis does to clients past an output-buffer limit or at a failover: those
+    waiting in XREAD (the servers' stream readers), or every one but the test's own. How many."""
+    me = r.client_id()
+    ids = [c["id"] for c in r.client_list() if c["id"] != str(me) and (c.get("cmd") == "xread" or not only_readers)]
+    for client_id in ids:
+        r.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+@pytest.mark.parametrize("only_readers", [True, False], ids=["readers", "everyone"])
+async def test_delivery_goes_on_when_redis_drops_connections(main: Stack, clients: Opener, only_readers: bool
+                                                             ) -> None:
+    tag = f"drop{uuid.uuid4().hex[:6]}"
+    room = f"hashtag:{tag}"
+    on0 = await clients(main.servers[0], "u1", rooms=[room])
+    on1 = await clients(main.servers[1], "u2", rooms=[room])
+
+    def write(first: int, last: int) -> None:
+        for i in range(first, last):
+            main.db.posts.insert_one({"_id": f"{tag}-{i}", "authorId": "u9", "text": "t", "hashtags": [tag]})
+
+    await asyncio.to_thread(write, 0, 5)
+    for client in (on0, on1):
+        await client.got_events(5, "the posts before the drop")
+    lost = [s.metric("realtime_xread_reconnects_total") for s in main.servers]
+    assert await asyncio.to_thread(drop_connections, main.r, only_readers) >= 2
+    await asyncio.to_thread(write, 5, 10)  # while the readers reconnect
+    expected = [f"{tag}-{i}" for i in range(10)]
+    for client in (on0, on1):
+        await client.got_events(10, "the posts written around the drop")
+        assert [e["data"]["id"] for e in client.events()] == expected  # no gap, no duplicate, in order
+    for server, before in zip(main.servers, lost, strict=True):
+        assert server.metric("realtime_xread_reconnects_total") >= before + 1
+    await until(lambda: all(s.ready() for s in main.servers), "both servers ready again")
+
+
 async def test_resume_on_the_other_server(main: Stack, producer: Producer, clients: Opener) -> None:
     s0, s1 = main.servers
     rooms = ["public", "author:u1", "post:p2", "user:u5"]
