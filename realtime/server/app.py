@@ -252,7 +252,12 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
     try:
         await _apply(state, conn, session.start(_bearer(request.headers.get("authorization"))))
         if isinstance(ws.io_proto, FastProtocol):
-            await _serve_fast(state, conn, ws.io_proto)
+            inbox = Inbox(state, conn)
+            ws.io_proto.listen(inbox.receive)
+            try:
+                await ws.io_proto.closed()
+            finally:
+                inbox.stop()
         else:
             async for message in ws:
                 if not conn.alive:
@@ -267,31 +272,40 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
                 await state.presence.left(conn.user, rooms)
 
 
-async def _serve_fast(state: State, conn: Conn, proto: FastProtocol) -> None:
-    """Client messages come from the protocol's callback; one task works through a burst of them, in order."""
-    inbox: list[bytes | str] = []
-    worker: asyncio.Task[None] | None = None
+class Inbox:
+    """The fast path's client messages: the protocol hands each one to :meth:`receive` as it arrives, and one
+    task works through a burst of them, in order (none while the connection is quiet)."""
 
-    async def work() -> None:
-        nonlocal worker
-        try:
-            while inbox and conn.alive:
-                await _apply(state, conn, conn.session.receive(inbox.pop(0)))
-        finally:
-            worker = None
+    __slots__ = ("conn", "messages", "state", "worker")
 
-    def on_text(message: bytes | str) -> None:
-        nonlocal worker
-        if not conn.alive:
+    def __init__(self, state: State, conn: Conn) -> None:
+        self.state = state
+        self.conn = conn
+        self.messages: list[bytes | str] | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    def receive(self, message: bytes | str) -> None:
+        if not self.conn.alive:
             return  # closed by the server: what the client still sends is read and dropped
-        inbox.append(message)
-        if worker is None:
-            worker = asyncio.get_running_loop().create_task(work())
+        if self.messages is None:
+            self.messages = []
+        self.messages.append(message)
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
 
-    proto.listen(on_text)
-    await conn.ws.wait_for_connection_lost()
-    if worker is not None:
-        worker.cancel()
+    async def _work(self) -> None:
+        conn = self.conn
+        try:
+            while self.messages and conn.alive:
+                await _apply(self.state, conn, conn.session.receive(self.messages.pop(0)))
+        finally:
+            self.worker = None
+            if not self.messages:
+                self.messages = None
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
 
 
 async def _drain(ws: Websocket) -> None:
