@@ -51,7 +51,6 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import re
 import resource
 import shutil
@@ -71,11 +70,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import benchkit
 import orjson
+from benchkit import DOCS, ROOT, free_port, git, replace_section
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fanout.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 EVENTS_KEY = "{rt}:events"
 EVENT_TYPE = "post:created"
 WORKLOADS: dict[str, tuple[int, int, float]] = {"rooms": (2000, 20, 200.0), "fanout": (2000, 1, 50.0)}
@@ -101,14 +100,7 @@ class BenchTimeout(BenchError):
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    benchkit.log(msg, stderr=True)
 
 
 def room_name(i: int) -> str:
@@ -1313,31 +1305,16 @@ def print_memory(mem: dict[str, Any]) -> None:
 # -- output --------------------------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str] = {}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=5).stdout
-        found = re.search(r"v=(\S+)", out)
-        versions["redis_server"] = found.group(1) if found else out.strip()
     from importlib.metadata import PackageNotFoundError, version
 
+    versions: dict[str, str] = {}
     for package in ("sanic", "websockets", "uvloop", "orjson", "hiredis"):
         with contextlib.suppress(PackageNotFoundError):
             versions[package] = version(package)
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), **versions}
+    return {**benchkit.machine(), **versions}
 
 
 def source_state() -> dict[str, Any]:
-    def git(*argv: str) -> str:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        return ""
-
     digest = hashlib.sha256()
     for path in sorted((ROOT / "realtime").rglob("*.py")):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
@@ -1474,17 +1451,6 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Fan-out\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def write_results(results: list[dict[str, Any]]) -> None:
     doc: dict[str, Any] = {"runs": {}}
     with contextlib.suppress(OSError, ValueError):
@@ -1499,7 +1465,7 @@ def write_results(results: list[dict[str, Any]]) -> None:
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(RESULTS)
-    update_docs(markdown(doc))
+    replace_section("## Fan-out", markdown(doc))
 
 
 # -- main ----------------------------------------------------------------------------------------------------

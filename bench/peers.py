@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -37,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchkit import DOCS, ROOT, replace_section
+
 RESULTS = ROOT / "bench" / "results" / "peers.md"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Side by side with the peers"
 INTRO = """\
 `bench/peers.py` runs realtime (row `realtime`) through the peers' own harness, in the same run as the peers
@@ -188,14 +187,7 @@ def write_results(out: Path, passthrough: list[str]) -> None:
     body = (f"`{command}`\n\n```\n{head}\n```\n\n{summary}{table.read_text().strip()}\n")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(f"# Side by side with the peers\n\n{body}")
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    section = f"{SECTION}\n\n{INTRO}\n\n{body}"
-    pattern = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.write_text(text.rstrip("\n") + "\n")
+    replace_section(SECTION, f"{SECTION}\n\n{INTRO}\n\n{body}")
     print(f"wrote {RESULTS.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
 
 

@@ -33,13 +33,11 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import random
 import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,16 +50,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import benchkit
 import orjson
 import pymongo
 import redis
+from benchkit import DOCS, ROOT, free_port, git, log, replace_section
 from pymongo import MongoClient
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "watcher.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 DB = "bench"
 PREFIX = "rt"
 EVENTS_KEY = "{" + PREFIX + "}:events"
@@ -81,17 +79,6 @@ Row = tuple[float, str, str, int, Any]  # arrival (time.time()), entry id, type,
 
 class BenchTimeout(Exception):
     pass
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- processes -------------------------------------------------------------------------------------------
@@ -546,29 +533,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    redis_version = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=5).stdout
-        found = re.search(r"v=(\S+)", out)
-        redis_version = found.group(1) if found else out.strip()
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "pymongo": pymongo.version, "redis_py": redis.__version__,
-            "redis_server": redis_version}
+    return {**benchkit.machine(), "pymongo": pymongo.version, "redis_py": redis.__version__}
 
 
 def source_state() -> dict[str, Any]:
     """The commit measured, and whether the measured code (realtime/, watchers/) differs from it."""
-    def git(*argv: str) -> str:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        return ""
-
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "uncommitted_changes": git("status", "--porcelain", "--", "realtime", "watchers").splitlines()}
 
@@ -576,20 +545,6 @@ def source_state() -> dict[str, Any]:
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
-
-
-def update_docs(section: str) -> None:
-    intro = ("# Benchmarks\n\nNumbers measured on a development machine by the scripts in `bench/`. They are for\n"
-             "comparing changes to the code on the same machine, not a capacity plan: everything (the MongoDB\n"
-             "stand-in, Redis, the processes measured and the load generator) shares the machine's CPUs.\n")
-    text = DOCS.read_text() if DOCS.exists() else intro
-    pattern = re.compile(r"^## Watcher\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -873,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        update_docs(markdown(result))
+        replace_section("## Watcher", markdown(result))
         print(f"\nwrote {RESULTS.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
     ok = check["liked_events"] == "OK" and check["like_counters"] == "OK"
     return 0 if ok else 1
