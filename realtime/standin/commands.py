@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import logging
@@ -746,8 +747,9 @@ class Engine:
                 raise CommandError(code, f"An existing index has the same name as the requested index. "
                                          f"Requested index: {spec}, existing index: {existing}")
             if index.get("unique"):
-                dup = first_duplicate(mc._store.documents, list(spec["key"]), sparse=bool(index.get("sparse")),
-                                      partial=index.get("partialFilterExpression"))
+                dup = self.store._read(functools.partial(
+                    first_duplicate, mc._store.documents, list(spec["key"]), sparse=bool(index.get("sparse")),
+                    partial=index.get("partialFilterExpression")))
                 if dup is not None:
                     shown = ", ".join(f"{p}: {v!r}" for p, v in dup.items())
                     raise CommandError(11000, f"Index build failed: E11000 duplicate key error collection: "

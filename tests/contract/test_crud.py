@@ -738,6 +738,15 @@ def test_unique_index_over_duplicates_a_partial_filter_leaves_out(coll: Collecti
     assert set(coll.index_information()) == {"_id_"}
 
 
+def test_a_bad_partial_filter_is_refused(coll: Collection[Doc]) -> None:
+    coll.insert_many([{"_id": 1, "k": 1}, {"_id": 2, "k": 1}])
+    with pytest.raises(OperationFailure) as info:
+        coll.create_index("k", unique=True, partialFilterExpression={"k": {"$nosuch": 1}})
+    assert info.value.code in (2, 67)  # BadValue (the stand-in), CannotCreateIndex (some servers)
+    assert "$nosuch" in str(info.value)
+    assert set(coll.index_information()) == {"_id_"}
+
+
 def test_an_index_name_taken_by_another_index_is_refused(coll: Collection[Doc]) -> None:
     coll.create_index("k", name="mine")
     coll.create_index("k", name="mine")  # the same index again: fine
