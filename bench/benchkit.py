@@ -34,6 +34,13 @@ def free_port() -> int:
         return port
 
 
+def tail(path: Path, lines: int) -> str:
+    """The last lines of a process's log ("" when there is none yet)."""
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
 def git(*argv: str) -> str:
     """A git command's output in this repository ("" when git is missing or fails)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):

@@ -253,9 +253,7 @@ class Proc:
             self.popen.wait(timeout=5)
 
     def tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return benchkit.tail(self.log_path, lines)
 
 
 @dataclass

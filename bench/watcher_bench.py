@@ -111,9 +111,7 @@ class Proc:
         return self.popen.poll()
 
     def tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return benchkit.tail(self.log_path, lines)
 
 
 @dataclass
