@@ -11,11 +11,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# Build from a throw-away copy of the sources; only the installed package stays in the image.
+# The dependencies from the lock (docs/dependencies.md): exact versions, every wheel's hash checked, no
+# resolver. A layer of its own, so that a change to the sources alone does not reinstall them.
+COPY requirements/run.txt /tmp/requirements.txt
+RUN pip install --require-hashes --no-deps --only-binary :all: -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The project from a throw-away copy of the sources, built by the locked setuptools; only the package stays.
 COPY pyproject.toml README.md /tmp/src/
 COPY realtime /tmp/src/realtime
 COPY watchers /tmp/src/watchers
-RUN pip install /tmp/src && rm -rf /tmp/src
+RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
 
 COPY deploy/healthcheck.py /usr/local/lib/realtime/healthcheck.py
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jwt
 from jwt import PyJWK, PyJWKSet
@@ -65,14 +65,14 @@ class TokenVerifier:
                 if alg != "HS256":
                     raise ClientError("unauthorized", "token algorithm not accepted")
                 claims = jwt.decode(token, self.secret, algorithms=["HS256"], audience=self.audience,
-                                    issuer=self.issuer, leeway=self.leeway, options=options)  # type: ignore[arg-type]
+                                    issuer=self.issuer, leeway=self.leeway, options=cast(Any, options))
             else:
                 key = self.keys.get(header.get("kid")) if header.get("kid") is not None or len(self.keys) != 1 \
                     else next(iter(self.keys.values()))
                 if key is None or alg != key.algorithm_name:
                     raise ClientError("unauthorized", "token algorithm or key not accepted")
                 claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name], audience=self.audience,
-                                    issuer=self.issuer, leeway=self.leeway, options=options)  # type: ignore[arg-type]
+                                    issuer=self.issuer, leeway=self.leeway, options=cast(Any, options))
         except jwt.ExpiredSignatureError:
             raise ClientError("token_expired", "the token has expired") from None
         except jwt.PyJWTError:

@@ -42,7 +42,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -506,14 +506,14 @@ class Client:
             if isinstance(e, dict):
                 await self._event(e, orjson.dumps(e).decode())
         with contextlib.suppress(ev.BadEventId):
-            self._cursor.advance(reply.get("next"))  # type: ignore[arg-type]  # checked by parse_id
+            self._cursor.advance(cast(str, reply.get("next")))  # checked by parse_id
         return reset
 
     # -- items --
 
     async def _event(self, msg: dict[str, Any], raw: str) -> None:
         try:
-            new = self._cursor.advance(msg.get("id"))  # type: ignore[arg-type]  # checked by parse_id
+            new = self._cursor.advance(cast(str, msg.get("id")))  # checked by parse_id
         except ev.BadEventId:
             log.warning("event without a valid id dropped: %.200s", raw)
             return

@@ -8,6 +8,7 @@ each event to the global stream and to the history stream of each of its rooms, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,8 +148,8 @@ class Publisher:
 
     async def publish(self, *, lease: str, token: dict[str, Any], at: str, change_time: str, events: list[Event],
                       seeds: dict[str, Seed] | None = None,
-                      index_set: list[tuple[str, str, dict[str, Any]]] = (),  # type: ignore[assignment]
-                      index_del: list[tuple[str, str]] = ()) -> Outcome:  # type: ignore[assignment]
+                      index_set: Sequence[tuple[str, str, dict[str, Any]]] = (),
+                      index_del: Sequence[tuple[str, str]] = ()) -> Outcome:
         """Publish one change (its events may be none: the token still advances)."""
         k = self.keys
         keys = [k.meta, k.events, k.leader, k.likes, k.likes_since]

@@ -173,8 +173,9 @@ class Watcher:
                 task.cancel()
             await asyncio.gather(streaming, renewing, stopping, return_exceptions=True)
         for task in done:
-            if task is not stopping and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            failure = None if task is stopping else task.exception()
+            if failure is not None:
+                raise failure
         if stopping in done:
             with contextlib.suppress(RedisError):
                 await self.lease.release(value)  # let a standby take over at once

@@ -9,7 +9,7 @@ import logging
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pymongo import AsyncMongoClient
@@ -148,9 +148,10 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
             await state.mongo.close()
         await state.redis.aclose()
 
-    @app.websocket("/ws")  # type: ignore[untyped-decorator]
     async def websocket(request: Request, ws: Websocket) -> None:
         await _serve_socket(request.app.ctx.state, request, ws)
+
+    cast(Any, app).websocket("/ws")(websocket)  # (Sanic's decorator is untyped)
 
     @app.get("/poll")
     async def poll(request: Request) -> HTTPResponse:

@@ -107,8 +107,7 @@ class DeepReplay:
                     key = ev.parse_id(event.id)
                     if key <= point or key in found:
                         continue
-                    if not any(r in wanted and (until.get(r) is None or key < until[r])  # type: ignore[operator]
-                               for r in event.rooms):
+                    if not any(r in wanted and _before(key, until.get(r)) for r in event.rooms):
                         continue  # not in the client's trimmed rooms, or Redis still holds it
                     room = next((r for r in event.rooms if r in labels), next(r for r in event.rooms if r in wanted))
                     envelope = event.envelope()
@@ -160,3 +159,8 @@ class DeepReplay:
                 raw = await self.redis.hget(self.likes_key, post_id)
             counts[post_id] = int(raw) if raw is not None else None
         return counts[post_id]
+
+
+def _before(key: tuple[int, int], until: tuple[int, int] | None) -> bool:
+    """Whether ``key`` lies before ``until``, the first id Redis still holds (None: Redis holds none of it)."""
+    return until is None or key < until

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from websockets.frames import Opcode
@@ -124,13 +124,13 @@ class FastProtocol(WebSocketProtocol):
         if self._callback_check_timeouts is not None:
             self._callback_check_timeouts.cancel()
             self._callback_check_timeouts = None
-        self._data_received = None  # type: ignore[assignment]
+        cast(Any, self)._data_received = None
         return ws
 
     def data_received(self, data: bytes) -> None:
         ws: Any = self.websocket
         if ws is None:
-            super().data_received(data)  # type: ignore[no-untyped-call]  # still HTTP: the upgrade
+            cast(Any, super()).data_received(data)  # still HTTP: the upgrade
             return
         self.last_in = time.monotonic()
         p: Any = ws.ws_proto
@@ -178,7 +178,7 @@ class FastProtocol(WebSocketProtocol):
         self.lost = True
         if self.gone is not None and not self.gone.done():
             self.gone.set_result(None)
-        super().connection_lost(exc)  # type: ignore[no-untyped-call]
+        cast(Any, super()).connection_lost(exc)
 
     def closed(self) -> asyncio.Future[None]:
         """Done once the TCP connection is gone. What ``ws.wait_for_connection_lost()`` waits for, without the
@@ -191,12 +191,12 @@ class FastProtocol(WebSocketProtocol):
         return self.gone
 
     def pause_writing(self) -> None:
-        super().pause_writing()  # type: ignore[no-untyped-call]
+        cast(Any, super()).pause_writing()
         if self.conn is not None:
             self.conn.hub.queued(self.conn)
 
     def resume_writing(self) -> None:
-        super().resume_writing()  # type: ignore[no-untyped-call]
+        cast(Any, super()).resume_writing()
         if self.conn is not None:
             self.conn.hub.direct(self.conn)
 

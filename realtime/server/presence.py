@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -196,7 +196,7 @@ class Presence:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await _aclose(pubsub)
 
     def _on_message(self, data: Any) -> None:
         try:
@@ -217,3 +217,10 @@ class Presence:
 def _user(member: Any) -> str:
     text = member.decode() if isinstance(member, bytes) else str(member)
     return text.rsplit("|", 1)[0]
+
+
+async def _aclose(pubsub: Any) -> None:
+    """Close a redis-py PubSub. Typed here, at the boundary, so that the type check does not depend on whether
+    the installed redis-py annotates ``aclose``."""
+    close: Callable[[], Awaitable[None]] = pubsub.aclose
+    await close()

@@ -21,9 +21,9 @@ import asyncio
 import copy
 import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import bson
 import mongomock
@@ -92,7 +92,7 @@ def _utcnow() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-mongomock.utcnow = _utcnow  # type: ignore[attr-defined]  # (no stubs for it)
+cast(Any, mongomock).utcnow = _utcnow  # (no stubs for it)
 
 
 @dataclass
@@ -490,7 +490,7 @@ class Store:
         return CommandError(11000, f"E11000 duplicate key error collection: {db}.{coll}")
 
     # -- snapshot reads ---------------------------------------------------------------------------------
-    def snapshot(self, db: str, coll: str, ts: Any, hide: list[Transaction] = (),  # type: ignore[assignment]
+    def snapshot(self, db: str, coll: str, ts: Any, hide: Sequence[Transaction] = (),
                  query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The documents matching ``query`` as they were at cluster time ``ts`` (``readConcern: snapshot`` with
         ``atClusterTime``), or now when ``ts`` is None, without the uncommitted writes of the transactions in

@@ -337,7 +337,12 @@ def test_dockerfile() -> None:
                     for line in lines]
     froms = [arg for op, arg in instructions if op == "FROM"]
     assert froms and froms[0].startswith("python:3.12-slim")
-    assert any(op == "RUN" and "pip install" in arg for op, arg in instructions)
+    installs = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
+    # From the lock only (docs/dependencies.md): hashes checked, no resolver, the build backend locked too.
+    assert installs and all("--no-deps" in arg for arg in installs), installs
+    assert any("--require-hashes" in arg and "-r /tmp/requirements.txt" in arg for arg in installs), installs
+    assert all("--no-build-isolation" in arg for arg in installs if "/tmp/src" in arg), installs
+    assert ("COPY", "requirements/run.txt /tmp/requirements.txt") in instructions
     users = [arg for op, arg in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert ("ENTRYPOINT", '["realtime"]') in instructions
