@@ -9,7 +9,7 @@ tools_uv() {
         echo "installing uv $want into .venv-tools (requirements/tools.txt)" >&2
         rm -rf .venv-tools
         # A plain folder, not a venv: the machine's pip puts the wheel's binary in .venv-tools/bin.
-        "${PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --no-input --require-hashes \
+        "${PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore --require-hashes \
             --no-deps --only-binary :all: --target .venv-tools -r requirements/tools.txt \
             2> >(grep -v "^WARNING: Location '.*' is ignored" >&2) >&2
     fi
