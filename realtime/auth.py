@@ -77,6 +77,11 @@ class TokenVerifier:
             raise ClientError("token_expired", "the token has expired") from None
         except jwt.PyJWTError:
             raise ClientError("unauthorized", "invalid token") from None
+        for claim in ("exp", "nbf", "iat"):
+            # RFC 7519 §2: a NumericDate is a JSON number. PyJWT also takes "1797225899" (a string), and
+            # json reads NaN and Infinity: such a claim would never expire, so the token is refused.
+            if claim in claims and not _numeric_date(claims[claim]):
+                raise ClientError("unauthorized", f"the token's {claim} is not a number")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise ClientError("unauthorized", "the token has no subject")
@@ -86,3 +91,10 @@ class TokenVerifier:
         except OverflowError:  # an integer past the float range: never expires in practice
             expires = math.inf
         return Principal(sub, expires)
+
+
+def _numeric_date(value: object) -> bool:
+    """A JSON number that is a time: an integer, or a finite float (not a bool, a string, NaN or Infinity)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))

@@ -298,3 +298,25 @@ def test_jwks_with_a_symmetric_key_is_rejected() -> None:
     oct_key = {"kty": "oct", "k": b64(SECRET.encode()), "kid": "hs", "alg": "HS256", "use": "sig"}
     with pytest.raises(ValueError, match="only RS256 and ES256"):
         TokenVerifier(jwks={"keys": [oct_key]})
+
+
+def hs256_raw(payload_json: str) -> str:
+    """An HS256 token whose payload is this exact JSON text (NaN and Infinity included, as json reads them)."""
+    head = b64json({"alg": "HS256", "typ": "JWT"}) + "." + b64(payload_json.encode())
+    sig = hmac.new(SECRET.encode(), head.encode(), hashlib.sha256).digest()
+    return head + "." + b64(sig)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [f'"{EXP}"', "true", "NaN", "Infinity", "[1]", '{"t": 1}'])
+def test_a_time_claim_that_is_not_a_number_is_refused(claim: str, value: str) -> None:
+    """Regression: "exp": "1797225899" (a string) was accepted by PyJWT and never expired."""
+    extra = f', "{claim}": {value}' if claim != "exp" else ""
+    exp = value if claim == "exp" else str(EXP)
+    token = hs256_raw(f'{{"sub": "alice", "exp": {exp}{extra}}}')
+    refused(HS, token, "token_expired" if (claim, value) == ("exp", "true") else "unauthorized")  # true is 1
+
+
+def test_numeric_time_claims_are_accepted() -> None:
+    token = hs256_raw(f'{{"sub": "alice", "exp": {EXP}.5, "nbf": {NOW - 10}, "iat": {NOW - 10}.25}}')
+    assert HS.verify(token) == Principal("alice", EXP + 0.5)
