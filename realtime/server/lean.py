@@ -19,6 +19,7 @@ as ``protocol=`` when the server starts):
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from websockets.frames import Opcode
 from websockets.protocol import State
 
+log = logging.getLogger("realtime.server")
 WRITTEN_FOR = {"sanic": "25.12.1", "websockets": "17.4"}
 PING = b"\x89\x00"  # an unmasked ping with no payload; the client answers with an empty pong
 
@@ -56,6 +58,13 @@ class _NoAssembler:
 
 NO_ASSEMBLER = _NoAssembler()
 _pending: set[asyncio.Future[Any]] = set()  # control-frame handling in flight (kept referenced until done)
+
+
+def _finished(task: asyncio.Future[Any]) -> None:
+    """Out of ``_pending``; a failure is logged, never left unretrieved."""
+    _pending.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("handling a client's control frame failed", exc_info=task.exception())
 
 
 class Heartbeats:
@@ -101,7 +110,7 @@ class Heartbeats:
 
 
 class FastProtocol(WebSocketProtocol):
-    __slots__ = ("conn", "early", "fragments", "gone", "last_in", "lost", "on_text", "pinged")
+    __slots__ = ("conn", "early", "fragments", "fragtext", "gone", "last_in", "lost", "on_text", "pinged")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,6 +120,7 @@ class FastProtocol(WebSocketProtocol):
         self.conn: Any = None
         self.early: list[bytes | str] | None = None  # frames that came before the handler set on_text
         self.fragments: list[bytes] | None = None
+        self.fragtext = False  # whether the fragmented message being assembled is text
         self.last_in = time.monotonic()
         self.pinged = 0.0  # when Heartbeats last pinged this connection
         self.gone: asyncio.Future[None] | None = None  # see closed()
@@ -140,29 +150,44 @@ class FastProtocol(WebSocketProtocol):
         out = p.data_to_send()
         rest: list[Any] | None = None
         frame: Any
-        for frame in p.events_received():
-            op = frame.opcode
-            if op is _TEXT or op is _BINARY:
-                if frame.fin:
-                    self._deliver(frame.data.decode() if op is _TEXT else frame.data)
-                else:
-                    self.fragments = [frame.data]
-            elif op is _CONT:
-                if self.fragments is not None:
-                    self.fragments.append(frame.data)
+        try:
+            for frame in p.events_received():
+                op = frame.opcode
+                if op is _TEXT or op is _BINARY:
                     if frame.fin:
-                        whole, self.fragments = b"".join(self.fragments), None
-                        self._deliver(whole)
-            elif op is _PING or (op is _PONG and not frame.data):
-                continue  # the pong is queued in `out`; an empty pong answers our heartbeat
-            else:
-                if rest is None:
-                    rest = []
-                rest.append(frame)
+                        self._deliver(frame.data.decode() if op is _TEXT else frame.data)
+                    else:
+                        self.fragments, self.fragtext = [frame.data], op is _TEXT
+                elif op is _CONT:
+                    if self.fragments is not None:
+                        self.fragments.append(frame.data)
+                        if frame.fin:
+                            whole, self.fragments = b"".join(self.fragments), None
+                            self._deliver(whole.decode() if self.fragtext else whole)
+                elif op is _PING or (op is _PONG and not frame.data):
+                    continue  # the pong is queued in `out`; an empty pong answers our heartbeat
+                else:
+                    if rest is None:
+                        rest = []
+                    rest.append(frame)
+        except UnicodeDecodeError:  # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection
+            self._fail(1007, "invalid UTF-8 in a text message")
+            return
+        except Exception:
+            log.exception("a client frame could not be handled; closing the connection with 1011")
+            self._fail(1011, "internal error")
+            return
         if out or rest:
             task = asyncio.ensure_future(ws.async_data_received(out, rest or []))
             _pending.add(task)
-            task.add_done_callback(_pending.discard)
+            task.add_done_callback(_finished)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Out of the hub now; a close frame with ``code``, then the connection is closed."""
+        self._left()
+        self.fragments = None
+        ws: Any = self.websocket
+        ws.fail_connection(code, reason)
 
     def _left(self) -> None:
         conn, self.conn = self.conn, None

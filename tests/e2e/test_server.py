@@ -627,6 +627,37 @@ def close_code_of(data: bytes) -> int | None:
     return next((int.from_bytes(payload[:2], "big") for op, payload in frames_of(data) if op == 0x8), None)
 
 
+def fragment(payload: bytes, opcode: int, fin: bool) -> bytes:
+    """A masked client frame of a fragmented message (RFC 6455 §5.4); ``opcode`` 0 continues it."""
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("frames", [
+    [masked_frame(b'{"op": "ping", "x": "\xff\xfe"}')],
+    [fragment(b'{"op": "ping", ', 0x1, False), fragment(b'"x": "\xc3"}', 0x0, True)],
+], ids=["one frame", "fragmented"])
+async def test_invalid_utf8_in_a_text_message_closes_1007(main: Stack, clients: Opener, frames: list[bytes]) -> None:
+    """Regression: invalid UTF-8 raised UnicodeDecodeError in the fast path (a traceback per frame, and the
+    connection dropped without a close frame)."""
+    server = main.servers[0]
+    neighbour = await clients(server, "u6", rooms=["public"])
+    before = server.log().count("Traceback")
+    sock = await asyncio.to_thread(raw_client, server.port, token("u7"), ["public"])
+    try:
+        for data in frames:
+            await asyncio.to_thread(sock.sendall, data)
+        data, ended = await asyncio.to_thread(drain, sock)
+    finally:
+        sock.close()
+    assert ended
+    assert close_code_of(data) == 1007, frames_of(data)
+    assert server.log().count("Traceback") == before, server.log()[-2000:]
+    await neighbour.barrier()
+
+
 async def test_heartbeats_close_only_the_silent_client_1011(beats: Stack, clients: Opener) -> None:
     server = beats.servers[0]
     answering = await clients(server, "u1", rooms=["public"])  # websockets answers pings by itself
