@@ -7,14 +7,17 @@ run against the stand-in, started in-process on a free port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from pymongo import AsyncMongoClient, MongoClient
@@ -39,35 +42,45 @@ class RedisServer:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of our own on a free loopback port, stopped at the end of the session."""
+@contextlib.contextmanager
+def own_redis(workdir: Path, port: int | None = None) -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port (or ``port``), keeping nothing on disk; stopped on the way out."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed; the tests start their own (apt-get install redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail(f"redis-server did not start on port {port}")
-        time.sleep(0.02)
-    yield RedisServer(f"redis://127.0.0.1:{port}/0", port, proc)
-    proc.terminate()
-    proc.wait(timeout=TIMEOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.02)
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", port, proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
+            proc.terminate()
+        proc.wait(timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free loopback port, stopped at the end of the session."""
+    with own_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @dataclass

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -43,7 +44,8 @@ from realtime.server.hub import Conn, Hub, text_frame
 from realtime.server.lean import FastProtocol, Heartbeats
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
-from realtime.server.transports import Collected, collect
+from realtime.server.retry import Unavailable, retrying
+from realtime.server.transports import collect
 
 log = logging.getLogger("realtime.server")
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
@@ -61,6 +63,7 @@ class State:
     deep: DeepReplay | None = None
     fast: bool = False
     mongo: Any = None
+    listener: Redis | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     closing: set[asyncio.Future[Any]] = field(default_factory=set)
     stopping: bool = False
@@ -104,7 +107,11 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     @app.before_server_start
     async def start(app: Sanic[Any, Any]) -> None:
         events_key, resets_key, room_prefix = _keys(cfg.prefix)
-        redis = Redis.from_url(cfg.redis_url)
+        # Every command has a deadline: a Redis that hangs (stopped, partitioned) fails calls instead of
+        # freezing them. The pub/sub listener waits without one (see Presence).
+        redis = Redis.from_url(cfg.redis_url, socket_timeout=cfg.redis_timeout,
+                               socket_connect_timeout=cfg.redis_timeout)
+        listener = Redis.from_url(cfg.redis_url, socket_connect_timeout=cfg.redis_timeout, socket_keepalive=True)
         hub = Hub(queue_bytes=cfg.queue_bytes, queue_messages=cfg.queue_messages, send_buffer=cfg.send_buffer,
                   fast=fast)
         history = History(redis, events_key, resets_key, room_prefix)
@@ -112,8 +119,9 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         reader = StreamReader(cfg.redis_url, events_key, hub.on_entries, count=cfg.read_count,
                               on_lost=hub.metrics.reader_lost.inc)
         presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
-                            typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval)
-        state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast)
+                            typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval, listener=listener,
+                            on_error=lambda what: hub.metrics.presence_errors.inc(what=what))
+        state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast, listener=listener)
         if cfg.mongodb_uri is not None:
             state.mongo = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=5000,
                                            appname="realtime-server deep replay")
@@ -147,6 +155,8 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         if state.mongo is not None:
             await state.mongo.close()
         await state.redis.aclose()
+        if state.listener is not None:
+            await state.listener.aclose()
 
     async def websocket(request: Request, ws: Websocket) -> None:
         await _serve_socket(request.app.ctx.state, request, ws)
@@ -228,9 +238,9 @@ async def _tick(state: State) -> None:
         for conn in list(state.hub.conns):
             actions = conn.session.tick()
             if actions:
-                task = asyncio.ensure_future(_apply(state, conn, actions))
+                task = asyncio.ensure_future(_handle(state, conn, actions))
                 state.closing.add(task)
-                task.add_done_callback(state.closing.discard)
+                task.add_done_callback(_retrieved(state.closing))
 
 
 async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
@@ -251,7 +261,7 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
     conn = Conn(hub, ws, session, address)
     hub.add(conn)
     try:
-        await _apply(state, conn, session.start(_bearer(request.headers.get("authorization"))))
+        await _handle(state, conn, session.start(_bearer(request.headers.get("authorization"))))
         if isinstance(ws.io_proto, FastProtocol):
             inbox = Inbox(state, conn)
             ws.io_proto.listen(inbox.receive)
@@ -264,7 +274,7 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
                 if not conn.alive:
                     await _drain(ws)
                     break
-                await _apply(state, conn, session.receive(message))
+                await _handle(state, conn, session.receive(message))
     finally:
         rooms = _tracked(state, conn.session.rooms)
         hub.forget(conn)
@@ -298,7 +308,7 @@ class Inbox:
         conn = self.conn
         try:
             while self.messages and conn.alive:
-                await _apply(self.state, conn, conn.session.receive(self.messages.pop(0)))
+                await _handle(self.state, conn, conn.session.receive(self.messages.pop(0)))
         finally:
             self.worker = None
             if not self.messages:
@@ -307,6 +317,30 @@ class Inbox:
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
+
+
+async def _handle(state: State, conn: Conn, actions: list[Any]) -> None:
+    """Carry out a session's actions. A failure nobody foresaw is logged and ends the connection with 1011
+    (internal error: the client reconnects and resumes), never a task's unretrieved exception that leaves the
+    connection open and deaf."""
+    try:
+        await _apply(state, conn, actions)
+    except Exception:
+        log.exception("a client message failed; closing its connection with 1011")
+        state.hub.metrics.closes.inc(reason="internal")
+        state.hub.forget(conn)
+        internal = CLOSE_CODES["internal"]
+        with contextlib.suppress(Exception):
+            await conn.ws.close(internal.code, "internal error")
+
+
+def _retrieved(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback: out of ``tasks``, and its exception (if any) logged, never left unretrieved."""
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a server task failed", exc_info=task.exception())
+    return done
 
 
 async def _drain(ws: Websocket) -> None:
@@ -378,30 +412,42 @@ async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
 
 
 async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, ref: Any, *, join: bool) -> None:
-    """Events of ``rooms`` after ``since`` from history, then live, with no gap and no duplicate."""
+    """Events of ``rooms`` after ``since`` from history, then live, with no gap and no duplicate.
+
+    Live events are kept aside from the moment the rooms are joined until the replay is sent. When history
+    stays unreachable for REALTIME_RETRY_SECONDS, nothing is left half-done: the rooms are left, the kept
+    events of the connection's other rooms go out in order, and the client gets ``unavailable`` naming the
+    rooms, to subscribe to again with the same ``since``."""
     hub = state.hub
-    hub.hold(conn)
-    if join:
-        await _join(state, conn, rooms)
-        conn.send(text_frame(frame("subscribed", ref=ref, rooms=list(rooms))))
     hub.metrics.replays.inc()
-    got = Collected()
-    last: tuple[int, int] | None = None
-    try:
-        got = await collect(state.history, rooms, since, state.cfg.replay_limit, state.deep)
+    with hub.holding(conn) as hold:
+        if join:
+            await _join(state, conn, rooms)
+        try:
+            got = await retrying(lambda: collect(state.history, rooms, since, state.cfg.replay_limit, state.deep),
+                                 state.cfg.retry_seconds, "a replay")
+        except Unavailable:
+            kept = hold.release()
+            await _leave(state, conn, rooms)
+            for _, _, data, event_rooms in kept:  # the others' live events, which the rooms left did not hold
+                if "*" in event_rooms or any(r in conn.session.rooms for r in event_rooms):
+                    conn.send(data)
+            hub.metrics.errors.inc(code="unavailable")
+            conn.send(text_frame(frame("error", ref=ref, code="unavailable", rooms=list(rooms),
+                                       message="history is unreachable: these rooms are not subscribed; "
+                                               "subscribe again with the same since")))
+            return
+        if join:
+            conn.send(text_frame(frame("subscribed", ref=ref, rooms=list(rooms))))
         for why, reset_rooms in got.resets.items():
             conn.send(text_frame(frame("reset", ref=ref, rooms=sorted(reset_rooms), reason=why)))
             hub.metrics.resets.inc(reason=why)
+        last: tuple[int, int] | None = None
         for key, _, payload in got.events:
             conn.send(text_frame(payload))
             last = key
         hub.metrics.replayed.inc(len(got.events))
-    except (RedisError, OSError) as exc:
-        log.warning("replay failed: %s", exc)
-        conn.send(text_frame(error_frame("unavailable", "history is unreachable; retry the sync", ref)))
-    finally:
-        pending = hub.release(conn)
-        for key, room, data in pending:
+        for key, room, data, _ in hold.release():
             if room in got.replayed and last is not None and key <= last:
                 continue  # already sent from history
             conn.send(data)
@@ -419,7 +465,17 @@ async def _join(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
     state.hub.join(conn, rooms)
     tracked = _tracked(state, rooms)
     if conn.user is not None and tracked:
-        await state.presence.joined(conn.user, tracked)
+        await state.presence.joined(conn.user, tracked)  # best effort: never fails the subscription
+
+
+async def _leave(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
+    """Out of ``rooms``, as if the client had unsubscribed (without the ``unsubscribed`` frame)."""
+    gone = tuple(r for r in rooms if r in conn.session.rooms)
+    conn.session.rooms.difference_update(gone)
+    state.hub.leave(conn, gone)
+    tracked = _tracked(state, gone)
+    if conn.user is not None and tracked:
+        await state.presence.left(conn.user, tracked)
 
 
 async def _typing(state: State, conn: Conn, room: str) -> None:
@@ -427,4 +483,6 @@ async def _typing(state: State, conn: Conn, room: str) -> None:
     if conn.user is None or now - conn.last_typing < state.presence.typing_interval:
         return  # at most one typing notice per interval per connection; the rest are dropped quietly
     conn.last_typing = now
-    await state.presence.typed(conn.user, room)
+    if not await state.presence.typed(conn.user, room):
+        state.hub.metrics.errors.inc(code="unavailable")
+        conn.send(text_frame(error_frame("unavailable", "typing was not announced: Redis is unreachable")))

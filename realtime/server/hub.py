@@ -4,7 +4,7 @@ Each event's frame is built once per room and the same bytes are written to ever
 transport: no ``await``, no lock and no serialisation per connection. A connection whose state has left
 OPEN is skipped; one whose transport holds more than its bound of unsent bytes or messages is closed as
 slow, so a slow client never stalls the others. While a connection replays history, live events for it
-are kept aside and merged after the replay, so it sees no gap and no duplicate.
+are kept aside (bounded like its queue) and merged after the replay, so it sees no gap and no duplicate.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -30,6 +30,9 @@ from realtime.protocol import Session, frame
 log = logging.getLogger("realtime.server")
 OPEN = State.OPEN
 ClosingAction = Callable[["Conn", int, str], None]
+# A live event kept for a connection during its replay: (id, the room it is labelled with, its frame, all its
+# rooms); a reset for every room is ("*" room, rooms ("*",)).
+Kept = tuple[tuple[int, int], str, bytes, tuple[str, ...] | list[str]]
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -56,8 +59,8 @@ def _id_key(raw: bytes | str) -> tuple[int, int]:
 class Conn:
     """One WebSocket connection: its transport, its session, and its replay state."""
 
-    __slots__ = ("address", "alive", "backlog", "fd", "hub", "last_typing", "pending", "proto", "session",
-                 "transport", "user", "ws")
+    __slots__ = ("address", "alive", "backlog", "fd", "hub", "last_typing", "pending", "pending_bytes", "proto",
+                 "session", "transport", "user", "ws")
 
     def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
         self.hub = hub
@@ -69,7 +72,8 @@ class Conn:
         self.user: str | None = None
         self.alive = True
         self.backlog = 0  # frames written while the transport still held unsent bytes
-        self.pending: list[tuple[tuple[int, int], str, bytes]] | None = None  # live events kept during a replay
+        self.pending: list[Kept] | None = None  # live events kept during a replay
+        self.pending_bytes = 0
         self.last_typing = 0.0
         self.fd = -1  # fast path: our duplicate of the socket's descriptor, while its transport holds nothing
 
@@ -95,6 +99,23 @@ class Conn:
         else:
             self.backlog = 0
         return True
+
+
+class Hold:
+    """A replay's hold on a connection (see :meth:`Hub.holding`)."""
+
+    __slots__ = ("conn", "hub")
+
+    def __init__(self, hub: Hub, conn: Conn) -> None:
+        self.hub = hub
+        self.conn = conn
+
+    def release(self) -> list[Kept]:
+        """End the hold (once; later calls return nothing): the live events kept meanwhile, in order."""
+        conn = self.conn
+        pending, conn.pending, conn.pending_bytes = conn.pending or [], None, 0
+        self.hub.touch(conn)
+        return pending
 
 
 class Room:
@@ -139,6 +160,8 @@ class ServerMetrics:
         self.auth_failures = r.counter("realtime_auth_failures_total", "refused tokens, by reason")
         self.refused = r.counter("realtime_refused_connections_total", "connections refused at the door, by reason")
         self.errors = r.counter("realtime_client_errors_total", "error frames sent, by code")
+        self.presence_errors = r.counter("realtime_presence_errors_total",
+                                         "presence and typing writes Redis did not take (retried or expired), by what")
         self.reader_lost = r.counter("realtime_xread_reconnects_total",
                                      "times the stream reader lost its Redis connection (it then reconnects)")
         self.lag = r.gauge("realtime_xread_lag_seconds",
@@ -207,15 +230,33 @@ class Hub:
             if room is not None:
                 room.snap = None
 
-    def hold(self, conn: Conn) -> None:
-        """A replay starts: live events for this connection are kept aside until :meth:`release`."""
-        conn.pending = []
+    @contextlib.contextmanager
+    def holding(self, conn: Conn) -> Iterator[Hold]:
+        """While a replay runs, live events for ``conn`` are kept aside, within the bounds of its queue (past
+        them the connection is closed as slow, as if it had read too slowly). The caller ends the hold with
+        :meth:`Hold.release`, which hands it the kept events to merge; if it leaves the block any other way
+        (an exception, a cancellation), the hold ends all the same and the kept events are dropped: the caller
+        then owes the client an error or a close, never silence."""
+        if conn.pending is not None:
+            raise RuntimeError("a connection is held by one replay at a time")
+        conn.pending, conn.pending_bytes = [], 0
         self.touch(conn)
+        hold = Hold(self, conn)
+        try:
+            yield hold
+        finally:
+            hold.release()
 
-    def release(self, conn: Conn) -> list[tuple[tuple[int, int], str, bytes]]:
-        pending, conn.pending = conn.pending or [], None
-        self.touch(conn)
-        return pending
+    def keep(self, conn: Conn, item: Kept) -> None:
+        """Keep a live event for a held connection; close it as slow past its queue's bounds."""
+        pending = conn.pending
+        if pending is None or not conn.alive:
+            return
+        pending.append(item)
+        conn.pending_bytes += len(item[2])
+        if conn.pending_bytes > self.queue_bytes or len(pending) > self.queue_messages:
+            pending.clear()
+            self.slow(conn)
 
     def write_direct(self, conn: Conn, fd: int, data: bytes) -> None:
         try:
@@ -394,7 +435,7 @@ class Hub:
                             continue
                         seen.add(conn)
                     if conn.pending is not None:
-                        conn.pending.append((key, name, data))
+                        self.keep(conn, (key, name, data, rooms))
                         continue
                     if conn.send(data):
                         delivered += 1
@@ -411,7 +452,7 @@ class Hub:
             data = text_frame(frame("reset", rooms=sorted(conn.session.rooms), reason=reason,
                                     id=entry_id.decode()))
             if conn.pending is not None:
-                conn.pending.append((_id_key(entry_id), "*", data))
+                self.keep(conn, (_id_key(entry_id), "*", data, ("*",)))
             else:
                 conn.send(data)
             self.metrics.resets.inc(reason=reason)
@@ -427,4 +468,8 @@ class Hub:
                 await conn.ws.close(code, reason)
 
         if conns:
-            await asyncio.wait([asyncio.ensure_future(one(c)) for c in conns], timeout=max(grace, 0.01))
+            closing = [asyncio.ensure_future(one(c)) for c in conns]
+            _, late = await asyncio.wait(closing, timeout=max(grace, 0.01))
+            for task in late:  # past the grace: their sockets are closed with the server
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

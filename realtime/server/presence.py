@@ -12,6 +12,10 @@ Neither is stored in the event streams nor replayed.
 * **Typing.** ``typing`` from a client (at most one per ``typing_interval`` per connection) announces
   ``user:typing`` to the room on every instance; each instance shows ``user:stopped_typing`` on its own when
   no new ``typing`` came for ``typing_ttl`` seconds: it expires even when the typist's instance dies.
+
+Both are best effort: when Redis fails, a join or leave is counted (``realtime_presence_errors_total``) and
+logged, and never fails the client's subscription; the refresh loop writes the missing entry and announces
+the join once Redis answers again, and an entry that could not be removed expires after ``ttl``.
 """
 
 from __future__ import annotations
@@ -63,8 +67,13 @@ def ephemeral(kind: str, room: str, user: str) -> bytes:
 
 class Presence:
     def __init__(self, redis: Redis, prefix: str, deliver: Deliver, *, ttl: float = 30.0,
-                 typing_ttl: float = 5.0, typing_interval: float = 1.0, instance: str | None = None) -> None:
+                 typing_ttl: float = 5.0, typing_interval: float = 1.0, instance: str | None = None,
+                 listener: Redis | None = None, on_error: Callable[[str], None] | None = None) -> None:
         self.redis = redis
+        # The pub/sub connection waits for messages without a deadline: a client of its own, without the
+        # commands' socket timeout (which would end every quiet wait).
+        self.listener = listener or redis
+        self.on_error = on_error or (lambda what: None)
         self.tag = "{" + prefix + "}"
         self.channel = f"{self.tag}:ephemeral"
         self.rooms_key = f"{self.tag}:presence:rooms"
@@ -74,6 +83,7 @@ class Presence:
         self.typing_interval = typing_interval
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.local: dict[tuple[str, str], int] = {}  # (room, user) -> local connections
+        self.unannounced: set[tuple[str, str]] = set()  # joined here, not yet written to Redis (it failed)
         self.typing: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._sweep = redis.register_script(SWEEP_LUA)
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,21 +109,42 @@ class Presence:
 
     # -- presence ----------------------------------------------------------------------------------------
     async def joined(self, user: str, rooms: tuple[str, ...] | list[str]) -> None:
+        """A connection of ``user`` joined ``rooms`` here. Never raises: see the module's docstring."""
         for room in rooms:
             n = self.local.get((room, user), 0)
             self.local[(room, user)] = n + 1
             if n == 0:
-                await self._add(room, user)
+                self.unannounced.add((room, user))
+                await self._announce(room, user)
+
+    async def _announce(self, room: str, user: str) -> None:
+        try:
+            await self._add(room, user)
+        except (RedisError, OSError) as exc:
+            self._failed("join", exc)
+        else:
+            self.unannounced.discard((room, user))
 
     async def left(self, user: str, rooms: tuple[str, ...] | list[str] | set[str]) -> None:
+        """A connection of ``user`` left ``rooms`` here. Never raises."""
         for room in list(rooms):
             n = self.local.get((room, user), 0) - 1
             if n > 0:
                 self.local[(room, user)] = n
                 continue
             self.local.pop((room, user), None)
-            with contextlib.suppress(RedisError, OSError):
+            if (room, user) in self.unannounced:
+                self.unannounced.discard((room, user))
+                continue  # never written to Redis: nothing to take back
+            try:
                 await self._remove(room, user)
+            except (RedisError, OSError) as exc:
+                self._failed("leave", exc)  # the entry expires after the ttl; the sweep announces it
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.on_error(what)
+        log.warning("presence %s not written to Redis (%s: %s); it is retried by the refresh", what,
+                    type(exc).__name__, exc)
 
     async def _add(self, room: str, user: str) -> None:
         key = self.key(room)
@@ -144,6 +175,8 @@ class Presence:
         """Keep this instance's entries alive, and sweep the rooms' expired ones (from dead instances)."""
         while True:
             try:
+                for room, user in list(self.unannounced):
+                    await self._announce(room, user)
                 expires = time.time() + self.ttl
                 if self.local:
                     async with self.redis.pipeline(transaction=False) as pipe:
@@ -160,8 +193,9 @@ class Presence:
             await asyncio.sleep(self.ttl / 3)
 
     # -- typing ------------------------------------------------------------------------------------------
-    async def typed(self, user: str, room: str) -> None:
-        await self._publish(ev.USER_TYPING, room, user)
+    async def typed(self, user: str, room: str) -> bool:
+        """Announce ``user`` typing in ``room`` on every instance; False when Redis did not take it."""
+        return await self._publish(ev.USER_TYPING, room, user)
 
     def _typing(self, room: str, user: str) -> None:
         handle = self.typing.pop((room, user), None)
@@ -176,13 +210,17 @@ class Presence:
             self.deliver(room, ephemeral(ev.USER_STOPPED_TYPING, room, user))
 
     # -- the channel -------------------------------------------------------------------------------------
-    async def _publish(self, kind: str, room: str, user: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
+    async def _publish(self, kind: str, room: str, user: str) -> bool:
+        try:
             await self.redis.publish(self.channel, orjson.dumps({"type": kind, "room": room, "user": user}))
+        except (RedisError, OSError) as exc:
+            self._failed(kind, exc)
+            return False
+        return True
 
     async def _listen(self) -> None:
         while True:
-            pubsub = self.redis.pubsub()
+            pubsub = self.listener.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 self.ready = True

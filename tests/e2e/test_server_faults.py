@@ -1,0 +1,139 @@
+"""The server when Redis fails under a client's request: errors are answered, holds are released, nobody freezes.
+
+Each test runs a server on a redis-server of its own (the test stops it, fills it, or kills it) and writes
+events in the watcher's shape straight into the streams, so what the server delivers is known exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import TIMEOUT, RedisServer, own_redis
+from tests.e2e.serverkit import Client, Opener, Stack, running_stack, until
+
+pytestmark = pytest.mark.e2e
+
+
+class Feed:
+    """Writes events as the watcher does: the envelope to the global stream and to each room's history."""
+
+    def __init__(self, st: Stack) -> None:
+        self.st = st
+        self.base = int(time.time() * 1000)
+        self.n = 0
+
+    def publish(self, rooms: list[str], text: str = "hello") -> str:
+        self.n += 1
+        event_id = f"{self.base}-{self.n}"
+        envelope = {"id": event_id, "type": "post:created", "rooms": rooms, "ts": int(time.time() * 1000),
+                    "data": {"id": f"p{self.n}", "authorId": "a1", "text": text}}
+        raw = orjson.dumps(envelope)
+        tag = "{" + self.st.prefix + "}"
+        with self.st.r.pipeline(transaction=True) as pipe:
+            pipe.xadd(f"{tag}:events", {"e": raw}, id=event_id)
+            for room in rooms:
+                pipe.xadd(f"{tag}:room:{room}", {"e": raw}, id=event_id)
+            pipe.execute()
+        return event_id
+
+
+@pytest.fixture
+def redis_own(tmp_path: Path) -> Iterator[RedisServer]:
+    with own_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def stack(redis_own: RedisServer, tmp_path: Path) -> Iterator[Stack]:
+    env = {"REALTIME_RETRY_SECONDS": "1", "REALTIME_REDIS_TIMEOUT": "1", "REALTIME_PRESENCE_TTL": "3"}
+    with running_stack(redis_own, tmp_path, "faults", servers=1, watcher=False, server_env=env) as st:
+        yield st
+
+
+def clean_log(st: Stack) -> None:
+    text = st.servers[0].log()
+    for bad in ("never retrieved", "Task was destroyed", "Traceback"):
+        assert bad not in text, f"server log has {bad!r}:\n{text[-3000:]}"
+
+
+async def events_of(client: Client, ids: list[str]) -> None:
+    await until(lambda: {f.get("id") for f in client.events()} >= set(ids), f"events {ids}", TIMEOUT * 2, client)
+
+
+async def test_subscribe_while_redis_refuses_writes_is_answered_and_the_connection_lives_on(
+        stack: Stack, clients: Opener) -> None:
+    """Regression: a subscribe with since to a post room while Redis refused writes (maxmemory) froze the
+    connection for good: the presence join raised, the replay's hold was never released."""
+    feed = Feed(stack)
+    server = stack.servers[0]
+    client = await clients(server, "u1", rooms=["public"])
+    first = feed.publish(["public"])
+    await events_of(client, [first])
+
+    stack.r.config_set("maxmemory", 1)  # noeviction: every write is refused with OOM, reads still work
+    try:
+        reply = await client.request(op="subscribe", rooms=["post:p1"], since=first)
+        assert reply["op"] == "subscribed", reply
+        await until(lambda: any(f["op"] == "synced" for f in client.frames), "synced", TIMEOUT, client)
+    finally:
+        stack.r.config_set("maxmemory", 0)
+    assert server.metric("realtime_presence_errors_total", what="join") >= 1
+
+    # Live events of every room reach the connection: nothing is held any more.
+    later = [feed.publish(["public"]), feed.publish(["post:p1"]), feed.publish(["public", "post:p1"])]
+    await events_of(client, later)
+    got = [f["id"] for f in client.events()]
+    assert got == [first, *later], got
+    # The presence join is written once Redis takes writes again (the refresh, every ttl / 3 seconds).
+    other = await clients(server, "u2", rooms=["post:p1"])
+    presence = await other.request(op="presence", room="post:p1")
+    deadline = time.monotonic() + TIMEOUT
+    while "u1" not in presence["users"]:
+        assert time.monotonic() < deadline, presence
+        await asyncio.sleep(0.2)
+        presence = await other.request(op="presence", room="post:p1")
+    clean_log(stack)
+
+
+async def test_replay_while_redis_hangs_answers_unavailable_and_leaves_the_rooms(
+        stack: Stack, clients: Opener, redis_own: RedisServer) -> None:
+    """A replay that cannot read history within REALTIME_RETRY_SECONDS answers `unavailable` naming the rooms,
+    which are then not subscribed; the connection goes on, and the same subscribe works once Redis is back."""
+    feed = Feed(stack)
+    server = stack.servers[0]
+    client = await clients(server, "u1", rooms=["public"])
+    first = feed.publish(["post:p2"])
+    redis_own.process.send_signal(signal.SIGSTOP)  # a hang, not a refusal
+    try:
+        ref = await client.send(op="subscribe", rooms=["post:p2"], since="0-0")
+        reply = await client.reply(ref, within=TIMEOUT)
+    finally:
+        redis_own.process.send_signal(signal.SIGCONT)
+    assert reply["op"] == "error" and reply["code"] == "unavailable", reply
+    assert reply["rooms"] == ["post:p2"]
+    assert not any(f["op"] in ("subscribed", "synced") and f.get("ref") == ref for f in client.frames)
+
+    # Not subscribed: an event of post:p2 does not come; public still does.
+    await client.barrier()
+    skipped, live = feed.publish(["post:p2"]), feed.publish(["public"])
+    await events_of(client, [live])
+    assert skipped not in {f["id"] for f in client.events()}
+
+    # The same subscribe again: the replay, then live events.
+    again = await client.request(op="subscribe", rooms=["post:p2"], since="0-0")
+    assert again["op"] == "subscribed", again
+    await events_of(client, [first, skipped])
+    after = feed.publish(["post:p2"])
+    await events_of(client, [after])
+    ids = [f["id"] for f in client.events()]
+    assert len(ids) == len(set(ids)), ids
+    assert server.metric("realtime_client_errors_total", code="unavailable") >= 1
+    clean_log(stack)
+

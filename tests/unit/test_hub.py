@@ -1,0 +1,137 @@
+"""realtime.server.hub: a replay's hold on a connection is always released, and what it keeps is bounded."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from websockets.protocol import State
+
+from realtime.protocol import Session, SessionConfig
+from realtime.server.hub import Conn, Hub
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def connection(hub: Hub, rooms: list[str]) -> tuple[Conn, FakeTransport]:
+    transport = FakeTransport()
+    ws = SimpleNamespace(ws_proto=SimpleNamespace(state=State.OPEN), io_proto=SimpleNamespace(transport=transport))
+    session = Session(SessionConfig(allow_anonymous=True), None, time.time)
+    session.rooms.update(rooms)
+    conn = Conn(hub, ws, session, "127.0.0.1")
+    hub.add(conn)
+    hub.join(conn, rooms)
+    return conn, transport
+
+
+def entry(n: int, rooms: list[str], size: int = 10) -> tuple[bytes, list[bytes]]:
+    envelope = {"id": f"1-{n}", "type": "post:created", "rooms": rooms, "data": {"text": "x" * size}, "ts": 1}
+    return f"1-{n}".encode(), [b"e", orjson.dumps(envelope)]
+
+
+def ids(transport: FakeTransport) -> list[str]:
+    out = []
+    for data in transport.written:
+        start = data.index(b"{")
+        msg = orjson.loads(data[start:])
+        if msg.get("op") == "event":
+            out.append(msg["id"])
+    return out
+
+
+async def test_events_kept_during_a_hold_are_handed_back_in_order() -> None:
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, transport = connection(hub, ["public"])
+    with hub.holding(conn) as hold:
+        hub.on_entries([entry(1, ["public"]), entry(2, ["public"])])
+        assert ids(transport) == []  # kept, not written
+        kept = hold.release()
+        assert [k for k, *_ in kept] == [(1, 1), (1, 2)]
+        assert [rooms for *_, rooms in kept] == [["public"], ["public"]]
+    hub.on_entries([entry(3, ["public"])])
+    assert ids(transport) == ["1-3"]  # live again
+
+
+async def test_a_hold_is_released_when_the_replay_fails() -> None:
+    """Regression: an exception between hold and release (a presence join to a Redis that refused writes) left
+    the connection held for good: every later event was kept aside, none delivered."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, transport = connection(hub, ["public"])
+    with pytest.raises(ConnectionError), hub.holding(conn):
+        hub.on_entries([entry(1, ["public"])])
+        raise ConnectionError("Redis went away")
+    assert conn.pending is None
+    hub.on_entries([entry(2, ["public"])])
+    assert ids(transport) == ["1-2"]  # what was kept during the failed replay is dropped, live goes on
+
+
+@pytest.mark.parametrize(("queue_bytes", "queue_messages", "size"), [(1 << 20, 5, 10), (4096, 10_000, 1000)])
+async def test_what_a_hold_keeps_is_bounded_like_the_queue(queue_bytes: int, queue_messages: int, size: int) -> None:
+    """Regression: events kept during a hold piled up without bound while the replay waited on Redis."""
+    hub = Hub(queue_bytes=queue_bytes, queue_messages=queue_messages, close_timeout=0.01)
+    conn, transport = connection(hub, ["public"])
+    _, other_transport = connection(hub, ["public"])
+    with hub.holding(conn) as hold:
+        hub.on_entries([entry(n, ["public"], size) for n in range(1, 21)])
+        assert not conn.alive and transport.closed  # closed as slow: it resumes from its last event
+        assert transport.written and transport.written[-1][:1] == b"\x88"  # a close frame ...
+        assert int.from_bytes(transport.written[-1][2:4], "big") == 4008  # ... with the slow code
+        assert conn.pending == []
+        assert hold.release() == []
+    assert hub.metrics.slow.value() >= 1
+    assert len(ids(other_transport)) == 20  # the others get everything
+
+
+async def test_a_connection_is_held_by_one_replay_at_a_time() -> None:
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, _ = connection(hub, ["public"])
+    with hub.holding(conn), pytest.raises(RuntimeError), hub.holding(conn):
+        pass
+
+
+async def test_a_failure_nobody_foresaw_closes_the_connection_1011(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: an exception in handling a client message escaped the fast path's message task ("Task
+    exception was never retrieved") and left the connection open, deaf to its rooms."""
+    from realtime.protocol import Send
+    from realtime.server import app
+
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, _ = connection(hub, ["public"])
+    closed: list[tuple[int, str]] = []
+
+    async def close(code: int, reason: str) -> None:
+        closed.append((code, reason))
+
+    conn.ws.close = close
+    state: Any = SimpleNamespace(hub=hub)
+    broken = Send(frame=None)  # type: ignore[arg-type]  # makes _apply fail as a bug would
+    await app._handle(state, conn, [broken])
+    assert closed == [(1011, "internal error")]
+    assert not conn.alive and conn not in hub.conns
+    assert hub.metrics.closes.value(reason="internal") == 1
+    assert "closing its connection with 1011" in caplog.text
