@@ -39,6 +39,7 @@ from realtime.server import demo, lean, transports, web
 from realtime.server.addresses import client_address
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
+from realtime.server.door import Door
 from realtime.server.history import History
 from realtime.server.hub import Conn, Hub, text_frame
 from realtime.server.lean import FastProtocol, Heartbeats
@@ -61,6 +62,7 @@ class State:
     verifier: TokenVerifier | None
     presence: Presence
     deep: DeepReplay | None = None
+    door: Door | None = None
     fast: bool = False
     mongo: Any = None
     listener: Redis | None = None
@@ -96,6 +98,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         "WEBSOCKET_PING_INTERVAL": cfg.heartbeat or None,  # heartbeats: a ping every so often ...
         "WEBSOCKET_PING_TIMEOUT": cfg.heartbeat_timeout,  # ... answered in time, or the connection closes (1011)
         "GRACEFUL_SHUTDOWN_TIMEOUT": cfg.shutdown_grace,
+        "REQUEST_TIMEOUT": cfg.head_timeout,  # from a head's first byte: see realtime/server/door.py
         "ACCESS_LOG": False,
         "MOTD": False,
     })
@@ -122,6 +125,8 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
                             typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval, listener=listener,
                             on_error=lambda what: hub.metrics.presence_errors.inc(what=what))
         state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast, listener=listener)
+        state.door = Door(cfg.max_conns_per_address, cfg.trusted_proxies, lambda a: hub.by_address.get(a, 0),
+                          on_refused=lambda: hub.metrics.refused.inc(reason="address"))
         if cfg.mongodb_uri is not None:
             state.mongo = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=5000,
                                            appname="realtime-server deep replay")

@@ -55,6 +55,7 @@ class ServerConfig:
     heartbeat_timeout: float = 20.0
     replay_limit: int = 10_000  # events per replay; past it the client gets a reset
     shutdown_grace: float = 10.0
+    head_timeout: float = 10.0  # seconds a request's head may take from its first byte (slowloris)
     redis_timeout: float = 5.0  # seconds any one Redis command may take before it fails
     retry_seconds: float = 2.0  # how long a client's request retries Redis (and MongoDB) before `unavailable`
     read_count: int = 512
@@ -138,6 +139,7 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         heartbeat_timeout=env.number("REALTIME_HEARTBEAT_TIMEOUT", 20.0, minimum=0.1),
         replay_limit=env.integer("REALTIME_REPLAY_LIMIT", 10_000, minimum=1),
         shutdown_grace=env.number("REALTIME_SHUTDOWN_GRACE", 10.0, minimum=0.0),
+        head_timeout=env.number("REALTIME_HEAD_TIMEOUT", 10.0, minimum=0.5, maximum=300),
         redis_timeout=env.number("REALTIME_REDIS_TIMEOUT", 5.0, minimum=0.1, maximum=300),
         retry_seconds=env.number("REALTIME_RETRY_SECONDS", 2.0, minimum=0.0, maximum=60),
         lag_ready_seconds=env.number("REALTIME_READY_MAX_LAG", 10.0, minimum=0.1),

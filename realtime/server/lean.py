@@ -27,9 +27,10 @@ from collections.abc import Callable, Collection
 from importlib.metadata import version
 from typing import Any, cast
 
-from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from websockets.frames import Opcode
 from websockets.protocol import State
+
+from realtime.server.door import GuardedProtocol
 
 log = logging.getLogger("realtime.server")
 WRITTEN_FOR = {"sanic": "25.12.1", "websockets": "17.4"}
@@ -109,7 +110,7 @@ class Heartbeats:
         return silent
 
 
-class FastProtocol(WebSocketProtocol):
+class FastProtocol(GuardedProtocol):
     __slots__ = ("conn", "early", "fragments", "fragtext", "gone", "last_in", "lost", "on_text", "pinged")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

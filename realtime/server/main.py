@@ -14,6 +14,7 @@ from realtime.config import ConfigError
 from realtime.server import config as config_module
 from realtime.server import lean
 from realtime.server.app import create_app
+from realtime.server.door import GuardedProtocol
 from realtime.server.lean import FastProtocol
 
 log = logging.getLogger("realtime.server")
@@ -39,11 +40,11 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     loader = AppLoader(factory=factory)
     app = loader.load()
     try:
-        extra: dict[str, Any] = {"protocol": FastProtocol} if cfg.fast_path and lean.supported() else {}
+        protocol = FastProtocol if cfg.fast_path and lean.supported() else GuardedProtocol
         if cfg.fast_path and not lean.supported():
             log.warning("WebSocket fast path off: it was written for %s", lean.WRITTEN_FOR)
         app.prepare(host=cfg.host, port=cfg.port, workers=cfg.workers, access_log=False, motd=False,
-                    single_process=cfg.workers == 1, **extra)
+                    single_process=cfg.workers == 1, protocol=protocol)
     except OSError as exc:
         print(f"realtime serve: cannot listen on {cfg.host}:{cfg.port}: {exc}", file=sys.stderr)
         return 1
