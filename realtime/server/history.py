@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from realtime.events import parse_id
 from realtime.resume import RoomHistory, StreamState
@@ -64,9 +65,11 @@ class History:
             replies = await pipe.execute(raise_on_error=False)
         out = {}
         for room, reply in zip(rooms, replies, strict=True):
-            if isinstance(reply, Exception):  # no such key: nothing was ever published there
-                out[room] = RoomHistory()
+            if isinstance(reply, ResponseError) and "no such key" in str(reply).lower():
+                out[room] = RoomHistory()  # nothing was ever published there
                 continue
+            if isinstance(reply, Exception):  # anything else is an outage, not an empty history
+                raise reply
             info = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else reply
             out[room] = RoomHistory(_max_deleted(info))
         return out
