@@ -659,16 +659,23 @@ export class RealtimeClient extends EventTarget {
         }
         break;
       case 'error':
-        this._onErrorFrame(msg);
+        this._onErrorFrame(link, msg);
         break;
       default:
         break;
     }
   }
 
-  _onErrorFrame(msg) {
+  _onErrorFrame(link, msg) {
     const pending = msg.ref == null ? undefined : this._pendingRefs.get(msg.ref);
     if (pending) this._pendingRefs.delete(msg.ref);
+    if (pending?.kind === 'sub' && msg.code === 'unavailable') {
+      // The server could not read the rooms' history and left them (docs/protocol.md): reconnect after a
+      // backoff, which subscribes to every room again from its position.
+      this._error(msg.code, msg.message, { rooms: pending.rooms });
+      if (this._link === link) this._linkFailed(link, 1013, 'history unavailable');
+      return;
+    }
     if (pending?.kind === 'presence' && (msg.code === 'unsupported' || msg.code === 'forbidden_room')) {
       this._noPresence.add(pending.room); // presence is not tracked there: do not ask again
       return;

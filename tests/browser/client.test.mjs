@@ -317,6 +317,28 @@ test('subscribe while connected: with the position or a given since; a refused s
   c.close();
 });
 
+test('unavailable in reply to a subscribe: reconnect after a backoff and subscribe again from the position', async () => {
+  const { FakeWebSocket, sockets } = fakeSockets();
+  const { c, states } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'] });
+  const errors = [];
+  c.addEventListener('error', (e) => errors.push(e.detail));
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 3, 'the first frames');
+  sockets[0].ready();
+  sockets[0].message(ev('5-0'));
+  c.subscribe('post:p1', { since: '2-0' });
+  const sub = sockets[0].sent.filter((m) => m.op === 'subscribe').at(-1);
+  sockets[0].message({ op: 'error', ref: sub.ref, code: 'unavailable', rooms: ['post:p1'], message: 'history is unreachable' });
+  assert.deepEqual(errors, [{ code: 'unavailable', message: 'history is unreachable', rooms: ['post:p1'] }]);
+  assert.ok(c.rooms.includes('post:p1'), 'the room is kept, to subscribe to again');
+  assert.equal(states.at(-1), 'reconnecting');
+  await until(() => sockets[1]?.sent.filter((m) => m.op === 'subscribe').length >= 1, 'a reconnect');
+  const again = sockets[1].sent.filter((m) => m.op === 'subscribe').map((m) => [m.rooms, m.since]);
+  assert.deepEqual(again.find(([rooms]) => rooms.includes('post:p1')), [['post:p1'], '2-0']);
+  assert.deepEqual(again.find(([rooms]) => rooms.includes('public')), [['public'], '5-0']);
+  c.close();
+});
+
 test('a room whose replay was cut short by a reconnect is replayed again from its own since', async () => {
   const { FakeWebSocket, sockets } = fakeSockets();
   const { c } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'] });
