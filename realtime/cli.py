@@ -92,7 +92,38 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--token", help="the JWT to connect with")
     token.add_argument("--token-env", metavar="VAR", help="the environment variable holding the JWT")
     tail.add_argument("--since", metavar="ID", help="start after this event id (default: from now)")
+    mint = sub.add_parser(
+        "token",
+        help="print a token for a user, signed with REALTIME_JWT_SECRET (for trying the server out)",
+        description="Print an HS256 JWT whose sub is the user, signed with REALTIME_JWT_SECRET (and with "
+        "REALTIME_JWT_AUDIENCE and REALTIME_JWT_ISSUER as aud and iss when they are set), valid for --ttl "
+        "seconds. For development and tests: in production your application issues the tokens.",
+    )
+    mint.add_argument("--user", required=True, help="the user id (the token's sub)")
+    mint.add_argument("--ttl", type=_positive_float, default=3600.0,
+                      help="seconds until the token expires (default: 3600)")
     return parser
+
+
+def _token(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    import jwt
+
+    secret = os.environ.get("REALTIME_JWT_SECRET")
+    if not secret:
+        print("realtime token: REALTIME_JWT_SECRET is not set: set it to the server's secret", file=sys.stderr)
+        return 2
+    if not args.user.strip():
+        print("realtime token: --user must not be empty", file=sys.stderr)
+        return 2
+    claims: dict[str, object] = {"sub": args.user, "exp": int(time.time() + args.ttl), "iat": int(time.time())}
+    for claim, variable in (("aud", "REALTIME_JWT_AUDIENCE"), ("iss", "REALTIME_JWT_ISSUER")):
+        if os.environ.get(variable):
+            claims[claim] = os.environ[variable]
+    print(jwt.encode(claims, secret, algorithm="HS256"))
+    return 0
 
 
 async def _run_mongo(args: argparse.Namespace) -> int:
@@ -157,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_main(args.host, args.port, args.workers)
     if args.command == "mongo-setup":
         return _mongo_setup()
+    if args.command == "token":
+        return _token(args)
     if args.command == "tail":
         from realtime.client import tail_command
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime as dt
 import os
 import random
 import secrets
@@ -80,6 +81,7 @@ class Dev:
 
     def start(self) -> dict[str, str]:
         from realtime.standin import StandIn
+        from watchers import config
 
         mongo_port = free_port(self.mongo_port)
         self.standin = StandIn(port=mongo_port)
@@ -101,12 +103,18 @@ class Dev:
                    REALTIME_ALLOW_ANONYMOUS="true", REALTIME_LISTEN=f"127.0.0.1:{port}",
                    REALTIME_WATCHER_HTTP=f"127.0.0.1:{free_port()}", REALTIME_PRESENCE_ROOMS="post:,public",
                    REALTIME_DEMO="true")  # /demo and its write API: development only
+        watched = config.load(env)
         asyncio.run(self._setup(mongo_uri, env))
         self.spawn("watcher", [sys.executable, "-m", "watchers"], env)
         server = self.spawn("server", [sys.executable, "-m", "realtime", "serve"], env)
         _wait_port(port, 20, server)
         token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 7 * 86400}, secret, algorithm="HS256")
+        db = watched.database
+        base, _, query = mongo_uri.partition("?")
         return {"url": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{port}/ws", "mongodb": mongo_uri,
+                "mongodb_db": f"{base.rstrip('/')}/{db}" + (f"?{query}" if query else ""), "database": db,
+                "collections": ", ".join(f"{db}.{c}" for c in (watched.mapping.posts, watched.mapping.likes,
+                                                                 watched.mapping.comments)),
                 "redis": redis_url, "token": token, "logs": self.log_dir}
 
     async def _setup(self, mongo_uri: str, env: dict[str, str]) -> None:
@@ -139,11 +147,12 @@ WORDS = [
 ]
 
 
-async def produce(mongo_uri: str, rate: float, stop: asyncio.Event, seed: int | None = None) -> None:
+async def produce(mongo_uri: str, rate: float, stop: asyncio.Event, seed: int | None = None,
+                  database: str = "app") -> None:
     """Simulated users: new posts (some with tags), likes and unlikes, comments, at about ``rate`` per second."""
     rng = random.Random(seed)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
-    db = client.app
+    db = client[database]
     posts: list[str] = [str(d["_id"]) async for d in db.posts.find({}, {"_id": 1}).sort("_id", -1).limit(50)]
     n = int(time.time())
     try:
@@ -155,7 +164,7 @@ async def produce(mongo_uri: str, rate: float, stop: asyncio.Event, seed: int | 
                 post_id = f"p{n}"
                 await db.posts.insert_one({"_id": post_id, "authorId": user, "text": rng.choice(WORDS),
                                            "hashtags": rng.sample(TAGS, rng.randint(0, 2)),
-                                           "createdAt": time.time()})
+                                           "createdAt": dt.datetime.now(dt.UTC)})
                 posts = [post_id, *posts[:49]]
             elif roll < 0.75:
                 post_id = rng.choice(posts[:10])
@@ -185,9 +194,12 @@ def main(port: int, mongo_port: int, rate: float) -> int:
         dev.stop()
         raise
     print(f"realtime dev: demo {where['url']}/demo · server {where['url']} (WebSocket {where['ws']}) · "
-          f"MongoDB {where['mongodb']} · "
+          f"MongoDB {where['mongodb_db']} · "
           f"Redis {where['redis']} · logs {where['logs']}", flush=True)
-    print(f"realtime dev: a token for user u1: {where['token']}", flush=True)
+    print(f"realtime dev: the watcher reads {where['collections']}: write there with any client, e.g. "
+          f"mongosh '{where['mongodb_db']}'", flush=True)
+    print(f"realtime dev: a token for user u1: {where['token']} (anonymous clients may read public rooms)",
+          flush=True)
     print("realtime dev: Ctrl-C stops everything", flush=True)
 
     async def run() -> None:
@@ -195,7 +207,8 @@ def main(port: int, mongo_port: int, rate: float) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        producer = loop.create_task(produce(where["mongodb"], rate, stop)) if rate > 0 else None
+        producer = (loop.create_task(produce(where["mongodb"], rate, stop, database=where["database"]))
+                    if rate > 0 else None)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)

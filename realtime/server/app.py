@@ -184,11 +184,11 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     async def sse_preflight(request: Request) -> HTTPResponse:
         return transports.preflight(request.app.ctx.state, request)
 
-    @app.get("/healthz")
+    @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(request: Request) -> HTTPResponse:
         return raw(orjson.dumps({"ok": True}), content_type="application/json")
 
-    @app.get("/readyz")
+    @app.route("/readyz", methods=["GET", "HEAD"])
     async def readyz(request: Request) -> HTTPResponse:
         state: State = request.app.ctx.state
         problems = []
@@ -208,7 +208,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         body = orjson.dumps({"ready": not problems, "problems": problems})
         return raw(body, status=200 if not problems else 503, content_type="application/json")
 
-    @app.get("/metrics")
+    @app.route("/metrics", methods=["GET", "HEAD"])
     async def metrics(request: Request) -> HTTPResponse:
         state: State = request.app.ctx.state
         return raw(state.hub.metrics.registry.render().encode(), content_type="text/plain; version=0.0.4")

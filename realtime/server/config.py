@@ -75,6 +75,14 @@ class ServerConfig:
     demo_mongodb_uri: str | None = None  # where the demo write API writes (MONGODB_URI)
 
 
+def _default_listen(env: Env) -> str:
+    """127.0.0.1:8000, or port SOCKET_PORT (the original design's name), read when REALTIME_LISTEN is not set."""
+    port = env.environ.get("SOCKET_PORT")
+    if port is None or "REALTIME_LISTEN" in env.environ:
+        return "127.0.0.1:8000"
+    return f"127.0.0.1:{env.integer('SOCKET_PORT', 8000, minimum=0, maximum=65535)}"
+
+
 def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
     env = Env(os.environ if environ is None else environ)
     secret = env.environ.get("REALTIME_JWT_SECRET") or None
@@ -108,7 +116,7 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         trusted_proxies = parse_networks(env.environ.get("REALTIME_TRUSTED_PROXIES", ""))
     except ValueError as exc:
         raise ConfigError(f"REALTIME_TRUSTED_PROXIES: {exc}") from None
-    listen = env.address("REALTIME_LISTEN", "127.0.0.1:8000")
+    listen = env.address("REALTIME_LISTEN", _default_listen(env))
     if listen is None:
         raise ConfigError("REALTIME_LISTEN cannot be off")
     prefix = env.text("REALTIME_REDIS_PREFIX", "rt")

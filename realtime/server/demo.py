@@ -167,7 +167,10 @@ class Demo:
         state = request.app.ctx.state
         position = (await state.history.last_id()).decode()  # before the reads: events after it are replayed
         f = self.m.fields
-        docs = [d async for d in self.db[self.m.posts].find(self._public()).sort("_id", -1).limit(FEED_POSTS)]
+        # Newest first by creation time (ids need not follow it: a client's own ids, ObjectIds of other
+        # machines); posts without createdAt come last, newest id first.
+        docs = [d async for d in self.db[self.m.posts].find(self._public())
+                .sort([("createdAt", -1), ("_id", -1)]).limit(FEED_POSTS)]
 
         async def one(doc: dict[str, Any]) -> dict[str, Any]:
             forms = id_forms(str(doc["_id"]))
@@ -285,10 +288,10 @@ def register(app: Sanic[Any, Any], cfg: ServerConfig) -> None:
                 return _error(DemoError(503, "unavailable", "MongoDB or Redis is unreachable; retry"))
         return wrapped
 
-    app.add_route(page, "/demo", methods=["GET"], name="demo_page")
-    app.add_route(page_js, "/demo/demo.js", methods=["GET"], name="demo_js")
-    app.add_route(page_css, "/demo/demo.css", methods=["GET"], name="demo_css")
-    app.add_route(token, "/demo/api/token", methods=["GET"], name="demo_token")
-    app.add_route(api(demo.feed), "/demo/api/feed", methods=["GET"], name="demo_feed")
+    app.add_route(page, "/demo", methods=["GET", "HEAD"], name="demo_page")
+    app.add_route(page_js, "/demo/demo.js", methods=["GET", "HEAD"], name="demo_js")
+    app.add_route(page_css, "/demo/demo.css", methods=["GET", "HEAD"], name="demo_css")
+    app.add_route(token, "/demo/api/token", methods=["GET", "HEAD"], name="demo_token")
+    app.add_route(api(demo.feed), "/demo/api/feed", methods=["GET", "HEAD"], name="demo_feed")
     app.add_route(api(demo.like), "/demo/api/like", methods=["POST"], name="demo_like")
     app.add_route(api(demo.comment), "/demo/api/comment", methods=["POST"], name="demo_comment")

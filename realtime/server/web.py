@@ -66,4 +66,4 @@ def register(app: Sanic[Any, Any]) -> None:
     async def realtime_js(request: Request) -> HTTPResponse:
         return client.response(request, {"Access-Control-Allow-Origin": "*"})
 
-    app.add_route(realtime_js, "/client/realtime.js", methods=["GET"], name="client_js")
+    app.add_route(realtime_js, "/client/realtime.js", methods=["GET", "HEAD"], name="client_js")

@@ -8,6 +8,7 @@ headless Chromium (Debian's ``chromium``, driven by ``playwright-core`` from tes
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -99,6 +100,29 @@ def test_the_demo_page_and_its_files(demo: Stack) -> None:
         assert status == 200 and headers["content-type"].startswith(kind), path
     _, _, script = http(server, "GET", "/demo/demo.js")
     assert b"innerHTML" not in script and b"insertAdjacentHTML" not in script
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/client/realtime.js", "/demo",
+                                  "/demo/demo.js", "/demo/demo.css", "/demo/api/feed"])
+def test_head_is_answered_wherever_get_is(demo: Stack, path: str) -> None:
+    """HEAD gives GET's status and headers, without a body (it answered 405)."""
+    server = demo.servers[0]
+    get_status, get_headers, _ = http(server, "GET", path)
+    status, headers, body = http(server, "HEAD", path)
+    assert (status, body) == (get_status, b""), (path, status)
+    assert headers.get("content-type") == get_headers.get("content-type"), path
+
+
+def test_the_feed_is_newest_first_by_creation_time(demo: Stack) -> None:
+    """Regression: the demo feed ordered posts by _id, so ids that do not follow time (a client's own, or
+    another machine's) put old posts first."""
+    now = dt.datetime.now(dt.UTC)
+    for post_id, minutes in (("order-zz-old", -30), ("order-aa-new", -1), ("order-mm-mid", -10)):
+        post(demo, post_id, createdAt=now + dt.timedelta(minutes=minutes))
+    status, _, body = http(demo.servers[0], "GET", "/demo/api/feed")
+    assert status == 200
+    ids = [p["id"] for p in orjson.loads(body)["posts"] if p["id"].startswith("order-")]
+    assert ids == ["order-aa-new", "order-mm-mid", "order-zz-old"]
 
 
 def test_without_realtime_demo_the_demo_answers_404(plain: Stack) -> None:

@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from tests.conftest import TIMEOUT, free_port
+from tests.e2e.test_cli_mongo import MONGOSH, _mongosh_env
 
 pytestmark = [pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,12 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         match = re.search(r"WebSocket (ws://\S+)\)", first)
         assert match, (first, (tmp_path / "stderr").read_text())
         assert "MongoDB mongodb://" in first and "Redis redis://" in first
+        # The URI names the watched database: a client that writes there is heard (mongosh writes to `test`
+        # when the URI names none, and nothing happens).
+        uri = re.search(r"MongoDB (mongodb://\S+) ", first)
+        assert uri and re.fullmatch(r"mongodb://127\.0\.0\.1:\d+/app\?replicaSet=rs0", uri.group(1)), first
+        second = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), TIMEOUT)
+        assert "app.posts, app.likes, app.comments" in second and uri.group(1) in second, second
         demo = re.search(r"demo (http://127\.0\.0\.1:\d+/demo) ", first)  # the demo page, first
         assert demo and first.index(demo.group(1)) < first.index("WebSocket"), first
         with urllib.request.urlopen(demo.group(1), timeout=TIMEOUT) as page:  # noqa: ASYNC210 - a local page
@@ -77,6 +84,16 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
             while not any(f.get("type") == "post:created" for f in seen):
                 assert time.monotonic() < deadline, f"no post from the demo producer: {seen}"
                 seen.append(orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT * 2)))
+            if MONGOSH.exists():  # the README's first event, with the URI as printed
+                script = 'db.posts.insertOne({_id: "first-event", authorId: "me", text: "hello, realtime"})'
+                done = await asyncio.to_thread(
+                    subprocess.run, [str(MONGOSH), uri.group(1), "--quiet", "--norc", "--eval", script],
+                    capture_output=True, text=True, timeout=TIMEOUT * 2, env=_mongosh_env(tmp_path),
+                    cwd=tmp_path, stdin=subprocess.DEVNULL, check=False)
+                assert done.returncode == 0, done.stderr
+                while not any(f.get("type") == "post:created" and f["data"]["id"] == "first-event" for f in seen):
+                    assert time.monotonic() < deadline + TIMEOUT * 2, "mongosh's insert made no event"
+                    seen.append(orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT * 2)))
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(asyncio.to_thread(proc.wait), TIMEOUT * 2) == 0
         assert not [pid for pid in kids if alive(pid)], "no process is left behind"
