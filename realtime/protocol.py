@@ -231,13 +231,14 @@ class Session:
 
     def _dispatch(self, msg: dict[str, Any], ref: Any) -> list[Action]:
         op = msg.get("op")
+        if not isinstance(op, str):
+            raise ClientError("bad_frame", "op must be a string naming an operation")
         if op == "auth":
             return self._auth(msg.get("token"), ref)
         if op == "ping":
             return [Send(frame("pong", ref=ref))]
-        if not isinstance(op, str) or op not in ("subscribe", "unsubscribe", "sync", "typing", "presence"):
-            shown = op[:32] if isinstance(op, str) else type(op).__name__
-            raise ClientError("unknown_op", f"unknown op {shown!r}")
+        if op not in ("subscribe", "unsubscribe", "sync", "typing", "presence"):
+            raise ClientError("unknown_op", f"unknown op {op[:32]!r}")
         if self.principal is None and not self.config.allow_anonymous:
             raise ClientError("unauthorized", "authenticate first: send {\"op\": \"auth\", \"token\": ...}")
         if op == "subscribe":
@@ -253,9 +254,10 @@ class Session:
             return [Subscribe(rooms, since, ref)]
         if op == "unsubscribe":
             rooms = parse_rooms(msg.get("rooms"), self.config.max_rooms_per_frame)
+            # Idempotent: every room of the frame is unsubscribed after it, whether or not it was before.
             gone = tuple(r for r in rooms if r in self.rooms)
             self.rooms.difference_update(gone)
-            return [Unsubscribe(gone), Send(frame("unsubscribed", ref=ref, rooms=list(gone)))]
+            return [Unsubscribe(gone), Send(frame("unsubscribed", ref=ref, rooms=list(rooms)))]
         if op == "sync":
             since = parse_since(msg.get("since"))
             if not self.rooms:
@@ -287,5 +289,7 @@ class Session:
         if self.principal is not None and principal.user != self.principal.user:
             raise ClientError("token_mismatch", "a refreshed token must be for the same user")
         self.principal = principal
-        expires = None if principal.expires is None or not math.isfinite(principal.expires) else principal.expires
+        # Whole seconds (a NumericDate may have a fraction; rounded down, a client refreshes a moment early).
+        expires = None if principal.expires is None or not math.isfinite(principal.expires) \
+            else math.floor(principal.expires)
         return [Authenticated(principal), Send(frame("authenticated", ref=ref, user=principal.user, expires=expires))]

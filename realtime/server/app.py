@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 import urllib.request
@@ -447,17 +448,24 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         for why, reset_rooms in got.resets.items():
             conn.send(text_frame(frame("reset", ref=ref, rooms=sorted(reset_rooms), reason=why)))
             hub.metrics.resets.inc(reason=why)
-        last: tuple[int, int] | None = None
-        for key, _, payload in got.events:
-            conn.send(text_frame(payload))
-            last = key
+        last = got.events[-1][0] if got.events else None
+        replayed = {key for key, _, _ in got.events}
+        live = [(key, data) for key, _, data, _ in hold.release() if key not in replayed]  # not twice
+        # History and the live events kept meanwhile (of every room of the connection), in id order: a
+        # client's position never goes back. What is newer than the replay's last event comes after `synced`.
+        merged = heapq.merge(((key, text_frame(payload)) for key, _, payload in got.events), live,
+                             key=lambda item: item[0])
+        after: list[bytes] = []
+        for key, data in merged:
+            if last is None or key > last:
+                after.append(data)
+            else:
+                conn.send(data)
         hub.metrics.replayed.inc(len(got.events))
-        for key, room, data, _ in hold.release():
-            if room in got.replayed and last is not None and key <= last:
-                continue  # already sent from history
-            conn.send(data)
     conn.send(text_frame(frame("synced", ref=ref, rooms=list(rooms),
                                last=f"{last[0]}-{last[1]}" if last is not None else None)))
+    for data in after:
+        conn.send(data)
 
 
 def _tracked(state: State, rooms: tuple[str, ...] | list[str] | set[str]) -> tuple[str, ...]:

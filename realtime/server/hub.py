@@ -311,14 +311,16 @@ class Hub:
                 if not room.members and not room.listeners:
                     del self.rooms[name]
 
-    def deliver_ephemeral(self, name: str, payload: bytes) -> None:
-        """Presence and typing: to the room's WebSocket members here, as they are (no id, no replay)."""
+    def deliver_ephemeral(self, name: str, payload: bytes, skip: str | None = None) -> None:
+        """Presence and typing: to the room's WebSocket members here, as they are (no id, no replay), but to
+        the connections of user ``skip`` (the typist does not hear their own typing)."""
         room = self.rooms.get(name)
         if room is None or not room.members:
             return
         data = text_frame(payload)
         for conn in tuple(room.members):
-            conn.send(data)
+            if skip is None or conn.user != skip:
+                conn.send(data)
 
     def forget(self, conn: Conn) -> None:
         """The connection is gone (or going): out of every room, out of the counts."""

@@ -37,7 +37,8 @@ from realtime import events as ev
 
 log = logging.getLogger("realtime.server")
 
-Deliver = Callable[[str, bytes], None]  # (room, frame payload) to the local members of a room
+# (room, frame payload, a user whose connections do not get it) to the local members of a room
+Deliver = Callable[[str, bytes, str | None], None]
 
 SWEEP_LUA = """
 local gone = {}
@@ -202,12 +203,12 @@ class Presence:
         if handle is not None:
             handle.cancel()
         else:
-            self.deliver(room, ephemeral(ev.USER_TYPING, room, user))
+            self.deliver(room, ephemeral(ev.USER_TYPING, room, user), user)  # not to the typist
         self.typing[(room, user)] = asyncio.get_running_loop().call_later(self.typing_ttl, self._stopped, room, user)
 
     def _stopped(self, room: str, user: str) -> None:
         if self.typing.pop((room, user), None) is not None:
-            self.deliver(room, ephemeral(ev.USER_STOPPED_TYPING, room, user))
+            self.deliver(room, ephemeral(ev.USER_STOPPED_TYPING, room, user), user)
 
     # -- the channel -------------------------------------------------------------------------------------
     async def _publish(self, kind: str, room: str, user: str) -> bool:
@@ -249,7 +250,7 @@ class Presence:
         elif kind in (ev.USER_ONLINE, ev.USER_OFFLINE):
             if kind == ev.USER_OFFLINE:
                 self._stopped(room, user)
-            self.deliver(room, ephemeral(kind, room, user))
+            self.deliver(room, ephemeral(kind, room, user), None)
 
 
 def _user(member: Any) -> str:

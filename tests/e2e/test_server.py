@@ -458,7 +458,7 @@ async def test_bad_frames_get_errors_and_the_connection_goes_on(main: Stack, cli
         await client.barrier()
     cases: list[tuple[dict[str, Any], str]] = [
         ({"op": "dance"}, "unknown_op"),
-        ({"op": 7}, "unknown_op"),
+        ({"op": 7}, "bad_frame"),
         ({"op": "subscribe", "rooms": ["no such room"]}, "bad_room"),
         ({"op": "subscribe", "rooms": ["post:" + "x" * 200]}, "bad_room"),
         ({"op": "subscribe", "rooms": ["user:"]}, "bad_room"),

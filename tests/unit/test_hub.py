@@ -135,3 +135,36 @@ async def test_a_failure_nobody_foresaw_closes_the_connection_1011(caplog: pytes
     assert not conn.alive and conn not in hub.conns
     assert hub.metrics.closes.value(reason="internal") == 1
     assert "closing its connection with 1011" in caplog.text
+
+
+def frames(transport: FakeTransport) -> list[dict[str, Any]]:
+    return [orjson.loads(data[data.index(b"{"):]) for data in transport.written]
+
+
+async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live events that arrive while a replay is read: those older than its last event are merged into it by
+    id (a client's position never goes back), the rest come after `synced`, and none comes twice."""
+    from realtime.server import app
+    from realtime.server.transports import Collected
+
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, transport = connection(hub, ["public"])
+
+    async def collect(*args: Any, **kwargs: Any) -> Collected:
+        # While history is read: 1-3 (public, another room), 1-4 (post:x, also in history), 1-6 (post:x, newer)
+        hub.on_entries([entry(3, ["public"]), entry(4, ["post:x"]), entry(6, ["post:x"])])
+        got = Collected()
+        for n in (2, 4, 5):
+            got.events.append(((1, n), "post:x", orjson.dumps({"op": "event", "id": f"1-{n}", "room": "post:x"})))
+        got.replayed.add("post:x")
+        return got
+
+    monkeypatch.setattr(app, "collect", collect)
+    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None,
+                                 cfg=SimpleNamespace(replay_limit=100, retry_seconds=1.0, presence_rooms=("post:",)))
+    conn.session.rooms.add("post:x")
+    await app._replay(state, conn, ("post:x",), "1-1", "r", join=True)
+    sent = [(f["op"], f.get("id")) for f in frames(transport)]
+    assert sent == [("subscribed", None), ("event", "1-2"), ("event", "1-3"), ("event", "1-4"), ("event", "1-5"),
+                    ("synced", None), ("event", "1-6")]
+    assert frames(transport)[5]["last"] == "1-5"

@@ -136,6 +136,15 @@ def test_auth_frame_authenticates_and_echoes_ref() -> None:
     assert session.authenticated and session.principal == Principal("alice", float(EXP))
 
 
+@pytest.mark.parametrize("exp_offset", [0, 0.75])
+def test_authenticated_expires_is_whole_seconds(exp_offset: float) -> None:
+    """Regression: `expires` went out as a float (1795932825.0); the docs show an integer."""
+    session, _ = make()
+    actions = session.receive(msg(op="auth", token=token("alice", exp=EXP + exp_offset), ref="r1"))
+    assert isinstance(actions[1], Send)
+    assert f'"expires":{EXP}}}'.encode() in actions[1].frame, actions[1].frame
+
+
 def test_auth_frame_with_an_infinite_expiry_sends_no_expires() -> None:
     session, _ = make()
     actions = session.receive(msg(op="auth", token=token("alice", exp=10**400)))
@@ -334,7 +343,8 @@ def test_unsubscribe() -> None:
     session.receive(msg(op="subscribe", rooms=["public", "post:1"]))
     actions = session.receive(msg(op="unsubscribe", rooms=["post:1", "post:2"], ref="u"))
     assert actions[0] == Unsubscribe(("post:1",))
-    assert sent(actions[1]) == {"op": "unsubscribed", "ref": "u", "rooms": ["post:1"]}
+    # Idempotent: the reply names every room of the frame, none of which is subscribed after it.
+    assert sent(actions[1]) == {"op": "unsubscribed", "ref": "u", "rooms": ["post:1", "post:2"]}
     assert len(actions) == 2
     assert session.rooms == {"public"}
 
@@ -435,13 +445,19 @@ def test_non_object_json_is_bad_json(data: bytes) -> None:
     assert_error(session.receive(data), "bad_json", message="the frame must be a JSON object")
 
 
-@pytest.mark.parametrize("op", ["", "PING", "publish", "subscribe ", None, 1, ["ping"], {"op": "ping"}, True])
+@pytest.mark.parametrize("op", ["", "PING", "publish", "subscribe "])
 def test_unknown_op(op: Any) -> None:
     session, _ = authed()
-    fields: dict[str, Any] = {"ref": "o"}
-    if op is not None:
-        fields["op"] = op
-    assert_error(session.receive(msg(**fields)), "unknown_op", ref="o")
+    assert_error(session.receive(msg(op=op, ref="o")), "unknown_op", ref="o", message=f"unknown op {op!r}")
+
+
+@pytest.mark.parametrize("op", ["missing", None, 1, ["ping"], {"op": "ping"}, True])
+def test_an_op_that_is_not_a_string_is_a_bad_frame(op: Any) -> None:
+    """Regression: {"op": null} was answered "unknown op 'NoneType'"."""
+    session, _ = authed()
+    fields: dict[str, Any] = {"ref": "o"} if op == "missing" else {"ref": "o", "op": op}
+    assert_error(session.receive(msg(**fields)), "bad_frame", ref="o",
+                 message="op must be a string naming an operation")
 
 
 def test_str_and_bytes_frames_are_the_same() -> None:
@@ -557,7 +573,7 @@ def test_default_flood_close_after_fifty() -> None:
     session, _ = make()
     cfg = SessionConfig()
     for _ in range(cfg.burst):
-        assert only_frame(session.receive(b"{}"))["code"] == "unknown_op"
+        assert only_frame(session.receive(b"{}"))["code"] == "bad_frame"
     for _ in range(cfg.flood_close_after - 1):
         assert_error(session.receive(b"{}"), "rate_limited")
     assert_close(session.receive(b"{}"), 4009)
