@@ -22,7 +22,7 @@ from typing import Any
 
 from bson import Binary, Int64, ObjectId, Timestamp
 
-from realtime.standin import changestream
+from realtime.standin import changestream, limits
 from realtime.standin.changestream import ChangeStreamCursor
 from realtime.standin.errors import (
     RESUMABLE_CHANGE_STREAM_CODES,
@@ -47,8 +47,7 @@ log = logging.getLogger("realtime.standin")
 
 SERVER_VERSION = "7.0.14"
 MAX_WIRE_VERSION = 21  # MongoDB 7.0
-MAX_BSON_SIZE = 16 * 1024 * 1024
-DEFAULT_BATCH = 101
+DEFAULT_BATCH = 101  # documents in the first batch of a cursor when the command names no batchSize
 TRANSACTION_LIFETIME = 60.0  # transactionLifetimeLimitSeconds
 _NO_USER_UID = Binary(hashlib.sha256(b"").digest(), 0)
 
@@ -59,10 +58,23 @@ class HangUp(Exception):
 
 @dataclass
 class ListCursor:
+    """A cursor over a result computed at once (find, aggregate, listCollections, listIndexes)."""
+
     id: int
     ns: str
     docs: list[dict[str, Any]]
     pos: int = 0
+
+    def take(self, limit: int | None) -> list[dict[str, Any]]:
+        """The next batch: at most ``limit`` documents, cut by bytes (:class:`limits.Batch`)."""
+        batch = limits.Batch(limit)
+        while self.pos < len(self.docs) and batch.offer(self.docs[self.pos]):
+            self.pos += 1
+        return batch.docs
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.docs)
 
 
 @dataclass
@@ -149,6 +161,10 @@ class Engine:
         except Exception:
             log.exception("command %r failed inside the stand-in", name)
             reply = CommandError(1, f"internal error in the stand-in while running {name!r}").reply()
+        return self.stamp(reply)
+
+    def stamp(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """Add what every reply carries: ``operationTime`` and ``$clusterTime``."""
         now = self.oplog.latest_ts
         reply["operationTime"] = now
         reply["$clusterTime"] = {"clusterTime": now,
@@ -173,7 +189,7 @@ class Engine:
             "electionId": ObjectId("7fffffff0000000000000001"),
             "lastWrite": {"opTime": {"ts": latest, "t": Int64(1)}, "lastWriteDate": wall,
                           "majorityOpTime": {"ts": latest, "t": Int64(1)}, "majorityWriteDate": wall},
-            "maxBsonObjectSize": MAX_BSON_SIZE, "maxMessageSizeBytes": 48_000_000,
+            "maxBsonObjectSize": limits.MAX_BSON_SIZE, "maxMessageSizeBytes": limits.MAX_MESSAGE_SIZE,
             "maxWriteBatchSize": 100_000, "localTime": dt.datetime.now(dt.UTC),
             "logicalSessionTimeoutMinutes": 30, "connectionId": 1, "minWireVersion": 0,
             "maxWireVersion": MAX_WIRE_VERSION, "readOnly": False,
@@ -196,7 +212,7 @@ class Engine:
         major, minor, patch = (int(x) for x in SERVER_VERSION.split("."))
         return {"version": SERVER_VERSION, "gitVersion": "realtime-standin", "versionArray": [major, minor, patch, 0],
                 "modules": [], "allocator": "system", "javascriptEngine": "none", "sysInfo": "deprecated",
-                "bits": 64, "debug": False, "maxBsonObjectSize": MAX_BSON_SIZE, "storageEngines": ["memory"],
+                "bits": 64, "debug": False, "maxBsonObjectSize": limits.MAX_BSON_SIZE, "storageEngines": ["memory"],
                 "openssl": {"running": "disabled", "compiled": "disabled"},
                 "buildEnvironment": {"target_os": platform.system().lower(), "target_arch": platform.machine()}}
 
@@ -471,12 +487,12 @@ class Engine:
     # -- reads ------------------------------------------------------------------------------------------
     def _new_cursor(self, ns: str, docs: list[dict[str, Any]], first: int | None,
                     single_batch: bool = False) -> dict[str, Any]:
-        batch_size = DEFAULT_BATCH if first is None else first
-        batch, rest = docs[:batch_size], docs[batch_size:]
+        cursor = ListCursor(next(self._cursor_ids), ns, docs)
+        batch = cursor.take(DEFAULT_BATCH if first is None else first)
         cursor_id = 0
-        if rest and not single_batch:
-            cursor_id = next(self._cursor_ids)
-            self.cursors[cursor_id] = ListCursor(cursor_id, ns, rest)
+        if not cursor.exhausted and not single_batch:
+            cursor_id = cursor.id
+            self.cursors[cursor_id] = cursor
         return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}}
 
     def _mcoll(self, db: str, coll: str) -> Any:
@@ -600,19 +616,20 @@ class Engine:
         if ns != cursor.ns:
             raise CommandError(13, f"Requested getMore on namespace '{ns}', but cursor belongs to a "
                                    f"different namespace {cursor.ns}", code_name="Unauthorized")
-        batch_size = cmd.get("batchSize")
         if isinstance(cursor, ListCursor):
-            size = len(cursor.docs) if batch_size is None else int(batch_size)
-            batch = cursor.docs[cursor.pos:cursor.pos + size]
-            cursor.pos += len(batch)
-            done = cursor.pos >= len(cursor.docs)
-            if done:
+            try:
+                batch = cursor.take(cmd.get("batchSize") or None)
+            except CommandError:
+                del self.cursors[cursor_id]  # an error ends a cursor, as on the server
+                raise
+            if cursor.exhausted:
                 del self.cursors[cursor_id]
-            return {"cursor": {"nextBatch": batch, "id": Int64(0 if done else cursor_id), "ns": cursor.ns}}
+            return {"cursor": {"nextBatch": batch, "id": Int64(0 if cursor.exhausted else cursor_id),
+                               "ns": cursor.ns}}
         return await self._change_stream_more(cursor, cmd)
 
     async def _change_stream_more(self, cursor: ChangeStreamCursor, cmd: dict[str, Any]) -> dict[str, Any]:
-        batch_size = cmd.get("batchSize")
+        batch_size = cmd.get("batchSize") or None  # 0: no limit
         max_time = float(cmd.get("maxTimeMS", 1000)) / 1000
         deadline = asyncio.get_running_loop().time() + max_time
         try:

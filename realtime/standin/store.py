@@ -35,6 +35,7 @@ import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
 from realtime.standin.errors import CommandError, bad_value, unsupported
+from realtime.standin.limits import MAX_BSON_SIZE, bson_size, insert_too_large, update_too_large, upsert_too_large
 from realtime.standin.oplog import Change, Oplog
 from realtime.standin.updatedesc import describe, same_document
 
@@ -266,6 +267,9 @@ class Store:
                locks: dict[tuple[str, str, Any], Transaction]) -> None:
         if not isinstance(doc, dict):
             raise bad_value("document to insert must be an object")
+        size = bson_size(doc)
+        if size > MAX_BSON_SIZE:
+            raise insert_too_large(size)
         doc = dict(doc)
         if "_id" not in doc:
             doc = {"_id": bson.ObjectId(), **doc}
@@ -325,6 +329,9 @@ class Store:
                     if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
                         self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops, array_filters=array_filters),
                                     db, coll, before)
+                changed = self._raw(db, coll, key)
+                if changed is not None and bson_size(changed) > MAX_BSON_SIZE:
+                    raise update_too_large()
             except CommandError:
                 # mongomock applies operators in place and leaves a failed update half done; the
                 # server's updates of one document are all or nothing.
@@ -364,6 +371,8 @@ class Store:
                 qid = query.get("_id")
                 doc = {"_id": qid if qid is not None and _is_plain_id(qid) else bson.ObjectId(), **doc}
             doc = _id_first(doc)
+            if bson_size(doc) > MAX_BSON_SIZE:
+                raise upsert_too_large()
             self._claim(txn, db, coll, doc["_id"], locks)
             self._write(lambda: mc.insert_one(doc), db, coll, doc)
             key = doc["_id"]
@@ -374,6 +383,9 @@ class Store:
             key = res.upserted_id
             stored = self._raw(db, coll, key)
             assert stored is not None
+            if bson_size(stored) > MAX_BSON_SIZE:
+                mc.delete_one({"_id": key})
+                raise upsert_too_large()
             self._claim(txn, db, coll, key, locks)
             if next(iter(stored)) != "_id":  # real MongoDB puts _id first
                 fixed = _id_first(copy.deepcopy(stored))
