@@ -17,7 +17,7 @@ import mongomock.aggregate
 import mongomock.filtering
 from bson import Timestamp
 
-from realtime.standin import limits, tokens
+from realtime.standin import arguments, limits, tokens
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
 from realtime.standin.store import SYSTEM_DBS, Store
@@ -59,18 +59,18 @@ class ChangeStreamCursor:
     ending: str | None = None  # the invalidate token, once the invalidating entry is read
 
 
-def open_cursor(cursor_id: int, cmd: dict[str, Any], oplog: Oplog) -> ChangeStreamCursor:
-    """Validate an ``aggregate`` whose first stage is ``$changeStream`` and place its cursor."""
+def open_cursor(cursor_id: int, cmd: dict[str, Any], target: str | None, oplog: Oplog) -> ChangeStreamCursor:
+    """Validate an ``aggregate`` whose first stage is ``$changeStream`` and place its cursor. ``target`` is the
+    collection the aggregate names, None for ``aggregate: 1``; ``cmd`` has been through :func:`arguments.parse`."""
     db = cmd["$db"]
-    pipeline = cmd.get("pipeline")
-    if not isinstance(pipeline, list) or not pipeline or not isinstance(pipeline[0], dict):
-        raise bad_value("pipeline must be a non-empty array of stages")
+    pipeline = cmd["pipeline"]
     spec = pipeline[0]["$changeStream"]
     if not isinstance(spec, dict):
         raise CommandError(50808, "$changeStream stage expects a document as argument")
     for key in spec:
         if key not in STAGE_OPTIONS:
             raise CommandError(40415, f"BSON field '$changeStream.{key}' is an unknown field.")
+    spec = arguments.parse_object("$changeStream", dict(spec), arguments.CHANGE_STREAM)
     for stage in pipeline[1:]:
         name = next(iter(stage), None) if isinstance(stage, dict) else None
         if name == "$changeStream":
@@ -80,21 +80,20 @@ def open_cursor(cursor_id: int, cmd: dict[str, Any], oplog: Oplog) -> ChangeStre
     if spec.get("showExpandedEvents"):
         raise unsupported("$changeStream.showExpandedEvents")
 
-    target = cmd["aggregate"]
     if spec.get("allChangesForCluster"):
-        if db != "admin" or target != 1:
+        if db != "admin" or target is not None:
             raise CommandError(
                 73, "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' "
                     "database, and with no collection name")
         level, coll, ns = CLUSTER, None, "admin.$cmd.aggregate"
-    elif target == 1:
+    elif target is None:
         if db in SYSTEM_DBS:
             raise CommandError(73, f"$changeStream may not be opened on the internal {db} database")
         level, coll, ns = DATABASE, None, f"{db}.$cmd.aggregate"
     else:
-        if db in SYSTEM_DBS or str(target).startswith("system."):
+        if db in SYSTEM_DBS or target.startswith("system."):
             raise CommandError(73, f"cannot open $changeStream for internal {db}.{target} collection")
-        level, coll, ns = COLLECTION, str(target), f"{db}.{target}"
+        level, coll, ns = COLLECTION, target, f"{db}.{target}"
 
     full_document = spec.get("fullDocument", "default")
     if full_document not in FULL_DOCUMENT:
@@ -120,8 +119,6 @@ def _place(cursor: ChangeStreamCursor, spec: dict[str, Any], oplog: Oplog) -> No
     if not given:
         return
     if start_at is not None:
-        if not isinstance(start_at, Timestamp):
-            raise CommandError(14, "$changeStream.startAtOperationTime must be a Timestamp")
         if start_at < oplog.oldest_ts:
             raise history_lost()
         cursor.pos = oplog.first_seq_at_or_after(start_at)

@@ -38,7 +38,7 @@ def too_large(size: int, doc: Mapping[str, Any]) -> CommandError:
     first = next(iter(doc.items()), None)
     shown = "" if first is None else f" First element: {first[0]}: {show(first[1])}"
     return CommandError(10334, f"BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and "
-                               f"{MAX_INTERNAL_SIZE}(16MB){shown}", code_name="BSONObjectTooLarge")
+                               f"{MAX_INTERNAL_SIZE}(16MB){shown}")
 
 
 def check_document(doc: Mapping[str, Any]) -> int:

@@ -2,6 +2,10 @@
 
 Pure functions over bytes. PyMongo sends every message as OP_MSG; the Node.js driver, ``mongosh`` and
 Compass open with a legacy ``OP_QUERY`` ``hello`` on ``admin.$cmd`` and expect an ``OP_REPLY``.
+
+An OP_MSG with the ``checksumPresent`` flag ends with the CRC-32C of everything before it, header included; a
+message whose checksum does not match is a :class:`ProtocolError`, and the server closes the connection, as
+MongoDB does (``ChecksumMismatch`` is one of its connection-fatal parse errors).
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
 
 from realtime.standin import limits
+from realtime.standin.crc32c import crc32c
 from realtime.standin.errors import CommandError
 
 OP_REPLY = 1
@@ -28,8 +33,9 @@ FLAG_CHECKSUM_PRESENT = 1 << 0
 FLAG_MORE_TO_COME = 1 << 1
 FLAG_EXHAUST_ALLOWED = 1 << 16
 
-# Decode with the types real MongoDB round-trips: datetimes as aware UTC, UUIDs left as Binary.
-CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
+# Decode with the types real MongoDB round-trips: datetimes as aware UTC, UUIDs left as Binary, and dates outside
+# Python's datetime range (years before 1 or after 9999, valid in BSON) as DatetimeMS rather than a decoding error.
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
 class ProtocolError(ValueError):
@@ -97,7 +103,15 @@ def parse_op_msg(header: Header, body: bytes) -> Request:
     (flags,) = struct.unpack_from("<I", body, 0)
     if flags & ~(FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME | FLAG_EXHAUST_ALLOWED) & 0xFFFF:
         raise ProtocolError(f"unknown required OP_MSG flag bits {flags:#x}")
-    end = len(body) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
+    end = len(body)
+    if flags & FLAG_CHECKSUM_PRESENT:
+        end -= 4
+        if end < 5:
+            raise ProtocolError("Invalid message size for an OpMsg containing a checksum")
+        (checksum,) = struct.unpack_from("<I", body, end)
+        head = HEADER.pack(header.length, header.request_id, header.response_to, header.opcode)
+        if crc32c(memoryview(body)[:end], crc32c(head)) != checksum:
+            raise ProtocolError("OP_MSG checksum does not match contents")
     pos = 4
     command: dict[str, Any] | None = None
     sequences: dict[str, list[dict[str, Any]]] = {}
