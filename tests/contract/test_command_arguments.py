@@ -402,3 +402,18 @@ def test_a_wrong_checksum_closes_the_connection(mongo: Mongo, server: Server, cl
     assert any("checksum" in r.getMessage() for r in server.log.records)
     server.log.records.clear()
     assert server.client.command({"ping": 1, "$db": "admin"})["ok"] == 1  # other connections carry on
+
+
+# -- values the server takes that Python's datetime cannot hold --------------------------------------------------
+def test_dates_outside_pythons_range_are_stored_and_read_back(mongo: Mongo, db_name: str) -> None:
+    """Regression: a BSON date after year 9999 failed to decode and the stand-in dropped the connection."""
+    far, before = DatetimeMS(2**62), DatetimeMS(-(2**62))
+    with MongoClient[Doc](mongo.uri, datetime_conversion="DATETIME_AUTO",
+                          serverSelectionTimeoutMS=int(TIMEOUT * 1000)) as client:
+        coll = client[db_name]["dates"]
+        try:
+            coll.insert_one({"_id": 1, "d": far})
+            coll.update_one({"_id": 1}, {"$set": {"e": before}})
+            assert coll.find_one({"d": far}) == {"_id": 1, "d": far, "e": before}
+        finally:
+            client.drop_database(db_name)
