@@ -10,14 +10,14 @@ token advances even when nothing matches.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mongomock.aggregate
 import mongomock.filtering
 from bson import Timestamp
 
-from realtime.standin import tokens
+from realtime.standin import arguments, limits, tokens
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
 from realtime.standin.store import SYSTEM_DBS, Store
@@ -33,7 +33,6 @@ STAGE_OPTIONS = frozenset({
 ALLOWED_STAGES = frozenset({
     "$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith", "$redact",
 })
-MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 _ID_MODIFIED = (
     "Encountered an event whose _id field, which contains the resume token, was modified by the "
@@ -56,20 +55,22 @@ class ChangeStreamCursor:
     expect: str | None = None  # a resume token not yet seen in the oplog; the next later entry fails
     floor: str | None = None  # the client's own resume token: no PBRT sorts before it
     closed: bool = False
+    stash: list[dict[str, Any]] = field(default_factory=list)  # events read but left out of a full batch
+    ending: str | None = None  # the invalidate token, once the invalidating entry is read
 
 
-def open_cursor(cursor_id: int, cmd: dict[str, Any], oplog: Oplog) -> ChangeStreamCursor:
-    """Validate an ``aggregate`` whose first stage is ``$changeStream`` and place its cursor."""
+def open_cursor(cursor_id: int, cmd: dict[str, Any], target: str | None, oplog: Oplog) -> ChangeStreamCursor:
+    """Validate an ``aggregate`` whose first stage is ``$changeStream`` and place its cursor. ``target`` is the
+    collection the aggregate names, None for ``aggregate: 1``; ``cmd`` has been through :func:`arguments.parse`."""
     db = cmd["$db"]
-    pipeline = cmd.get("pipeline")
-    if not isinstance(pipeline, list) or not pipeline or not isinstance(pipeline[0], dict):
-        raise bad_value("pipeline must be a non-empty array of stages")
+    pipeline = cmd["pipeline"]
     spec = pipeline[0]["$changeStream"]
     if not isinstance(spec, dict):
         raise CommandError(50808, "$changeStream stage expects a document as argument")
     for key in spec:
         if key not in STAGE_OPTIONS:
             raise CommandError(40415, f"BSON field '$changeStream.{key}' is an unknown field.")
+    spec = arguments.parse_object("$changeStream", dict(spec), arguments.CHANGE_STREAM)
     for stage in pipeline[1:]:
         name = next(iter(stage), None) if isinstance(stage, dict) else None
         if name == "$changeStream":
@@ -79,21 +80,20 @@ def open_cursor(cursor_id: int, cmd: dict[str, Any], oplog: Oplog) -> ChangeStre
     if spec.get("showExpandedEvents"):
         raise unsupported("$changeStream.showExpandedEvents")
 
-    target = cmd["aggregate"]
     if spec.get("allChangesForCluster"):
-        if db != "admin" or target != 1:
+        if db != "admin" or target is not None:
             raise CommandError(
                 73, "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' "
                     "database, and with no collection name")
         level, coll, ns = CLUSTER, None, "admin.$cmd.aggregate"
-    elif target == 1:
+    elif target is None:
         if db in SYSTEM_DBS:
             raise CommandError(73, f"$changeStream may not be opened on the internal {db} database")
         level, coll, ns = DATABASE, None, f"{db}.$cmd.aggregate"
     else:
-        if db in SYSTEM_DBS or str(target).startswith("system."):
+        if db in SYSTEM_DBS or target.startswith("system."):
             raise CommandError(73, f"cannot open $changeStream for internal {db}.{target} collection")
-        level, coll, ns = COLLECTION, str(target), f"{db}.{target}"
+        level, coll, ns = COLLECTION, target, f"{db}.{target}"
 
     full_document = spec.get("fullDocument", "default")
     if full_document not in FULL_DOCUMENT:
@@ -119,8 +119,6 @@ def _place(cursor: ChangeStreamCursor, spec: dict[str, Any], oplog: Oplog) -> No
     if not given:
         return
     if start_at is not None:
-        if not isinstance(start_at, Timestamp):
-            raise CommandError(14, "$changeStream.startAtOperationTime must be a Timestamp")
         if start_at < oplog.oldest_ts:
             raise history_lost()
         cursor.pos = oplog.first_seq_at_or_after(start_at)
@@ -246,42 +244,58 @@ def apply_pipeline(cursor: ChangeStreamCursor, doc: dict[str, Any]) -> dict[str,
 
 def scan(cursor: ChangeStreamCursor, oplog: Oplog, store: Store, batch_size: int | None
          ) -> tuple[list[dict[str, Any]], bool]:
-    """Read what the oplog holds past the cursor. Returns the events and whether the batch filled up."""
-    batch: list[dict[str, Any]] = []
-    size = 0
-    while cursor.pos < oplog.next_seq:
-        if (batch_size is not None and len(batch) >= batch_size) or size >= MAX_BATCH_BYTES:
-            return batch, True
-        if cursor.pos < oplog.first_seq:
-            cursor.closed = True
-            raise history_lost()
-        entry = oplog.get(cursor.pos)
-        assert entry is not None
-        if cursor.expect is not None:
-            if entry.data == cursor.expect:
-                cursor.expect = None
-                cursor.pos += 1
-                continue
-            if entry.data > cursor.expect:
-                cursor.closed = True
-                raise token_not_found(cursor.expect)
-        cursor.pos += 1
-        if entry.event is None or not _sees(cursor, entry):
-            continue
-        docs = [render(cursor, entry, store)]
-        invalidated = _invalidates(cursor, entry)
-        if invalidated:
-            docs.append(invalidate_event(entry, docs[0]["wallTime"]))
-        for doc in docs:
-            shown = apply_pipeline(cursor, doc)
-            if shown is not None:
-                batch.append(shown)
-                size += len(str(shown))  # a cheap proxy; batches stay far below the 16 MiB reply limit
-        if invalidated:
-            cursor.closed = True
-            cursor.floor = docs[-1]["_id"]["_data"]
-            return batch, False
-    return batch, False
+    """Read what the oplog holds past the cursor. Returns the events and whether the batch filled up.
+
+    A batch is cut by ``batch_size`` and by encoded bytes (:class:`limits.Batch`); events rendered but left
+    out wait in the cursor's stash for the next batch, as the server stashes them. An event too big to send
+    fails with ``BSONObjectTooLarge`` (10334), and the cursor is closed.
+    """
+    batch = limits.Batch(batch_size)
+    try:
+        while True:
+            while cursor.stash:
+                if not batch.offer(cursor.stash[0]):
+                    return batch.docs, True
+                cursor.stash.pop(0)
+            if cursor.ending is not None:  # the invalidate event is out: the stream ends here
+                cursor.closed, cursor.floor, cursor.ending = True, cursor.ending, None
+                return batch.docs, False
+            if batch.full:
+                return batch.docs, True
+            if cursor.pos >= oplog.next_seq:
+                return batch.docs, False
+            _read_next(cursor, oplog, store)
+    except CommandError:
+        cursor.closed = True
+        raise
+
+
+def _read_next(cursor: ChangeStreamCursor, oplog: Oplog, store: Store) -> None:
+    """Move the cursor past the next oplog entry, stashing the events it shows for it."""
+    if cursor.pos < oplog.first_seq:
+        raise history_lost()
+    entry = oplog.get(cursor.pos)
+    assert entry is not None
+    if cursor.expect is not None:
+        if entry.data == cursor.expect:
+            cursor.expect = None
+            cursor.pos += 1
+            return
+        if entry.data > cursor.expect:
+            raise token_not_found(cursor.expect)
+    cursor.pos += 1
+    if entry.event is None or not _sees(cursor, entry):
+        return
+    docs = [render(cursor, entry, store)]
+    invalidated = _invalidates(cursor, entry)
+    if invalidated:
+        docs.append(invalidate_event(entry, docs[0]["wallTime"]))
+    for doc in docs:
+        shown = apply_pipeline(cursor, doc)
+        if shown is not None:
+            cursor.stash.append(shown)
+    if invalidated:
+        cursor.ending = docs[-1]["_id"]["_data"]
 
 
 def post_batch_resume_token(cursor: ChangeStreamCursor, oplog: Oplog, batch: list[dict[str, Any]],

@@ -22,7 +22,7 @@ from typing import Any
 
 from bson import Binary, Int64, ObjectId, Timestamp
 
-from realtime.standin import changestream
+from realtime.standin import arguments, changestream, limits
 from realtime.standin.changestream import ChangeStreamCursor
 from realtime.standin.errors import (
     RESUMABLE_CHANGE_STREAM_CODES,
@@ -41,14 +41,15 @@ from realtime.standin.store import (
     check_namespace,
     first_duplicate,
     materialize,
+    sort_list,
 )
 
 log = logging.getLogger("realtime.standin")
 
 SERVER_VERSION = "7.0.14"
 MAX_WIRE_VERSION = 21  # MongoDB 7.0
-MAX_BSON_SIZE = 16 * 1024 * 1024
-DEFAULT_BATCH = 101
+DEFAULT_BATCH = 101  # documents in the first batch of a cursor when the command names no batchSize
+MAX_WRITE_BATCH = 100_000  # maxWriteBatchSize
 TRANSACTION_LIFETIME = 60.0  # transactionLifetimeLimitSeconds
 _NO_USER_UID = Binary(hashlib.sha256(b"").digest(), 0)
 
@@ -59,10 +60,23 @@ class HangUp(Exception):
 
 @dataclass
 class ListCursor:
+    """A cursor over a result computed at once (find, aggregate, listCollections, listIndexes)."""
+
     id: int
     ns: str
     docs: list[dict[str, Any]]
     pos: int = 0
+
+    def take(self, limit: int | None) -> list[dict[str, Any]]:
+        """The next batch: at most ``limit`` documents, cut by bytes (:class:`limits.Batch`)."""
+        batch = limits.Batch(limit)
+        while self.pos < len(self.docs) and batch.offer(self.docs[self.pos]):
+            self.pos += 1
+        return batch.docs
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.docs)
 
 
 @dataclass
@@ -74,11 +88,24 @@ class Session:
 
 
 def _coll_arg(cmd: dict[str, Any], name: str) -> str:
+    """The collection a command names in its first field."""
     value = cmd.get(name)
-    if not isinstance(value, str) or not value:
-        raise CommandError(73, f"collection name has invalid type {type(value).__name__}")
+    if not isinstance(value, str) or arguments.bson_type(value) != "string":  # (bson.Code is a str too)
+        raise CommandError(2, f"collection name has invalid type {arguments.bson_type(value)}")
+    if not value:
+        raise CommandError(73, f"Invalid namespace specified '{cmd['$db']}.'")
     check_namespace(cmd["$db"], value)
     return value
+
+
+def _collection_or_1(cmd: dict[str, Any], name: str) -> str | None:
+    """The collection an aggregate names, or None for ``{aggregate: 1}`` (a database- or cluster-level one)."""
+    value = cmd.get(name)
+    if arguments.bson_type(value) in arguments.NUMBER:
+        if value != 1:
+            raise CommandError(2, f"Invalid command format: the '{name}' field must specify a collection name or 1")
+        return None
+    return _coll_arg(cmd, name)
 
 
 def _session_key(lsid: Any) -> bytes:
@@ -127,6 +154,10 @@ class Engine:
         try:
             if self.paused_until > time.monotonic() and name != "realtimeStandIn":
                 await asyncio.sleep(self.paused_until - time.monotonic())
+            handler = self.handlers.get(name)
+            if handler is None:
+                raise CommandError(59, f"no such command: '{name}'")
+            cmd = arguments.parse(cmd)
             action = self.failpoints.check(name, app_name)
             if action is not None:
                 if action.block_ms:
@@ -137,9 +168,6 @@ class Engine:
                     if not action.labels_given:
                         action.error.labels = self._default_labels(name, cmd, action.error.code)
                     raise action.error
-            handler = self.handlers.get(name)
-            if handler is None:
-                raise CommandError(59, f"no such command: '{name}'")
             reply = await handler(cmd)
             reply.setdefault("ok", 1.0)
         except CommandError as exc:
@@ -149,6 +177,10 @@ class Engine:
         except Exception:
             log.exception("command %r failed inside the stand-in", name)
             reply = CommandError(1, f"internal error in the stand-in while running {name!r}").reply()
+        return self.stamp(reply)
+
+    def stamp(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """Add what every reply carries: ``operationTime`` and ``$clusterTime``."""
         now = self.oplog.latest_ts
         reply["operationTime"] = now
         reply["$clusterTime"] = {"clusterTime": now,
@@ -173,8 +205,8 @@ class Engine:
             "electionId": ObjectId("7fffffff0000000000000001"),
             "lastWrite": {"opTime": {"ts": latest, "t": Int64(1)}, "lastWriteDate": wall,
                           "majorityOpTime": {"ts": latest, "t": Int64(1)}, "majorityWriteDate": wall},
-            "maxBsonObjectSize": MAX_BSON_SIZE, "maxMessageSizeBytes": 48_000_000,
-            "maxWriteBatchSize": 100_000, "localTime": dt.datetime.now(dt.UTC),
+            "maxBsonObjectSize": limits.MAX_BSON_SIZE, "maxMessageSizeBytes": limits.MAX_MESSAGE_SIZE,
+            "maxWriteBatchSize": MAX_WRITE_BATCH, "localTime": dt.datetime.now(dt.UTC),
             "logicalSessionTimeoutMinutes": 30, "connectionId": 1, "minWireVersion": 0,
             "maxWireVersion": MAX_WIRE_VERSION, "readOnly": False,
         }
@@ -196,7 +228,7 @@ class Engine:
         major, minor, patch = (int(x) for x in SERVER_VERSION.split("."))
         return {"version": SERVER_VERSION, "gitVersion": "realtime-standin", "versionArray": [major, minor, patch, 0],
                 "modules": [], "allocator": "system", "javascriptEngine": "none", "sysInfo": "deprecated",
-                "bits": 64, "debug": False, "maxBsonObjectSize": MAX_BSON_SIZE, "storageEngines": ["memory"],
+                "bits": 64, "debug": False, "maxBsonObjectSize": limits.MAX_BSON_SIZE, "storageEngines": ["memory"],
                 "openssl": {"running": "disabled", "compiled": "disabled"},
                 "buildEnvironment": {"target_os": platform.system().lower(), "target_arch": platform.machine()}}
 
@@ -327,9 +359,10 @@ class Engine:
             if retry_number in session.retried:
                 return copy.deepcopy(session.retried[retry_number])
         txn = self._transaction(cmd)
-        items = cmd.get(items_key)
-        if not isinstance(items, list):
-            raise CommandError(14, f"BSON field '{items_key}' is missing or is not an array")
+        items = cmd[items_key]
+        if not 0 < len(items) <= MAX_WRITE_BATCH:
+            raise CommandError(16, f"Write batch sizes must be between 1 and {MAX_WRITE_BATCH}. "
+                                   f"Got {len(items)} operations.")
         ordered = cmd.get("ordered", True) is not False
         reply: dict[str, Any] = {"n": 0}
         errors: list[dict[str, Any]] = []
@@ -465,18 +498,18 @@ class Engine:
 
         scratch: Any = mongomock.MongoClient()["p"]["p"]
         scratch.insert_one(copy.deepcopy(doc))
-        found = scratch.find_one({}, projection)
+        found = self.store._read(lambda: scratch.find_one({}, projection))
         return dict(found) if found is not None else {}
 
     # -- reads ------------------------------------------------------------------------------------------
     def _new_cursor(self, ns: str, docs: list[dict[str, Any]], first: int | None,
                     single_batch: bool = False) -> dict[str, Any]:
-        batch_size = DEFAULT_BATCH if first is None else first
-        batch, rest = docs[:batch_size], docs[batch_size:]
+        cursor = ListCursor(next(self._cursor_ids), ns, docs)
+        batch = cursor.take(DEFAULT_BATCH if first is None else first)
         cursor_id = 0
-        if rest and not single_batch:
-            cursor_id = next(self._cursor_ids)
-            self.cursors[cursor_id] = ListCursor(cursor_id, ns, rest)
+        if not cursor.exhausted and not single_batch:
+            cursor_id = cursor.id
+            self.cursors[cursor_id] = cursor
         return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}}
 
     def _mcoll(self, db: str, coll: str) -> Any:
@@ -521,17 +554,14 @@ class Engine:
         if mc is not None:
             cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
             if cmd.get("sort"):
-                cursor = cursor.sort([(k, int(v)) for k, v in cmd["sort"].items()])
+                cursor = cursor.sort(sort_list(cmd["sort"]))
             if cmd.get("skip"):
                 cursor = cursor.skip(int(cmd["skip"]))
             limit = int(cmd.get("limit") or 0)
             if limit:
                 cursor = cursor.limit(abs(limit))
             docs = [dict(d) for d in self.store._read(lambda: materialize(cursor))]
-        limit = int(cmd.get("limit") or 0)
-        single = bool(cmd.get("singleBatch")) or limit < 0
-        batch = cmd.get("batchSize")
-        return self._new_cursor(f"{db}.{coll}", docs, None if batch is None else int(batch), single)
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")))
 
     async def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "count")
@@ -555,35 +585,33 @@ class Engine:
         return {"values": self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))}
 
     async def aggregate(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        if _is_change_stream(cmd):
-            return await self._open_change_stream(cmd)
-        db = cmd["$db"]
-        target = cmd.get("aggregate")
-        if target == 1:
-            raise unsupported("a database-level aggregate other than $changeStream")
-        coll = _coll_arg(cmd, "aggregate")
-        pipeline = cmd.get("pipeline")
-        if not isinstance(pipeline, list):
-            raise CommandError(14, "'pipeline' option must be specified as an array")
+        db, coll = cmd["$db"], _collection_or_1(cmd, "aggregate")
+        pipeline: list[dict[str, Any]] = cmd["pipeline"]
         for stage in pipeline:
-            name = next(iter(stage), None) if isinstance(stage, dict) else None
+            if len(stage) != 1:
+                raise CommandError(40323, "A pipeline stage specification object must contain exactly one field.")
+        if "cursor" not in cmd and not cmd.get("explain"):
+            raise CommandError(9, "The 'cursor' option is required, except for aggregate with the explain argument")
+        if _is_change_stream(cmd):
+            return await self._open_change_stream(cmd, coll)
+        if coll is None:
+            raise unsupported("a database-level aggregate other than $changeStream")
+        for stage in pipeline:
+            name = next(iter(stage))
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
         docs: list[dict[str, Any]] = []
-        first = pipeline[0] if pipeline and isinstance(pipeline[0], dict) else {}
+        first = pipeline[0] if pipeline else {}
         mc = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
         if mc is not None:
             docs = [_id_first(dict(d)) for d in self.store._read(lambda: aggregate(mc, pipeline))]
-        batch = (cmd.get("cursor") or {}).get("batchSize")
-        return self._new_cursor(f"{db}.{coll}", docs, None if batch is None else int(batch))
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"))
 
-    async def _open_change_stream(self, cmd: dict[str, Any]) -> dict[str, Any]:
+    async def _open_change_stream(self, cmd: dict[str, Any], coll: str | None) -> dict[str, Any]:
         if cmd.get("autocommit") is False:
             raise CommandError(263, "Cannot run aggregate with $changeStream in a multi-document transaction.")
-        cursor = changestream.open_cursor(next(self._cursor_ids), cmd, self.oplog)
-        batch_size = (cmd.get("cursor") or {}).get("batchSize")
-        batch, filled = changestream.scan(cursor, self.oplog, self.store,
-                                          None if batch_size is None else int(batch_size))
+        cursor = changestream.open_cursor(next(self._cursor_ids), cmd, coll, self.oplog)
+        batch, filled = changestream.scan(cursor, self.oplog, self.store, cmd.get("cursor", {}).get("batchSize"))
         pbrt = changestream.post_batch_resume_token(cursor, self.oplog, batch, filled)
         cursor_id = 0 if cursor.closed else cursor.id
         if not cursor.closed:
@@ -600,19 +628,20 @@ class Engine:
         if ns != cursor.ns:
             raise CommandError(13, f"Requested getMore on namespace '{ns}', but cursor belongs to a "
                                    f"different namespace {cursor.ns}", code_name="Unauthorized")
-        batch_size = cmd.get("batchSize")
         if isinstance(cursor, ListCursor):
-            size = len(cursor.docs) if batch_size is None else int(batch_size)
-            batch = cursor.docs[cursor.pos:cursor.pos + size]
-            cursor.pos += len(batch)
-            done = cursor.pos >= len(cursor.docs)
-            if done:
+            try:
+                batch = cursor.take(cmd.get("batchSize") or None)
+            except CommandError:
+                del self.cursors[cursor_id]  # an error ends a cursor, as on the server
+                raise
+            if cursor.exhausted:
                 del self.cursors[cursor_id]
-            return {"cursor": {"nextBatch": batch, "id": Int64(0 if done else cursor_id), "ns": cursor.ns}}
+            return {"cursor": {"nextBatch": batch, "id": Int64(0 if cursor.exhausted else cursor_id),
+                               "ns": cursor.ns}}
         return await self._change_stream_more(cursor, cmd)
 
     async def _change_stream_more(self, cursor: ChangeStreamCursor, cmd: dict[str, Any]) -> dict[str, Any]:
-        batch_size = cmd.get("batchSize")
+        batch_size = cmd.get("batchSize") or None  # 0: no limit
         max_time = float(cmd.get("maxTimeMS", 1000)) / 1000
         deadline = asyncio.get_running_loop().time() + max_time
         try:
@@ -635,9 +664,10 @@ class Engine:
                            "id": Int64(0 if cursor.closed else cursor.id), "ns": cursor.ns}}
 
     async def kill_cursors(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if arguments.bson_type(cmd["killCursors"]) != "string":  # a collection, or $cmd.aggregate for a db stream
+            raise CommandError(2, f"collection name has invalid type {arguments.bson_type(cmd['killCursors'])}")
         killed, missing = [], []
-        for raw in cmd.get("cursors") or []:
-            cursor_id = int(raw)
+        for cursor_id in cmd["cursors"]:
             if self.cursors.pop(cursor_id, None) is not None:
                 killed.append(Int64(cursor_id))
             else:
@@ -696,7 +726,7 @@ class Engine:
                      "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
             import mongomock.filtering
 
-            if filter_ and not mongomock.filtering.filter_applies(filter_, entry):
+            if filter_ and not self.store._read(lambda entry=entry: mongomock.filtering.filter_applies(filter_, entry)):
                 continue
             out.append({"name": name, "type": "collection"} if cmd.get("nameOnly") else entry)
         batch = (cmd.get("cursor") or {}).get("batchSize")
@@ -719,8 +749,10 @@ class Engine:
         mc = self._mcoll(db, coll)
         before = len(mc._store.indexes) + 1
         for spec in specs:
-            if not isinstance(spec, dict) or not isinstance(spec.get("key"), dict) or not spec.get("name"):
-                raise CommandError(9, "index specification must have a key object and a name")
+            if not spec["name"]:
+                raise CommandError(67, "Index name cannot be empty.", code_name="CannotCreateIndex")
+            if not spec["key"]:
+                raise CommandError(67, "Index keys cannot be empty.", code_name="CannotCreateIndex")
             allowed = {"key", "name", "unique", "sparse", "partialFilterExpression", "expireAfterSeconds",
                        "background", "v"}
             for opt in spec:
@@ -776,13 +808,22 @@ class Engine:
         if not self.store.exists(db, coll):
             raise CommandError(26, f"ns not found {db}.{coll}")
         store = self._mcoll(db, coll)._store
-        which = cmd.get("index")
-        names = list(which) if isinstance(which, list) else [which]
+        which = cmd["index"]
+        if isinstance(which, dict):  # a key pattern
+            key = [(path, direction) for path, direction in which.items()]
+            names = [name for name, index in store.indexes.items() if index["key"] == key]
+            if not names:
+                raise CommandError(27, f"can't find index with key: {limits.show(which)}", code_name="IndexNotFound")
+        else:
+            names = which if isinstance(which, list) else [which]
         if names == ["*"]:
             names = list(store.indexes)
         for name in names:
+            if name == "_id_":
+                raise CommandError(72, "cannot drop _id index")
             if name not in store.indexes:
                 raise CommandError(27, f"index not found with name [{name}]", code_name="IndexNotFound")
+        for name in names:
             store.drop_index(name)
         return {"nIndexesWas": len(store.indexes) + 1 + len(names)}
 

@@ -13,6 +13,7 @@ CODE_NAMES: dict[int, str] = {
     9: "FailedToParse",
     11: "UserNotFound",
     14: "TypeMismatch",
+    16: "InvalidLength",
     20: "IllegalOperation",
     26: "NamespaceNotFound",
     40: "ConflictingUpdateOperators",
@@ -40,6 +41,7 @@ CODE_NAMES: dict[int, str] = {
     280: "ChangeStreamFatalError",
     286: "ChangeStreamHistoryLost",
     9001: "SocketException",
+    10334: "BSONObjectTooLarge",
     10107: "NotWritablePrimary",
     11000: "DuplicateKey",
     11600: "InterruptedAtShutdown",
@@ -47,6 +49,7 @@ CODE_NAMES: dict[int, str] = {
     13435: "NotPrimaryNoSecondaryOk",
     13436: "NotPrimaryOrSecondary",
     15974: "Location15974",
+    15975: "Location15975",
     31249: "Location31249",
 }
 

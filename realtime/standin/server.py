@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from realtime.standin import wire
+from realtime.standin import limits, wire
 from realtime.standin.commands import Engine, HangUp
 from realtime.standin.oplog import Oplog
 from realtime.standin.store import Store
@@ -101,17 +101,18 @@ class Server:
                 header = wire.parse_header(raw)
                 body = await reader.readexactly(header.length - wire.HEADER.size)
                 request = wire.parse(header, body)
-                client = request.command.get("client")
-                if isinstance(client, dict):
-                    app_name = (client.get("application") or {}).get("name", app_name)
+                app_name = _app_name(request.command, app_name)
                 try:
-                    reply = await self.engine.run(request.command, app_name)
+                    if request.error is not None:
+                        reply = self.engine.stamp(request.error.reply())
+                    else:
+                        reply = await self.engine.run(request.command, app_name)
                 except HangUp:
                     writer.transport.abort()
                     return
                 if request.more_to_come:
                     continue
-                writer.write(wire.encode(reply, request, next(self._request_ids) & 0x7FFFFFFF))
+                writer.write(self._encode(reply, request))
                 await writer.drain()
         except wire.ProtocolError as exc:
             log.warning("closing connection from %s: malformed message: %s", peer, exc)
@@ -129,6 +130,27 @@ class Server:
             if task is not None:
                 self._tasks.discard(task)
             writer.transport.abort()
+
+
+    def _encode(self, reply: dict[str, Any], request: wire.Request) -> bytes:
+        """The reply as a message; one too big for a client to accept becomes ``BSONObjectTooLarge`` (batches are
+        cut well below that, so this is a last line of defence, logged as the stand-in's own fault)."""
+        assert self.engine is not None
+        data = wire.encode(reply, request, next(self._request_ids) & 0x7FFFFFFF)
+        if len(data) <= wire.MAX_MESSAGE_SIZE:
+            return data
+        log.error("a reply of %d bytes is over the %d-byte message limit; answering BSONObjectTooLarge",
+                  len(data), wire.MAX_MESSAGE_SIZE)
+        error = limits.too_large(limits.bson_size(reply), reply)
+        return wire.encode(self.engine.stamp(error.reply()), request, next(self._request_ids) & 0x7FFFFFFF)
+
+
+def _app_name(command: dict[str, Any], current: str | None) -> str | None:
+    """The application name a handshake's client metadata gives (``client.application.name``), if any."""
+    client = command.get("client")
+    application = client.get("application") if isinstance(client, dict) else None
+    name = application.get("name") if isinstance(application, dict) else None
+    return name if isinstance(name, str) else current
 
 
 class StandIn:

@@ -34,7 +34,16 @@ import mongomock.helpers
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
+from realtime.standin.arguments import NUMBER, bson_type
 from realtime.standin.errors import CommandError, bad_value, unsupported
+from realtime.standin.limits import (
+    MAX_BSON_SIZE,
+    bson_size,
+    insert_too_large,
+    show,
+    update_too_large,
+    upsert_too_large,
+)
 from realtime.standin.oplog import Change, Oplog
 from realtime.standin.updatedesc import describe, same_document
 
@@ -210,9 +219,9 @@ class Store:
         check_namespace(db, coll)
         meta = self.collections.get((db, coll))
         if meta is None:
+            self._mcoll(db, coll)._store.create()
             meta = CollectionInfo()
             self.collections[(db, coll)] = meta
-            self._mcoll(db, coll)._store.create()
         return meta
 
     def databases(self) -> list[str]:
@@ -266,6 +275,9 @@ class Store:
                locks: dict[tuple[str, str, Any], Transaction]) -> None:
         if not isinstance(doc, dict):
             raise bad_value("document to insert must be an object")
+        size = bson_size(doc)
+        if size > MAX_BSON_SIZE:
+            raise insert_too_large(size)
         doc = dict(doc)
         if "_id" not in doc:
             doc = {"_id": bson.ObjectId(), **doc}
@@ -325,6 +337,9 @@ class Store:
                     if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
                         self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops, array_filters=array_filters),
                                     db, coll, before)
+                changed = self._raw(db, coll, key)
+                if changed is not None and bson_size(changed) > MAX_BSON_SIZE:
+                    raise update_too_large()
             except CommandError:
                 # mongomock applies operators in place and leaves a failed update half done; the
                 # server's updates of one document are all or nothing.
@@ -364,6 +379,8 @@ class Store:
                 qid = query.get("_id")
                 doc = {"_id": qid if qid is not None and _is_plain_id(qid) else bson.ObjectId(), **doc}
             doc = _id_first(doc)
+            if bson_size(doc) > MAX_BSON_SIZE:
+                raise upsert_too_large()
             self._claim(txn, db, coll, doc["_id"], locks)
             self._write(lambda: mc.insert_one(doc), db, coll, doc)
             key = doc["_id"]
@@ -374,6 +391,9 @@ class Store:
             key = res.upserted_id
             stored = self._raw(db, coll, key)
             assert stored is not None
+            if bson_size(stored) > MAX_BSON_SIZE:
+                mc.delete_one({"_id": key})
+                raise upsert_too_large()
             self._claim(txn, db, coll, key, locks)
             if next(iter(stored)) != "_id":  # real MongoDB puts _id first
                 fixed = _id_first(copy.deepcopy(stored))
@@ -432,7 +452,7 @@ class Store:
         mc = self._mcoll(db, coll)
         cursor = self._read(lambda: mc.find(query, {"_id": 1}))
         if sort:
-            cursor = cursor.sort(_sort_list(sort))
+            cursor = cursor.sort(sort_list(sort))
         if not multi:
             cursor = cursor.limit(1)
         return [d["_id"] for d in self._read(lambda: materialize(cursor))]
@@ -791,10 +811,21 @@ def _spec_for(key: Any, query: dict[str, Any]) -> dict[str, Any]:
     return {"_id": key, **query}
 
 
-def _sort_list(sort: Any) -> list[tuple[str, int]]:
-    if isinstance(sort, dict):
-        return [(k, int(v)) for k, v in sort.items()]
-    raise bad_value("sort must be an object")
+def sort_list(sort: Any) -> list[tuple[str, int]]:
+    """A sort specification as (path, 1 or -1) pairs; what the server refuses, refused with its codes."""
+    if not isinstance(sort, dict):
+        raise bad_value("sort must be an object")
+    out = []
+    for path, direction in sort.items():
+        if isinstance(direction, dict) and "$meta" in direction:
+            raise unsupported("$meta in a sort")
+        if bson_type(direction) not in NUMBER:
+            raise CommandError(15974, f"Illegal key in $sort specification: {path}: {show(direction)}")
+        value = direction.to_decimal() if isinstance(direction, Decimal128) else direction
+        if value not in (1, -1):
+            raise CommandError(15975, "$sort key ordering must be 1 (for ascending) or -1 (for descending)")
+        out.append((path, int(value)))
+    return out
 
 
 def _images_option(value: Any) -> bool:
@@ -806,10 +837,14 @@ def _images_option(value: Any) -> bool:
 
 
 def check_namespace(db: str, coll: str) -> None:
-    if not db or any(c in db for c in '/\\. "$'):
+    if not db or any(c in db for c in '/\\. "$\x00'):
         raise CommandError(73, f"Invalid database name: '{db}'")
     if not coll or "$" in coll or "\x00" in coll:
         raise CommandError(73, f"Invalid collection name: {coll}")
+    if coll.startswith("."):
+        raise CommandError(73, f"Invalid namespace specified '{db}.{coll}'")
+    if coll.endswith(".") or ".." in coll:  # valid on the server, but mongomock cannot hold such a collection
+        raise unsupported(f"the collection name '{coll}' (ending in '.' or holding '..')")
 
 
 def _check_field_names(doc: dict[str, Any]) -> None:

@@ -2,6 +2,10 @@
 
 Pure functions over bytes. PyMongo sends every message as OP_MSG; the Node.js driver, ``mongosh`` and
 Compass open with a legacy ``OP_QUERY`` ``hello`` on ``admin.$cmd`` and expect an ``OP_REPLY``.
+
+An OP_MSG with the ``checksumPresent`` flag ends with the CRC-32C of everything before it, header included; a
+message whose checksum does not match is a :class:`ProtocolError`, and the server closes the connection, as
+MongoDB does (``ChecksumMismatch`` is one of its connection-fatal parse errors).
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
+
+from realtime.standin import limits
+from realtime.standin.crc32c import crc32c
+from realtime.standin.errors import CommandError
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -19,14 +27,15 @@ OP_COMPRESSED = 2012
 OP_MSG = 2013
 
 HEADER = struct.Struct("<iiii")
-MAX_MESSAGE_SIZE = 48_000_000
+MAX_MESSAGE_SIZE = limits.MAX_MESSAGE_SIZE
 
 FLAG_CHECKSUM_PRESENT = 1 << 0
 FLAG_MORE_TO_COME = 1 << 1
 FLAG_EXHAUST_ALLOWED = 1 << 16
 
-# Decode with the types real MongoDB round-trips: datetimes as aware UTC, UUIDs left as Binary.
-CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
+# Decode with the types real MongoDB round-trips: datetimes as aware UTC, UUIDs left as Binary, and dates outside
+# Python's datetime range (years before 1 or after 9999, valid in BSON) as DatetimeMS rather than a decoding error.
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
 class ProtocolError(ValueError):
@@ -49,6 +58,7 @@ class Request:
     request_id: int
     legacy: bool = False  # OP_QUERY: answer with OP_REPLY
     more_to_come: bool = False  # OP_MSG with moreToCome: no answer
+    error: CommandError | None = None  # a well-formed message the server refuses to run (a document too big)
 
 
 def parse_header(data: bytes) -> Header:
@@ -81,23 +91,40 @@ def _document(body: bytes, pos: int, limit: int) -> tuple[dict[str, Any], int]:
     return doc, pos + size
 
 
+def _refuse_oversized(request: Request, doc: dict[str, Any], size: int) -> None:
+    """A document over the server's per-document limit fails the command with ``BSONObjectTooLarge``."""
+    if size > limits.MAX_INTERNAL_SIZE and request.error is None:
+        request.error = limits.too_large(size, doc)
+
+
 def parse_op_msg(header: Header, body: bytes) -> Request:
     if len(body) < 5:
         raise ProtocolError("OP_MSG too short")
     (flags,) = struct.unpack_from("<I", body, 0)
     if flags & ~(FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME | FLAG_EXHAUST_ALLOWED) & 0xFFFF:
         raise ProtocolError(f"unknown required OP_MSG flag bits {flags:#x}")
-    end = len(body) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
+    end = len(body)
+    if flags & FLAG_CHECKSUM_PRESENT:
+        end -= 4
+        if end < 5:
+            raise ProtocolError("Invalid message size for an OpMsg containing a checksum")
+        (checksum,) = struct.unpack_from("<I", body, end)
+        head = HEADER.pack(header.length, header.request_id, header.response_to, header.opcode)
+        if crc32c(memoryview(body)[:end], crc32c(head)) != checksum:
+            raise ProtocolError("OP_MSG checksum does not match contents")
     pos = 4
     command: dict[str, Any] | None = None
     sequences: dict[str, list[dict[str, Any]]] = {}
+    oversized: list[tuple[dict[str, Any], int]] = []
     while pos < end:
         kind = body[pos]
         pos += 1
         if kind == 0:
             if command is not None:
                 raise ProtocolError("OP_MSG has more than one body section")
-            command, pos = _document(body, pos, end)
+            command, after = _document(body, pos, end)
+            oversized.append((command, after - pos))
+            pos = after
         elif kind == 1:
             if pos + 4 > end:
                 raise ProtocolError("truncated document sequence")
@@ -108,8 +135,10 @@ def parse_op_msg(header: Header, body: bytes) -> Request:
             ident, p = _cstring(body, pos + 4)
             docs = []
             while p < seq_end:
-                doc, p = _document(body, p, seq_end)
+                doc, after = _document(body, p, seq_end)
+                oversized.append((doc, after - p))
                 docs.append(doc)
+                p = after
             sequences[ident] = docs
             pos = seq_end
         else:
@@ -118,7 +147,10 @@ def parse_op_msg(header: Header, body: bytes) -> Request:
         raise ProtocolError("OP_MSG has no body section")
     for ident, docs in sequences.items():
         command[ident] = docs
-    return Request(command, header.request_id, more_to_come=bool(flags & FLAG_MORE_TO_COME))
+    request = Request(command, header.request_id, more_to_come=bool(flags & FLAG_MORE_TO_COME))
+    for doc, size in oversized:
+        _refuse_oversized(request, doc, size)
+    return request
 
 
 def parse_op_query(header: Header, body: bytes) -> Request:
@@ -129,12 +161,17 @@ def parse_op_query(header: Header, body: bytes) -> Request:
     if not name.endswith(".$cmd"):
         raise ProtocolError(f"OP_QUERY on {name!r} is not supported; only commands on <db>.$cmd")
     pos += 8  # numberToSkip, numberToReturn
-    query, pos = _document(body, pos, len(body))
+    query, after = _document(body, pos, len(body))
+    request = Request(query, header.request_id, legacy=True)
+    _refuse_oversized(request, query, after - pos)
     # Legacy commands may be wrapped as {$query: {...}, $readPreference: ...}.
     if "$query" in query:
+        if not isinstance(query["$query"], dict):
+            raise ProtocolError("OP_QUERY $query is not a document")
         query = dict(query["$query"])
     query["$db"] = name[: -len(".$cmd")]
-    return Request(query, header.request_id, legacy=True)
+    request.command = query
+    return request
 
 
 def parse(header: Header, body: bytes) -> Request:

@@ -1,4 +1,5 @@
-"""Wire framing: OP_MSG and OP_QUERY in, OP_MSG and OP_REPLY out; malformed input is a ProtocolError."""
+"""Wire framing: OP_MSG and OP_QUERY in, OP_MSG and OP_REPLY out; malformed input (a wrong checksum too) is a
+ProtocolError."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import struct
 
 import bson
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from realtime.standin import wire
+from realtime.standin.crc32c import crc32c
 
 
 def op_msg(doc: dict[str, object], sequences: dict[str, list[dict[str, object]]] | None = None,
@@ -73,3 +75,54 @@ def test_garbage_bodies_raise_only_protocol_errors(data: bytes) -> None:
 def test_header_lengths_are_bounded(length: int) -> None:
     with pytest.raises(wire.ProtocolError):
         wire.parse_header(wire.HEADER.pack(length, 1, 0, wire.OP_MSG))
+
+
+# -- checksums -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("data", "crc"), [
+    (b"", 0), (b"123456789", 0xE3069283), (b"\x00" * 32, 0x8A9136AA), (b"\xff" * 32, 0x62A8AB43),
+    (bytes(range(32)), 0x46DD794E), (bytes(range(31, -1, -1)), 0x113FDB5C),  # RFC 3720, B.4
+])
+def test_crc32c_known_values(data: bytes, crc: int) -> None:
+    assert crc32c(data) == crc
+
+
+@given(st.binary(max_size=100), st.binary(max_size=100))
+def test_crc32c_continues_over_pieces(a: bytes, b: bytes) -> None:
+    assert crc32c(b, crc32c(a)) == crc32c(a + b)
+
+
+def with_checksum(message: bytes, checksum: int | None = None) -> bytes:
+    """An OP_MSG given the checksumPresent flag and a checksum (by default the right one)."""
+    length, request_id, response_to, opcode = wire.HEADER.unpack(message[:16])
+    (flags,) = struct.unpack("<I", message[16:20])
+    unsigned = wire.HEADER.pack(length + 4, request_id, response_to, opcode) + struct.pack(
+        "<I", flags | wire.FLAG_CHECKSUM_PRESENT) + message[20:]
+    return unsigned + struct.pack("<I", crc32c(unsigned) if checksum is None else checksum)
+
+
+def test_a_message_with_the_right_checksum_is_parsed() -> None:
+    request = parse(with_checksum(op_msg({"insert": "c", "$db": "app"}, {"documents": [{"_id": 1}]})))
+    assert request.command == {"insert": "c", "$db": "app", "documents": [{"_id": 1}]}
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_a_message_with_a_wrong_checksum_is_refused(checksum: int) -> None:
+    """Regression: the stand-in ignored OP_MSG checksums."""
+    message = op_msg({"ping": 1, "$db": "admin"})
+    right = with_checksum(message)
+    assume(struct.pack("<I", checksum) != right[-4:])
+    with pytest.raises(wire.ProtocolError, match="checksum"):
+        parse(with_checksum(message, checksum))
+
+
+def test_a_changed_byte_fails_the_checksum() -> None:
+    message = bytearray(with_checksum(op_msg({"ping": 1, "$db": "admin"})))
+    message[-8] ^= 0x01  # a letter of "admin": the document still parses
+    with pytest.raises(wire.ProtocolError, match="checksum"):
+        parse(bytes(message))
+
+
+def test_a_checksum_flag_without_room_for_one_is_refused() -> None:
+    body = struct.pack("<I", wire.FLAG_CHECKSUM_PRESENT) + b"\x00\x05\x00\x00\x00"
+    with pytest.raises(wire.ProtocolError):
+        wire.parse(wire.Header(16 + len(body), 1, 0, wire.OP_MSG), body)
