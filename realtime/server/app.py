@@ -48,6 +48,7 @@ from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.retry import Unavailable, retrying
 from realtime.server.transports import collect
+from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
@@ -131,7 +132,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         if cfg.mongodb_uri is not None:
             state.mongo = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=5000,
                                            appname="realtime-server deep replay")
-            state.deep = DeepReplay(state.mongo, cfg.database, cfg.mapping, redis, "{" + cfg.prefix + "}:likes",
+            state.deep = DeepReplay(state.mongo, cfg.database, cfg.mapping, redis, Keys(cfg.prefix),
                                     seconds=cfg.deep_seconds, limit=cfg.replay_limit, concurrency=cfg.deep_concurrency)
         app.ctx.state = state
         last = b"$"

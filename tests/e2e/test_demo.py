@@ -177,6 +177,24 @@ def test_writes_need_a_valid_token_and_a_public_post(demo: Stack) -> None:
     assert demo.db.comments.count_documents({"postId": "guarded"}) == 0
 
 
+def test_posts_with_null_empty_or_unknown_visibility_are_private_in_the_demo(demo: Stack) -> None:
+    """Regression: the demo's feed and write API took ``visibility: null`` (and an array holding "public") for
+    public, unlike the watcher's routing."""
+    server = demo.servers[0]
+    demo.db.posts.insert_many([
+        {"_id": "zzz0-public", "authorId": "ada", "text": "p", "visibility": "public"},
+        {"_id": "zzz1-null", "authorId": "ada", "text": "n", "visibility": None},
+        {"_id": "zzz2-empty", "authorId": "ada", "text": "e", "visibility": ""},
+        {"_id": "zzz3-array", "authorId": "ada", "text": "a", "visibility": ["public"]},
+    ])
+    for post_id in ("zzz1-null", "zzz2-empty", "zzz3-array"):
+        assert http(server, "POST", "/demo/api/like", {"postId": post_id}, token("eve"))[0] == 404, post_id
+    status, _, body = http(server, "GET", "/demo/api/feed", None, token("eve"))
+    assert status == 200
+    ids = [p["id"] for p in orjson.loads(body)["posts"]]
+    assert "zzz0-public" in ids and not {"zzz1-null", "zzz2-empty", "zzz3-array"} & set(ids), ids
+
+
 async def test_like_toggles_and_comments_reach_a_websocket_client(demo: Stack, clients: Opener) -> None:
     server = demo.servers[0]
     await asyncio.to_thread(post, demo, "live1")

@@ -586,12 +586,14 @@ async def test_bad_requests_get_their_status_and_a_json_error(conf: Stack, path:
         assert reply.status == 200 and reply.json() == {
             "events": [], "resets": [{"rooms": ["post:p1", "public"], "reason": "unknown_position"}], "next": beyond}
     if path == "/poll":  # the largest wait is allowed (and ends when an event comes)
+        waited = f"waited{uuid.uuid4().hex[:6]}"  # a public post: what refers to an unknown post is never public
+        await asyncio.to_thread(conf.db.posts.insert_one, {"_id": waited, "authorId": "u9", "text": "wait"})
         started = time.monotonic()
-        task = asyncio.ensure_future(get(a, query(path, rooms="post:waited", wait=30), bearer("u1"),
+        task = asyncio.ensure_future(get(a, query(path, rooms=f"post:{waited}", wait=30), bearer("u1"),
                                          within=TIMEOUT * 2))
         await asyncio.sleep(0.5)
         await asyncio.to_thread(conf.db.comments.insert_one, {"_id": f"w{uuid.uuid4().hex[:6]}",
-                                                              "postId": "waited", "userId": "u1"})
+                                                              "postId": waited, "userId": "u1"})
         reply = await task
         assert reply.status == 200 and len(reply.json()["events"]) == 1, reply.body
         assert time.monotonic() - started < TIMEOUT
