@@ -36,6 +36,7 @@ from realtime.protocol import (
 )
 from realtime.server import demo, lean, transports, web
 from realtime.server.addresses import client_address
+from realtime.server.budget import ReplayBusy, ReplayMemory
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
 from realtime.server.history import History
@@ -43,7 +44,7 @@ from realtime.server.hub import Conn, Hub, text_frame
 from realtime.server.lean import FastProtocol, Heartbeats
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
-from realtime.server.transports import Collected, collect
+from realtime.server.transports import Collected, HttpClients, collect
 
 log = logging.getLogger("realtime.server")
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
@@ -58,6 +59,8 @@ class State:
     reader: StreamReader
     verifier: TokenVerifier | None
     presence: Presence
+    replays: ReplayMemory  # the memory replays in flight may hold (every transport's)
+    http: HttpClients  # long-polls and SSE streams in flight
     deep: DeepReplay | None = None
     fast: bool = False
     mongo: Any = None
@@ -113,7 +116,9 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
                               on_lost=hub.metrics.reader_lost.inc)
         presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
                             typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval)
-        state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast)
+        state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast,
+                      replays=ReplayMemory(cfg.replay_memory, cfg.replay_memory_wait, hub.metrics.registry),
+                      http=HttpClients(hub, cfg.max_conns_per_user, cfg.max_conns_per_address))
         if cfg.mongodb_uri is not None:
             state.mongo = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=5000,
                                            appname="realtime-server deep replay")
@@ -138,10 +143,12 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     async def stop(app: Sanic[Any, Any]) -> None:
         state: State = app.ctx.state
         state.stopping = True
+        await state.http.close_all(cfg.shutdown_grace)  # long-polls answer, SSE streams end (going_away)
         going = CLOSE_CODES["going_away"]
         await state.hub.close_all(going.code, "going away", cfg.shutdown_grace)
         for task in state.tasks:
             task.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)
         await state.presence.stop()
         await state.reader.stop()
         if state.mongo is not None:
@@ -154,7 +161,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     cast(Any, app).websocket("/ws")(websocket)  # (Sanic's decorator is untyped)
 
     @app.get("/poll")
-    async def poll(request: Request) -> HTTPResponse:
+    async def poll(request: Request) -> HTTPResponse | None:
         return await transports.poll(request.app.ctx.state, request)
 
     @app.get("/sse")
@@ -388,7 +395,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     got = Collected()
     last: tuple[int, int] | None = None
     try:
-        got = await collect(state.history, rooms, since, state.cfg.replay_limit, state.deep)
+        got = await collect(state.history, rooms, since, state.cfg.replay_limit, state.deep, memory=state.replays)
         for why, reset_rooms in got.resets.items():
             conn.send(text_frame(frame("reset", ref=ref, rooms=sorted(reset_rooms), reason=why)))
             hub.metrics.resets.inc(reason=why)
@@ -399,6 +406,8 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     except (RedisError, OSError) as exc:
         log.warning("replay failed: %s", exc)
         conn.send(text_frame(error_frame("unavailable", "history is unreachable; retry the sync", ref)))
+    except ReplayBusy:
+        conn.send(text_frame(error_frame("unavailable", "too many replays at once; retry the sync", ref)))
     finally:
         pending = hub.release(conn)
         for key, room, data in pending:

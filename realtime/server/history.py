@@ -35,12 +35,41 @@ def _max_deleted(info: dict[Any, Any]) -> tuple[int, int]:
     return max(deleted, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
 
 
+# KEYS[1]: a room's history. ARGV: the id to read after, a byte bound, a count bound, and the bytes counted per
+# entry on top of its envelope. The entries after that id, oldest first, as long as their sizes fit the byte
+# bound (and at most the count bound); then the size of the first entry that did not fit (0: none was left,
+# or the count bound was reached). Entries without an envelope are skipped.
+PAGE_SCRIPT = """
+local after, room, count, extra = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+while #out < count do
+  local batch = redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', math.min(64, count - #out))
+  if #batch == 0 then break end
+  for _, entry in ipairs(batch) do
+    local fields, value = entry[2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'e' then value = fields[i + 1] end
+    end
+    if value ~= nil then
+      local size = #value + extra
+      if size > room then return {out, size} end
+      room = room - size
+      out[#out + 1] = {entry[1], value}
+    end
+    after = entry[1]
+  end
+end
+return {out, 0}
+"""
+
+
 class History:
     def __init__(self, redis: Redis, events_key: str, resets_key: str, room_prefix: str) -> None:
         self.redis = redis
         self.events_key = events_key
         self.resets_key = resets_key
         self.room_prefix = room_prefix
+        self._page = redis.register_script(PAGE_SCRIPT)
 
     async def last_id(self) -> bytes:
         """The global stream's newest id ("0-0" when empty): where live reading starts."""
@@ -79,11 +108,18 @@ class History:
             replies = await pipe.execute()
         return {room: _id(reply[0][0]) if reply else None for room, reply in zip(rooms, replies, strict=True)}
 
-    async def read(self, rooms: list[str], since: str, limit: int) -> dict[str, list[tuple[bytes, bytes]]]:
-        """Each room's events after ``since`` (exclusive), oldest first, at most ``limit + 1`` per room."""
+    async def pages(self, reads: dict[str, tuple[str, int, int]], extra: int
+                    ) -> dict[str, tuple[list[tuple[bytes, bytes]], int]]:
+        """For each room, ``(after, max_bytes, max_count)``: its events after ``after`` (exclusive), oldest first,
+        while the sizes of their envelopes (each plus ``extra``) fit ``max_bytes``, at most ``max_count``; and
+        the size of the first that did not fit (0 when there was none). One round trip for all the rooms."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for room in rooms:
-                pipe.xrange(self.room_prefix + room, min="(" + since, count=limit + 1)
+            for room, (after, max_bytes, max_count) in reads.items():
+                await self._page(keys=[self.room_prefix + room], args=[after, max_bytes, max_count, extra],
+                                 client=pipe)
             replies = await pipe.execute()
-        return {room: [(eid, fields[b"e"]) for eid, fields in reply]
-                for room, reply in zip(rooms, replies, strict=True)}
+        out = {}
+        for room, reply in zip(reads, replies, strict=True):
+            entries, next_size = reply
+            out[room] = ([(bytes(eid), bytes(raw)) for eid, raw in entries], int(next_size))
+        return out

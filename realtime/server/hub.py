@@ -108,7 +108,7 @@ class Room:
         self.snap: tuple[Conn, ...] | None = None
         self.fds: tuple[int, ...] = ()
         self.rest: tuple[Conn, ...] = ()
-        self.listeners: dict[Any, None] = {}  # long-poll and SSE clients (transports.Listener)
+        self.listeners: dict[Any, None] = {}  # long-poll and SSE clients (transports.PollWait, SseStream)
 
     def split(self) -> tuple[Conn, ...]:
         fds, rest = [], []
@@ -297,6 +297,17 @@ class Hub:
         if conn.user is not None:
             self._dec(self.by_user, conn.user)
 
+    def count(self, user: str | None, address: str) -> None:
+        """A long-poll or SSE stream in flight counts as a connection of its user and address (see forget)."""
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        if user is not None:
+            self.by_user[user] = self.by_user.get(user, 0) + 1
+
+    def uncount(self, user: str | None, address: str) -> None:
+        self._dec(self.by_address, address)
+        if user is not None:
+            self._dec(self.by_user, user)
+
     @staticmethod
     def _dec(counts: dict[str, int], key: str) -> None:
         n = counts.get(key, 0) - 1
@@ -317,6 +328,10 @@ class Hub:
         with contextlib.suppress(Exception):
             t.write(close_frame(code.code, code.name))
             t.close()
+        asyncio.get_running_loop().call_later(self.close_timeout, self._abort, t)
+
+    def abort_later(self, t: asyncio.Transport) -> None:
+        """``t`` is closing: cut it if it has not sent what it holds within the close timeout."""
         asyncio.get_running_loop().call_later(self.close_timeout, self._abort, t)
 
     @staticmethod
