@@ -52,7 +52,8 @@ SSE_HEARTBEAT = 15.0
 SSE_RETRY = 2000  # ms: the reconnection delay an SSE stream announces when it starts
 GOING_AWAY_RETRY = (1000, 5000)  # ms: the range of the (random) reconnection delay announced at shutdown
 PAGE = 128 * 1024  # bytes a replay reads from Redis per round trip, for all its rooms
-ENTRY_EXTRA = 64  # bytes counted per event held, on top of its envelope (the payload's own fields, objects)
+ENTRY_EXTRA = 64  # bytes counted per event held, on top of its payload (the objects around it)
+READ_EXTRA = ENTRY_EXTRA + 32  # per envelope read: its payload adds "op" and "room" (11 bytes; 31 without "ts")
 CHUNK = 64 * 1024  # bytes of replayed events an SSE stream writes at a time
 
 
@@ -116,6 +117,7 @@ async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int,
             out.resets.setdefault(why, []).append(room)
     merged: dict[tuple[int, int], tuple[str, bytes]] = {}
     base = hold.size
+    too_big = False
     try:
         if deep_rooms:
             outcome = await deep.replay(deep_rooms, since, await history.first_ids(deep_rooms), label=rooms)
@@ -127,31 +129,39 @@ async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int,
                 for key, room, payload in outcome.events:
                     merged[key] = (room, payload)
         found = await _read(history, readable_rooms, since, limit, hold)
+        kept = sum(len(payload) + ENTRY_EXTRA for _, payload in merged.values())
+        for room in readable_rooms:
+            entries = found.pop(room)
+            if len(entries) > limit:
+                out.resets.setdefault("too_far_behind", []).append(room)
+                continue
+            out.replayed.add(room)
+            entries.reverse()
+            while entries:  # each envelope goes as its payload comes
+                entry_id, raw_envelope = entries.pop()
+                key = ev.parse_id(entry_id.decode())
+                if key not in merged:
+                    envelope = orjson.loads(raw_envelope)
+                    label = _label(envelope.get("rooms"), wanted, room)
+                    payload = event_payload(envelope, label)
+                    merged[key] = (label, payload)
+                    kept += len(payload) + ENTRY_EXTRA
+        if len(merged) <= limit:  # hold what is kept (an envelope of an unusual shape may need a little more)
+            if base + kept > hold.size:
+                await hold.grow(base + kept - hold.size)
+            hold.shrink(base + kept)
     except ReplayTooBig:
+        too_big = True
+    if too_big or len(merged) > limit:
+        merged.clear()
         hold.shrink(base)
-        out.resets.setdefault("too_far_behind", []).extend(sorted(set(readable_rooms) | set(deep_rooms)))
-        return out
-    for room in readable_rooms:
-        entries = found.pop(room)
-        if len(entries) > limit:
-            out.resets.setdefault("too_far_behind", []).append(room)
-            continue
-        out.replayed.add(room)
-        for entry_id, raw_envelope in entries:
-            key = ev.parse_id(entry_id.decode())
-            if key not in merged:
-                envelope = orjson.loads(raw_envelope)
-                label = _label(envelope.get("rooms"), wanted, room)
-                merged[key] = (label, event_payload(envelope, label))
-    if len(merged) > limit:
-        hold.shrink(base)
-        out.resets.setdefault("too_far_behind", []).extend(sorted(out.replayed))
+        reset = {room for why in out.resets.values() for room in why}
+        out.resets.setdefault("too_far_behind", []).extend(sorted(set(rooms) - reset))
         out.replayed.clear()
         return out
     for key in sorted(merged):
         room, payload = merged[key]
         out.events.append((key, room, payload))
-    hold.shrink(base + sum(len(payload) + ENTRY_EXTRA for _, _, payload in out.events))  # what is kept
     return out
 
 
@@ -163,22 +173,26 @@ async def _read(history: Any, rooms: list[str], since: str, limit: int, hold: Ho
     found: dict[str, list[tuple[bytes, bytes]]] = {room: [] for room in rooms}
     after = dict.fromkeys(rooms, since)
     need = dict.fromkeys(rooms, 0)  # the size of an entry that did not fit the room's last share
+    sizes = dict.fromkeys(rooms, 0)  # the bytes of the entries read, to tell Redis what size to expect
     reading = list(rooms)
     while reading:
         room_left = hold.memory.limit - hold.size
         share = max(min(PAGE, room_left) // len(reading), 1)
-        reads = {room: (after[room], max(share, need[room]), limit + 1 - len(found[room])) for room in reading}
+        reads = {room: (after[room], max(share, need[room]), limit + 1 - len(found[room]),
+                        sizes[room] // len(found[room]) if found[room] else 0) for room in reading}
         before = hold.size
-        await hold.grow(sum(max_bytes for _, max_bytes, _ in reads.values()))
+        await hold.grow(sum(read[1] for read in reads.values()))
         try:
-            pages = await history.pages(reads, ENTRY_EXTRA)
+            pages = await history.pages(reads, READ_EXTRA)
         except BaseException:
             hold.shrink(before)
             raise
         got = 0
         for room, (entries, next_size) in pages.items():
             found[room] += entries
-            got += sum(len(envelope) + ENTRY_EXTRA for _, envelope in entries)
+            size = sum(len(envelope) + READ_EXTRA for _, envelope in entries)
+            sizes[room] += size
+            got += size
             if entries:
                 after[room] = entries[-1][0].decode()
             need[room] = next_size
@@ -295,6 +309,21 @@ def _poll_body(got: Collected, since: str) -> bytes:
     return b'{"events":[' + events + b'],"resets":' + orjson.dumps(resets) + b',"next":' + orjson.dumps(nxt) + b"}"
 
 
+async def _answer(got: Collected, since: str, hold: Hold) -> bytes:
+    """The poll's answer, built while the events are held: its bytes are held too (or, when the two would not
+    fit the whole budget, the rooms replayed get a ``too_far_behind`` reset instead)."""
+    size = sum(len(payload) + 1 for _, _, payload in got.events) + 64 + sum(
+        len(why) + sum(len(room) + 3 for room in rooms) + 32 for why, rooms in got.resets.items())
+    try:
+        await hold.grow(size)
+    except ReplayTooBig:
+        got = Collected(resets={**got.resets, "too_far_behind": [*got.resets.get("too_far_behind", []),
+                                                                 *sorted(got.replayed)]})
+    body = _poll_body(got, since)
+    hold.shrink(len(body))  # (the events go once the caller lets go of them)
+    return body
+
+
 async def poll(state: Any, request: Request) -> HTTPResponse | None:
     headers = _cors(state, request)
     try:
@@ -330,10 +359,11 @@ async def poll(state: Any, request: Request) -> HTTPResponse | None:
                         got = await collect(state.history, rooms, since, cfg.replay_limit, state.deep, memory=hold)
                 if time.time() >= expires:
                     raise ClientError("token_expired", "the token has expired")
-                state.hub.metrics.polls.inc()
-                response = await request.respond(raw(_poll_body(got, since), content_type="application/json",
-                                                     headers={**headers, "Cache-Control": "no-store"}))
+                body = await _answer(got, since, hold)
                 del got
+                state.hub.metrics.polls.inc()
+                response = await request.respond(raw(body, content_type="application/json",
+                                                     headers={**headers, "Cache-Control": "no-store"}))
                 await response.send()  # the answer is in the transport before the replay lets go of it
     except ClientError as exc:
         return _error(state, exc, headers)
