@@ -188,6 +188,14 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     async def sse(request: Request) -> HTTPResponse | None:
         return await transports.sse(request.app.ctx.state, request)
 
+    @app.route("/poll", methods=["HEAD"], name="poll_head")
+    async def poll_head(request: Request) -> HTTPResponse:
+        return await transports.head(request.app.ctx.state, request, "application/json")
+
+    @app.route("/sse", methods=["HEAD"], name="sse_head")
+    async def sse_head(request: Request) -> HTTPResponse:
+        return await transports.head(request.app.ctx.state, request, "text/event-stream")
+
     @app.route("/poll", methods=["OPTIONS"], name="poll_preflight")
     async def poll_preflight(request: Request) -> HTTPResponse:
         return transports.preflight(request.app.ctx.state, request)

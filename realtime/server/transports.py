@@ -607,6 +607,23 @@ async def _stream(state: Any, request: Request, stream: SseStream, since: str | 
 
 # -- shared ---------------------------------------------------------------------------------------------------------
 
+async def head(state: Any, request: Request, content_type: str) -> HTTPResponse:
+    """``HEAD /poll`` and ``HEAD /sse``: the answer GET would start with (its checks, status and headers), at
+    once, without waiting, streaming or reading history."""
+    headers = _cors(state, request)
+    try:
+        principal = _principal(state, request)
+        _rooms(state, request, principal)
+        if content_type == "application/json":
+            _wait(request)
+        since_arg = request.headers.get("last-event-id") or request.args.get("since")
+        if since_arg:
+            parse_since(since_arg)
+    except ClientError as exc:
+        return _error(state, exc, headers)
+    return raw(b"", content_type=content_type, headers={**headers, "Cache-Control": "no-store"})
+
+
 def _error(state: Any, exc: ClientError, headers: dict[str, str]) -> HTTPResponse:
     state.hub.metrics.errors.inc(code=exc.code)
     if exc.code in ("unauthorized", "token_expired"):

@@ -103,12 +103,17 @@ def test_the_demo_page_and_its_files(demo: Stack) -> None:
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/client/realtime.js", "/demo",
-                                  "/demo/demo.js", "/demo/demo.css", "/demo/api/feed"])
+                                  "/demo/demo.js", "/demo/demo.css", "/demo/api/feed",
+                                  "/poll?rooms=public&wait=0", "/poll?rooms=user:eve&wait=0",
+                                  "/poll?rooms=bad%20room", "/sse?rooms=public", "/sse?rooms=user:bob"])
 def test_head_is_answered_wherever_get_is(demo: Stack, path: str) -> None:
-    """HEAD gives GET's status and headers, without a body (it answered 405)."""
+    """HEAD gives GET's status and headers, without a body (it answered 405); as eve."""
     server = demo.servers[0]
-    get_status, get_headers, _ = http(server, "GET", path)
-    status, headers, body = http(server, "HEAD", path)
+    if path == "/sse?rooms=public":  # a GET would stream: its status and type, as the stream starts
+        get_status, get_headers = 200, {"content-type": "text/event-stream"}
+    else:
+        get_status, get_headers, _ = http(server, "GET", path, bearer=token("eve"))
+    status, headers, body = http(server, "HEAD", path, bearer=token("eve"))
     assert (status, body) == (get_status, b""), (path, status)
     assert headers.get("content-type") == get_headers.get("content-type"), path
 
