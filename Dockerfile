@@ -21,7 +21,7 @@ RUN pip install --require-hashes --no-deps --only-binary :all: -r /tmp/requireme
 COPY pyproject.toml README.md /tmp/src/
 COPY realtime /tmp/src/realtime
 COPY watchers /tmp/src/watchers
-RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
+RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src && pip check
 
 COPY deploy/healthcheck.py /usr/local/lib/realtime/healthcheck.py
 

@@ -57,7 +57,8 @@ ERROR_CODES: dict[str, ErrorCode] = {e.name: e for e in (
     ErrorCode("token_mismatch", 403, "a refreshed token must be for the same user"),
     ErrorCode("too_many_connections", 429, "too many connections for this user or address"),
     ErrorCode("unsupported", 501, "the op is known but this server does not serve it"),
-    ErrorCode("unavailable", 503, "the server cannot serve this now (history store unreachable); retry"),
+    ErrorCode("unavailable", 503, "the server cannot serve this now (history store unreachable, or too many "
+                                  "replays at once); retry"),
 )}
 
 

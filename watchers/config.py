@@ -27,7 +27,8 @@ class MappingConfig:
     likes: str = "likes"
     comments: str = "comments"
     fields: Fields = Fields()
-    public_values: tuple[str, ...] = ("public",)  # visibility values that make a post public; absent = public
+    public_values: tuple[str, ...] = ("public",)  # visibility values that make a post public
+    missing_visibility_public: bool = True  # a post without the visibility field is public (False: private)
     post_fields: tuple[str, ...] = ("title", "text", "hashtags", "visibility", "media", "createdAt", "updatedAt")
     comment_fields: tuple[str, ...] = ("text", "createdAt", "updatedAt")
     max_string: int = 10_000  # characters kept of a string value in a payload
@@ -53,6 +54,7 @@ class WatcherConfig:
     http: tuple[str, int] | None = ("127.0.0.1", 9100)
     stall_seconds: float = 60.0
     name: str = "watcher"
+    tombstone_seconds: float = 7 * 86400.0  # how long the post index remembers a deleted post's routing
 
     @property
     def collections(self) -> tuple[str, str, str]:
@@ -76,6 +78,8 @@ def load_mapping(env: Env) -> MappingConfig:
         comments=env.text("REALTIME_COMMENTS_COLLECTION", "comments"),
         fields=fields,
         public_values=env.names("REALTIME_PUBLIC_VISIBILITY", "public"),
+        missing_visibility_public=env.choice("REALTIME_VISIBILITY_MISSING", "public",
+                                             ("public", "private")) == "public",
         post_fields=env.names("REALTIME_POST_FIELDS", ",".join(defaults.post_fields)),
         comment_fields=env.names("REALTIME_COMMENT_FIELDS", ",".join(defaults.comment_fields)),
         max_string=env.integer("REALTIME_PAYLOAD_MAX_STRING", defaults.max_string, minimum=16),
@@ -116,4 +120,6 @@ def load(environ: Mapping[str, str] | None = None) -> WatcherConfig:
         http=env.address("REALTIME_WATCHER_HTTP", "127.0.0.1:9100"),
         stall_seconds=env.number("REALTIME_STALL_SECONDS", 60.0, minimum=1.0),
         name=env.text("REALTIME_WATCHER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
+        tombstone_seconds=env.number("REALTIME_POST_TOMBSTONE_SECONDS", 7 * 86400.0, minimum=0.0,
+                                     maximum=10 * 365 * 86400.0),
     )

@@ -51,6 +51,11 @@ class Keys:
         """Hash: like or comment id -> {postId, userId}, to route deletes that carry no pre-image."""
         return f"{self.tag}:idx:{kind}"
 
+    def post(self, post_id: str) -> str:
+        """String: what the watcher knows of a post's routing (JSON: authorId, public, since, deleted), kept
+        while the post exists and, once it is deleted, as a tombstone for REALTIME_POST_TOMBSTONE_SECONDS."""
+        return f"{self.tag}:post:{post_id}"
+
     def room(self, room: str) -> str:
         return f"{self.tag}:room:{room}"
 

@@ -1,15 +1,21 @@
 """From a change document to typed events with their rooms: a pure function, no I/O.
 
-The watcher calls :func:`subject` to learn which post a like or comment belongs to (so it can look up
-that post's author and visibility), then :func:`map_change` with what it found. Everything else comes
-from the change itself and the configuration.
+The watcher calls :func:`subject` to learn which post a like or comment belongs to and :func:`post_ref` to
+learn which post's routing a change needs, looks that post up (see watchers/routing.py), then calls
+:func:`map_change` with what it found. Everything else comes from the change itself and the configuration.
 
-Routing (DESIGN §3):
+Routing (DESIGN §3, docs/events.md):
 
 * a new public post goes to ``public``, ``author:{authorId}`` and ``hashtag:{tag}`` for each tag;
 * updates and deletes of a post, and the likes and comments of a post, go to ``post:{postId}``;
 * ``notification:new`` goes to ``user:{authorId}`` of the post when someone else likes or comments;
 * a post that is not public, and its likes and comments, go only to ``user:{authorId}``.
+
+Routing fails closed. A post is public only when its visibility is one of the public values (or the field
+is absent and ``missing_visibility_public`` says so): ``null``, ``""`` or any other value is private. What
+refers to a post whose visibility is unknown (no index entry, no document, knowledge only from after the
+change, or two sources that disagree) goes to ``user:{authorId}`` when the author is known, and otherwise
+nowhere, with a skip reason; never to a public room.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from watchers.payload import bound, pick
 # Why a change produced no events (each is a metric label).
 SKIP_NO_POST = "no_post_id"  # a like or comment without a usable postId
 SKIP_UNROUTABLE_DELETE = "unroutable_delete"  # a delete with no pre-image and no index entry
+SKIP_UNKNOWN_POST = "unknown_post"  # refers to a post of unknown visibility and unknown author
+SKIP_NO_AUTHOR = "no_author"  # a post that is not public (or of unknown visibility) whose author is unusable
 SKIP_BAD_ID = "bad_id"  # an _id or user id that cannot appear in a room name
 SKIP_BAD_DOCUMENT = "bad_document"
 SKIP_NOT_WATCHED = "not_watched"
@@ -33,10 +41,21 @@ SKIP_NOT_WATCHED = "not_watched"
 
 @dataclass(frozen=True)
 class PostInfo:
-    """What routing needs to know about a post."""
+    """What routing knows of a post.
+
+    ``public`` is None when the visibility is unknown (then only the author may be told); ``author_id`` is
+    None when the author is unknown or cannot be a room. ``since`` is the cluster time (``seconds << 32 |
+    increment``) from which this is known to hold, 0 for always: it says nothing of changes before it.
+    ``deleted`` marks a tombstone: the routing the post had when it was deleted."""
 
     author_id: str | None
-    public: bool
+    public: bool | None
+    since: int = 0
+    deleted: bool = False
+
+    def as_of(self, at: int) -> PostInfo | None:
+        """This knowledge for a change at cluster time ``at``: None when it is only known from later."""
+        return self if self.since <= at else None
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,7 @@ class Subject:
 class Mapped:
     events: list[Event] = field(default_factory=list)
     skipped: str | None = None  # a SKIP_* reason when nothing could be published
-    post_info: tuple[str, PostInfo | None] | None = None  # a post's routing info changed (None: deleted)
+    post_info: tuple[str, PostInfo] | None = None  # what the post index should now remember of a post
     index_set: tuple[str, str, dict[str, Any]] | None = None  # (kind, id, {postId, userId}) to remember
     index_del: tuple[str, str] | None = None  # (kind, id) to forget
 
@@ -99,17 +118,92 @@ def _before(change: dict[str, Any]) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def visibility_public(value: Any, cfg: MappingConfig) -> bool:
+    """Whether a visibility value that is present makes a post public: only one of the public values does;
+    ``None``, ``""``, other strings and other types do not."""
+    return isinstance(value, str) and value != "" and value in cfg.public_values
+
+
 def is_public(doc: dict[str, Any] | None, cfg: MappingConfig) -> bool:
-    if doc is None:
-        return True
-    value = doc.get(cfg.fields.visibility)
-    return value is None or (isinstance(value, str) and value in cfg.public_values)
+    """Whether a post document is public. No document: not public (nothing proves it is)."""
+    if not isinstance(doc, dict):
+        return False
+    name = cfg.fields.visibility
+    if name not in doc:
+        return cfg.missing_visibility_public
+    return visibility_public(doc[name], cfg)
 
 
-def post_info(doc: dict[str, Any] | None, cfg: MappingConfig) -> PostInfo | None:
-    if doc is None:
+def public_query(cfg: MappingConfig) -> dict[str, Any]:
+    """A MongoDB filter for the posts :func:`is_public` calls public (an array holding a public value
+    matches it too: check the documents it returns with :func:`is_public`)."""
+    name = cfg.fields.visibility
+    clauses: list[dict[str, Any]] = [{name: {"$in": [v for v in cfg.public_values if v]}}]
+    if cfg.missing_visibility_public:
+        clauses.append({name: {"$exists": False}})
+    return {"$or": clauses}
+
+
+def post_info(doc: dict[str, Any] | None, cfg: MappingConfig, since: int = 0) -> PostInfo | None:
+    if not isinstance(doc, dict):
         return None
-    return PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg))
+    return PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg), since)
+
+
+def combine(a: PostInfo | None, b: PostInfo | None) -> PostInfo | None:
+    """What two sources (say, the post as of a change and as it is now) tell together, failing closed:
+    public only when both say public, private when either says private, otherwise unknown; the author
+    they agree on (or the one only one of them knows). None only when neither knows anything."""
+    if a is None or b is None:
+        known = a if b is None else b
+        if known is None:
+            return None
+        return PostInfo(known.author_id, False if known.public is False else None)
+    if a.public is False or b.public is False:
+        public: bool | None = False
+    else:
+        public = True if a.public and b.public else None
+    if a.author_id is None or b.author_id is None or a.author_id == b.author_id:
+        author = a.author_id if a.author_id is not None else b.author_id
+    else:
+        author = None
+    return PostInfo(author, public)
+
+
+def post_entry(info: PostInfo) -> dict[str, Any]:
+    """A post index entry (stored as JSON in Redis)."""
+    return {"authorId": info.author_id, "public": info.public, "since": info.since, "deleted": info.deleted}
+
+
+def from_entry(entry: Any) -> PostInfo | None:
+    """A post index entry read back; None when it is not one (then nothing is known)."""
+    if not isinstance(entry, dict):
+        return None
+    author, public, since, deleted = (entry.get(k) for k in ("authorId", "public", "since", "deleted"))
+    if (author is not None and ev.id_part(author) != author) or not (public is None or isinstance(public, bool)) \
+            or not isinstance(since, int) or isinstance(since, bool) or since < 0 or not isinstance(deleted, bool):
+        return None
+    return PostInfo(author, public, since, deleted)
+
+
+def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, Any] | None = None
+             ) -> tuple[str, bool] | None:
+    """Which post's routing :func:`map_change` wants for this change, and whether it must look as far as
+    MongoDB for it (False: what the post index holds is enough). None: no post to look up."""
+    op = change.get("operationType")
+    if op not in ("insert", "update", "replace", "delete"):
+        return None
+    coll = _coll(change)
+    if coll == cfg.posts:
+        post_id = ev.id_part(_key(change))
+        if post_id is None or op == "insert":
+            return None
+        # an update or delete is routed by the post as it was before it: the pre-image, or what is known
+        return post_id, op != "replace" and _before(change) is None
+    sub = subject(change, cfg, remembered)
+    if sub is None or sub.post_id is None:
+        return None
+    return sub.post_id, True
 
 
 def subject(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, Any] | None = None) -> Subject | None:
@@ -154,6 +248,7 @@ class _Builder:
     def __init__(self, change: dict[str, Any], position: int) -> None:
         ct = change["clusterTime"]
         self.seconds, self.increment = int(ct.time), int(ct.inc)
+        self.at = ev.time_part(self.seconds, self.increment)
         self.position = position
         self.ts = _ts(change)
         self.out: list[Event] = []
@@ -166,25 +261,43 @@ class _Builder:
         self.out.append(Event(event_id, type_, unique, data, self.ts, counter))
 
 
+def _author_only(info: PostInfo | None) -> tuple[list[str], str | None]:
+    """The rooms of what belongs to a post that is not public, or whose visibility is unknown: its
+    author's, or none (with the reason) when the author is unknown or unusable."""
+    if info is not None and info.author_id is not None:
+        return [ev.user_room(info.author_id)], None
+    if info is None or info.public is None:
+        return [], SKIP_UNKNOWN_POST
+    return [], SKIP_NO_AUTHOR
+
+
+def _post_rooms(info: PostInfo | None, post_id: str) -> tuple[list[str], str | None]:
+    if info is not None and info.public is True:
+        return [ev.post_room(post_id)], None
+    return _author_only(info)
+
+
 def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
                post: PostInfo | None = None, remembered: dict[str, Any] | None = None) -> Mapped:
     """Map one change (insert, update, replace or delete on a watched collection) to its events.
 
-    ``position`` is the change's index among the changes sharing its ``clusterTime``. ``post`` is the
-    routing info of the post a like or comment belongs to (or of the post itself for an update or delete
-    that carries no document). Raises nothing for bad documents: the result says what was skipped.
+    ``position`` is the change's index among the changes sharing its ``clusterTime``. ``post`` is what is
+    known of the post a like or comment belongs to (or of the post itself, for an update, replace or
+    delete), as of the change; None when nothing is. Knowledge that only holds from after the change is
+    ignored. Raises nothing for bad documents: the result says what was skipped.
     """
     op = change.get("operationType")
     coll = _coll(change)
     if op not in ("insert", "update", "replace", "delete") or coll not in (cfg.posts, cfg.likes, cfg.comments):
         return Mapped(skipped=SKIP_NOT_WATCHED)
     builder = _Builder(change, position)
+    known = post.as_of(builder.at) if post is not None else None
     if coll == cfg.posts:
-        mapped = _map_post(change, op, builder, cfg, post)
+        mapped = _map_post(change, op, builder, cfg, known)
     else:
         sub = subject(change, cfg, remembered)
         assert sub is not None
-        mapped = _map_reaction(change, op, sub, builder, cfg, post)
+        mapped = _map_reaction(op, sub, builder, cfg, known)
     mapped.events = builder.out
     return mapped
 
@@ -199,105 +312,141 @@ def _post_data(doc: dict[str, Any] | None, post_id: str, author: str | None, cfg
     return bound(data, cfg.max_payload, keep=("id", "authorId", "changed"))
 
 
+def _since(known: PostInfo | None, info: PostInfo, at: int) -> int:
+    """Since when ``info`` holds: as long as what was known, when the change left the routing as it was."""
+    if known is not None and (known.author_id, known.public) == (info.author_id, info.public):
+        return known.since
+    return at
+
+
+def _learned(post_id: str, known: PostInfo | None, info: PostInfo) -> tuple[str, PostInfo] | None:
+    """What the post index should remember after a change (nothing when it knows it already)."""
+    return None if info == known else (post_id, info)
+
+
+def _after_update(base: PostInfo | None, desc: dict[str, Any], tops: set[str], cfg: MappingConfig
+                  ) -> tuple[PostInfo, bool]:
+    """A post's routing right after an update, from its routing before (None: unknown) and what the
+    update did; and whether that is exact (the routing before was known, or the update set both)."""
+    f = cfg.fields
+    updated = desc.get("updatedFields") or {}
+    removed = desc.get("removedFields") or []
+    author = base.author_id if base is not None else None
+    public = base.public if base is not None else None
+    if f.visibility in updated:
+        public = visibility_public(updated[f.visibility], cfg)
+    elif f.visibility in removed:
+        public = cfg.missing_visibility_public
+    elif f.visibility in tops:  # changed below the top level: a subdocument or an array, not a public value
+        public = False
+    if f.author_id in updated:
+        author = ev.id_part(updated[f.author_id])
+    elif f.author_id in tops:  # removed, or changed below the top level: no usable author
+        author = None
+    exact = (base is not None and base.public is not None) or (f.visibility in tops and f.author_id in tops)
+    return PostInfo(author, public), exact
+
+
 def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, known: PostInfo | None) -> Mapped:
     post_id = ev.id_part(_key(change))
     if post_id is None:
         return Mapped(skipped=SKIP_BAD_ID)
     doc = _doc(change)
-    info = post_info(doc or _before(change), cfg) or known
-    author = info.author_id if info else None
-    public = info.public if info else True
-    private_rooms = [ev.user_room(author)] if author else []
     if op == "insert":
         if doc is None:  # an insert always carries its document
             return Mapped(skipped=SKIP_BAD_DOCUMENT)
-        data = _post_data(doc, post_id, author, cfg)
-        if public:
+        info = PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg), b.at)
+        data = _post_data(doc, post_id, info.author_id, cfg)
+        reason = None
+        if info.public:
             rooms = [ev.PUBLIC]
-            if author:
-                rooms.append(ev.author_room(author))
+            if info.author_id:
+                rooms.append(ev.author_room(info.author_id))
             tags = doc.get(cfg.fields.hashtags)
             if isinstance(tags, list):
                 rooms += [ev.hashtag_room(t) for t in (ev.normalise_tag(x) for x in tags[:100]) if t]
         else:
-            rooms = private_rooms
+            rooms, reason = _author_only(info)
         b.add(ev.POST_CREATED, rooms, data)
-        return Mapped(post_info=(post_id, info))
+        return Mapped(skipped=reason, post_info=(post_id, info))
     if op == "delete":
-        b.add(ev.POST_DELETED, [ev.post_room(post_id)] if public else private_rooms, {"id": post_id})
-        return Mapped(post_info=(post_id, None))
-    # update or replace
-    changed: list[str]
-    if op == "update":
-        desc = change.get("updateDescription") or {}
-        paths = list((desc.get("updatedFields") or {}).keys()) + list(desc.get("removedFields") or [])
-        paths += [t.get("field", "") for t in desc.get("truncatedArrays") or [] if isinstance(t, dict)]
-        tops = {p.split(".", 1)[0] for p in paths if isinstance(p, str)}
-        changed = [f for f in cfg.post_fields if f in tops]
-        routing_changed = bool(tops & {cfg.fields.visibility, cfg.fields.author_id})
-        if not changed and not routing_changed:
-            return Mapped(post_info=(post_id, info) if doc is not None else None)
-        if doc is None:  # no post-image: what the update set is all we know
-            updated = desc.get("updatedFields") or {}
-            doc = {k: v for k, v in updated.items() if k in cfg.post_fields}
-            if routing_changed:  # route as the post is after the update, not as it was known before it
-                f = cfg.fields
-                if f.visibility in updated:
-                    public = is_public({f.visibility: updated[f.visibility]}, cfg)
-                elif f.visibility in tops:  # removed (absent: public) or changed below (a subdocument: not public)
-                    public = f.visibility in (desc.get("removedFields") or [])
-                if f.author_id in tops:
-                    author = ev.id_part(updated.get(f.author_id))
-                info = PostInfo(author, public)
-                private_rooms = [ev.user_room(author)] if author else []
-    else:
-        changed, routing_changed = list(cfg.post_fields), False
-    data = _post_data(doc, post_id, author, cfg, changed)
-    b.add(ev.POST_UPDATED, [ev.post_room(post_id)] if public else private_rooms, data)
-    return Mapped(post_info=(post_id, info) if _doc(change) is not None or routing_changed else None)
+        # routed as the post was right before: its pre-image, or what was known of it
+        before = post_info(_before(change), cfg)
+        prior = before if before is not None else known
+        rooms, reason = _post_rooms(prior, post_id)
+        b.add(ev.POST_DELETED, rooms, {"id": post_id})
+        if prior is None:
+            return Mapped(skipped=reason)
+        tomb = PostInfo(prior.author_id, prior.public, _since(known, prior, b.at), deleted=True)
+        return Mapped(skipped=reason, post_info=(post_id, tomb))
+    if op == "replace":
+        if doc is None:  # a replace always carries the new document
+            return Mapped(skipped=SKIP_BAD_DOCUMENT)
+        new = PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg))
+        info = PostInfo(new.author_id, new.public, _since(known, new, b.at))
+        rooms, reason = _post_rooms(info, post_id)
+        b.add(ev.POST_UPDATED, rooms, _post_data(doc, post_id, info.author_id, cfg, list(cfg.post_fields)))
+        return Mapped(skipped=reason, post_info=_learned(post_id, known, info))
+    # an update: its routing is the post's before it (the pre-image, else what was known) plus what it set.
+    # The document it carries (fullDocument) may be the post as it is now (updateLookup), not as of this
+    # change: its content goes to a public room only if it is public too.
+    desc = change.get("updateDescription") or {}
+    paths = list((desc.get("updatedFields") or {}).keys()) + list(desc.get("removedFields") or [])
+    paths += [t.get("field", "") for t in desc.get("truncatedArrays") or [] if isinstance(t, dict)]
+    tops = {p.split(".", 1)[0] for p in paths if isinstance(p, str)}
+    changed = [f for f in cfg.post_fields if f in tops]
+    routing_changed = bool(tops & {cfg.fields.visibility, cfg.fields.author_id})
+    before = post_info(_before(change), cfg)
+    after, exact = _after_update(before if before is not None else known, desc, tops, cfg)
+    after = PostInfo(after.author_id, after.public, _since(known, after, b.at))
+    learned = _learned(post_id, known, after) if exact else None
+    if not changed and not routing_changed:
+        return Mapped(post_info=learned)
+    route = combine(after, post_info(doc, cfg)) if doc is not None else after
+    if doc is None:  # no post-image: what the update set is all that is known of the content
+        updated = desc.get("updatedFields") or {}
+        doc = {k: v for k, v in updated.items() if k in cfg.post_fields}
+    author = route.author_id if route is not None else None
+    rooms, reason = _post_rooms(route, post_id)
+    b.add(ev.POST_UPDATED, rooms, _post_data(doc, post_id, author, cfg, changed))
+    return Mapped(skipped=reason, post_info=learned)
 
 
-def _map_reaction(change: dict[str, Any], op: str, sub: Subject, b: _Builder, cfg: MappingConfig,
-                  post: PostInfo | None) -> Mapped:
+def _map_reaction(op: str, sub: Subject, b: _Builder, cfg: MappingConfig, post: PostInfo | None) -> Mapped:
     if sub.id is None:
         return Mapped(skipped=SKIP_BAD_ID)
+    forget = (sub.kind, sub.id) if op == "delete" else None
     if sub.doc is None:
-        return Mapped(skipped=SKIP_UNROUTABLE_DELETE if op == "delete" else SKIP_BAD_DOCUMENT,
-                      index_del=(sub.kind, sub.id) if op == "delete" else None)
+        return Mapped(skipped=SKIP_UNROUTABLE_DELETE if op == "delete" else SKIP_BAD_DOCUMENT, index_del=forget)
     if sub.post_id is None:
-        return Mapped(skipped=SKIP_NO_POST, index_del=(sub.kind, sub.id) if op == "delete" else None)
-    author = post.author_id if post else None
-    public = post.public if post else True
-    if public:
-        rooms = [ev.post_room(sub.post_id)]
-    else:
-        rooms = [ev.user_room(author)] if author else []
+        return Mapped(skipped=SKIP_NO_POST, index_del=forget)
+    if sub.kind == "like" and op not in ("insert", "delete"):
+        return Mapped(skipped=SKIP_BAD_DOCUMENT)  # likes are inserted and deleted, not edited
+    remember = None if op == "delete" else (sub.kind, sub.id, {"postId": sub.post_id, "userId": sub.user_id})
+    rooms, reason = _post_rooms(post, sub.post_id)
+    author = post.author_id if post is not None else None
     notify = author is not None and sub.user_id is not None and sub.user_id != author
-    remember = {"postId": sub.post_id, "userId": sub.user_id}
     if sub.kind == "like":
+        data = {"likes": 0, "id": sub.id, "postId": sub.post_id, "userId": sub.user_id}
         if op == "insert":
-            b.add(ev.POST_LIKED, rooms, {"likes": 0, "id": sub.id, "postId": sub.post_id, "userId": sub.user_id},
-                  Counter(sub.post_id, +1))
-            if notify and author:
+            b.add(ev.POST_LIKED, rooms, data, Counter(sub.post_id, +1))
+            if notify and author and rooms:
                 b.add(ev.NOTIFICATION_NEW, [ev.user_room(author)],
                       {"kind": "like", "postId": sub.post_id, "fromUserId": sub.user_id, "likeId": sub.id})
-            return Mapped(index_set=("like", sub.id, remember))
-        if op == "delete":
-            b.add(ev.POST_UNLIKED, rooms, {"likes": 0, "id": sub.id, "postId": sub.post_id, "userId": sub.user_id},
-                  Counter(sub.post_id, -1))
-            return Mapped(index_del=("like", sub.id))
-        return Mapped(skipped=SKIP_BAD_DOCUMENT)  # likes are inserted and deleted, not edited
-    data: dict[str, Any] = {"id": sub.id, "postId": sub.post_id, "userId": sub.user_id}
+        else:
+            b.add(ev.POST_UNLIKED, rooms, data, Counter(sub.post_id, -1))
+        return Mapped(skipped=reason, index_set=remember, index_del=forget)
+    data = {"id": sub.id, "postId": sub.post_id, "userId": sub.user_id}
     if op == "delete":
         b.add(ev.COMMENT_DELETED, rooms, data)
-        return Mapped(index_del=("comment", sub.id))
+        return Mapped(skipped=reason, index_del=forget)
     data.update(pick(sub.doc, cfg.comment_fields, max_string=cfg.max_string, max_depth=cfg.max_depth))
     data = bound(data, cfg.max_payload, keep=("id", "postId", "userId"))
     if op == "insert":
         b.add(ev.COMMENT_ADDED, rooms, data)
-        if notify and author:
+        if notify and author and rooms:
             b.add(ev.NOTIFICATION_NEW, [ev.user_room(author)],
                   {"kind": "comment", "postId": sub.post_id, "fromUserId": sub.user_id, "commentId": sub.id})
-        return Mapped(index_set=("comment", sub.id, remember))
-    b.add(ev.COMMENT_UPDATED, rooms, data)
-    return Mapped(index_set=("comment", sub.id, remember))
+    else:
+        b.add(ev.COMMENT_UPDATED, rooms, data)
+    return Mapped(skipped=reason, index_set=remember)

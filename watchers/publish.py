@@ -3,7 +3,9 @@
 The script refuses a change whose resume token is not newer than the last one published (so a restart,
 a replay or a second watcher never publishes a change twice), refuses a deposed leader (fencing: the
 caller's lease value must still be the leader key's), keeps like counts next to the stream, and appends
-each event to the global stream and to the history stream of each of its rooms, with the same id.
+each event to the global stream and to the history stream of each of its rooms, with the same id. In the
+same call it updates the indexes routing needs later (likes' and comments' posts, posts' author and
+visibility), so they always match the last change published.
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ local nops = tonumber(ARGV[i])
 i = i + 1
 for o = 1, nops do
   local op, key, field, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
-  if op == 'set' then redis.call('HSET', key, field, value) else redis.call('HDEL', key, field) end
+  if op == 'set' then redis.call('HSET', key, field, value)
+  elseif op == 'del' then redis.call('HDEL', key, field)
+  elseif op == 'put' and field == '0' then redis.call('SET', key, value)
+  elseif op == 'put' then redis.call('SET', key, value, 'PX', field)
+  else redis.call('DEL', key) end
   i = i + 4
 end
 redis.call('HSET', meta, 'token', token, 'token_json', ARGV[3], 'at', ARGV[6])
@@ -149,13 +155,16 @@ class Publisher:
     async def publish(self, *, lease: str, token: dict[str, Any], at: str, change_time: str, events: list[Event],
                       seeds: dict[str, Seed] | None = None,
                       index_set: Sequence[tuple[str, str, dict[str, Any]]] = (),
-                      index_del: Sequence[tuple[str, str]] = ()) -> Outcome:
-        """Publish one change (its events may be none: the token still advances)."""
+                      index_del: Sequence[tuple[str, str]] = (),
+                      posts: Sequence[tuple[str, bytes | None, int]] = ()) -> Outcome:
+        """Publish one change (its events may be none: the token still advances). ``posts``: post index
+        entries to write, as (post id, JSON, time to live in ms, 0 for none), or (post id, None, 0) to forget."""
         k = self.keys
         keys = [k.meta, k.events, k.leader, k.likes, k.likes_since]
         rooms = _room_keys(k, events)
         index_keys = list(dict.fromkeys([k.index(kind) for kind, _, _ in index_set] +
-                                        [k.index(kind) for kind, _ in index_del]))
+                                        [k.index(kind) for kind, _ in index_del] +
+                                        [k.post(post_id) for post_id, _, _ in posts]))
         room_base = len(keys) + 1
         keys += rooms + index_keys
         room_pos = {key: room_base + i for i, key in enumerate(rooms)}
@@ -174,6 +183,11 @@ class Publisher:
             ops += ["set", index_pos[k.index(kind)], ident, orjson.dumps(value)]
         for kind, ident in index_del:
             ops += ["del", index_pos[k.index(kind)], ident, ""]
+        for post_id, entry, ttl_ms in posts:
+            if entry is None:
+                ops += ["forget", index_pos[k.post(post_id)], "", ""]
+            else:
+                ops += ["put", index_pos[k.post(post_id)], str(max(ttl_ms, 0)), entry]
         args += [len(ops) // 4, *ops]
         reply = await self._publish(keys=keys, args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]

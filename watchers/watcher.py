@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +34,11 @@ from watchers.config import WatcherConfig
 from watchers.keys import Keys
 from watchers.lease import RedisLease
 from watchers.publish import MAX_SEQ, Fenced, NeedSeed, Publisher, Seed, pad_time
+from watchers.routing import MongoDocuments, RedisMemory, Router
 
 log = logging.getLogger("realtime.watcher")
 
 HISTORY_LOST = {286: "history_lost", 280: "token_not_found", 260: "invalid_token"}
-POST_CACHE_SIZE = 100_000
 
 
 class LeaseLost(Exception):
@@ -112,7 +111,10 @@ class Watcher:
         self.lease = RedisLease(redis, self.keys, cfg.name, cfg.lease_seconds)
         self.checkpoints = MongoCheckpoints(mongo, cfg.checkpoint_db, f"{cfg.database}/{cfg.prefix}", cfg.name)
         self.metrics = WatcherMetrics(lambda: self.caught_up, lambda: self.last_wall)
-        self.posts: OrderedDict[str, mapping.PostInfo | None] = OrderedDict()
+        self.router = Router(cfg.mapping, RedisMemory(redis, self.keys), MongoDocuments(self.db, cfg.mapping),
+                             lookup_documents=cfg.full_document == "updateLookup",
+                             tombstone_ms=int(cfg.tombstone_seconds * 1000),
+                             on_as_of_now=lambda: self.metrics.skipped.inc(reason="visibility_as_of_now"))
         self.lease_value: str | None = None
         self.last_time, self.last_position = -1, -1
         self.last_poll = time.monotonic()
@@ -287,6 +289,7 @@ class Watcher:
                 return point.fallback
             return await self._lost(lease, exc)
         self.last_time, self.last_position = _at(point.at)
+        self.router.clear()  # its cache must match where this stream starts (another leader may have moved on)
         if point.reset is not None:
             # History before this point is gone from Redis: clients resuming from before it must refetch.
             start = point.start_at if point.start_at is not None else Timestamp(*token_time(point.resume_after or {}))
@@ -369,12 +372,14 @@ class Watcher:
             return ResumePoint(start_after=change["_id"], at=f"{time_part}:{position}")
         if op in ("drop", "rename", "dropDatabase"):
             await self._publish(lease, change, time_part, position, mapping.Mapped())
-            self.posts.clear()
+            self.router.clear()
             reason = {"drop": "collection_dropped", "rename": "collection_renamed"}.get(op, "database_dropped")
             await self._reset(lease, time_part, reason, {"collection": coll} if coll else {})
             return None
         try:
             mapped = await self._map(change, position)
+        except (PyMongoError, RedisError):
+            raise  # an outage, not a bad change: the stream resumes and maps it again
         except Exception:
             log.exception("skipping change %s on %s: it could not be mapped", change.get("_id"), coll)
             mapped = mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
@@ -390,27 +395,7 @@ class Watcher:
         return None
 
     async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
-        cfg = self.cfg.mapping
-        coll = (change.get("ns") or {}).get("coll")
-        post: mapping.PostInfo | None = None
-        remembered = None
-        if coll == cfg.posts:
-            key = ev.id_part((change.get("documentKey") or {}).get("_id"))
-            if key is not None and change.get("fullDocument") is None:
-                post = await self._post_info(key)
-        else:
-            sub = mapping.subject(change, cfg)
-            if sub is not None and sub.doc is None and sub.id is not None and change["operationType"] == "delete":
-                raw = await self.redis.hget(self.keys.index(sub.kind), sub.id)
-                remembered = orjson.loads(raw) if raw else None
-                sub = mapping.subject(change, cfg, remembered)
-            if sub is not None and sub.post_id is not None:
-                post = await self._post_info(sub.post_id)
-        mapped = mapping.map_change(change, position, cfg, post, remembered)
-        if mapped.post_info is not None:
-            post_id, info = mapped.post_info
-            self._cache(post_id, info)
-        return mapped
+        return await self.router.map(change, position)
 
     async def _publish(self, lease: str, change: dict[str, Any], time_part: int, position: int,
                        mapped: mapping.Mapped) -> None:
@@ -421,7 +406,7 @@ class Watcher:
                     lease=lease, token=change["_id"], at=f"{time_part}:{position}", change_time=pad_time(
                         time_part >> 32, time_part & 0xFFFFFFFF), events=mapped.events, seeds=seeds,
                     index_set=[mapped.index_set] if mapped.index_set else [],
-                    index_del=[mapped.index_del] if mapped.index_del else [])
+                    index_del=[mapped.index_del] if mapped.index_del else [], posts=self.router.writes(mapped))
                 break
             except NeedSeed as need:
                 seeds[need.post_id] = await self._seed(need.post_id, change["clusterTime"])
@@ -455,23 +440,6 @@ class Watcher:
             op_time = session.operation_time
         when = pad_time(op_time.time, op_time.inc) if op_time is not None else pad_time(at.time, at.inc)
         return Seed(count, when)
-
-    async def _post_info(self, post_id: str) -> mapping.PostInfo | None:
-        if post_id in self.posts:
-            self.posts.move_to_end(post_id)
-            return self.posts[post_id]
-        f = self.cfg.mapping.fields
-        doc = await self.db[self.cfg.mapping.posts].find_one({"_id": {"$in": mapping.id_forms(post_id)}},
-                                                             {f.author_id: 1, f.visibility: 1})
-        info = mapping.post_info(doc, self.cfg.mapping)
-        self._cache(post_id, info)
-        return info
-
-    def _cache(self, post_id: str, info: mapping.PostInfo | None) -> None:
-        self.posts[post_id] = info
-        self.posts.move_to_end(post_id)
-        while len(self.posts) > POST_CACHE_SIZE:
-            self.posts.popitem(last=False)
 
     # -- housekeeping -------------------------------------------------------------------------------------
     async def trim_by_age(self) -> None:

@@ -38,6 +38,7 @@ from realtime.protocol import (
 )
 from realtime.server import demo, lean, transports, web
 from realtime.server.addresses import client_address
+from realtime.server.budget import ReplayBusy, ReplayMemory
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
 from realtime.server.door import Door
@@ -47,7 +48,8 @@ from realtime.server.lean import FastProtocol, Heartbeats
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.retry import Unavailable, retrying
-from realtime.server.transports import collect
+from realtime.server.transports import HttpClients, collect
+from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
@@ -62,6 +64,8 @@ class State:
     reader: StreamReader
     verifier: TokenVerifier | None
     presence: Presence
+    replays: ReplayMemory  # the memory replays in flight may hold (every transport's)
+    http: HttpClients  # long-polls and SSE streams in flight
     deep: DeepReplay | None = None
     door: Door | None = None
     fast: bool = False
@@ -125,13 +129,18 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
                             typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval, listener=listener,
                             on_error=lambda what: hub.metrics.presence_errors.inc(what=what))
-        state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast, listener=listener)
-        state.door = Door(cfg.max_conns_per_address, cfg.trusted_proxies, lambda a: hub.by_address.get(a, 0),
+        state = State(cfg, redis, hub, history, reader, verifier, presence, fast=fast, listener=listener,
+                      replays=ReplayMemory(cfg.replay_memory, cfg.replay_memory_wait, hub.metrics.registry),
+                      http=HttpClients(hub, cfg.max_conns_per_user, cfg.max_conns_per_address))
+        # The door counts the TCP connections that are not WebSockets (polls and SSE streams among them); the
+        # hub's WebSockets complete an address's count.
+        state.door = Door(cfg.max_conns_per_address, cfg.trusted_proxies,
+                          lambda a: hub.websockets_by_address.get(a, 0),
                           on_refused=lambda: hub.metrics.refused.inc(reason="address"))
         if cfg.mongodb_uri is not None:
             state.mongo = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=5000,
                                            appname="realtime-server deep replay")
-            state.deep = DeepReplay(state.mongo, cfg.database, cfg.mapping, redis, "{" + cfg.prefix + "}:likes",
+            state.deep = DeepReplay(state.mongo, cfg.database, cfg.mapping, redis, Keys(cfg.prefix),
                                     seconds=cfg.deep_seconds, limit=cfg.replay_limit, concurrency=cfg.deep_concurrency)
         app.ctx.state = state
         last = b"$"
@@ -152,10 +161,12 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     async def stop(app: Sanic[Any, Any]) -> None:
         state: State = app.ctx.state
         state.stopping = True
+        await state.http.close_all(cfg.shutdown_grace)  # long-polls answer, SSE streams end (going_away)
         going = CLOSE_CODES["going_away"]
         await state.hub.close_all(going.code, "going away", cfg.shutdown_grace)
         for task in state.tasks:
             task.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)
         await state.presence.stop()
         await state.reader.stop()
         if state.mongo is not None:
@@ -170,12 +181,20 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     cast(Any, app).websocket("/ws")(websocket)  # (Sanic's decorator is untyped)
 
     @app.get("/poll")
-    async def poll(request: Request) -> HTTPResponse:
+    async def poll(request: Request) -> HTTPResponse | None:
         return await transports.poll(request.app.ctx.state, request)
 
     @app.get("/sse")
     async def sse(request: Request) -> HTTPResponse | None:
         return await transports.sse(request.app.ctx.state, request)
+
+    @app.route("/poll", methods=["HEAD"], name="poll_head")
+    async def poll_head(request: Request) -> HTTPResponse:
+        return await transports.head(request.app.ctx.state, request, "application/json")
+
+    @app.route("/sse", methods=["HEAD"], name="sse_head")
+    async def sse_head(request: Request) -> HTTPResponse:
+        return await transports.head(request.app.ctx.state, request, "text/event-stream")
 
     @app.route("/poll", methods=["OPTIONS"], name="poll_preflight")
     async def poll_preflight(request: Request) -> HTTPResponse:
@@ -430,9 +449,11 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         if join:
             await _join(state, conn, rooms)
         try:
-            got = await retrying(lambda: collect(state.history, rooms, since, state.cfg.replay_limit, state.deep),
+            got = await retrying(lambda: collect(state.history, rooms, since, state.cfg.replay_limit, state.deep,
+                                                 memory=state.replays),
                                  state.cfg.retry_seconds, "a replay")
-        except Unavailable:
+        except (Unavailable, ReplayBusy) as exc:
+            why = "too many replays at once" if isinstance(exc, ReplayBusy) else "history is unreachable"
             kept = hold.release()
             await _leave(state, conn, rooms)
             for _, _, data, event_rooms in kept:  # the others' live events, which the rooms left did not hold
@@ -440,7 +461,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
                     conn.send(data)
             hub.metrics.errors.inc(code="unavailable")
             conn.send(text_frame(frame("error", ref=ref, code="unavailable", rooms=list(rooms),
-                                       message="history is unreachable: these rooms are not subscribed; "
+                                       message=f"{why}: these rooms are not subscribed; "
                                                "subscribe again with the same since")))
             return
         if join:

@@ -54,6 +54,8 @@ class ServerConfig:
     heartbeat: float = 20.0
     heartbeat_timeout: float = 20.0
     replay_limit: int = 10_000  # events per replay; past it the client gets a reset
+    replay_memory: int = 64 << 20  # bytes that the replays in flight of a process may hold together
+    replay_memory_wait: float = 5.0  # seconds a replay may wait for that memory before `unavailable`
     shutdown_grace: float = 10.0
     head_timeout: float = 10.0  # seconds a request's head may take from its first byte (slowloris)
     redis_timeout: float = 5.0  # seconds any one Redis command may take before it fails
@@ -146,6 +148,8 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         heartbeat=env.number("REALTIME_HEARTBEAT", 20.0, minimum=0.0),
         heartbeat_timeout=env.number("REALTIME_HEARTBEAT_TIMEOUT", 20.0, minimum=0.1),
         replay_limit=env.integer("REALTIME_REPLAY_LIMIT", 10_000, minimum=1),
+        replay_memory=env.integer("REALTIME_REPLAY_MEMORY", 64 << 20, minimum=64 << 10),
+        replay_memory_wait=env.number("REALTIME_REPLAY_MEMORY_WAIT", 5.0, minimum=0.0, maximum=60),
         shutdown_grace=env.number("REALTIME_SHUTDOWN_GRACE", 10.0, minimum=0.0),
         head_timeout=env.number("REALTIME_HEAD_TIMEOUT", 10.0, minimum=0.5, maximum=300),
         redis_timeout=env.number("REALTIME_REDIS_TIMEOUT", 5.0, minimum=0.1, maximum=300),

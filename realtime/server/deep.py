@@ -2,10 +2,12 @@
 
 When a client's ``since`` is older than a room's history in Redis but MongoDB's oplog still holds it, the
 server opens a temporary change stream at the cluster time encoded in ``since`` (``startAtOperationTime``,
-inclusive), maps each change with the watcher's own pure mapping (same pipeline, same positions, so the
-same ids), keeps the events of the client's rooms after ``since`` and before the room's history in Redis
-begins, and hands them to the replay, which goes on from Redis. Like counts are not replayed as they were:
-a replayed ``post:liked``/``post:unliked`` carries the post's current count and ``replayed: true``.
+inclusive), maps each change with the watcher's own mapping and router (same pipeline, same positions, so
+the same ids; the same routing rules, which fail closed: what refers to a post whose visibility as of that
+change is unknown reaches its author's room at most, never a public one), keeps the events of the client's
+rooms after ``since`` and before the room's history in Redis begins, and hands them to the replay, which
+goes on from Redis. Like counts are not replayed as they were: a replayed ``post:liked``/``post:unliked``
+carries the post's current count and ``replayed: true``.
 
 Bounded: at most ``concurrency`` deep replays at once per process (a client past that waits up to a
 second, then gets a reset), each at most ``seconds`` long and ``limit`` events; past a bound the rooms get a
@@ -25,10 +27,13 @@ from bson import Timestamp
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from realtime import events as ev
 from watchers import mapping
 from watchers.config import MappingConfig
+from watchers.keys import Keys
+from watchers.routing import MongoDocuments, RedisMemory, Router
 
 log = logging.getLogger("realtime.server")
 HISTORY_LOST = (286, 280, 260, 239)
@@ -44,12 +49,13 @@ class DeepOutcome:
 
 class DeepReplay:
     def __init__(self, mongo: AsyncMongoClient[dict[str, Any]], database: str, cfg: MappingConfig, redis: Redis,
-                 likes_key: str, *, seconds: float = 10.0, limit: int = 10_000, concurrency: int = 4) -> None:
+                 keys: Keys, *, seconds: float = 10.0, limit: int = 10_000, concurrency: int = 4) -> None:
         self.mongo = mongo
         self.db = mongo[database]
         self.cfg = cfg
         self.redis = redis
-        self.likes_key = likes_key
+        self.keys = keys
+        self.likes_key = keys.likes
         self.seconds = seconds
         self.limit = limit
         self.slots = asyncio.Semaphore(concurrency)
@@ -73,7 +79,7 @@ class DeepReplay:
                 return DeepOutcome(None, "history_lost")
             log.warning("deep replay failed: %s", exc)
             return DeepOutcome(None, "history_lost")
-        except PyMongoError as exc:
+        except (PyMongoError, RedisError) as exc:
             log.warning("deep replay failed: %s", exc)
             return DeepOutcome(None, "history_lost")
         finally:
@@ -85,7 +91,9 @@ class DeepReplay:
         seconds, increment = ev.id_cluster_time(since)
         wanted = set(rooms)
         end = max((u for u in until.values() if u is not None), default=None)
-        posts: dict[str, mapping.PostInfo | None] = {}
+        # what the watcher's index knows of the posts (tombstones included), then what this replay learns
+        router = Router(self.cfg, RedisMemory(self.redis, self.keys), MongoDocuments(self.db, self.cfg),
+                        lookup_documents=True)
         found: dict[tuple[int, int], tuple[str, bytes]] = {}
         counts: dict[str, int | None] = {}
         last_time, position = -1, -1
@@ -102,7 +110,7 @@ class DeepReplay:
                 last_time = time_part
                 if end is not None and (time_part, 0) > end:
                     break  # Redis holds the rest
-                mapped = await self._map(change, position, posts)
+                mapped = await self._map(change, position, router)
                 for event in mapped.events:
                     key = ev.parse_id(event.id)
                     if key <= point or key in found:
@@ -122,35 +130,14 @@ class DeepReplay:
         self.served += 1
         return DeepOutcome([(key, *found[key]) for key in sorted(found)])
 
-    async def _map(self, change: dict[str, Any], position: int, posts: dict[str, mapping.PostInfo | None]
-                   ) -> mapping.Mapped:
-        cfg = self.cfg
-        coll = (change.get("ns") or {}).get("coll")
-        info = None
+    async def _map(self, change: dict[str, Any], position: int, router: Router) -> mapping.Mapped:
         try:
-            if coll == cfg.posts:
-                key = ev.id_part((change.get("documentKey") or {}).get("_id"))
-                if key is not None and change.get("fullDocument") is None:
-                    info = await self._post(key, posts)
-            else:
-                sub = mapping.subject(change, cfg)
-                if sub is not None and sub.post_id is not None:
-                    info = await self._post(sub.post_id, posts)
-            mapped = mapping.map_change(change, position, cfg, info)
+            return await router.map(change, position)
+        except (PyMongoError, RedisError):
+            raise  # the replay fails as a whole (a reset), never with a silent gap
         except Exception:
             log.exception("deep replay: a change could not be mapped; skipped")
             return mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
-        if mapped.post_info is not None:
-            posts[mapped.post_info[0]] = mapped.post_info[1]
-        return mapped
-
-    async def _post(self, post_id: str, posts: dict[str, mapping.PostInfo | None]) -> mapping.PostInfo | None:
-        if post_id not in posts:
-            f = self.cfg.fields
-            doc = await self.db[self.cfg.posts].find_one({"_id": {"$in": mapping.id_forms(post_id)}},
-                                                         {f.author_id: 1, f.visibility: 1})
-            posts[post_id] = mapping.post_info(doc, self.cfg)
-        return posts[post_id]
 
     async def _count(self, post_id: str, counts: dict[str, int | None]) -> int | None:
         if post_id not in counts:

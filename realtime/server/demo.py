@@ -38,7 +38,7 @@ from realtime.auth import Principal
 from realtime.errors import ClientError
 from realtime.server.config import ServerConfig
 from realtime.server.web import Asset
-from watchers.mapping import id_forms
+from watchers.mapping import id_forms, is_public, public_query
 from watchers.payload import json_safe, pick
 
 log = logging.getLogger("realtime.server")
@@ -129,14 +129,12 @@ class Demo:
         assert self.client is not None
         return self.client[self.cfg.database]
 
-    def _public(self) -> dict[str, Any]:
-        vis = self.m.fields.visibility
-        return {"$or": [{vis: {"$exists": False}}, {vis: None}, {vis: {"$in": list(self.m.public_values)}}]}
-
     async def _post(self, post_id: str) -> dict[str, Any]:
-        post = await self.db[self.m.posts].find_one({"$and": [{"_id": {"$in": id_forms(post_id)}}, self._public()]},
-                                                    {"_id": 1})
-        if post is None:
+        # public as the watcher routes it (null, "" or an unknown visibility is private)
+        post = await self.db[self.m.posts].find_one(
+            {"$and": [{"_id": {"$in": id_forms(post_id)}}, public_query(self.m)]},
+            {"_id": 1, self.m.fields.visibility: 1})
+        if post is None or not is_public(post, self.m):
             raise DemoError(404, "not_found", "no such public post")
         return dict(post)
 
@@ -169,8 +167,8 @@ class Demo:
         f = self.m.fields
         # Newest first by creation time (ids need not follow it: a client's own ids, ObjectIds of other
         # machines); posts without createdAt come last, newest id first.
-        docs = [d async for d in self.db[self.m.posts].find(self._public())
-                .sort([("createdAt", -1), ("_id", -1)]).limit(FEED_POSTS)]
+        docs = [d async for d in self.db[self.m.posts].find(public_query(self.m))
+                .sort([("createdAt", -1), ("_id", -1)]).limit(FEED_POSTS) if is_public(d, self.m)]
 
         async def one(doc: dict[str, Any]) -> dict[str, Any]:
             forms = id_forms(str(doc["_id"]))

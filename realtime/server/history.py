@@ -36,12 +36,47 @@ def _max_deleted(info: dict[Any, Any]) -> tuple[int, int]:
     return max(deleted, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
 
 
+# KEYS[1]: a room's history. ARGV: the id to read after, a byte bound, a count bound, the bytes counted per
+# entry on top of its envelope, and the size an entry is expected to have (0: not known). The entries after
+# that id, oldest first, as long as their sizes fit the byte bound (and at most the count bound); then the
+# size of the first entry that did not fit (0: none was left, or the count bound was reached). Entries
+# without an envelope are skipped. Each XRANGE asks for about as many entries as the bytes left may hold,
+# judging by those read so far or by the expected size, so that Redis copies little more than it returns.
+PAGE_SCRIPT = """
+local after, room, count, extra = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, seen, read = {}, 0, 0
+if tonumber(ARGV[5]) > 0 then seen, read = 1, tonumber(ARGV[5]) end
+while #out < count do
+  local ask = 8
+  if seen > 0 then ask = math.floor(room * seen / read) + 1 end
+  local batch = redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', math.max(1, math.min(ask, 512, count - #out)))
+  if #batch == 0 then break end
+  for _, entry in ipairs(batch) do
+    local fields, value = entry[2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'e' then value = fields[i + 1] end
+    end
+    if value ~= nil then
+      local size = #value + extra
+      if size > room then return {out, size} end
+      room = room - size
+      seen, read = seen + 1, read + size
+      out[#out + 1] = {entry[1], value}
+    end
+    after = entry[1]
+  end
+end
+return {out, 0}
+"""
+
+
 class History:
     def __init__(self, redis: Redis, events_key: str, resets_key: str, room_prefix: str) -> None:
         self.redis = redis
         self.events_key = events_key
         self.resets_key = resets_key
         self.room_prefix = room_prefix
+        self._page = redis.register_script(PAGE_SCRIPT)
 
     async def last_id(self) -> bytes:
         """The global stream's newest id ("0-0" when empty): where live reading starts."""
@@ -82,11 +117,19 @@ class History:
             replies = await pipe.execute()
         return {room: _id(reply[0][0]) if reply else None for room, reply in zip(rooms, replies, strict=True)}
 
-    async def read(self, rooms: list[str], since: str, limit: int) -> dict[str, list[tuple[bytes, bytes]]]:
-        """Each room's events after ``since`` (exclusive), oldest first, at most ``limit + 1`` per room."""
+    async def pages(self, reads: dict[str, tuple[str, int, int, int]], extra: int
+                    ) -> dict[str, tuple[list[tuple[bytes, bytes]], int]]:
+        """For each room, ``(after, max_bytes, max_count, expected)``: its events after ``after`` (exclusive),
+        oldest first, while the sizes of their envelopes (each plus ``extra``) fit ``max_bytes``, at most
+        ``max_count``; and the size of the first that did not fit (0 when there was none). ``expected`` is the
+        size an entry may have (0: unknown), to read in as few steps as it can. One round trip for all."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for room in rooms:
-                pipe.xrange(self.room_prefix + room, min="(" + since, count=limit + 1)
+            for room, (after, max_bytes, max_count, expected) in reads.items():
+                await self._page(keys=[self.room_prefix + room],
+                                 args=[after, max_bytes, max_count, extra, expected], client=pipe)
             replies = await pipe.execute()
-        return {room: [(eid, fields[b"e"]) for eid, fields in reply]
-                for room, reply in zip(rooms, replies, strict=True)}
+        out = {}
+        for room, reply in zip(reads, replies, strict=True):
+            entries, next_size = reply
+            out[room] = ([(bytes(eid), bytes(raw)) for eid, raw in entries], int(next_size))
+        return out

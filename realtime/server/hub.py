@@ -129,7 +129,7 @@ class Room:
         self.snap: tuple[Conn, ...] | None = None
         self.fds: tuple[int, ...] = ()
         self.rest: tuple[Conn, ...] = ()
-        self.listeners: dict[Any, None] = {}  # long-poll and SSE clients (transports.Listener)
+        self.listeners: dict[Any, None] = {}  # long-poll and SSE clients (transports.PollWait, SseStream)
 
     def split(self) -> tuple[Conn, ...]:
         fds, rest = [], []
@@ -184,7 +184,8 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.conns: set[Conn] = set()
         self.by_user: dict[str, int] = {}
-        self.by_address: dict[str, int] = {}
+        self.by_address: dict[str, int] = {}  # WebSockets, long-polls and SSE streams
+        self.websockets_by_address: dict[str, int] = {}  # WebSockets alone (the door counts the others)
         self.queue_bytes = queue_bytes
         self.queue_messages = queue_messages
         self.send_buffer = send_buffer
@@ -197,6 +198,7 @@ class Hub:
     def add(self, conn: Conn) -> None:
         self.conns.add(conn)
         self.by_address[conn.address] = self.by_address.get(conn.address, 0) + 1
+        self.websockets_by_address[conn.address] = self.websockets_by_address.get(conn.address, 0) + 1
         t = conn.transport
         sock = t.get_extra_info("socket")
         if self.send_buffer and sock is not None:
@@ -337,8 +339,20 @@ class Hub:
         self.leave(conn, conn.session.rooms)
         self.conns.discard(conn)
         self._dec(self.by_address, conn.address)
+        self._dec(self.websockets_by_address, conn.address)
         if conn.user is not None:
             self._dec(self.by_user, conn.user)
+
+    def count(self, user: str | None, address: str) -> None:
+        """A long-poll or SSE stream in flight counts as a connection of its user and address (see forget)."""
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        if user is not None:
+            self.by_user[user] = self.by_user.get(user, 0) + 1
+
+    def uncount(self, user: str | None, address: str) -> None:
+        self._dec(self.by_address, address)
+        if user is not None:
+            self._dec(self.by_user, user)
 
     @staticmethod
     def _dec(counts: dict[str, int], key: str) -> None:
@@ -360,6 +374,10 @@ class Hub:
         with contextlib.suppress(Exception):
             t.write(close_frame(code.code, code.name))
             t.close()
+        asyncio.get_running_loop().call_later(self.close_timeout, self._abort, t)
+
+    def abort_later(self, t: asyncio.Transport) -> None:
+        """``t`` is closing: cut it if it has not sent what it holds within the close timeout."""
         asyncio.get_running_loop().call_later(self.close_timeout, self._abort, t)
 
     @staticmethod

@@ -2,7 +2,9 @@
 
 A request either succeeds, after retries within ``seconds``, or raises :class:`Unavailable`, which the
 transports answer with the documented transient error ``unavailable`` (the client retries with backoff).
-A hang counts like an error: every attempt runs under what is left of the deadline.
+A hang counts like an error: every Redis command fails after REALTIME_REDIS_TIMEOUT (the client's socket
+timeout), a replay from the oplog after REALTIME_DEEP_REPLAY_SECONDS; a call without a deadline of its own
+can be given one per attempt.
 """
 
 from __future__ import annotations
@@ -37,18 +39,18 @@ def backoff(first: float = 0.05, factor: float = 2.0, cap: float = 1.0) -> Itera
 
 
 async def retrying(call: Callable[[], Awaitable[T]], seconds: float, what: str, *,
-                   clock: Callable[[], float] = time.monotonic,
+                   attempt_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
     """``await call()``, again after a transient failure, until ``seconds`` have passed; then
-    :class:`Unavailable` (from the last failure)."""
+    :class:`Unavailable` (from the last failure). With ``attempt_timeout``, an attempt that takes longer
+    fails as a timeout."""
     deadline = clock() + seconds
     delays = backoff()
     attempts = 0
     while True:
         attempts += 1
-        left = deadline - clock()
         try:
-            async with asyncio.timeout(max(left, 0.001)):
+            async with asyncio.timeout(attempt_timeout):
                 return await call()
         except TRANSIENT as exc:
             failure: BaseException = exc

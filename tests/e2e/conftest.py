@@ -10,6 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import TIMEOUT
+from tests.e2e.httpkit import SSE, SSEOpener, open_sse
 from tests.e2e.serverkit import Client, Opener, ServerProcess, token
 
 
@@ -35,3 +36,18 @@ async def clients() -> AsyncIterator[Opener]:
     yield open_
     await asyncio.gather(*(c.aclose() for c in opened))
 
+
+
+@pytest.fixture
+async def streams() -> AsyncIterator[SSEOpener]:
+    """Open SSE streams (closed at the end of the test): ``await open(server, user, rooms, since=...)``; the
+    arguments of :func:`tests.e2e.httpkit.open_sse`."""
+    opened: list[SSE] = []
+
+    async def open_(*args: Any, **kwargs: Any) -> SSE:
+        stream = await open_sse(*args, **kwargs)
+        opened.append(stream)
+        return stream
+
+    yield open_
+    await asyncio.gather(*(s.aclose() for s in opened))

@@ -103,12 +103,17 @@ def test_the_demo_page_and_its_files(demo: Stack) -> None:
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/client/realtime.js", "/demo",
-                                  "/demo/demo.js", "/demo/demo.css", "/demo/api/feed"])
+                                  "/demo/demo.js", "/demo/demo.css", "/demo/api/feed",
+                                  "/poll?rooms=public&wait=0", "/poll?rooms=user:eve&wait=0",
+                                  "/poll?rooms=bad%20room", "/sse?rooms=public", "/sse?rooms=user:bob"])
 def test_head_is_answered_wherever_get_is(demo: Stack, path: str) -> None:
-    """HEAD gives GET's status and headers, without a body (it answered 405)."""
+    """HEAD gives GET's status and headers, without a body (it answered 405); as eve."""
     server = demo.servers[0]
-    get_status, get_headers, _ = http(server, "GET", path)
-    status, headers, body = http(server, "HEAD", path)
+    if path == "/sse?rooms=public":  # a GET would stream: its status and type, as the stream starts
+        get_status, get_headers = 200, {"content-type": "text/event-stream"}
+    else:
+        get_status, get_headers, _ = http(server, "GET", path, bearer=token("eve"))
+    status, headers, body = http(server, "HEAD", path, bearer=token("eve"))
     assert (status, body) == (get_status, b""), (path, status)
     assert headers.get("content-type") == get_headers.get("content-type"), path
 
@@ -175,6 +180,24 @@ def test_writes_need_a_valid_token_and_a_public_post(demo: Stack) -> None:
     assert http(server, "POST", "/demo/api/comment", {"postId": "guarded", "text": "x" * 501}, token("eve"))[0] == 400
     assert demo.db.likes.count_documents({"postId": "guarded"}) == 0
     assert demo.db.comments.count_documents({"postId": "guarded"}) == 0
+
+
+def test_posts_with_null_empty_or_unknown_visibility_are_private_in_the_demo(demo: Stack) -> None:
+    """Regression: the demo's feed and write API took ``visibility: null`` (and an array holding "public") for
+    public, unlike the watcher's routing."""
+    server = demo.servers[0]
+    demo.db.posts.insert_many([
+        {"_id": "zzz0-public", "authorId": "ada", "text": "p", "visibility": "public"},
+        {"_id": "zzz1-null", "authorId": "ada", "text": "n", "visibility": None},
+        {"_id": "zzz2-empty", "authorId": "ada", "text": "e", "visibility": ""},
+        {"_id": "zzz3-array", "authorId": "ada", "text": "a", "visibility": ["public"]},
+    ])
+    for post_id in ("zzz1-null", "zzz2-empty", "zzz3-array"):
+        assert http(server, "POST", "/demo/api/like", {"postId": post_id}, token("eve"))[0] == 404, post_id
+    status, _, body = http(server, "GET", "/demo/api/feed", None, token("eve"))
+    assert status == 200
+    ids = [p["id"] for p in orjson.loads(body)["posts"]]
+    assert "zzz0-public" in ids and not {"zzz1-null", "zzz2-empty", "zzz3-array"} & set(ids), ids
 
 
 async def test_like_toggles_and_comments_reach_a_websocket_client(demo: Stack, clients: Opener) -> None:

@@ -19,26 +19,19 @@ fields.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.client
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
 
-import jwt
 import orjson
 import pytest
 
-from realtime.errors import ERROR_CODES
 from tests.conftest import TIMEOUT, RedisServer
+from tests.e2e.httpkit import SSEOpener, bearer, check_error, expired_token, get, poll, poll_events, query
 from tests.e2e.serverkit import (
-    SECRET,
     Client,
     Opener,
-    ServerProcess,
     Stack,
     after,
     check_frames,
@@ -71,246 +64,6 @@ def presence(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     with running_stack(redis_server, tmp_path_factory.mktemp("presence"), "presence", watcher=False,
                        server_env=PRESENCE_ENV) as st:
         yield st
-
-
-# -- HTTP -------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]  # names in lowercase
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-def _get(port: int, path: str, headers: dict[str, str], timeout: float) -> Reply:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers)
-        reply = conn.getresponse()
-        got = {k.lower(): v for k, v in reply.getheaders()}
-        if got.get("content-type", "").startswith("text/event-stream"):
-            return Reply(reply.status, got, b"")  # a stream: its head is the answer
-        return Reply(reply.status, got, reply.read())
-    finally:
-        conn.close()
-
-
-async def get(server: ServerProcess, path: str, headers: dict[str, str] | None = None,
-              within: float = TIMEOUT) -> Reply:
-    """A GET on a thread; the whole answer (but for an event stream, only its head), within a time bound."""
-    return await asyncio.to_thread(_get, server.port, path, headers or {}, within)
-
-
-def bearer(user: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(user)}"}
-
-
-def query(path: str, **params: str | float | None) -> str:
-    return path + "?" + urlencode({k: str(v) for k, v in params.items() if v is not None}, safe=",:")
-
-
-async def poll(server: ServerProcess, user: str, rooms: list[str], since: str | None = None, wait: float = 0,
-               within: float = TIMEOUT) -> Reply:
-    reply = await get(server, query("/poll", rooms=",".join(rooms), since=since, wait=wait), bearer(user),
-                      within=within)
-    assert reply.status == 200, (reply.status, reply.body[:300])
-    assert reply.headers["content-type"].startswith("application/json"), reply.headers
-    return reply
-
-
-def split_events(body: bytes) -> tuple[list[bytes], bytes]:
-    """The raw bytes of each item of a poll body's ``events`` array, as they stand in the body, and the rest
-    of the body after the array. A scanner of JSON strings and nesting, so that commas and brackets inside
-    strings are not taken for separators."""
-    head = b'{"events":['
-    assert body.startswith(head), body[:80]
-    items: list[bytes] = []
-    i = start = len(head)
-    if body[i:i + 1] == b"]":
-        return items, body[i + 1:]
-    depth, in_string, escaped = 0, False, False
-    while i < len(body):
-        c = body[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == 0x5C:  # backslash
-                escaped = True
-            elif c == 0x22:
-                in_string = False
-        elif c == 0x22:
-            in_string = True
-        elif c in b"{[":
-            depth += 1
-        elif c in b"}]":
-            if depth == 0:  # the array's own closing bracket
-                items.append(body[start:i])
-                return items, body[i + 1:]
-            depth -= 1
-        elif c == 0x2C and depth == 0:
-            items.append(body[start:i])
-            start = i + 1
-        i += 1
-    raise AssertionError(f"unterminated events array: {body[-80:]!r}")
-
-
-def poll_events(reply: Reply) -> tuple[list[bytes], dict[str, Any]]:
-    """The raw events of a poll answer, checked against the parsed body; and the parsed body."""
-    parsed = reply.json()
-    assert set(parsed) == {"events", "resets", "next"}, parsed.keys()
-    items, rest = split_events(reply.body)
-    assert [orjson.loads(item) for item in items] == parsed["events"], "the scanner cut the array wrongly"
-    assert reply.body == b'{"events":[' + b",".join(items) + b"]" + rest
-    return items, parsed
-
-
-# -- SSE --------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Message:
-    """One dispatched SSE event: its fields as sent (``data`` undecoded, a single line)."""
-
-    data: bytes
-    id: str | None = None
-    event: str | None = None
-
-
-@dataclass
-class SSE:
-    """An SSE response read by hand over a socket (chunked transfer coding undone), parsed as the HTML
-    standard says: fields up to ``:``, one leading space dropped, a blank line dispatches."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    headers: dict[str, str]
-    messages: list[Message] = field(default_factory=list)
-    comments: list[bytes] = field(default_factory=list)
-    retry: int | None = None
-    ended: bool = False
-    error: str | None = None
-    task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._read())
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
-                if size == 0:
-                    return
-                data = await self.reader.readexactly(size + 2)
-                assert data.endswith(b"\r\n"), "bad chunk"
-                yield data[:-2]
-        else:
-            while chunk := await self.reader.read(65536):
-                yield chunk
-
-    async def _read(self) -> None:
-        buffer = b""
-        try:
-            async for chunk in self._chunks():
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    block, buffer = buffer.split(b"\n\n", 1)
-                    self._block(block)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            self.error = repr(exc)
-        except Exception as exc:  # a malformed stream: recorded, and the tests fail on it
-            self.error = repr(exc)
-        finally:
-            self.ended = True
-
-    def _block(self, block: bytes) -> None:
-        if b"\r" in block:
-            self.error = f"a carriage return in the stream: {block[:100]!r}"
-        data: list[bytes] = []
-        msg = Message(b"")
-        for line in block.split(b"\n"):
-            if line.startswith(b":"):
-                self.comments.append(line)
-                continue
-            name, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if name == b"data":
-                data.append(value)
-            elif name == b"id":
-                msg.id = value.decode()
-            elif name == b"event":
-                msg.event = value.decode()
-            elif name == b"retry":
-                self.retry = int(value)
-            else:
-                self.error = f"unknown field {line[:100]!r}"
-        if data:
-            msg.data = b"\n".join(data)
-            self.messages.append(msg)
-
-    def events(self) -> list[Message]:
-        """The messages of the default type (events), in order."""
-        return [m for m in self.messages if m.event is None]
-
-    def raw_events(self) -> list[bytes]:
-        return [m.data for m in self.events()]
-
-    async def got(self, n: int, what: str, within: float = TIMEOUT * 3) -> None:
-        def enough() -> bool:
-            assert self.error is None, self.error
-            if self.ended and len(self.events()) < n:
-                raise AssertionError(f"the stream ended while waiting for {what}")
-            return len(self.events()) >= n
-        await until(enough, what, within)
-
-    async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), TIMEOUT)
-
-
-SSEOpener = Callable[..., Awaitable[SSE]]
-
-
-@pytest.fixture
-async def streams() -> AsyncIterator[SSEOpener]:
-    """Open SSE streams (closed at the end of the test): ``await open(server, user, rooms, since=...)``."""
-    opened: list[SSE] = []
-
-    async def open_(server: ServerProcess, user: str, rooms: list[str], *, since: str | None = None,
-                    last_event_id: str | None = None, token_in_query: bool = False) -> SSE:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), TIMEOUT)
-        params: dict[str, str | float | None] = {"rooms": ",".join(rooms), "since": since}
-        lines = [f"Host: 127.0.0.1:{server.port}", "Accept: text/event-stream"]
-        if token_in_query:
-            params["access_token"] = token(user)
-        else:
-            lines.append(f"Authorization: Bearer {token(user)}")
-        if last_event_id is not None:
-            lines.append(f"Last-Event-ID: {last_event_id}")
-        writer.write((f"GET {query('/sse', **params)} HTTP/1.1\r\n" + "".join(f"{x}\r\n" for x in lines)
-                      + "\r\n").encode())
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        except BaseException:
-            writer.close()
-            raise
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines if h)}
-        stream = SSE(reader, writer, headers)
-        opened.append(stream)
-        assert status_line.split()[1] == "200", head
-        assert headers["content-type"].startswith("text/event-stream"), headers
-        stream.start()
-        await until(lambda: stream.retry is not None or stream.ended, "the stream's retry field")  # listening
-        return stream
-
-    yield open_
-    await asyncio.gather(*(s.aclose() for s in opened))
 
 
 async def synced_frame(client: Client, what: str) -> dict[str, Any]:
@@ -505,10 +258,6 @@ async def test_transports_return_byte_identical_events(conf: Stack, clients: Ope
 
 # -- 2. bad requests ------------------------------------------------------------------------------------------
 
-def expired_token(user: str) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
-
-
 BAD_REQUESTS: list[tuple[str, dict[str, str | float | None], dict[str, str] | None, str]] = [
     # (what, query parameters, headers (None: a good bearer token), expected error code)
     ("since: not an id", {"rooms": "public", "since": "yesterday"}, None, "bad_since"),
@@ -538,16 +287,6 @@ BAD_REQUESTS: list[tuple[str, dict[str, str | float | None], dict[str, str] | No
     ("access_token: expired", {"rooms": "public", "access_token": expired_token("u1")}, {}, "token_expired"),
 ]
 BAD_WAITS = ["-1", "-0.001", "30.5", "31", "1e9", "nan", "inf", "-inf", "soon", "1,5"]
-
-
-def check_error(reply: Reply, code: str, what: str) -> None:
-    assert reply.status == ERROR_CODES[code].http, (what, reply.status, reply.body)
-    assert reply.headers.get("content-type", "").startswith("application/json"), (what, reply.headers)
-    body = reply.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, (what, body)
-    assert body["error"]["code"] == code, (what, body)
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], (what, body)
-    assert "Traceback" not in body["error"]["message"]
 
 
 @pytest.mark.parametrize("path", ["/poll", "/sse"])
@@ -586,12 +325,14 @@ async def test_bad_requests_get_their_status_and_a_json_error(conf: Stack, path:
         assert reply.status == 200 and reply.json() == {
             "events": [], "resets": [{"rooms": ["post:p1", "public"], "reason": "unknown_position"}], "next": beyond}
     if path == "/poll":  # the largest wait is allowed (and ends when an event comes)
+        waited = f"waited{uuid.uuid4().hex[:6]}"  # a public post: what refers to an unknown post is never public
+        await asyncio.to_thread(conf.db.posts.insert_one, {"_id": waited, "authorId": "u9", "text": "wait"})
         started = time.monotonic()
-        task = asyncio.ensure_future(get(a, query(path, rooms="post:waited", wait=30), bearer("u1"),
+        task = asyncio.ensure_future(get(a, query(path, rooms=f"post:{waited}", wait=30), bearer("u1"),
                                          within=TIMEOUT * 2))
         await asyncio.sleep(0.5)
         await asyncio.to_thread(conf.db.comments.insert_one, {"_id": f"w{uuid.uuid4().hex[:6]}",
-                                                              "postId": "waited", "userId": "u1"})
+                                                              "postId": waited, "userId": "u1"})
         reply = await task
         assert reply.status == 200 and len(reply.json()["events"]) == 1, reply.body
         assert time.monotonic() - started < TIMEOUT

@@ -160,7 +160,7 @@ async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkey
         return got
 
     monkeypatch.setattr(app, "collect", collect)
-    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None,
+    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
                                  cfg=SimpleNamespace(replay_limit=100, retry_seconds=1.0, presence_rooms=("post:",)))
     conn.session.rooms.add("post:x")
     await app._replay(state, conn, ("post:x",), "1-1", "r", join=True)

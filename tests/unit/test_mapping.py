@@ -23,15 +23,22 @@ from watchers.config import Fields, MappingConfig
 from watchers.mapping import (
     SKIP_BAD_DOCUMENT,
     SKIP_BAD_ID,
+    SKIP_NO_AUTHOR,
     SKIP_NO_POST,
     SKIP_NOT_WATCHED,
+    SKIP_UNKNOWN_POST,
     SKIP_UNROUTABLE_DELETE,
     Mapped,
     PostInfo,
     Subject,
+    combine,
+    from_entry,
     is_public,
     map_change,
+    post_entry,
     post_info,
+    post_ref,
+    public_query,
     subject,
 )
 from watchers.payload import bound, json_safe, pick
@@ -41,6 +48,7 @@ T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 WALL = dt.datetime(2023, 11, 14, 22, 13, 20, 123000)  # naive UTC, as PyMongo decodes a BSON date
 TS = 1_700_000_000_123
 TIME_PART = 7301444403200000000  # T0 << 32
+AT = TIME_PART | 1  # the time part of change()'s default clusterTime
 _MISSING: Any = object()
 
 OID = ObjectId("65a1b2c3d4e5f60718293a4b")
@@ -94,7 +102,7 @@ def test_new_public_post_goes_to_public_author_and_each_hashtag() -> None:
         ts=TS,
     )]
     assert mapped.events[0].counter is None
-    assert mapped.post_info == (HEX, PostInfo("u1", True))
+    assert mapped.post_info == (HEX, PostInfo("u1", True, TIME_PART | 7))
     assert mapped.index_set is None and mapped.index_del is None
 
 
@@ -131,7 +139,7 @@ def test_post_without_visibility_or_public_is_public(visibility: Any) -> None:
         doc["visibility"] = visibility
     mapped = map_change(change("insert", "posts", "p1", full=doc), 0, CFG)
     assert summary(mapped) == [(ev.POST_CREATED, ("public", "author:u1"))]
-    assert mapped.post_info == ("p1", PostInfo("u1", True))
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT))
 
 
 @pytest.mark.parametrize("visibility", ["followers", "private", "Public", "", True, 1, ["public"], {"v": "public"}])
@@ -140,7 +148,7 @@ def test_non_public_post_goes_only_to_its_author(visibility: Any) -> None:
     mapped = map_change(change("insert", "posts", "p1", full=doc), 0, CFG)
     assert summary(mapped) == [(ev.POST_CREATED, ("user:u1",))]
     assert mapped.events[0].data["text"] == "for friends"
-    assert mapped.post_info == ("p1", PostInfo("u1", False))
+    assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
 
 
 def test_public_values_are_configurable() -> None:
@@ -156,8 +164,8 @@ def test_public_values_are_configurable() -> None:
 def test_non_public_post_with_unusable_author_goes_nowhere() -> None:
     doc = {"_id": "p1", "authorId": "not a valid id", "visibility": "private", "text": "secret"}
     mapped = map_change(change("insert", "posts", "p1", full=doc), 0, CFG)
-    assert mapped.events == []
-    assert mapped.post_info == ("p1", PostInfo(None, False))
+    assert mapped.events == [] and mapped.skipped == SKIP_NO_AUTHOR
+    assert mapped.post_info == ("p1", PostInfo(None, False, AT))
 
 
 def test_public_post_with_unusable_author_skips_the_author_room() -> None:
@@ -199,13 +207,20 @@ POST = {"_id": "p1", "authorId": "u1", "title": "T", "text": "new text", "visibi
         "email": "a@example.com", "passwordHash": "h", "stats": {"views": 3}}
 
 
+KNOWN = PostInfo("u1", True)  # what the post index knew of POST
+
+
 def test_post_update_goes_to_the_post_room_with_allow_listed_fields_and_what_changed() -> None:
     c = change("update", "posts", "p1", full=POST, updated={"text": "new text", "email": "b@example.com"})
-    mapped = map_change(c, 0, CFG)
+    mapped = map_change(c, 0, CFG, KNOWN)
     assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("post:p1",),
                                    {"id": "p1", "authorId": "u1", "title": "T", "text": "new text",
                                     "visibility": "public", "changed": ["text"]}, TS)]
-    assert mapped.post_info == ("p1", PostInfo("u1", True))
+    assert mapped.post_info is None  # routing unchanged: nothing new to remember
+    # a pre-image tells the routing before the update as well as the index does (and teaches the index)
+    mapped = map_change({**c, "fullDocumentBeforeChange": POST}, 0, CFG)
+    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT))
 
 
 @pytest.mark.parametrize(("updated", "removed", "truncated"), [
@@ -218,10 +233,10 @@ def test_post_update_goes_to_the_post_room_with_allow_listed_fields_and_what_cha
 def test_post_update_touching_only_fields_outside_the_allow_list_publishes_nothing(
         updated: dict[str, Any], removed: tuple[str, ...], truncated: tuple[dict[str, Any], ...]) -> None:
     c = change("update", "posts", "p1", full=POST, updated=updated, removed=removed, truncated=truncated)
-    mapped = map_change(c, 0, CFG)
+    mapped = map_change(c, 0, CFG, KNOWN)
     assert mapped.events == []
     assert mapped.skipped is None
-    assert mapped.post_info == ("p1", PostInfo("u1", True))
+    assert mapped.post_info is None
 
 
 @pytest.mark.parametrize(("updated", "removed", "truncated", "changed"), [
@@ -234,16 +249,58 @@ def test_post_update_reports_changed_top_level_fields_in_allow_list_order(
         updated: dict[str, Any], removed: tuple[str, ...], truncated: tuple[dict[str, Any], ...],
         changed: list[str]) -> None:
     c = change("update", "posts", "p1", full=POST, updated=updated, removed=removed, truncated=truncated)
-    (event,) = map_change(c, 0, CFG).events
+    (event,) = map_change(c, 0, CFG, KNOWN).events
     assert event.type == ev.POST_UPDATED and event.rooms == ("post:p1",)
     assert event.data["changed"] == changed
 
 
 def test_update_of_a_non_public_post_goes_only_to_its_author() -> None:
     doc = {**POST, "visibility": "followers"}
-    mapped = map_change(change("update", "posts", "p1", full=doc, updated={"text": "x"}), 0, CFG)
+    mapped = map_change(change("update", "posts", "p1", full=doc, updated={"text": "x"}), 0, CFG,
+                        PostInfo("u1", False))
     assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
-    assert mapped.post_info == ("p1", PostInfo("u1", False))
+    assert mapped.post_info is None
+
+
+def test_update_whose_document_is_public_now_neither_goes_public_nor_makes_the_post_public() -> None:
+    """Regression: an update of a private post was routed, and the post remembered, as its looked-up document
+    (updateLookup: the post as it is now, made public since) said, so what was written to the post while it
+    was still private (this update, then comments) went to post:{id}."""
+    doc = {**POST, "visibility": "public", "text": "written while private"}
+    mapped = map_change(change("update", "posts", "p1", full=doc, updated={"text": "written while private"}), 0,
+                        CFG, PostInfo("u1", False))
+    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert mapped.post_info is None
+    c = change("update", "posts", "p1", full=doc, updated={"text": "x"}, before={**POST, "visibility": "private"})
+    assert summary(map_change(c, 0, CFG)) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert map_change(c, 0, CFG).post_info == ("p1", PostInfo("u1", False, AT))
+
+
+def test_update_whose_document_is_private_now_goes_only_to_its_author() -> None:
+    """Public at the update, private now: the document (perhaps edited since, while private) stays with the
+    author, and the post index still learns that the post was public at the update."""
+    doc = {**POST, "visibility": "private", "text": "written while private"}
+    mapped = map_change(change("update", "posts", "p1", full=doc, updated={"title": "T"}), 0, CFG, KNOWN)
+    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert mapped.post_info is None
+    c = change("update", "posts", "p1", full=doc, updated={"title": "T"}, before=POST)
+    assert summary(map_change(c, 0, CFG)) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert map_change(c, 0, CFG).post_info == ("p1", PostInfo("u1", True, AT))
+
+
+def test_update_with_nothing_known_before_it_goes_only_to_its_author() -> None:
+    """Regression: an update of a post the watcher knew nothing of was routed by its looked-up document alone."""
+    c = change("update", "posts", "p1", full=POST, updated={"text": "new text"})
+    mapped = map_change(c, 0, CFG)
+    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert mapped.post_info is None
+    mapped = map_change(change("update", "posts", "p1", full=None, updated={"text": "x"}), 0, CFG)
+    assert mapped.events == [] and mapped.skipped == SKIP_UNKNOWN_POST and mapped.post_info is None
+    # the update itself sets both routing fields: the routing after it is known
+    c = change("update", "posts", "p1", full=None, updated={"visibility": "public", "authorId": "u3", "text": "x"})
+    mapped = map_change(c, 0, CFG)
+    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
+    assert mapped.post_info == ("p1", PostInfo("u3", True, AT))
 
 
 def test_update_routes_by_the_post_image_not_by_what_was_known() -> None:
@@ -253,16 +310,17 @@ def test_update_routes_by_the_post_image_not_by_what_was_known() -> None:
     mapped = map_change(c, 0, CFG, PostInfo("u1", True))
     assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
     assert mapped.events[0].data["changed"] == ["visibility"]
-    assert mapped.post_info == ("p1", PostInfo("u1", False))
+    assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
 
 
 def test_update_changing_only_the_author_publishes_and_reroutes() -> None:
     cfg = MappingConfig(post_fields=("text",))
     doc = {"_id": "p1", "authorId": "u2", "text": "t", "visibility": "private"}
-    mapped = map_change(change("update", "posts", "p1", full=doc, updated={"authorId": "u2"}), 0, cfg)
+    mapped = map_change(change("update", "posts", "p1", full=doc, updated={"authorId": "u2"}), 0, cfg,
+                        PostInfo("u1", False, 5))
     assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("user:u2",),
                                    {"id": "p1", "authorId": "u2", "text": "t", "changed": []}, TS)]
-    assert mapped.post_info == ("p1", PostInfo("u2", False))
+    assert mapped.post_info == ("p1", PostInfo("u2", False, AT))
 
 
 def test_update_without_post_image_uses_what_the_update_set_and_the_known_routing() -> None:
@@ -284,7 +342,7 @@ def test_update_without_post_image_that_makes_the_post_private_goes_only_to_its_
     assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("user:u1",),
                                    {"id": "p1", "authorId": "u1", "text": "secret", "visibility": "private",
                                     "changed": ["text", "visibility"]}, TS)]
-    assert mapped.post_info == ("p1", PostInfo("u1", False))
+    assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
     # set by a dotted path: visibility is now a subdocument, which is not a public value
     c = change("update", "posts", "p1", full=None, updated={"visibility.level": "x", "text": "secret"})
     assert summary(map_change(c, 0, CFG, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",))]
@@ -294,11 +352,13 @@ def test_update_without_post_image_that_makes_the_post_public_goes_to_its_room()
     c = change("update", "posts", "p1", full=None, updated={"visibility": "public"})
     mapped = map_change(c, 0, CFG, PostInfo("u1", False))
     assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
-    assert mapped.post_info == ("p1", PostInfo("u1", True))
-    c = change("update", "posts", "p1", full=None, removed=("visibility",))  # absent: public
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT))
+    c = change("update", "posts", "p1", full=None, removed=("visibility",))  # absent: public by default
     mapped = map_change(c, 0, CFG, PostInfo("u1", False))
     assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
     assert mapped.events[0].data == {"id": "p1", "authorId": "u1", "changed": ["visibility"]}
+    strict = MappingConfig(missing_visibility_public=False)
+    assert summary(map_change(c, 0, strict, PostInfo("u1", False))) == [(ev.POST_UPDATED, ("user:u1",))]
 
 
 def test_update_without_post_image_that_changes_the_author_of_a_private_post() -> None:
@@ -306,7 +366,7 @@ def test_update_without_post_image_that_changes_the_author_of_a_private_post() -
     mapped = map_change(c, 0, CFG, PostInfo("u1", False))
     assert summary(mapped) == [(ev.POST_UPDATED, ("user:u2",))]
     assert mapped.events[0].data["authorId"] == "u2"
-    assert mapped.post_info == ("p1", PostInfo("u2", False))
+    assert mapped.post_info == ("p1", PostInfo("u2", False, AT))
 
 
 def test_replace_publishes_every_allow_listed_field_routed_by_the_new_document() -> None:
@@ -315,17 +375,21 @@ def test_replace_publishes_every_allow_listed_field_routed_by_the_new_document()
     assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("post:p1",),
                                    {"id": "p1", "authorId": "u1", "text": "replaced",
                                     "changed": list(CFG.post_fields)}, TS)]
-    assert mapped.post_info == ("p1", PostInfo("u1", True))
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT))
+    assert map_change(change("replace", "posts", "p1", full=doc), 0, CFG, PostInfo("u1", True, 5)).post_info is None
     doc["visibility"] = "private"
     c = change("replace", "posts", "p1", full=doc, before={"_id": "p1", "authorId": "u1"})
-    assert summary(map_change(c, 0, CFG, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",))]
+    mapped = map_change(c, 0, CFG, PostInfo("u1", True, 5))
+    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
 
 
 def test_post_delete_goes_to_the_post_room_with_only_its_id() -> None:
     c = change("delete", "posts", "p1", before={**POST, "text": "gone"})
     mapped = map_change(c, 0, CFG)
     assert mapped.events == [Event(eid(0), ev.POST_DELETED, ("post:p1",), {"id": "p1"}, TS)]
-    assert mapped.post_info == ("p1", None)
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT, deleted=True))  # a tombstone
+    assert map_change(c, 0, CFG, PostInfo("u1", True, 5)).post_info == ("p1", PostInfo("u1", True, 5, deleted=True))
 
 
 def test_delete_of_a_non_public_post_goes_only_to_its_author() -> None:
@@ -333,10 +397,25 @@ def test_delete_of_a_non_public_post_goes_only_to_its_author() -> None:
     assert summary(map_change(c, 0, CFG)) == [(ev.POST_DELETED, ("user:u1",))]
     # no pre-image: routed by what the watcher knew of the post
     c = change("delete", "posts", "p1")
-    assert summary(map_change(c, 0, CFG, PostInfo("u1", False))) == [(ev.POST_DELETED, ("user:u1",))]
-    assert summary(map_change(c, 0, CFG, PostInfo(None, False))) == []
-    assert summary(map_change(c, 0, CFG, None)) == [(ev.POST_DELETED, ("post:p1",))]
-    assert map_change(c, 0, CFG).post_info == ("p1", None)
+    mapped = map_change(c, 0, CFG, PostInfo("u1", False, 5))
+    assert summary(mapped) == [(ev.POST_DELETED, ("user:u1",))]
+    assert mapped.post_info == ("p1", PostInfo("u1", False, 5, deleted=True))
+    mapped = map_change(c, 0, CFG, PostInfo(None, False))
+    assert mapped.events == [] and mapped.skipped == SKIP_NO_AUTHOR
+
+
+def test_delete_of_a_post_nothing_is_known_of_publishes_nothing() -> None:
+    """Regression: a delete with no pre-image of a post the watcher did not know went to post:{id}."""
+    c = change("delete", "posts", "p1")
+    mapped = map_change(c, 0, CFG, None)
+    assert mapped.events == [] and mapped.skipped == SKIP_UNKNOWN_POST and mapped.post_info is None
+    # known only from after the delete (say, a deep replay reading the index as it is now): not known
+    mapped = map_change(c, 0, CFG, PostInfo("u1", True, AT + 1))
+    assert mapped.events == [] and mapped.skipped == SKIP_UNKNOWN_POST
+    # the author known, the visibility not (read as of now): its author only, and the tombstone says so
+    mapped = map_change(c, 0, CFG, PostInfo("u1", None))
+    assert summary(mapped) == [(ev.POST_DELETED, ("user:u1",))]
+    assert mapped.post_info == ("p1", PostInfo("u1", None, 0, deleted=True))
 
 
 @pytest.mark.parametrize("key", ["has space", "x" * 81, "y" * 200, "a/b", "", {"a": 1}, ["p1"], None, True, 1.5,
@@ -382,9 +461,45 @@ def test_liking_your_own_post_notifies_nobody() -> None:
     assert summary(mapped) == [(ev.POST_LIKED, ("post:p1",))]
 
 
-def test_like_of_an_unknown_post_notifies_nobody() -> None:
-    mapped = map_change(change("insert", "likes", "l1", full=LIKE), 0, CFG, None)
-    assert summary(mapped) == [(ev.POST_LIKED, ("post:p1",))]
+REACTIONS = [
+    ("like", change("insert", "likes", "l1", full=LIKE)),
+    ("like", change("delete", "likes", "l1", before=LIKE)),
+    ("comment", change("insert", "comments", "c1", full={"_id": "c1", "postId": "p1", "userId": "u2", "text": "t"})),
+    ("comment", change("update", "comments", "c1", full={"_id": "c1", "postId": "p1", "userId": "u2", "text": "t"},
+                       updated={"text": "t"})),
+    ("comment", change("delete", "comments", "c1", before={"_id": "c1", "postId": "p1", "userId": "u2", "text": "t"})),
+]
+
+
+@pytest.mark.parametrize(("kind", "c"), REACTIONS,
+                         ids=[f"{c['ns']['coll']}-{c['operationType']}" for _, c in REACTIONS])
+def test_reaction_to_a_post_of_unknown_visibility_never_goes_public(kind: str, c: dict[str, Any]) -> None:
+    """Regression: a like or comment of a post the watcher knew nothing of (deleted, or never seen) went to
+    post:{id}, with the liker's or commenter's id and the comment's text."""
+    for known in (None, PostInfo(None, None), PostInfo("u1", True, AT + 1)):  # nothing; nothing as of the change
+        mapped = map_change(c, 0, CFG, known)
+        assert mapped.events == [] and mapped.skipped == SKIP_UNKNOWN_POST
+        # the index of likes and comments still learns and forgets, so later changes can be routed
+        ident = "l1" if kind == "like" else "c1"
+        if c["operationType"] == "delete":
+            assert mapped.index_del == (kind, ident) and mapped.index_set is None
+        else:
+            assert mapped.index_set == (kind, ident, {"postId": "p1", "userId": "u2"}) and mapped.index_del is None
+    mapped = map_change(c, 0, CFG, PostInfo(None, False))
+    assert mapped.events == [] and mapped.skipped == SKIP_NO_AUTHOR
+    # the author known, the visibility not: the author alone hears of it
+    mapped = map_change(c, 0, CFG, PostInfo("u1", None))
+    assert mapped.events and all(e.rooms == ("user:u1",) for e in mapped.events) and mapped.skipped is None
+    assert mapped.events[0].counter == (Counter("p1", 1 if c["operationType"] == "insert" else -1)
+                                        if kind == "like" else None)
+
+
+def test_knowledge_from_after_a_change_says_nothing_of_it() -> None:
+    like = change("insert", "likes", "l1", full=LIKE)
+    assert summary(map_change(like, 0, CFG, PostInfo("u1", True, AT))) == [
+        (ev.POST_LIKED, ("post:p1",)), (ev.NOTIFICATION_NEW, ("user:u1",))]
+    assert map_change(like, 0, CFG, PostInfo("u1", True, AT + 1)).events == []
+    assert PostInfo("u1", True, 5).as_of(4) is None and PostInfo("u1", True, 5).as_of(5) == PostInfo("u1", True, 5)
 
 
 def test_like_without_a_usable_user_notifies_nobody() -> None:
@@ -573,9 +688,79 @@ def test_subject_reads_post_image_then_pre_image_then_remembered() -> None:
 def test_post_info_and_is_public() -> None:
     assert post_info(None, CFG) is None
     assert post_info({"authorId": "u1"}, CFG) == PostInfo("u1", True)
+    assert post_info({"authorId": "u1"}, CFG, since=7) == PostInfo("u1", True, 7)
     assert post_info({"authorId": "a b", "visibility": "private"}, CFG) == PostInfo(None, False)
-    assert is_public(None, CFG) and is_public({"visibility": None}, CFG)
+    assert not is_public(None, CFG)  # no document proves nothing
+    assert is_public({}, CFG) and is_public({"visibility": "public"}, CFG)
     assert not is_public({"visibility": "PUBLIC"}, CFG)
+
+
+@pytest.mark.parametrize("visibility", [None, "", "   ", "unknown", "Public", 0, False, [], {}, ["public"]])
+def test_null_empty_or_unrecognised_visibility_is_private(visibility: Any) -> None:
+    """Regression: ``visibility: null`` was treated as public (as if the field were absent)."""
+    doc = {"_id": "p1", "authorId": "u1", "visibility": visibility, "text": "for me"}
+    assert not is_public(doc, CFG)
+    assert summary(map_change(change("insert", "posts", "p1", full=doc), 0, CFG)) == [(ev.POST_CREATED, ("user:u1",))]
+    c = change("update", "posts", "p1", full=None, updated={"visibility": visibility, "text": "for me"})
+    assert summary(map_change(c, 0, CFG, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",))]
+    # an empty public value never makes a post public, even when configured
+    assert not is_public({"visibility": ""}, MappingConfig(public_values=("public", "")))
+
+
+def test_missing_visibility_follows_the_setting() -> None:
+    doc = {"_id": "p1", "authorId": "u1", "text": "t"}
+    assert summary(map_change(change("insert", "posts", "p1", full=doc), 0, CFG)) == [
+        (ev.POST_CREATED, ("public", "author:u1"))]
+    strict = MappingConfig(missing_visibility_public=False)
+    assert not is_public(doc, strict) and is_public({"visibility": "public"}, strict)
+    assert summary(map_change(change("insert", "posts", "p1", full=doc), 0, strict)) == [
+        (ev.POST_CREATED, ("user:u1",))]
+    c = change("update", "posts", "p1", full=None, removed=("visibility",), updated={"text": "t2"})
+    assert summary(map_change(c, 0, strict, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",))]
+
+
+def test_public_query_matches_what_is_public() -> None:
+    assert public_query(CFG) == {"$or": [{"visibility": {"$in": ["public"]}}, {"visibility": {"$exists": False}}]}
+    strict = MappingConfig(missing_visibility_public=False, public_values=("public", "everyone"),
+                           fields=Fields(visibility="audience"))
+    assert public_query(strict) == {"$or": [{"audience": {"$in": ["public", "everyone"]}}]}
+
+
+def test_combine_fails_closed() -> None:
+    pub, priv, unknown = PostInfo("u1", True, 5), PostInfo("u1", False, 5), PostInfo("u1", None)
+    assert combine(pub, PostInfo("u1", True)) == PostInfo("u1", True)
+    assert combine(pub, priv) == combine(priv, pub) == PostInfo("u1", False)
+    assert combine(pub, unknown) == combine(unknown, pub) == PostInfo("u1", None)
+    assert combine(pub, None) == combine(None, pub) == PostInfo("u1", None)
+    assert combine(priv, None) == PostInfo("u1", False)
+    assert combine(None, None) is None
+    assert combine(pub, PostInfo("u2", True)) == PostInfo(None, True)  # authors disagree: none is trusted
+    assert combine(PostInfo(None, True), PostInfo("u2", True)) == PostInfo("u2", True)
+
+
+def test_post_index_entries_round_trip_and_junk_is_unknown() -> None:
+    for info in (PostInfo("u1", True, 5), PostInfo(None, False, 0, deleted=True), PostInfo("u1", None, 9, True)):
+        assert from_entry(orjson.loads(orjson.dumps(post_entry(info)))) == info
+    for junk in (None, [], "x", {"authorId": "a b", "public": True, "since": 0, "deleted": False},
+                 {"authorId": "u1", "public": "yes", "since": 0, "deleted": False},
+                 {"authorId": "u1", "public": True, "since": -1, "deleted": False},
+                 {"authorId": "u1", "public": True, "since": True, "deleted": False},
+                 {"authorId": "u1", "public": True, "since": 0}):
+        assert from_entry(junk) is None
+
+
+def test_post_ref_says_which_post_a_change_needs_and_how_hard_to_look() -> None:
+    assert post_ref(change("insert", "posts", "p1", full={"_id": "p1"}), CFG) is None
+    assert post_ref(change("replace", "posts", "p1", full={"_id": "p1"}), CFG) == ("p1", False)
+    assert post_ref(change("update", "posts", "p1", full=POST, updated={"text": "x"}), CFG) == ("p1", True)
+    assert post_ref(change("update", "posts", "p1", before=POST, updated={"text": "x"}), CFG) == ("p1", False)
+    assert post_ref(change("delete", "posts", "p1"), CFG) == ("p1", True)
+    assert post_ref(change("delete", "posts", "p1", before=POST), CFG) == ("p1", False)
+    assert post_ref(change("insert", "likes", "l1", full=LIKE), CFG) == ("p1", True)
+    assert post_ref(change("delete", "likes", "l1"), CFG) is None
+    assert post_ref(change("delete", "likes", "l1"), CFG, {"postId": "p1", "userId": "u2"}) == ("p1", True)
+    assert post_ref(change("insert", "users", "x", full={"_id": "x"}), CFG) is None
+    assert post_ref({"operationType": "drop", "ns": {"db": "app", "coll": "posts"}}, CFG) is None
 
 
 # -- changes that are not ours -----------------------------------------------------------------------------
@@ -608,7 +793,7 @@ def test_collection_names_are_configurable() -> None:
     cfg = MappingConfig(posts="articles", likes="hearts", comments="replies")
     assert summary(map_change(change("insert", "articles", "p1", full={"_id": "p1"}), 0, cfg)) == [
         (ev.POST_CREATED, ("public",))]
-    assert summary(map_change(change("insert", "hearts", "l1", full=LIKE), 0, cfg)) == [
+    assert summary(map_change(change("insert", "hearts", "l1", full=LIKE), 0, cfg, PostInfo("u2", True))) == [
         (ev.POST_LIKED, ("post:p1",))]
     assert map_change(change("insert", "posts", "p1", full={"_id": "p1"}), 0, cfg).skipped == SKIP_NOT_WATCHED
 
@@ -847,9 +1032,10 @@ UPDATE_DESC = st.fixed_dictionaries({
     "removedFields": st.lists(PATHS, max_size=3),
     "truncatedArrays": st.lists(st.fixed_dictionaries({"field": PATHS, "newSize": st.integers(0, 5)}), max_size=2),
 })
-POST_INFOS = st.none() | st.builds(PostInfo, st.none() | st.sampled_from(["u1", "u2"]), st.booleans())
+POST_INFOS = st.none() | st.builds(PostInfo, st.none() | st.sampled_from(["u1", "u2"]), st.none() | st.booleans(),
+                                   st.sampled_from([0, TIME_PART, 2**64 - 1]), st.booleans())
 REMEMBERED = st.none() | DOCS | st.fixed_dictionaries({"postId": JSON, "userId": JSON})
-SMALL = MappingConfig(max_string=16, max_payload=1024, max_depth=3)
+SMALL = MappingConfig(max_string=16, max_payload=1024, max_depth=3, missing_visibility_public=False)
 
 ALLOWED_KEYS = {
     ev.POST_CREATED: {"id", "authorId", "truncated", *SMALL.post_fields},
@@ -891,14 +1077,26 @@ def test_map_change_never_raises_and_routes_only_to_valid_rooms(
         if e.counter is not None:
             assert e.type in (ev.POST_LIKED, ev.POST_UNLIKED) and next(iter(e.data)) == "likes"
             assert e.counter.delta == (1 if e.type == ev.POST_LIKED else -1)
-    # privacy: what belongs to a non-public post reaches only its author
-    author_only: set[str] | None = None
-    if coll != "posts" and post is not None and not post.public:
-        author_only = {ev.user_room(post.author_id)} if post.author_id else set()
-    if coll == "posts" and op in ("insert", "replace", "update") and isinstance(full, dict) and full \
-            and not is_public(full, cfg):
-        author = ev.id_part(full.get(cfg.fields.author_id))
-        author_only = {ev.user_room(author)} if author else set()
-    if author_only is not None:
+    # privacy: a room other than the author's only for what is proven public as of the change
+    known = post.as_of(ev.time_part(T0, inc)) if post is not None else None
+    only_users = False
+    if coll != "posts":
+        author_only = {ev.user_room(known.author_id)} if known is not None and known.author_id else set()
+        if known is None or known.public is not True:
+            for e in mapped.events:
+                assert set(e.rooms) <= author_only, (e.type, e.rooms, known)
+    elif op in ("insert", "replace"):
+        only_users = isinstance(full, dict) and not is_public(full, cfg)
+    elif op == "update":
+        sets_visibility = isinstance(desc.get("updatedFields"), dict) and cfg.fields.visibility in desc["updatedFields"]
+        only_users = (isinstance(full, dict) and not is_public(full, cfg)) or (
+            not isinstance(before, dict) and known is None and not sets_visibility
+            and cfg.fields.visibility not in desc.get("removedFields", []))
+    else:
+        if isinstance(before, dict):
+            only_users = not is_public(before, cfg)
+        else:
+            only_users = known is None or known.public is not True
+    if only_users:
         for e in mapped.events:
-            assert set(e.rooms) <= author_only, (e.type, e.rooms)
+            assert all(r.startswith("user:") for r in e.rooms), (e.type, e.rooms)

@@ -60,7 +60,7 @@ async def test_a_hanging_call_counts_as_a_failure() -> None:
         return "never"
 
     with pytest.raises(Unavailable):
-        await asyncio.wait_for(retrying(call, 0.2, "a test"), 5)
+        await asyncio.wait_for(retrying(call, 0.2, "a test", attempt_timeout=0.1), 5)
 
 
 async def test_a_bug_is_not_retried() -> None:

@@ -30,10 +30,11 @@ def test_defaults() -> None:
         http=("127.0.0.1", 9100),
         stall_seconds=60.0,
         name=f"{socket.gethostname()}-{os.getpid()}",
+        tombstone_seconds=7 * 86400.0,
     )
     assert cfg.collections == ("posts", "likes", "comments")
     assert cfg.mapping.fields == Fields("authorId", "postId", "userId", "hashtags", "visibility")
-    assert cfg.mapping.public_values == ("public",)
+    assert cfg.mapping.public_values == ("public",) and cfg.mapping.missing_visibility_public is True
     assert cfg.mapping.post_fields == ("title", "text", "hashtags", "visibility", "media", "createdAt", "updatedAt")
     assert cfg.mapping.comment_fields == ("text", "createdAt", "updatedAt")
     assert (cfg.mapping.max_string, cfg.mapping.max_payload, cfg.mapping.max_depth) == (10_000, 65_536, 6)
@@ -74,6 +75,8 @@ def test_overrides() -> None:
         "REALTIME_WATCHER_HTTP": "[::1]:9200",
         "REALTIME_STALL_SECONDS": "30",
         "REALTIME_WATCHER_NAME": " w1 ",
+        "REALTIME_VISIBILITY_MISSING": "private",
+        "REALTIME_POST_TOMBSTONE_SECONDS": "0",
     })
     assert cfg.mongodb_uri == "mongodb+srv://cluster0.example.net/" and cfg.database == "social"
     assert cfg.redis_url == "rediss://cache:6380/1"
@@ -88,6 +91,7 @@ def test_overrides() -> None:
     assert (cfg.lease_seconds, cfg.checkpoint_db, cfg.checkpoint_interval) == (2.5, "meta", 0.0)
     assert cfg.max_await_ms == 250 and cfg.full_document == "whenAvailable"
     assert cfg.http == ("::1", 9200) and cfg.stall_seconds == 30.0 and cfg.name == "w1"
+    assert cfg.mapping.missing_visibility_public is False and cfg.tombstone_seconds == 0.0
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -149,6 +153,12 @@ BAD = [
     ("REALTIME_POSTS_COLLECTION", ""),
     ("REALTIME_FIELD_POST_ID", " "),
     ("REALTIME_WATCHER_NAME", ""),
+    ("REALTIME_VISIBILITY_MISSING", "hidden"),
+    ("REALTIME_VISIBILITY_MISSING", "Public"),
+    ("REALTIME_VISIBILITY_MISSING", ""),
+    ("REALTIME_POST_TOMBSTONE_SECONDS", "-1"),
+    ("REALTIME_POST_TOMBSTONE_SECONDS", "a week"),
+    ("REALTIME_POST_TOMBSTONE_SECONDS", "inf"),
 ]
 
 

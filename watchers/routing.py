@@ -1,0 +1,193 @@
+"""What the mapping needs to know of a post, found for each change; used by the watcher and by the server's
+replay from the oplog (realtime/server/deep.py), so both route the same way.
+
+For a like, a comment, or an update or delete of a post that carries no pre-image, routing needs the post's
+author and visibility as they were at that change. The :class:`Router` looks, in order:
+
+1. in its cache, then in the post index in Redis (``{rt}:post:{id}``). The index is written by the publish
+   script with the change that taught it (a post's insert, replace, routing update or delete, or a lookup
+   below), so it matches the last change published; a deleted post stays there as a tombstone for
+   ``REALTIME_POST_TOMBSTONE_SECONDS``. An entry only says something of changes after its ``since``;
+2. in MongoDB, as of just before the change (a snapshot read at that cluster time): exact, and remembered;
+3. where MongoDB cannot read that far back, in the post as it is now, of which only the author is trusted:
+   the change then goes to the author alone (counted as ``visibility_as_of_now``).
+
+Nothing found: the mapping publishes nothing public (see watchers/mapping.py). A comment update's document
+is the comment as it is now (``updateLookup``), so its post must also be public now for it to go to
+``post:{id}``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+from bson import Timestamp
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
+from redis.asyncio import Redis
+
+from realtime import events as ev
+from watchers import mapping
+from watchers.config import MappingConfig
+from watchers.keys import Keys
+from watchers.mapping import Mapped, PostInfo
+
+CACHE_SIZE = 100_000
+
+
+class SnapshotUnavailable(Exception):
+    """MongoDB cannot read the post as of that time (older than its snapshot history, for example)."""
+
+
+class Memory(Protocol):
+    """What the watcher keeps in Redis for routing."""
+
+    async def post(self, post_id: str) -> PostInfo | None: ...
+
+    async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None: ...
+
+
+class Documents(Protocol):
+    """Posts in MongoDB."""
+
+    async def post(self, post_id: str, at: Timestamp | None) -> dict[str, Any] | None:
+        """The post (its author and visibility at least) as of cluster time ``at``, or now when None.
+        Raises :class:`SnapshotUnavailable` when it cannot be read as of ``at``."""
+        ...
+
+
+class RedisMemory:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def post(self, post_id: str) -> PostInfo | None:
+        raw = await self.redis.get(self.keys.post(post_id))
+        return mapping.from_entry(_json(raw)) if raw else None
+
+    async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.keys.index(kind), ident)
+        entry = _json(raw) if raw else None
+        return entry if isinstance(entry, dict) else None
+
+
+def _json(raw: Any) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class MongoDocuments:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], cfg: MappingConfig) -> None:
+        self.db = db
+        self.cfg = cfg
+
+    async def post(self, post_id: str, at: Timestamp | None) -> dict[str, Any] | None:
+        f = self.cfg.fields
+        match = {"_id": {"$in": mapping.id_forms(post_id)}}
+        projection = {f.author_id: 1, f.visibility: 1}
+        if at is None:
+            return await self.db[self.cfg.posts].find_one(match, projection)
+        try:
+            reply = await self.db.command({
+                "aggregate": self.cfg.posts, "pipeline": [{"$match": match}, {"$limit": 1}, {"$project": projection}],
+                "cursor": {}, "readConcern": {"level": "snapshot", "atClusterTime": at}})
+        except OperationFailure as exc:
+            raise SnapshotUnavailable(str(exc)) from exc
+        batch = reply["cursor"]["firstBatch"]
+        return dict(batch[0]) if batch else None
+
+
+def just_before(ct: Timestamp) -> Timestamp:
+    """The cluster time right before ``ct``: what a change at ``ct`` saw."""
+    return Timestamp(ct.time, ct.inc - 1) if ct.inc > 0 else Timestamp(ct.time - 1, 0xFFFFFFFF)
+
+
+class Router:
+    """Maps changes with what is known of their posts (see the module's docstring)."""
+
+    def __init__(self, cfg: MappingConfig, memory: Memory, documents: Documents, *, lookup_documents: bool,
+                 tombstone_ms: int = 0, cache_size: int = CACHE_SIZE,
+                 on_as_of_now: Callable[[], None] = lambda: None) -> None:
+        self.cfg = cfg
+        self.memory = memory
+        self.documents = documents
+        self.lookup_documents = lookup_documents  # update changes carry the document as it is now
+        self.tombstone_ms = tombstone_ms
+        self.cache_size = cache_size
+        self.on_as_of_now = on_as_of_now
+        self.cache: OrderedDict[str, PostInfo] = OrderedDict()
+
+    def clear(self) -> None:
+        """Forget the cache: call it whenever the stream may resume elsewhere than after the last change
+        this router mapped (a new stream, another leader meanwhile)."""
+        self.cache.clear()
+
+    async def map(self, change: dict[str, Any], position: int) -> Mapped:
+        cfg = self.cfg
+        remembered = None
+        sub = mapping.subject(change, cfg)
+        if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
+            remembered = await self.memory.reaction(sub.kind, sub.id)
+        ref = mapping.post_ref(change, cfg, remembered)
+        post: PostInfo | None = None
+        learned = False
+        if ref is not None:
+            post, learned = await self._post(ref[0], change["clusterTime"], lookup=ref[1])
+        routing = post
+        if (ref is not None and self.lookup_documents and sub is not None and sub.kind == "comment"
+                and change.get("operationType") == "update" and isinstance(change.get("fullDocument"), dict)
+                and post is not None and post.public):
+            # the comment as it is now goes public only if its post is public now too
+            routing = mapping.combine(post, mapping.post_info(await self.documents.post(ref[0], None), cfg))
+        mapped = mapping.map_change(change, position, cfg, routing, remembered)
+        if mapped.post_info is None and learned and ref is not None and post is not None:
+            mapped.post_info = (ref[0], post)
+        if mapped.post_info is not None:
+            self._cache(*mapped.post_info)
+        return mapped
+
+    def writes(self, mapped: Mapped) -> list[tuple[str, bytes | None, int]]:
+        """The post index writes to publish with a change: (post id, entry or None to forget, ttl in ms)."""
+        if mapped.post_info is None:
+            return []
+        post_id, info = mapped.post_info
+        if info.deleted and self.tombstone_ms <= 0:
+            return [(post_id, None, 0)]
+        return [(post_id, orjson.dumps(mapping.post_entry(info)), self.tombstone_ms if info.deleted else 0)]
+
+    async def _post(self, post_id: str, ct: Timestamp, *, lookup: bool) -> tuple[PostInfo | None, bool]:
+        """What is known of a post as of the change at ``ct``, and whether it was learnt from MongoDB (and
+        should be remembered)."""
+        at = ev.time_part(ct.time, ct.inc)
+        entry = self.cache.get(post_id)
+        if entry is None:
+            entry = await self.memory.post(post_id)
+            if entry is not None:
+                self._cache(post_id, entry)
+        else:
+            self.cache.move_to_end(post_id)
+        if entry is not None and entry.as_of(at) is not None:
+            return entry, False
+        if not lookup:
+            return None, False
+        before = just_before(ct)
+        try:
+            info = mapping.post_info(await self.documents.post(post_id, before), self.cfg,
+                                     since=ev.time_part(before.time, before.inc))
+            return info, info is not None and entry is None
+        except SnapshotUnavailable:
+            self.on_as_of_now()
+        now = mapping.post_info(await self.documents.post(post_id, None), self.cfg)
+        author = now.author_id if now is not None else entry.author_id if entry is not None else None
+        return (PostInfo(author, None), False) if author is not None else (None, False)
+
+    def _cache(self, post_id: str, info: PostInfo) -> None:
+        self.cache[post_id] = info
+        self.cache.move_to_end(post_id)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
