@@ -339,12 +339,13 @@ class Cluster:
         self._start_member(m)
 
     def heal_processes(self) -> None:
-        """SIGCONT what is stopped, restart what the schedule took down."""
+        """SIGCONT what is stopped; restart what the schedule took down, and what ended unbidden (reported as a
+        violation already; restarted as a supervisor would, so that the rest of the run still checks something)."""
         for m in (*self.watchers, *self.servers):
             if m.stopped and m.pid is not None:
                 os.kill(m.pid, signal.SIGCONT)
                 m.stopped = False
-            if m.down_by_schedule:
+            if m.pid is None:
                 self.restart(m.name)
 
     def unexpected_exits(self) -> list[str]:
