@@ -182,9 +182,9 @@ class Checker:
         end = rec.closed if rec.closed is not None else now
         for sent, f in rec.pending():
             if end - sent > ANSWER_WITHIN and not self.excused(rec.server, sent, end):
-                self._v("unanswered", rec, end, f"{f.get('op')} {f.get('rooms')} since {f.get('since')} got no "
-                        f"answer in {end - sent:.1f}s though the path to {rec.server} was sound "
-                        f"(connection {'still open' if rec.closed is None else 'ended: ' + rec.why})")
+                self._v("unanswered", rec, sent + ANSWER_WITHIN, f"{f.get('op')} {f.get('rooms')} since "
+                        f"{f.get('since')}, sent {sent - rec.opened:.1f}s into the connection, got no answer within "
+                        f"{ANSWER_WITHIN:.0f}s though the path to {rec.server} was sound")
 
 
 def _last_in(rec: Record) -> float:
