@@ -355,8 +355,9 @@ class Cluster:
             p = m.proc.proc if m.proc is not None else None
             if p is None or p.poll() is None or m.down_by_schedule:
                 continue
-            tail = "\n".join(m.proc.log().splitlines()[-15:]) if m.proc is not None else ""
-            what = f"{m.name} ({m.proc.name if m.proc else '?'}) exited with {p.returncode}:\n{tail}"
+            lines = [line for line in (m.proc.log().splitlines() if m.proc is not None else []) if line.strip()]
+            last = lines[-1] if lines else "(nothing logged)"
+            what = f"{m.name} exited with {p.returncode} (the schedule did not end it); its log ends: {last[:300]}"
             if what not in m.exits:
                 m.exits.append(what)
                 found.append(what)
