@@ -171,7 +171,7 @@ async def run(seed: int, seconds: float, workdir: Path, *, stop_at_first: bool =
             if when == "before":
                 for p in producers:
                     p.pause()
-                tailer.drain()
+                tailer.suspend()
             else:
                 tailer.new_epoch()
                 world.forget_all()

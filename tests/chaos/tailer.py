@@ -81,6 +81,9 @@ class Tailer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self._stream is None:  # suspended while the database restarts
+                time.sleep(0.05)
+                continue
             with self._lock:
                 try:
                     raw = self._stream.try_next() if self._stream is not None else None
@@ -105,6 +108,12 @@ class Tailer:
             if time.monotonic() > deadline:
                 raise RuntimeError("the model's change stream did not catch up")
             time.sleep(0.05)
+
+    def suspend(self) -> None:
+        """Read to the end, then stop reading (the database is about to go away)."""
+        self.drain()
+        with self._lock:
+            self._close()
 
     def new_epoch(self) -> None:
         """The database was restarted without its data: read the new one from now on, as a new life."""
