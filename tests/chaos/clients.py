@@ -261,8 +261,9 @@ class Session:
         elif kind == "reset":
             rec.got({"op": "reset", "rooms": payload.get("rooms"), "reason": payload.get("reason"),
                      **({"id": payload["id"]} if "id" in payload else {})})
-        else:  # close, error: the stream ends after it
-            rec.got({**payload, "op": kind if payload.get("op") is None else payload["op"], "sse_event": kind})
+        else:  # close, error: the stream ends after it (its rooms are not subscribed any more)
+            rec.got({**payload, "op": kind if payload.get("op") is None else payload["op"], "sse_event": kind,
+                     "ref": "sse"})
 
     # -- long-polling -------------------------------------------------------------------------------------------
     async def _poll(self, stop: asyncio.Event) -> None:
