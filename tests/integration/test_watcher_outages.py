@@ -25,11 +25,14 @@ from tests.integration.watcherkit import (
     RedisProcess,
     WatcherProcess,
     alive,
+    check_counts,
+    check_stream,
     expected_events,
     leader,
+    leading,
     published,
     reference,
-    setup_collections,
+    start_time,
     stream,
     streaming,
     wait_for,
@@ -38,22 +41,6 @@ from tests.integration.watcherkit import (
 pytestmark = [pytest.mark.integration]
 
 OUTAGE = 4.0  # seconds each outage lasts: four lease times of the tests' watchers
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    mongo = StandIn(noop_interval=0.5)
-    mongo.start()
-    yield mongo
-    mongo.stop()
-
-
-@pytest.fixture
-def mongo_client(standin: StandIn) -> Iterator[MongoClient[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(standin.uri)
-    setup_collections(client, "app")
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -96,30 +83,6 @@ def watchers(standin: StandIn, redis_proc: RedisProcess, tmp_path: Path) -> Iter
     yield make
     for w in started:
         w.stop()
-
-
-def start_time(client: MongoClient[dict[str, Any]]) -> Any:
-    return client.admin.command("ping")["operationTime"]
-
-
-def check_stream(r: redis.Redis, client: MongoClient[dict[str, Any]], start: Any) -> list[Any]:
-    """Every change since ``start`` is in the global stream once, in order, with its own ids."""
-    expected = expected_events(list(reference(client, "app", start)))
-    wait_for(lambda: len(published(stream(r))) >= len(expected), "the watcher to publish every change",
-             timeout=TIMEOUT * 6)
-    got = published(stream(r))
-    assert len({e[0] for e in got}) == len(got), "no event id appears twice"
-    assert got == expected
-    return got
-
-
-def check_counts(r: redis.Redis, client: MongoClient[dict[str, Any]]) -> None:
-    counts = {k.decode(): int(v) for k, v in r.hgetall("{rt}:likes").items()}
-    truth = {row["_id"]: row["n"] for row in client.app.likes.aggregate(
-        [{"$group": {"_id": "$postId", "n": {"$sum": 1}}}])}
-    for post, n in truth.items():
-        assert counts.get(post) == n, f"like count of {post}"
-    assert all(n == 0 for post, n in counts.items() if post not in truth)
 
 
 def ready(w: WatcherProcess) -> tuple[int, dict[str, Any]]:
@@ -192,8 +155,7 @@ def test_leader_lives_through_redis_killed_and_restarted_with_its_data(
     """Pins: the leading watcher exited with a traceback when Redis went away (resume_point in the except)."""
     redis_proc.start()
     start = start_time(mongo_client)
-    w = watchers("w").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w").start(), r)
     with Writes(Producer(mongo_client, "app", seed=21)) as producer:
         assert producer.wait_for(200, TIMEOUT * 3)
         redis_proc.kill()
@@ -217,8 +179,7 @@ def test_leader_lives_through_redis_losing_its_data(r: redis.Redis, redis_proc: 
     checkpoint's retention window, with the same ids, after one reset marker."""
     redis_proc.start()
     start = start_time(mongo_client)
-    w = watchers("w").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w").start(), r)
     with Writes(Producer(mongo_client, "app", seed=22)) as producer:
         assert producer.wait_for(200, TIMEOUT * 3)
         redis_proc.kill()
@@ -246,8 +207,7 @@ def test_redis_back_with_older_data_gets_what_it_lost_again(tmp_path: Path, stan
     r = redis.Redis(port=snapshots.port, socket_timeout=TIMEOUT)
     try:
         start = start_time(mongo_client)
-        w = watchers("w", redis_url=snapshots.url).start()
-        wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+        w = leading(watchers("w", redis_url=snapshots.url).start(), r)
         producer = Producer(mongo_client, "app", seed=23)
         producer.run(150)
         wait_for(lambda: checkpoint_at(mongo_client) >= redis_at(r) > (-1, -1), "a checkpoint of the first writes")
@@ -277,9 +237,8 @@ def test_watcher_started_while_a_dependency_is_unreachable(
     redis_proc.start()
     proxy = {"redis": proxies(redis_proc.port), "mongodb": proxies(port_of(standin))}
     start = start_time(mongo_client)
-    w = watchers("w", redis_url=via(proxy["redis"], "redis"), mongo_uri=via(proxy["mongodb"], "mongodb"),
-                 REALTIME_STALL_SECONDS="1").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w", redis_url=via(proxy["redis"], "redis"), mongo_uri=via(proxy["mongodb"], "mongodb"),
+                 REALTIME_STALL_SECONDS="1").start(), r)
     producer = Producer(mongo_client, "app", seed=24)
     producer.run(100)
     wait_for(lambda: checkpoint_at(mongo_client) >= redis_at(r) > (-1, -1), "a checkpoint")
@@ -310,8 +269,7 @@ def test_leader_lives_through_mongodb_unreachable(
     redis_proc.start()
     proxy = proxies(port_of(standin))
     start = start_time(mongo_client)
-    w = watchers("w", mongo_uri=via(proxy, "mongodb"), REALTIME_STALL_SECONDS="1").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w", mongo_uri=via(proxy, "mongodb"), REALTIME_STALL_SECONDS="1").start(), r)
     with Writes(Producer(mongo_client, "app", seed=25)) as producer:
         assert producer.wait_for(200, TIMEOUT * 3)
         proxy.refuse() if fault == "refuse" else proxy.hang()
@@ -336,8 +294,7 @@ def test_leader_lives_through_a_frozen_redis(r: redis.Redis, redis_proc: RedisPr
     commands Redis runs late when it wakes up publish nothing twice."""
     redis_proc.start()
     start = start_time(mongo_client)
-    w = watchers("w").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w").start(), r)
     with Writes(Producer(mongo_client, "app", seed=26)) as producer:
         assert producer.wait_for(200, TIMEOUT * 3)
         redis_proc.signal(signal.SIGSTOP)
@@ -363,8 +320,7 @@ def test_leader_cut_off_from_redis_comes_back_as_a_standby(
     redis_proc.start()
     proxy = proxies(redis_proc.port)
     start = start_time(mongo_client)
-    a = watchers("a", redis_url=via(proxy, "redis")).start()
-    wait_for(lambda: leader(r) == "a" and streaming(a), "a to lead")
+    a = leading(watchers("a", redis_url=via(proxy, "redis")).start(), r)
     b = watchers("b").start()
     wait_for(lambda: ready(b)[0] == 200, "b to stand by")
     with Writes(Producer(mongo_client, "app", seed=27)) as producer:
@@ -394,8 +350,7 @@ def test_a_failed_post_lookup_is_retried_not_skipped(r: redis.Redis, redis_proc:
     redis_proc.start()
     start = start_time(mongo_client)
     mongo_client.app.posts.insert_one({"_id": "p", "authorId": "u1"})  # before the watcher: not in its cache
-    w = watchers("w").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w").start(), r)
     wait_for(lambda: mongo_client.realtime_meta.checkpoints.find_one({"_id": "app/rt"}), "a first checkpoint")
     standin.fail_command(["find"], times=2, close_connection=True)  # the lookup, and the driver's one retry
     mongo_client.app.likes.insert_one({"_id": "l", "postId": "p", "userId": "u2"})
@@ -416,8 +371,7 @@ def test_an_outage_during_the_republishing_after_a_data_loss(
     again, the retry took the reset marker for published history and went on from the checkpoint."""
     redis_proc.start()
     mongo_client.app.posts.insert_one({"_id": "p", "authorId": "u1"})
-    w = watchers("w").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w").start(), r)
     with mongo_client.start_session() as session:
         mongo_client.app.likes.insert_one({"_id": "l", "postId": "p", "userId": "u2"}, session=session)
         liked_at = session.operation_time

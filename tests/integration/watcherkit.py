@@ -222,6 +222,38 @@ def wait_for(condition: Any, what: str, timeout: float = TIMEOUT, interval: floa
         time.sleep(interval)
 
 
+def start_time(client: MongoClient[dict[str, Any]]) -> Any:
+    return client.admin.command("ping")["operationTime"]
+
+
+def check_stream(r: redis.Redis, client: MongoClient[dict[str, Any]], start: Any) -> list[Any]:
+    """Every change since ``start`` is in the global stream once, in order, with its own ids; the changes."""
+    changes = list(reference(client, "app", start))
+    expected = expected_events(changes)
+    wait_for(lambda: len(published(stream(r))) >= len(expected), "the watcher to publish every change",
+             timeout=TIMEOUT * 6)
+    got = published(stream(r))
+    assert len({e[0] for e in got}) == len(got), "no event id appears twice"
+    assert got == expected
+    return changes
+
+
+def check_counts(r: redis.Redis, client: MongoClient[dict[str, Any]]) -> None:
+    """Every post's like count in Redis is the number of its likes in MongoDB."""
+    counts = {k.decode(): int(v) for k, v in r.hgetall("{rt}:likes").items()}
+    truth = {row["_id"]: row["n"] for row in client.app.likes.aggregate(
+        [{"$group": {"_id": "$postId", "n": {"$sum": 1}}}])}
+    for post, n in truth.items():
+        assert counts.get(post) == n, f"like count of {post}"
+    assert all(n == 0 for post, n in counts.items() if post not in truth)
+
+
+def leading(w: WatcherProcess, r: redis.Redis) -> WatcherProcess:
+    """``w`` once it holds the lease and its stream is open."""
+    wait_for(lambda: leader(r) == w.name and streaming(w), f"{w.name} to lead")
+    return w
+
+
 def streaming(w: WatcherProcess) -> bool:
     status, body = w.get("/readyz")
     return status == 200 and bool(orjson.loads(body).get("streaming"))
