@@ -140,6 +140,7 @@ class Seed:
 class Outcome:
     published: bool  # False: a duplicate, already in the stream
     room_failures: int = 0
+    last: str = ""  # a duplicate: the token (_data) Redis holds last
 
 
 def pad_time(seconds: int, increment: int) -> str:
@@ -196,7 +197,7 @@ class Publisher:
         if status == "SEED":
             raise NeedSeed(reply[1].decode() if isinstance(reply[1], bytes) else reply[1])
         if status == "DUP":
-            return Outcome(False)
+            return Outcome(False, last=reply[1].decode() if isinstance(reply[1], bytes) else reply[1])
         if status == "DIVERGED":
             raise Diverged(reply[1].decode() if isinstance(reply[1], bytes) else reply[1], previous)
         return Outcome(True, int(reply[1]))

@@ -556,6 +556,7 @@ class Watcher:
         self.last_time, self.last_position = time_part, position
         if not outcome.published:
             self.metrics.duplicates.inc()
+            self.redis_token = outcome.last
             return
         self.redis_token = change["_id"]["_data"]
         for e in mapped.events:
