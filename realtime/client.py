@@ -50,6 +50,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from realtime import events as ev
+from realtime.backoff import backoff
 from realtime.errors import CLOSE_CODES
 
 log = logging.getLogger("realtime.client")
@@ -105,16 +106,6 @@ class _Retry(Exception):
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------
-
-def backoff(base: float, cap: float, rng: Callable[[], float] = random.random) -> Iterator[float]:
-    """Jittered exponential delays, forever: the n-th is uniform in [d/2, d] with d = min(cap, base * 2**n)."""
-    if not 0 < base <= cap:
-        raise ValueError("backoff needs 0 < base <= cap")
-    ceiling = base
-    while True:
-        yield ceiling / 2 + rng() * ceiling / 2
-        ceiling = min(cap, ceiling * 2)
-
 
 def transient(code: int) -> bool:
     """Whether a close code means reconnect and resume. Codes outside the table (1006: the connection was lost,

@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -20,15 +19,21 @@ from realtime import httpd
 from realtime.config import ConfigError
 from watchers import config as config_module
 from watchers.config import WatcherConfig
-from watchers.watcher import Watcher
+from watchers.outage import REDIS
+from watchers.watcher import Watcher, redis_timeout
 
 log = logging.getLogger("realtime.watcher")
+SHUTDOWN_TIMEOUT = 2.0  # seconds the MongoDB client may take to close (it ends its sessions on the server)
 
 
 async def run(cfg: WatcherConfig, stop: asyncio.Event) -> int:
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(cfg.mongodb_uri, serverSelectionTimeoutMS=10_000,
-                                                               appname=f"realtime-watcher {cfg.name}")
-    redis = Redis.from_url(cfg.redis_url)
+    # Every call is bounded, so that a hung server (a frozen process, a partition) is an outage the watcher
+    # retries, never a wait without end: MongoDB's reads may take the stream's await time and then some.
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        cfg.mongodb_uri, serverSelectionTimeoutMS=10_000, connectTimeoutMS=10_000,
+        socketTimeoutMS=cfg.max_await_ms + 10_000, appname=f"realtime-watcher {cfg.name}")
+    timeout = redis_timeout(cfg.lease_seconds)
+    redis = Redis.from_url(cfg.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     watcher = Watcher(cfg, mongo, redis)
     server = None
     try:
@@ -36,6 +41,7 @@ async def run(cfg: WatcherConfig, stop: asyncio.Event) -> int:
             server = await httpd.serve(cfg.http[0], cfg.http[1], _routes(watcher))
             log.info("health and metrics on http://%s:%d/ (healthz, readyz, metrics)", *cfg.http)
         trimmer = asyncio.create_task(_trim_forever(watcher))
+        trimmer.add_done_callback(_report)
         try:
             await watcher.run(stop)
         finally:
@@ -44,7 +50,9 @@ async def run(cfg: WatcherConfig, stop: asyncio.Event) -> int:
     finally:
         if server is not None:
             server.close()
-        await mongo.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT):  # a hung MongoDB must not hold the exit
+                await mongo.close()
         await redis.aclose()
     return 0
 
@@ -57,7 +65,14 @@ async def _trim_forever(watcher: Watcher) -> None:
         try:
             await watcher.trim_by_age()
         except RedisError as exc:
-            log.warning("trimming history by age failed: %s", exc)
+            watcher.failed(exc, "trimming history by age")  # tried again in a minute
+        else:
+            watcher.reachable(REDIS)
+
+
+def _report(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("trimming history by age stopped", exc_info=task.exception())
 
 
 def _routes(watcher: Watcher) -> dict[str, httpd.Route]:
@@ -66,20 +81,10 @@ def _routes(watcher: Watcher) -> dict[str, httpd.Route]:
         return (200 if ok else 503), "application/json", orjson.dumps({"ok": ok, "state": why})
 
     async def readyz() -> tuple[int, str, bytes]:
-        problems = []
-        try:
-            await watcher.redis.ping()
-        except RedisError as exc:
-            problems.append(f"redis: {exc}")
-        try:
-            await watcher.mongo.admin.command("ping")
-        except PyMongoError as exc:
-            problems.append(f"mongodb: {exc}")
-        ok, why = watcher.health()
-        if not ok:
-            problems.append(why)
-        if watcher.lease_value is not None and not watcher.streaming:
-            problems.append("the change stream is not open yet")
+        # Redis is in use all the time (the lease is renewed or sought every few seconds), and so is MongoDB
+        # while the stream answers: their outages are known. Otherwise MongoDB is asked now.
+        await watcher.check_mongodb()
+        problems = watcher.problems()
         body = {"ready": not problems, "leader": watcher.lease_value is not None, "streaming": watcher.streaming,
                 "problems": problems}
         return (200 if not problems else 503), "application/json", orjson.dumps(body)

@@ -2,10 +2,11 @@
 
 The script refuses a change whose resume token is not newer than the last one published (so a restart,
 a replay or a second watcher never publishes a change twice), refuses a deposed leader (fencing: the
-caller's lease value must still be the leader key's), keeps like counts next to the stream, and appends
-each event to the global stream and to the history stream of each of its rooms, with the same id. In the
-same call it updates the indexes routing needs later (likes' and comments' posts, posts' author and
-visibility), so they always match the last change published.
+caller's lease value must still be the leader key's), refuses to publish on top of a last token other than
+the one the caller expects (Redis restarted from older data: what it lost must be published first), keeps
+like counts next to the stream, and appends each event to the global stream and to the history stream of
+each of its rooms, with the same id. In the same call it updates the indexes routing needs later (likes' and
+comments' posts, posts' author and visibility), so they always match the last change published.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ local last = redis.call('HGET', meta, 'token')
 if last and token <= last then
   return {'DUP', last}
 end
+if (last or '') ~= ARGV[9] then
+  return {'DIVERGED', last or ''}
+end
 local change_time = ARGV[7]
 local n = tonumber(ARGV[8])
 -- first pass: every counter must exist or come with a seed
-local i = 9
+local i = 10
 local parsed = {}
 for e = 1, n do
   local ev = {id = ARGV[i], env = ARGV[i + 1], post = ARGV[i + 2], delta = tonumber(ARGV[i + 3]),
@@ -115,6 +119,14 @@ class Fenced(Exception):
     """This watcher no longer holds the lease: another one publishes now."""
 
 
+class Diverged(Exception):
+    """Redis's last published token is not the one this watcher published (or resumed after) last: Redis
+    restarted from older data. Plan the resume point again, from what Redis holds."""
+
+    def __init__(self, holds: str, expected: str) -> None:
+        super().__init__(f"Redis holds {holds[:26] or 'no token'}, expected {expected[:26] or 'no token'}")
+
+
 class NeedSeed(Exception):
     """A like count is unknown to Redis (first like of a post, or Redis lost its data)."""
 
@@ -133,6 +145,7 @@ class Seed:
 class Outcome:
     published: bool  # False: a duplicate, already in the stream
     room_failures: int = 0
+    last: str = ""  # a duplicate: the token (_data) Redis holds last
 
 
 def pad_time(seconds: int, increment: int) -> str:
@@ -152,13 +165,14 @@ class Publisher:
         self._publish = redis.register_script(PUBLISH_LUA)
         self._reset = redis.register_script(RESET_LUA)
 
-    async def publish(self, *, lease: str, token: dict[str, Any], at: str, change_time: str, events: list[Event],
-                      seeds: dict[str, Seed] | None = None,
+    async def publish(self, *, lease: str, token: dict[str, Any], previous: str, at: str, change_time: str,
+                      events: list[Event], seeds: dict[str, Seed] | None = None,
                       index_set: Sequence[tuple[str, str, dict[str, Any]]] = (),
                       index_del: Sequence[tuple[str, str]] = (),
                       posts: Sequence[tuple[str, bytes | None, int]] = ()) -> Outcome:
-        """Publish one change (its events may be none: the token still advances). ``posts``: post index
-        entries to write, as (post id, JSON, time to live in ms, 0 for none), or (post id, None, 0) to forget."""
+        """Publish one change (its events may be none: the token still advances) after ``previous``, the token
+        (``_data``, '' for none) the caller expects Redis to hold last. ``posts``: post index entries to write,
+        as (post id, JSON, time to live in ms, 0 for none), or (post id, None, 0) to forget."""
         k = self.keys
         keys = [k.meta, k.events, k.leader, k.likes, k.likes_since]
         rooms = _room_keys(k, events)
@@ -170,7 +184,7 @@ class Publisher:
         room_pos = {key: room_base + i for i, key in enumerate(rooms)}
         index_pos = {key: room_base + len(rooms) + i for i, key in enumerate(index_keys)}
         args: list[Any] = [lease, token["_data"], orjson.dumps(token, default=str), self.global_maxlen,
-                           self.room_maxlen, at, change_time, len(events)]
+                           self.room_maxlen, at, change_time, len(events), previous]
         for e in events:
             counter = e.counter
             seed = (seeds or {}).get(counter.post_id) if counter else None
@@ -196,7 +210,9 @@ class Publisher:
         if status == "SEED":
             raise NeedSeed(reply[1].decode() if isinstance(reply[1], bytes) else reply[1])
         if status == "DUP":
-            return Outcome(False)
+            return Outcome(False, last=reply[1].decode() if isinstance(reply[1], bytes) else reply[1])
+        if status == "DIVERGED":
+            raise Diverged(reply[1].decode() if isinstance(reply[1], bytes) else reply[1], previous)
         return Outcome(True, int(reply[1]))
 
     async def reset(self, *, lease: str, event: Event, forget_token: bool) -> bool:

@@ -5,6 +5,10 @@ last token published to Redis and the checkpoint kept in MongoDB), open the stre
 map it to events and publish them with one script call. After every ``try_next()``, events or not, the
 stream's resume token goes to the checkpoint (throttled), so a quiet database never ages it out of the
 oplog. Lost history (286, 280, 260) is reported with a ``reset`` marker and a fresh stream, never a loop.
+
+No outage of Redis or MongoDB ends the process: every loop that calls them (the standby's, the lease's,
+the stream's) retries with a bounded backoff, and reports the outage once in the log, on ``/readyz`` and in
+the metrics (see ``watchers.outage``). A leader that cannot renew its lease for a lease time stands by.
 """
 
 from __future__ import annotations
@@ -14,18 +18,21 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from bson import Timestamp
 from pymongo import AsyncMongoClient
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, NetworkTimeout, OperationFailure, PyMongoError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime import events as ev
+from realtime.backoff import backoff
 from realtime.events import Event
 from realtime.metrics import Registry
 from watchers import mapping
@@ -33,12 +40,34 @@ from watchers.checkpoint import Checkpoint, MongoCheckpoints
 from watchers.config import WatcherConfig
 from watchers.keys import Keys
 from watchers.lease import RedisLease
-from watchers.publish import MAX_SEQ, Fenced, NeedSeed, Publisher, Seed, pad_time
+from watchers.outage import BACKOFF_BASE, BACKOFF_CAP, DEPENDENCIES, MONGODB, REDIS, Outages
+from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Publisher, Seed, pad_time
 from watchers.routing import MongoDocuments, RedisMemory, Router
 
 log = logging.getLogger("realtime.watcher")
 
 HISTORY_LOST = {286: "history_lost", 280: "token_not_found", 260: "invalid_token"}
+PING_TIMEOUT = 2.0  # seconds /readyz waits for MongoDB's answer when the watcher is not hearing from it
+# Redis answers that mean it cannot serve for now (full, a read-only replica after a failover, a cluster
+# reconfiguring), as much an outage as a refused connection
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, ClusterDownError,
+                     TryAgainError)
+
+
+def redis_timeout(lease_seconds: float) -> float:
+    """The longest a Redis call may take (socket connect and read): a hung Redis must not freeze the watcher,
+    and a leader must notice within about a lease time that it cannot renew."""
+    return min(5.0, max(1.0, lease_seconds))
+
+
+def outage_of(exc: BaseException) -> str | None:
+    """The dependency an error says is unavailable (refused, dropped, silent, loading, full, read-only, stepping
+    down), or None for any other error its server answered with."""
+    if isinstance(exc, REDIS_UNAVAILABLE):
+        return REDIS
+    if isinstance(exc, ConnectionFailure):
+        return MONGODB
+    return None
 
 
 class LeaseLost(Exception):
@@ -95,6 +124,11 @@ class WatcherMetrics:
         self.resets = r.counter("realtime_watcher_resets_total", "reset markers published, by reason")
         self.checkpoints = r.counter("realtime_watcher_checkpoints_total", "checkpoints written to MongoDB")
         self.errors = r.counter("realtime_watcher_errors_total", "errors that restarted the stream, by kind")
+        self.up = r.gauge("realtime_watcher_dependency_up",
+                          "0 while an outage of this dependency (redis, mongodb) is under way, else 1")
+        self.outages = r.counter("realtime_watcher_outages_total", "outages of a dependency that began, by dependency")
+        self.retries = r.counter("realtime_watcher_outage_retries_total",
+                                 "failed attempts on an unavailable dependency, each retried after a backoff")
         self.last_poll = r.gauge("realtime_watcher_last_poll_age_seconds",
                                  "seconds since the change stream last answered")
         self.stream_length = r.gauge("realtime_watcher_stream_length", "entries in the global event stream")
@@ -115,6 +149,9 @@ class Watcher:
                              lookup_documents=cfg.full_document == "updateLookup",
                              tombstone_ms=int(cfg.tombstone_seconds * 1000),
                              on_as_of_now=lambda: self.metrics.skipped.inc(reason="visibility_as_of_now"))
+        self.outages = Outages()
+        for dependency in DEPENDENCIES:
+            self.metrics.up.set(1, dependency=dependency)
         self.lease_value: str | None = None
         self.last_time, self.last_position = -1, -1
         self.last_poll = time.monotonic()
@@ -122,6 +159,8 @@ class Watcher:
         self.streaming = False  # a change stream is open and being read
         self.caught_up = True  # the last poll of the stream returned nothing
         self.last_wall = 0.0  # wall time of the last change handled
+        self.first_start: ResumePoint | None = None  # where a new deployment's first stream starts, for its retries
+        self.redis_token = ""  # the token (_data) Redis holds last, as far as this watcher knows
 
     # -- leadership ------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -137,27 +176,64 @@ class Watcher:
                 await self._lead(value, stop)
             except (LeaseLost, Fenced):
                 log.warning("%s lost the lease; back to standby", self.cfg.name)
+            except (RedisError, PyMongoError) as exc:  # the loops below retry theirs: a last net, never an exit
+                self.failed(exc, "leading")
+                log.warning("%s stands by after an error while leading", self.cfg.name)
             finally:
                 self.metrics.leader.set(0)
                 self.lease_value = None
         log.info("%s stopped", self.cfg.name)
 
     async def _acquire(self, stop: asyncio.Event) -> str | None:
+        """Try for the lease every quarter of a lease time; while Redis fails, back off (up to that quarter)."""
         announced = False
+        poll = self.cfg.lease_seconds / 4
+        delays = self._backoff(poll)
         while not stop.is_set():
             try:
                 value = await self.lease.acquire()
             except RedisError as exc:
-                log.warning("cannot reach Redis to take the lease: %s", exc)
-                value = None
-            if value is not None:
-                return value
-            if not announced:
-                log.info("%s is a standby; the leader is %s", self.cfg.name, await self._holder())
-                announced = True
+                self.failed(exc, "taking the lease")
+                wait = next(delays)
+            else:
+                self.reachable(REDIS)
+                if value is not None:
+                    return value
+                if not announced:
+                    log.info("%s is a standby; the leader is %s", self.cfg.name, await self._holder())
+                    announced = True
+                wait, delays = poll, self._backoff(poll)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.cfg.lease_seconds / 4)
+                await asyncio.wait_for(stop.wait(), wait)
         return None
+
+    def _backoff(self, cap: float = BACKOFF_CAP) -> Iterator[float]:
+        return backoff(min(BACKOFF_BASE, cap), cap)
+
+    def failed(self, exc: RedisError | PyMongoError, doing: str) -> None:
+        """A failed call: an outage of its dependency when it is unavailable (logged when the outage begins,
+        counted at each attempt), else an error its server answered with (logged each time)."""
+        dependency = outage_of(exc)
+        if dependency is None:
+            log.warning("%s failed (%s: %s); retrying", doing, type(exc).__name__, exc)
+            return
+        self.metrics.retries.inc(dependency=dependency)
+        outage = self.outages.failed(dependency, f"{type(exc).__name__}: {exc}")
+        if outage is not None:
+            self.metrics.outages.inc(dependency=dependency)
+            self.metrics.up.set(0, dependency=dependency)
+            log.warning("%s is unavailable (%s while %s); retrying with backoff (up to %gs) until it answers",
+                        dependency, outage.reason, doing, BACKOFF_CAP)
+        else:
+            log.debug("%s still unavailable (%s: %s while %s)", dependency, type(exc).__name__, exc, doing)
+
+    def reachable(self, dependency: str) -> None:
+        """A call to ``dependency`` got through: the end of its outage, if one was under way."""
+        outage = self.outages.succeeded(dependency)
+        if outage is not None:
+            self.metrics.up.set(1, dependency=dependency)
+            log.info("%s is available again after %.1fs and %d failed attempts", dependency,
+                     self.outages.clock() - outage.since, outage.failures)
 
     async def _holder(self) -> str | None:
         with contextlib.suppress(RedisError):
@@ -183,45 +259,73 @@ class Watcher:
                 await self.lease.release(value)  # let a standby take over at once
 
     async def _renew(self, value: str) -> None:
+        """Renew every third of a lease time. Unrenewed for a whole lease time (Redis unavailable), the lease
+        has lapsed in Redis too: stand by rather than pass for the leader (publishing is fenced anyway)."""
+        renewed = self.outages.clock()
         while True:
             await asyncio.sleep(self.cfg.lease_seconds / 3)
             try:
                 held = await self.lease.renew(value)
             except RedisError as exc:
-                log.warning("cannot renew the lease: %s", exc)
+                self.failed(exc, "renewing the lease")
+                if self.outages.clock() - renewed > self.cfg.lease_seconds:
+                    log.warning("%s could not renew its lease for a lease time: it has lapsed", self.cfg.name)
+                    raise LeaseLost() from exc
                 continue
+            self.reachable(REDIS)
             if not held:
                 raise LeaseLost()
+            renewed = self.outages.clock()
 
     # -- the stream --------------------------------------------------------------------------------------
     def pipeline(self) -> list[dict[str, Any]]:
         return mapping.stream_pipeline(self.cfg.mapping)
 
     async def _stream_forever(self, lease: str) -> None:
-        point = await self.resume_point()
-        failures = 0
+        """Stream from the resume point; after any failure of Redis or MongoDB, back off, then plan the resume
+        point again (the last token published is the truth), so nothing is skipped or published twice."""
+        point: ResumePoint | None = None
+        delays = self._backoff()
         while True:
+            polled = self.last_poll
             try:
+                if point is None:
+                    point = await self.resume_point()
+                    self.reachable(REDIS)
+                    self.reachable(MONGODB)
                 point = await self._stream(lease, point)
-                failures = 0
-            except (Fenced, LeaseLost, asyncio.CancelledError):
-                raise
-            except (PyMongoError, RedisError) as exc:
-                failures += 1
+                delays = self._backoff()
+            except (PyMongoError, RedisError, Diverged) as exc:
                 self.metrics.errors.inc(kind=type(exc).__name__)
-                delay = min(0.1 * 2 ** min(failures, 6), 5.0)
-                log.warning("stream interrupted (%s: %s); reopening in %.1fs", type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                point = await self.resume_point()
+                if isinstance(exc, Diverged):
+                    log.warning("Redis does not hold the last change published (%s): it restarted from older "
+                                "data; planning the resume point again", exc)
+                else:
+                    self.failed(exc, "streaming")
+                if self.last_poll != polled:  # the stream was read since the last failure: a new one
+                    delays = self._backoff()
+                point = None
+                await asyncio.sleep(next(delays))
 
     async def resume_point(self) -> ResumePoint:
-        """The newer of the last token published to Redis and the MongoDB checkpoint."""
+        """The newer of the last token published to Redis and the MongoDB checkpoint; the last token published
+        when Redis lost some of what it had published; the oplog's oldest point when it lost everything."""
         state = await self.publisher.state()
         checkpoint = await self.checkpoints.load()
+        self.redis_token = state.get("token", "")
         published = orjson.loads(state["token_json"]) if state.get("token_json") else None
-        if published is not None and (checkpoint is None or published["_data"] >= checkpoint.token["_data"]):
+        if published is not None and checkpoint is not None and _at(checkpoint.at) > _at(state.get("at", "")):
+            # Redis restarted from data older than what it had acknowledged (an append-only file fsynced every
+            # second, a snapshot): publish again, with the same ids, what followed its last token; if the oplog
+            # no longer holds that token, go on from the checkpoint after a reset.
+            fallback = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at, reset="redis_data_lost")
+            point = ResumePoint(resume_after=published, at=state.get("at", ""), fallback=fallback)
+            log.warning("Redis lost published changes (it holds up to %s, the checkpoint says %s): republishing "
+                        "from %s", state.get("at"), checkpoint.at, point.describe())
+        elif published is not None and (checkpoint is None or published["_data"] >= checkpoint.token["_data"]):
             point = ResumePoint(resume_after=published, at=state.get("at", ""))
-        elif checkpoint is not None and published is None and not await self.redis.exists(self.keys.events):
+        elif checkpoint is not None and published is None and _at(checkpoint.at) > (-1, -1) \
+                and not await self._holds_changes():
             # Redis lost its data: publish again, with the same ids, what the oplog still holds of the retention
             # window (the same changes give the same ids); if it holds nothing of it, go on from the checkpoint.
             secs, inc = token_time(checkpoint.token)
@@ -233,9 +337,27 @@ class Watcher:
         elif checkpoint is not None:
             point = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
         else:
-            point = ResumePoint()
+            # Nothing published, no checkpoint yet: start after MongoDB's latest write, and start there again
+            # when this first stream fails before its first checkpoint (not at a later "now": a gap).
+            point = self.first_start = self.first_start or await self._now()
         log.info("resuming %s", point.describe())
         return point
+
+    async def _now(self) -> ResumePoint:
+        """Just after the latest write MongoDB knows of (the operation time of a ping)."""
+        reply = await self.db.command("ping")
+        op = reply.get("operationTime")
+        if not isinstance(op, Timestamp):
+            return ResumePoint()
+        return ResumePoint(start_at=Timestamp(op.time, op.inc + 1) if op.inc < 0xFFFFFFFF else
+                           Timestamp(op.time + 1, 0))
+
+    async def _holds_changes(self) -> bool:
+        """Whether the global stream's newest entry is a change's event (not nothing, not a reset marker alone,
+        which is what a retry finds when an outage cut the republishing after a data loss short)."""
+        newest = await self.redis.xrevrange(self.keys.events, count=1) or []
+        fields = newest[0][1] if newest else None
+        return bool(fields and fields.get(b"t"))
 
     async def _oldest_start(self, upto: Timestamp) -> Timestamp | None:
         """The earliest cluster time, within the retention window before ``upto``, at which the oplog still
@@ -310,6 +432,7 @@ class Watcher:
                         raise
                     return await self._lost(lease, exc)
                 self.last_poll = time.monotonic()
+                self.reachable(MONGODB)
                 if change is None:
                     self.caught_up = True
                 else:
@@ -337,7 +460,9 @@ class Watcher:
         assert start is not None
         secs, inc = token_time(start)
         await self._reset(lease, ev.time_part(secs, inc) - 1, reason, extra)
-        return ResumePoint(resume_after=start)
+        # The last change processed stays known (checkpoints carry it): a checkpoint that names none means
+        # that nothing was ever published, which tells a new deployment from a Redis data loss.
+        return ResumePoint(resume_after=start, at=f"{self.last_time}:{self.last_position}")
 
     async def _reset(self, lease: str, time_part: int, reason: str, extra: dict[str, Any]) -> None:
         event = Event(f"{time_part}-{MAX_SEQ}", ev.RESET, (ev.ALL_ROOMS,), {"reason": reason, **extra},
@@ -379,7 +504,7 @@ class Watcher:
         try:
             mapped = await self._map(change, position)
         except (PyMongoError, RedisError):
-            raise  # an outage, not a bad change: the stream resumes and maps it again
+            raise  # an outage, not a bad change: the change is retried, never skipped
         except Exception:
             log.exception("skipping change %s on %s: it could not be mapped", change.get("_id"), coll)
             mapped = mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
@@ -403,7 +528,8 @@ class Watcher:
         while True:
             try:
                 outcome = await self.publisher.publish(
-                    lease=lease, token=change["_id"], at=f"{time_part}:{position}", change_time=pad_time(
+                    lease=lease, token=change["_id"], previous=self.redis_token, at=f"{time_part}:{position}",
+                    change_time=pad_time(
                         time_part >> 32, time_part & 0xFFFFFFFF), events=mapped.events, seeds=seeds,
                     index_set=[mapped.index_set] if mapped.index_set else [],
                     index_del=[mapped.index_del] if mapped.index_del else [], posts=self.router.writes(mapped))
@@ -413,7 +539,9 @@ class Watcher:
         self.last_time, self.last_position = time_part, position
         if not outcome.published:
             self.metrics.duplicates.inc()
+            self.redis_token = outcome.last
             return
+        self.redis_token = change["_id"]["_data"]
         for e in mapped.events:
             self.metrics.published.inc(type=e.type)
 
@@ -451,11 +579,45 @@ class Watcher:
             await self.redis.xtrim(key, minid=minid, approximate=True)
 
     def health(self) -> tuple[bool, str]:
-        """Unhealthy when leading and the stream has been silent past the stall threshold."""
+        """Unhealthy when leading and the stream has been silent past the stall threshold, unless the watcher
+        is retrying a dependency's outage (a restart would not help: it would wait the same way)."""
         silent = time.monotonic() - self.last_poll
         self.metrics.last_poll.set(silent if self.lease_value else 0.0)
+        waiting = ", ".join(sorted(self.outages.current))
         if self.lease_value is not None and silent > self.cfg.stall_seconds:
+            # Failed attempts come at most a backoff plus one bounded call apart (server selection or a socket
+            # timeout): past that with no attempt, the watcher is stuck, not waiting.
+            attempt = BACKOFF_CAP + 10.0 + self.cfg.max_await_ms / 1000 + 10.0
+            if self.outages.retrying(within=self.cfg.stall_seconds + attempt):
+                return True, f"leader, waiting for {waiting}"
             return False, f"the change stream has not answered for {silent:.0f}s"
-        if self.lease_value is None:
-            return True, "standby"
-        return True, "leader" if self.streaming else "leader (opening the stream)"
+        state = "standby" if self.lease_value is None else "leader" if self.streaming else \
+            "leader (opening the stream)"
+        return True, f"{state}, waiting for {waiting}" if waiting else state
+
+    async def check_mongodb(self) -> None:
+        """Ask MongoDB for a ping (bounded) when the watcher is not hearing from it otherwise: on a standby (it
+        uses MongoDB only when it leads), and on a leader whose stream is not open or has been silent past its
+        await time. The answer counts as any other call's, for the outage's log line and metrics."""
+        silent = time.monotonic() - self.last_poll
+        if self.lease_value is not None and self.streaming and silent < self.cfg.max_await_ms / 1000 + PING_TIMEOUT:
+            return
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.mongo.admin.command("ping")
+        except TimeoutError:
+            self.failed(NetworkTimeout(f"no answer to a ping within {PING_TIMEOUT:g}s"), "checking readiness")
+        except PyMongoError as exc:
+            self.failed(exc, "checking readiness")
+        else:
+            self.reachable(MONGODB)
+
+    def problems(self) -> list[str]:
+        """Why the watcher is not ready (empty when it is): outages under way, a stalled or unopened stream."""
+        problems = self.outages.problems()
+        ok, why = self.health()
+        if not ok:
+            problems.append(why)
+        if self.lease_value is not None and not self.streaming and not self.outages.current:
+            problems.append("the change stream is not open yet")
+        return problems

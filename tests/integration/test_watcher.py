@@ -21,13 +21,13 @@ from tests.conftest import TIMEOUT, RedisServer
 from tests.integration.producer import Producer
 from tests.integration.watcherkit import (
     WatcherProcess,
-    expected_events,
+    check_counts,
+    check_stream,
     leader,
+    leading,
     published,
-    reference,
-    setup_collections,
+    start_time,
     stream,
-    streaming,
     wait_for,
 )
 
@@ -38,22 +38,6 @@ pytestmark = [pytest.mark.integration]
 def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis(port=redis_server.port)
     client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    mongo = StandIn(noop_interval=0.5)
-    mongo.start()
-    yield mongo
-    mongo.stop()
-
-
-@pytest.fixture
-def mongo_client(standin: StandIn) -> Iterator[MongoClient[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(standin.uri)
-    setup_collections(client, "app")
     yield client
     client.close()
 
@@ -72,39 +56,11 @@ def watchers(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Ite
         w.stop()
 
 
-def start_time(client: MongoClient[dict[str, Any]]) -> Any:
-    return client.admin.command("ping")["operationTime"]
-
-
-def drained(r: redis.Redis, expected: list[Any]) -> bool:
-    return len(published(stream(r))) >= len(expected)
-
-
-def check_stream(r: redis.Redis, client: MongoClient[dict[str, Any]], start: Any) -> list[Any]:
-    changes = list(reference(client, "app", start))
-    expected = expected_events(changes)
-    wait_for(lambda: drained(r, expected), "the watcher to publish every change", timeout=TIMEOUT * 6)
-    got = published(stream(r))
-    assert len({e[0] for e in got}) == len(got), "no event id appears twice"
-    assert got == expected
-    return changes
-
-
-def check_counts(r: redis.Redis, client: MongoClient[dict[str, Any]]) -> None:
-    counts = {k.decode(): int(v) for k, v in r.hgetall("{rt}:likes").items()}
-    truth = {row["_id"]: row["n"] for row in client.app.likes.aggregate(
-        [{"$group": {"_id": "$postId", "n": {"$sum": 1}}}])}
-    for post, n in truth.items():
-        assert counts.get(post) == n, f"like count of {post}"
-    assert all(n == 0 for post, n in counts.items() if post not in truth)
-
-
 def test_exactly_once_through_two_sigkills(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
                                            watchers: Any) -> None:
     total = 5000
     start = start_time(mongo_client)
-    watcher = watchers("w1").start()
-    wait_for(lambda: leader(r) == "w1" and streaming(watcher), "w1 to lead")
+    watcher = leading(watchers("w1").start(), r)
     producer = Producer(mongo_client, "app")
     thread = threading.Thread(target=producer.run, args=(total,))
     thread.start()
@@ -125,8 +81,7 @@ def test_exactly_once_through_two_sigkills(r: redis.Redis, mongo_client: MongoCl
 def test_standby_takes_over_within_the_lease(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
                                              watchers: Any) -> None:
     start = start_time(mongo_client)
-    a = watchers("a").start()
-    wait_for(lambda: leader(r) == "a" and streaming(a), "a to lead")
+    a = leading(watchers("a").start(), r)
     b = watchers("b").start()
     wait_for(lambda: b.get("/healthz")[0] == 200, "b to answer")
     assert leader(r) == "a"
@@ -149,13 +104,11 @@ def test_standby_takes_over_within_the_lease(r: redis.Redis, mongo_client: Mongo
 
 def test_deposed_leader_cannot_publish(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
                                        watchers: Any) -> None:
-    a = watchers("a").start()
-    wait_for(lambda: leader(r) == "a" and streaming(a), "a to lead")
+    a = leading(watchers("a").start(), r)
     a.kill(signal.SIGSTOP)  # frozen, not dead: its lease runs out while it sleeps
     try:
         wait_for(lambda: leader(r) is None, "the lease to expire", timeout=TIMEOUT)
-        b = watchers("b").start()
-        wait_for(lambda: leader(r) == "b" and streaming(b), "b to lead")
+        leading(watchers("b").start(), r)
         mongo_client.app.posts.insert_one({"_id": "x", "authorId": "u1"})
         wait_for(lambda: len(stream(r)) == 1, "b to publish")
     finally:
@@ -172,8 +125,7 @@ def test_deposed_leader_cannot_publish(r: redis.Redis, mongo_client: MongoClient
 def test_lost_history_gives_one_reset_and_a_fresh_stream(r: redis.Redis, standin: StandIn,
                                                          mongo_client: MongoClient[dict[str, Any]],
                                                          watchers: Any) -> None:
-    w = watchers("w").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w").start(), r)
     mongo_client.app.posts.insert_one({"_id": "before", "authorId": "u1"})
     wait_for(lambda: len(stream(r)) == 1, "the first event")
     w.stop()
@@ -214,8 +166,7 @@ def test_quiet_database_keeps_the_checkpoint_moving(r: redis.Redis, mongo_client
 def test_redis_data_loss_republishes_with_the_same_ids(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
                                                        watchers: Any) -> None:
     start = start_time(mongo_client)
-    w = watchers("w").start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "w to lead")
+    w = leading(watchers("w").start(), r)
     producer = Producer(mongo_client, "app", seed=5)
     producer.run(300)
     before = check_stream(r, mongo_client, start)

@@ -1,9 +1,16 @@
-"""Running watcher processes in tests, and the reference each test holds the Redis stream to."""
+"""Running watcher processes in tests, the faults they meet (a redis-server to kill, freeze and restart, a
+proxy that refuses or hangs), and the reference each test holds the Redis stream to."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +48,169 @@ class WatcherProcess(Service):
                 self.proc.wait(timeout=TIMEOUT)
 
 
+class RedisProcess:
+    """A redis-server of the test's own on a fixed loopback port, which the test kills (SIGKILL), freezes
+    (SIGSTOP) and starts again on the same port, with its data (append-only file, fsync every second, as in
+    compose.yaml) or without it (``wipe``)."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = True) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, wait: bool = True) -> RedisProcess:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+             "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait:
+            wait_for(self.answers, f"redis-server to answer on port {self.port}")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; what the append-only file holds survives, up to its last fsync."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(sig)
+
+    def wipe(self) -> None:
+        """Delete the data files: the next start is a Redis that lost its data."""
+        assert self.proc is None or self.proc.poll() is not None, "wipe a stopped redis-server"
+        for path in self.dir.iterdir():
+            if path.name != "redis.log":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Proxy:
+    """A TCP proxy on loopback, in front of a server, for one process under test: it forwards, refuses (closes
+    its port and every connection, as a stopped server does) or hangs (keeps every connection open and
+    forwards nothing, as a frozen server or a partition does), on command from the test's thread."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=TIMEOUT)
+
+    def start(self) -> Proxy:
+        self._thread.start()
+        self.forward()
+        return self
+
+    def forward(self) -> None:
+        async def go() -> None:
+            self._flowing.set()
+            if self._server is None:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._call(go())
+
+    def hang(self) -> None:
+        async def go() -> None:
+            self._flowing.clear()
+        self._call(go())
+
+    def refuse(self) -> None:
+        async def go() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = None
+            self._drop()
+        self._call(go())
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.refuse()
+
+        async def cancel() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.sleep(0.05)  # aborted transports close their sockets on a later turn of the loop
+        self._call(cancel())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=TIMEOUT)
+        self._loop.close()
+
+    def _drop(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        pumps = [asyncio.create_task(self._pump(reader, up_writer)), asyncio.create_task(self._pump(up_reader, writer))]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self._tasks.difference_update(pumps)
+            for w in (writer, up_writer):
+                w.transport.abort()
+                self._writers.discard(w)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+
+
+def alive(w: WatcherProcess) -> bool:
+    return w.proc is not None and w.proc.poll() is None
+
+
 def wait_for(condition: Any, what: str, timeout: float = TIMEOUT, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -50,6 +220,38 @@ def wait_for(condition: Any, what: str, timeout: float = TIMEOUT, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def start_time(client: MongoClient[dict[str, Any]]) -> Any:
+    return client.admin.command("ping")["operationTime"]
+
+
+def check_stream(r: redis.Redis, client: MongoClient[dict[str, Any]], start: Any) -> list[Any]:
+    """Every change since ``start`` is in the global stream once, in order, with its own ids; the changes."""
+    changes = list(reference(client, "app", start))
+    expected = expected_events(changes)
+    wait_for(lambda: len(published(stream(r))) >= len(expected), "the watcher to publish every change",
+             timeout=TIMEOUT * 6)
+    got = published(stream(r))
+    assert len({e[0] for e in got}) == len(got), "no event id appears twice"
+    assert got == expected
+    return changes
+
+
+def check_counts(r: redis.Redis, client: MongoClient[dict[str, Any]]) -> None:
+    """Every post's like count in Redis is the number of its likes in MongoDB."""
+    counts = {k.decode(): int(v) for k, v in r.hgetall("{rt}:likes").items()}
+    truth = {row["_id"]: row["n"] for row in client.app.likes.aggregate(
+        [{"$group": {"_id": "$postId", "n": {"$sum": 1}}}])}
+    for post, n in truth.items():
+        assert counts.get(post) == n, f"like count of {post}"
+    assert all(n == 0 for post, n in counts.items() if post not in truth)
+
+
+def leading(w: WatcherProcess, r: redis.Redis) -> WatcherProcess:
+    """``w`` once it holds the lease and its stream is open."""
+    wait_for(lambda: leader(r) == w.name and streaming(w), f"{w.name} to lead")
+    return w
 
 
 def streaming(w: WatcherProcess) -> bool:

@@ -14,6 +14,7 @@ from realtime.metrics import Counter, Gauge, Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 PURE_MODULES = ["realtime.events", "watchers.mapping", "watchers.payload", "watchers.config", "realtime.config",
+                "realtime.backoff", "watchers.outage",
                 "realtime.metrics", "realtime.server.addresses"]
 IO_LIBRARIES = ["pymongo", "redis", "sanic", "motor", "websockets"]
 
