@@ -339,7 +339,8 @@ def test_a_failed_post_lookup_is_retried_not_skipped(r: redis.Redis, redis_proc:
     mongo_client.app.posts.insert_one({"_id": "p", "authorId": "u1"})  # before the watcher: not in its cache
     w = leading(watchers("w").start(), r)
     wait_for(lambda: mongo_client.realtime_meta.checkpoints.find_one({"_id": "app/rt"}), "a first checkpoint")
-    standin.fail_command(["find"], times=2, close_connection=True)  # the lookup, and the driver's one retry
+    # the lookup (a snapshot aggregate; find as of now), and the driver's one retry
+    standin.fail_command(["aggregate", "find"], times=2, close_connection=True)
     mongo_client.app.likes.insert_one({"_id": "l", "postId": "p", "userId": "u2"})
     changes = list(reference(mongo_client, "app", start))
     expected = expected_events(changes)
