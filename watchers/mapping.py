@@ -312,6 +312,24 @@ def _post_data(doc: dict[str, Any] | None, post_id: str, author: str | None, cfg
     return bound(data, cfg.max_payload, keep=("id", "authorId", "changed"))
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two BSON values are the same: equal, of the same types, with fields in the same order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _same_field(old: dict[str, Any], new: dict[str, Any], name: str) -> bool:
+    """Whether a field is the same in two versions of a document (absent from both counts as the same)."""
+    if (name in old) != (name in new):
+        return False
+    return name not in old or _same(old[name], new[name])
+
+
 def _since(known: PostInfo | None, info: PostInfo, at: int) -> int:
     """Since when ``info`` holds: as long as what was known, when the change left the routing as it was."""
     if known is not None and (known.author_id, known.public) == (info.author_id, info.public):
@@ -384,8 +402,16 @@ def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, 
             return Mapped(skipped=SKIP_BAD_DOCUMENT)
         new = PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg))
         info = PostInfo(new.author_id, new.public, _since(known, new, b.at))
+        old = _before(change)
+        if old is None:  # without the post before it, any allow-listed field may have changed
+            changed = list(cfg.post_fields)
+        else:
+            changed = [f for f in cfg.post_fields if not _same_field(old, doc, f)]
+            was = post_info(old, cfg)
+            if not changed and was is not None and (was.author_id, was.public) == (new.author_id, new.public):
+                return Mapped(post_info=_learned(post_id, known, info))
         rooms, reason = _post_rooms(info, post_id)
-        b.add(ev.POST_UPDATED, rooms, _post_data(doc, post_id, info.author_id, cfg, list(cfg.post_fields)))
+        b.add(ev.POST_UPDATED, rooms, _post_data(doc, post_id, info.author_id, cfg, changed))
         return Mapped(skipped=reason, post_info=_learned(post_id, known, info))
     # an update: its routing is the post's before it (the pre-image, else what was known) plus what it set.
     # The document it carries (fullDocument) may be the post as it is now (updateLookup), not as of this

@@ -384,6 +384,37 @@ def test_replace_publishes_every_allow_listed_field_routed_by_the_new_document()
     assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
 
 
+def test_replace_with_a_pre_image_lists_as_changed_only_what_differs() -> None:
+    """Regression: a replaceOne listed every allow-listed field as changed, fields neither version had
+    included, although the change carried the post before it (pre-images on)."""
+    old = {"_id": "p1", "authorId": "u1", "title": "T", "text": "old", "media": [1, {"a": 1}], "createdAt": 5,
+           "updatedAt": 1, "secret": "s"}
+    new = {"_id": "p1", "authorId": "u1", "text": "new", "media": [1, {"a": 1}], "createdAt": 5.0,
+           "hashtags": ["x"], "updatedAt": 1, "secret": "t"}
+    (event,) = map_change(change("replace", "posts", "p1", full=new, before=old), 0, CFG, KNOWN).events
+    # text edited, title removed, hashtags added, createdAt now a double; visibility neither had
+    assert event.data["changed"] == ["title", "text", "hashtags", "createdAt"]
+    # what a client sees of an unchanged field: the same value, with its type
+    reordered = {**new, "media": [1, {"a": 1}]}
+    assert map_change(change("replace", "posts", "p1", full=reordered, before=new), 0, CFG, KNOWN).events == []
+
+
+def test_replace_changing_nothing_allow_listed_publishes_only_a_routing_change() -> None:
+    old = {"_id": "p1", "authorId": "u1", "text": "same", "secret": "a"}
+    mapped = map_change(change("replace", "posts", "p1", full={**old, "secret": "b"}, before=old), 0, CFG)
+    assert mapped.events == [] and mapped.skipped is None
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT))  # the pre-image taught the index
+    moved = map_change(change("replace", "posts", "p1", full={**old, "authorId": "u2"}, before=old), 0, CFG)
+    assert [(e.type, e.data["changed"], e.data["authorId"]) for e in moved.events] == [(ev.POST_UPDATED, [], "u2")]
+
+
+def test_replace_without_a_pre_image_lists_every_allow_listed_field_as_changed() -> None:
+    """Without the post before it, any allow-listed field may have changed or been removed."""
+    doc = {"_id": "p1", "authorId": "u1", "text": "replaced"}
+    (event,) = map_change(change("replace", "posts", "p1", full=doc, before=None), 0, CFG, KNOWN).events
+    assert event.data["changed"] == list(CFG.post_fields)
+
+
 def test_post_delete_goes_to_the_post_room_with_only_its_id() -> None:
     c = change("delete", "posts", "p1", before={**POST, "text": "gone"})
     mapped = map_change(c, 0, CFG)
