@@ -44,7 +44,7 @@ class Keys:
 
     @property
     def likes_since(self) -> str:
-        """Hash: post id -> the cluster time (zero-padded) at which its count was read from MongoDB."""
+        """Hash: post id -> the point in the stream (watchers.publish.point) its count was read from MongoDB at."""
         return f"{self.tag}:likes:since"
 
     def index(self, kind: str) -> str:

@@ -6,8 +6,12 @@ learn which post's routing a change needs, looks that post up (see watchers/rout
 
 Routing (DESIGN §3, docs/events.md):
 
-* a new public post goes to ``public``, ``author:{authorId}`` and ``hashtag:{tag}`` for each tag;
-* updates and deletes of a post, and the likes and comments of a post, go to ``post:{postId}``;
+* a new public post goes to ``public``, ``author:{authorId}`` and ``hashtag:{tag}`` for each tag (its feed
+  rooms);
+* updates and deletes of a public post go to ``post:{postId}`` and to its feed rooms (as they were before
+  the change and after it, for an update that changes the author or the hashtags); an update that makes a
+  public post private is announced there as a ``post:deleted`` with its id only;
+* the likes and comments of a post go to ``post:{postId}``;
 * ``notification:new`` goes to ``user:{authorId}`` of the post when someone else likes or comments;
 * a post that is not public, and its likes and comments, go only to ``user:{authorId}``.
 
@@ -46,12 +50,14 @@ class PostInfo:
     ``public`` is None when the visibility is unknown (then only the author may be told); ``author_id`` is
     None when the author is unknown or cannot be a room. ``since`` is the cluster time (``seconds << 32 |
     increment``) from which this is known to hold, 0 for always: it says nothing of changes before it.
-    ``deleted`` marks a tombstone: the routing the post had when it was deleted."""
+    ``deleted`` marks a tombstone: the routing the post had when it was deleted. ``tags`` are the post's
+    hashtags as rooms name them (its ``hashtag:`` rooms while it is public); None when unknown."""
 
     author_id: str | None
     public: bool | None
     since: int = 0
     deleted: bool = False
+    tags: tuple[str, ...] | None = ()
 
     def as_of(self, at: int) -> PostInfo | None:
         """This knowledge for a change at cluster time ``at``: None when it is only known from later."""
@@ -144,10 +150,22 @@ def public_query(cfg: MappingConfig) -> dict[str, Any]:
     return {"$or": clauses}
 
 
+MAX_TAGS = 100  # hashtags of a post that get a room
+
+
+def tags_of(value: Any) -> tuple[str, ...]:
+    """The hashtag rooms' names for a hashtags field's value: normalised, valid, each once, the first 100
+    entries only; none unless it is an array."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(dict.fromkeys(t for t in (ev.normalise_tag(x) for x in value[:MAX_TAGS]) if t))
+
+
 def post_info(doc: dict[str, Any] | None, cfg: MappingConfig, since: int = 0) -> PostInfo | None:
     if not isinstance(doc, dict):
         return None
-    return PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg), since)
+    return PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg), since,
+                    tags=tags_of(doc.get(cfg.fields.hashtags)))
 
 
 def combine(a: PostInfo | None, b: PostInfo | None) -> PostInfo | None:
@@ -158,7 +176,7 @@ def combine(a: PostInfo | None, b: PostInfo | None) -> PostInfo | None:
         known = a if b is None else b
         if known is None:
             return None
-        return PostInfo(known.author_id, False if known.public is False else None)
+        return PostInfo(known.author_id, False if known.public is False else None, tags=known.tags)
     if a.public is False or b.public is False:
         public: bool | None = False
     else:
@@ -167,23 +185,26 @@ def combine(a: PostInfo | None, b: PostInfo | None) -> PostInfo | None:
         author = a.author_id if a.author_id is not None else b.author_id
     else:
         author = None
-    return PostInfo(author, public)
+    return PostInfo(author, public, tags=a.tags)
 
 
 def post_entry(info: PostInfo) -> dict[str, Any]:
     """A post index entry (stored as JSON in Redis)."""
-    return {"authorId": info.author_id, "public": info.public, "since": info.since, "deleted": info.deleted}
+    return {"authorId": info.author_id, "public": info.public, "since": info.since, "deleted": info.deleted,
+            "tags": None if info.tags is None else list(info.tags)}
 
 
 def from_entry(entry: Any) -> PostInfo | None:
-    """A post index entry read back; None when it is not one (then nothing is known)."""
+    """A post index entry read back; None when it is not one (then nothing is known). An entry written by an
+    earlier release has no ``tags``: they are unknown."""
     if not isinstance(entry, dict):
         return None
-    author, public, since, deleted = (entry.get(k) for k in ("authorId", "public", "since", "deleted"))
+    author, public, since, deleted, tags = (entry.get(k) for k in ("authorId", "public", "since", "deleted", "tags"))
     if (author is not None and ev.id_part(author) != author) or not (public is None or isinstance(public, bool)) \
-            or not isinstance(since, int) or isinstance(since, bool) or since < 0 or not isinstance(deleted, bool):
+            or not isinstance(since, int) or isinstance(since, bool) or since < 0 or not isinstance(deleted, bool) \
+            or not (tags is None or (isinstance(tags, list) and tags_of(tags) == tuple(tags))):
         return None
-    return PostInfo(author, public, since, deleted)
+    return PostInfo(author, public, since, deleted, None if tags is None else tuple(tags))
 
 
 def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, Any] | None = None
@@ -198,8 +219,9 @@ def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, A
         post_id = ev.id_part(_key(change))
         if post_id is None or op == "insert":
             return None
-        # an update or delete is routed by the post as it was before it: the pre-image, or what is known
-        return post_id, op != "replace" and _before(change) is None
+        # an update, replace or delete is routed by the post as it was before it (where it was public, for a
+        # replace too): the pre-image, or what is known
+        return post_id, _before(change) is None
     sub = subject(change, cfg, remembered)
     if sub is None or sub.post_id is None:
         return None
@@ -277,6 +299,21 @@ def _post_rooms(info: PostInfo | None, post_id: str) -> tuple[list[str], str | N
     return _author_only(info)
 
 
+def _feed_rooms(infos: list[PostInfo]) -> list[str]:
+    """The rooms a public post's ``post:created`` went to (``public``, ``author:``, ``hashtag:``), for each
+    of the routings in ``infos`` (all public: the post before and after a change)."""
+    rooms = [ev.PUBLIC]
+    rooms += [ev.author_room(i.author_id) for i in infos if i.author_id is not None]
+    rooms += [ev.hashtag_room(t) for i in infos for t in i.tags or ()]
+    return rooms
+
+
+def _public_post_rooms(post_id: str, *infos: PostInfo | None) -> list[str]:
+    """A public post's own room and its feed rooms, for the routings in ``infos`` that are public (the
+    rooms of one that is not would tell what the post was while private: its old tags)."""
+    return [ev.post_room(post_id), *_feed_rooms([i for i in infos if i is not None and i.public is True])]
+
+
 def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
                post: PostInfo | None = None, remembered: dict[str, Any] | None = None) -> Mapped:
     """Map one change (insert, update, replace or delete on a watched collection) to its events.
@@ -312,9 +349,27 @@ def _post_data(doc: dict[str, Any] | None, post_id: str, author: str | None, cfg
     return bound(data, cfg.max_payload, keep=("id", "authorId", "changed"))
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two BSON values are the same: equal, of the same types, with fields in the same order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _same_field(old: dict[str, Any], new: dict[str, Any], name: str) -> bool:
+    """Whether a field is the same in two versions of a document (absent from both counts as the same)."""
+    if (name in old) != (name in new):
+        return False
+    return name not in old or _same(old[name], new[name])
+
+
 def _since(known: PostInfo | None, info: PostInfo, at: int) -> int:
     """Since when ``info`` holds: as long as what was known, when the change left the routing as it was."""
-    if known is not None and (known.author_id, known.public) == (info.author_id, info.public):
+    if known is not None and (known.author_id, known.public, known.tags) == (info.author_id, info.public, info.tags):
         return known.since
     return at
 
@@ -327,12 +382,20 @@ def _learned(post_id: str, known: PostInfo | None, info: PostInfo) -> tuple[str,
 def _after_update(base: PostInfo | None, desc: dict[str, Any], tops: set[str], cfg: MappingConfig
                   ) -> tuple[PostInfo, bool]:
     """A post's routing right after an update, from its routing before (None: unknown) and what the
-    update did; and whether that is exact (the routing before was known, or the update set both)."""
+    update did; and whether that is exact (the routing before was known, or the update set both). Its tags
+    are unknown (None) when the update changed them below the top level (``hashtags.3``)."""
     f = cfg.fields
     updated = desc.get("updatedFields") or {}
     removed = desc.get("removedFields") or []
     author = base.author_id if base is not None else None
     public = base.public if base is not None else None
+    tags = base.tags if base is not None else None
+    if f.hashtags in updated:
+        tags = tags_of(updated[f.hashtags])
+    elif f.hashtags in removed:
+        tags = ()
+    elif f.hashtags in tops:
+        tags = None
     if f.visibility in updated:
         public = visibility_public(updated[f.visibility], cfg)
     elif f.visibility in removed:
@@ -344,7 +407,7 @@ def _after_update(base: PostInfo | None, desc: dict[str, Any], tops: set[str], c
     elif f.author_id in tops:  # removed, or changed below the top level: no usable author
         author = None
     exact = (base is not None and base.public is not None) or (f.visibility in tops and f.author_id in tops)
-    return PostInfo(author, public), exact
+    return PostInfo(author, public, tags=tags), exact
 
 
 def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, known: PostInfo | None) -> Mapped:
@@ -355,61 +418,88 @@ def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, 
     if op == "insert":
         if doc is None:  # an insert always carries its document
             return Mapped(skipped=SKIP_BAD_DOCUMENT)
-        info = PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg), b.at)
+        info = post_info(doc, cfg, b.at)
+        assert info is not None
         data = _post_data(doc, post_id, info.author_id, cfg)
         reason = None
         if info.public:
-            rooms = [ev.PUBLIC]
-            if info.author_id:
-                rooms.append(ev.author_room(info.author_id))
-            tags = doc.get(cfg.fields.hashtags)
-            if isinstance(tags, list):
-                rooms += [ev.hashtag_room(t) for t in (ev.normalise_tag(x) for x in tags[:100]) if t]
+            rooms = _feed_rooms([info])
         else:
             rooms, reason = _author_only(info)
         b.add(ev.POST_CREATED, rooms, data)
         return Mapped(skipped=reason, post_info=(post_id, info))
+    # an update, replace or delete: routed as the post was right before it (its pre-image, or what was
+    # known of it) and, but for a delete, as it is right after it
+    old = _before(change)
+    before = post_info(old, cfg)
+    prior = before if before is not None else known
     if op == "delete":
-        # routed as the post was right before: its pre-image, or what was known of it
-        before = post_info(_before(change), cfg)
-        prior = before if before is not None else known
-        rooms, reason = _post_rooms(prior, post_id)
+        if prior is not None and prior.public is True:
+            rooms, reason = _public_post_rooms(post_id, prior), None
+        else:
+            rooms, reason = _author_only(prior)
         b.add(ev.POST_DELETED, rooms, {"id": post_id})
         if prior is None:
             return Mapped(skipped=reason)
-        tomb = PostInfo(prior.author_id, prior.public, _since(known, prior, b.at), deleted=True)
+        tomb = PostInfo(prior.author_id, prior.public, _since(known, prior, b.at), deleted=True, tags=prior.tags)
         return Mapped(skipped=reason, post_info=(post_id, tomb))
     if op == "replace":
         if doc is None:  # a replace always carries the new document
             return Mapped(skipped=SKIP_BAD_DOCUMENT)
-        new = PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg))
-        info = PostInfo(new.author_id, new.public, _since(known, new, b.at))
-        rooms, reason = _post_rooms(info, post_id)
-        b.add(ev.POST_UPDATED, rooms, _post_data(doc, post_id, info.author_id, cfg, list(cfg.post_fields)))
+        new = post_info(doc, cfg)
+        assert new is not None
+        info = PostInfo(new.author_id, new.public, _since(known, new, b.at), tags=new.tags)
+        if old is None or before is None:  # without the post before it, any allow-listed field may have changed
+            changed = list(cfg.post_fields)
+        else:
+            changed = [f for f in cfg.post_fields if not _same_field(old, doc, f)]
+            if not changed and (before.author_id, before.public) == (new.author_id, new.public):
+                return Mapped(post_info=_learned(post_id, known, info))
+        data = _post_data(doc, post_id, info.author_id, cfg, changed)
+        reason = _published_update(b, post_id, prior, info, info, data)
         return Mapped(skipped=reason, post_info=_learned(post_id, known, info))
-    # an update: its routing is the post's before it (the pre-image, else what was known) plus what it set.
-    # The document it carries (fullDocument) may be the post as it is now (updateLookup), not as of this
-    # change: its content goes to a public room only if it is public too.
+    # an update: its routing is the post's before it plus what it set. The document it carries
+    # (fullDocument) may be the post as it is now (updateLookup), not as of this change: its content goes to
+    # a public room only if it is public too.
     desc = change.get("updateDescription") or {}
     paths = list((desc.get("updatedFields") or {}).keys()) + list(desc.get("removedFields") or [])
     paths += [t.get("field", "") for t in desc.get("truncatedArrays") or [] if isinstance(t, dict)]
     tops = {p.split(".", 1)[0] for p in paths if isinstance(p, str)}
     changed = [f for f in cfg.post_fields if f in tops]
     routing_changed = bool(tops & {cfg.fields.visibility, cfg.fields.author_id})
-    before = post_info(_before(change), cfg)
-    after, exact = _after_update(before if before is not None else known, desc, tops, cfg)
-    after = PostInfo(after.author_id, after.public, _since(known, after, b.at))
+    after, exact = _after_update(prior, desc, tops, cfg)
+    after = PostInfo(after.author_id, after.public, _since(known, after, b.at), tags=after.tags)
     learned = _learned(post_id, known, after) if exact else None
     if not changed and not routing_changed:
         return Mapped(post_info=learned)
-    route = combine(after, post_info(doc, cfg)) if doc is not None else after
+    now = post_info(doc, cfg)
+    route = after if now is None else combine(after, now) or after
+    if after.tags is None and now is not None:  # hashtags changed below the top level: the document tells
+        route = PostInfo(route.author_id, route.public, tags=now.tags)
     if doc is None:  # no post-image: what the update set is all that is known of the content
         updated = desc.get("updatedFields") or {}
         doc = {k: v for k, v in updated.items() if k in cfg.post_fields}
-    author = route.author_id if route is not None else None
-    rooms, reason = _post_rooms(route, post_id)
-    b.add(ev.POST_UPDATED, rooms, _post_data(doc, post_id, author, cfg, changed))
+    data = _post_data(doc, post_id, route.author_id, cfg, changed)
+    reason = _published_update(b, post_id, prior, after, route, data)
     return Mapped(skipped=reason, post_info=learned)
+
+
+def _published_update(b: _Builder, post_id: str, prior: PostInfo | None, after: PostInfo, route: PostInfo,
+                      data: dict[str, Any]) -> str | None:
+    """Add the events of a post's update or replace: ``post:updated`` with ``data``, to the post's room and
+    its feed rooms (before and after) when ``route`` (``after``, and the document the change carries) is
+    public, to its author alone otherwise; and a ``post:deleted`` with its id only to the rooms where the
+    post was public before the change, when it is not public after it. Returns the skip reason when the
+    update reached no room."""
+    if route.public is True:
+        b.add(ev.POST_UPDATED, _public_post_rooms(post_id, prior, route), data)
+        return None
+    rooms, reason = _author_only(route)
+    b.add(ev.POST_UPDATED, rooms, data)
+    if prior is not None and prior.public is True and after.public is not True:
+        b.add(ev.POST_DELETED, _public_post_rooms(post_id, prior), {"id": post_id})
+        return None
+    return reason
 
 
 def _map_reaction(op: str, sub: Subject, b: _Builder, cfg: MappingConfig, post: PostInfo | None) -> Mapped:

@@ -36,14 +36,14 @@ end
 if (last or '') ~= ARGV[9] then
   return {'DIVERGED', last or ''}
 end
-local change_time = ARGV[7]
+local change_point = ARGV[7]
 local n = tonumber(ARGV[8])
 -- first pass: every counter must exist or come with a seed
 local i = 10
 local parsed = {}
 for e = 1, n do
   local ev = {id = ARGV[i], env = ARGV[i + 1], post = ARGV[i + 2], delta = tonumber(ARGV[i + 3]),
-              seed = ARGV[i + 4], seed_time = ARGV[i + 5], nrooms = tonumber(ARGV[i + 6]), rooms = {}}
+              seed = ARGV[i + 4], seed_point = ARGV[i + 5], nrooms = tonumber(ARGV[i + 6]), rooms = {}}
   i = i + 7
   for r = 1, ev.nrooms do
     ev.rooms[r] = KEYS[tonumber(ARGV[i])]
@@ -64,11 +64,14 @@ for e = 1, n do
     if not count then
       count = ev.seed
       redis.call('HSET', likes, ev.post, count)
-      redis.call('HSET', since, ev.post, ev.seed_time)
+      redis.call('HSET', since, ev.post, ev.seed_point)
     end
     count = tonumber(count)
     local seeded_at = redis.call('HGET', since, ev.post)
-    if not seeded_at or change_time > seeded_at then
+    if seeded_at and #seeded_at == 20 then
+      seeded_at = seeded_at .. '9999999999' -- written by an earlier release: a count as of every change at that time
+    end
+    if not seeded_at or change_point > seeded_at then
       count = count + ev.delta
       if count < 0 then count = 0 end
       redis.call('HSET', likes, ev.post, count)
@@ -135,10 +138,31 @@ class NeedSeed(Exception):
         self.post_id = post_id
 
 
+ALL_CHANGES = 9_999_999_999  # as many changes as any cluster time can hold
+
+
+def point(time_part: int, changes: int) -> str:
+    """A point in change-stream order: after the first ``changes`` changes at cluster time ``time_part``
+    (``seconds << 32 | increment``), before the others. Points compare as strings.
+
+    Every change of a transaction shares its cluster time, so a time alone cannot say whether a count
+    includes a change of the transaction or not: a change's position among the changes at its time can."""
+    return f"{time_part:020d}{min(max(changes, 0), ALL_CHANGES):010d}"
+
+
+def change_point(at: str) -> str:
+    """The point right after the change at ``at`` ("<time part>:<position>")."""
+    time_part, _, position = at.partition(":")
+    return point(int(time_part), int(position) + 1)
+
+
 @dataclass(frozen=True)
 class Seed:
+    """A like count read from MongoDB, and the point in the stream it holds at: the script adds the changes
+    after that point to it, and leaves those before it (already counted) alone."""
+
     count: int
-    time: str  # zero-padded cluster time part of the read
+    as_of: str  # a point()
 
 
 @dataclass(frozen=True)
@@ -146,10 +170,6 @@ class Outcome:
     published: bool  # False: a duplicate, already in the stream
     room_failures: int = 0
     last: str = ""  # a duplicate: the token (_data) Redis holds last
-
-
-def pad_time(seconds: int, increment: int) -> str:
-    return f"{(seconds << 32) | increment:020d}"
 
 
 def _room_keys(keys: Keys, evs: list[Event]) -> list[str]:
@@ -165,14 +185,16 @@ class Publisher:
         self._publish = redis.register_script(PUBLISH_LUA)
         self._reset = redis.register_script(RESET_LUA)
 
-    async def publish(self, *, lease: str, token: dict[str, Any], previous: str, at: str, change_time: str,
-                      events: list[Event], seeds: dict[str, Seed] | None = None,
+    async def publish(self, *, lease: str, token: dict[str, Any], previous: str, at: str, events: list[Event],
+                      seeds: dict[str, Seed] | None = None,
                       index_set: Sequence[tuple[str, str, dict[str, Any]]] = (),
                       index_del: Sequence[tuple[str, str]] = (),
                       posts: Sequence[tuple[str, bytes | None, int]] = ()) -> Outcome:
         """Publish one change (its events may be none: the token still advances) after ``previous``, the token
-        (``_data``, '' for none) the caller expects Redis to hold last. ``posts``: post index entries to write,
-        as (post id, JSON, time to live in ms, 0 for none), or (post id, None, 0) to forget."""
+        (``_data``, '' for none) the caller expects Redis to hold last. ``at``: the change's
+        "<time part>:<position>" (its position among the changes sharing its cluster time). ``posts``: post
+        index entries to write, as (post id, JSON, time to live in ms, 0 for none), or (post id, None, 0) to
+        forget."""
         k = self.keys
         keys = [k.meta, k.events, k.leader, k.likes, k.likes_since]
         rooms = _room_keys(k, events)
@@ -184,12 +206,12 @@ class Publisher:
         room_pos = {key: room_base + i for i, key in enumerate(rooms)}
         index_pos = {key: room_base + len(rooms) + i for i, key in enumerate(index_keys)}
         args: list[Any] = [lease, token["_data"], orjson.dumps(token, default=str), self.global_maxlen,
-                           self.room_maxlen, at, change_time, len(events), previous]
+                           self.room_maxlen, at, change_point(at), len(events), previous]
         for e in events:
             counter = e.counter
             seed = (seeds or {}).get(counter.post_id) if counter else None
             args += [e.id, orjson.dumps(e.envelope()), counter.post_id if counter else "",
-                     counter.delta if counter else 0, seed.count if seed else "", seed.time if seed else "",
+                     counter.delta if counter else 0, seed.count if seed else "", seed.as_of if seed else "",
                      len(e.rooms)]
             args += [room_pos[k.room(room)] for room in e.rooms]
         ops: list[Any] = []

@@ -2,12 +2,16 @@
 replay from the oplog (realtime/server/deep.py), so both route the same way.
 
 For a like, a comment, or an update or delete of a post that carries no pre-image, routing needs the post's
-author and visibility as they were at that change. The :class:`Router` looks, in order:
+author and visibility (and, for a post's own changes, its hashtags) as they were at that change. The
+:class:`Router` looks, in order:
 
 1. in its cache, then in the post index in Redis (``{rt}:post:{id}``). The index is written by the publish
    script with the change that taught it (a post's insert, replace, routing update or delete, or a lookup
    below), so it matches the last change published; a deleted post stays there as a tombstone for
-   ``REALTIME_POST_TOMBSTONE_SECONDS``. An entry only says something of changes after its ``since``;
+   ``REALTIME_POST_TOMBSTONE_SECONDS``. An entry only says something of changes after its ``since``. A
+   public post's change needs its hashtags too: when the entry does not know them (written by an earlier
+   release, or after an update that changed them below the top level), MongoDB is asked as below, and
+   where it cannot tell, the entry serves without them;
 2. in MongoDB, as of just before the change (a snapshot read at that cluster time): exact, and remembered;
 3. where MongoDB cannot read that far back, in the post as it is now, of which only the author is trusted:
    the change then goes to the author alone (counted as ``visibility_as_of_now``).
@@ -54,7 +58,7 @@ class Documents(Protocol):
     """Posts in MongoDB."""
 
     async def post(self, post_id: str, at: Timestamp | None) -> dict[str, Any] | None:
-        """The post (its author and visibility at least) as of cluster time ``at``, or now when None.
+        """The post (its author, visibility and hashtags at least) as of cluster time ``at``, or now when None.
         Raises :class:`SnapshotUnavailable` when it cannot be read as of ``at``."""
         ...
 
@@ -89,7 +93,7 @@ class MongoDocuments:
     async def post(self, post_id: str, at: Timestamp | None) -> dict[str, Any] | None:
         f = self.cfg.fields
         match = {"_id": {"$in": mapping.id_forms(post_id)}}
-        projection = {f.author_id: 1, f.visibility: 1}
+        projection = {f.author_id: 1, f.visibility: 1, f.hashtags: 1}
         if at is None:
             return await self.db[self.cfg.posts].find_one(match, projection)
         try:
@@ -137,7 +141,7 @@ class Router:
         post: PostInfo | None = None
         learned = False
         if ref is not None:
-            post, learned = await self._post(ref[0], change["clusterTime"], lookup=ref[1])
+            post, learned = await self._post(ref[0], change["clusterTime"], lookup=ref[1], tags=sub is None)
         routing = post
         if (ref is not None and self.lookup_documents and sub is not None and sub.kind == "comment"
                 and change.get("operationType") == "update" and isinstance(change.get("fullDocument"), dict)
@@ -160,9 +164,10 @@ class Router:
             return [(post_id, None, 0)]
         return [(post_id, orjson.dumps(mapping.post_entry(info)), self.tombstone_ms if info.deleted else 0)]
 
-    async def _post(self, post_id: str, ct: Timestamp, *, lookup: bool) -> tuple[PostInfo | None, bool]:
-        """What is known of a post as of the change at ``ct``, and whether it was learnt from MongoDB (and
-        should be remembered)."""
+    async def _post(self, post_id: str, ct: Timestamp, *, lookup: bool, tags: bool = False
+                    ) -> tuple[PostInfo | None, bool]:
+        """What is known of a post as of the change at ``ct`` (its hashtags too when ``tags``: a change of
+        the post itself), and whether it was learnt from MongoDB (and should be remembered)."""
         at = ev.time_part(ct.time, ct.inc)
         entry = self.cache.get(post_id)
         if entry is None:
@@ -171,7 +176,9 @@ class Router:
                 self._cache(post_id, entry)
         else:
             self.cache.move_to_end(post_id)
-        if entry is not None and entry.as_of(at) is not None:
+        valid = entry is not None and entry.as_of(at) is not None
+        untagged = valid and entry is not None and tags and entry.public is True and entry.tags is None
+        if valid and not (untagged and lookup):
             return entry, False
         if not lookup:
             return None, False
@@ -179,8 +186,13 @@ class Router:
         try:
             info = mapping.post_info(await self.documents.post(post_id, before), self.cfg,
                                      since=ev.time_part(before.time, before.inc))
-            return info, info is not None and entry is None
+            if untagged and info is None:
+                return entry, False
+            # remembered unless the index knows of a later state (an entry newer than this change)
+            return info, info is not None and (entry is None or untagged)
         except SnapshotUnavailable:
+            if untagged:
+                return entry, False
             self.on_as_of_now()
         now = mapping.post_info(await self.documents.post(post_id, None), self.cfg)
         author = now.author_id if now is not None else entry.author_id if entry is not None else None

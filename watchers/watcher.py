@@ -40,8 +40,9 @@ from watchers.checkpoint import Checkpoint, MongoCheckpoints
 from watchers.config import WatcherConfig
 from watchers.keys import Keys
 from watchers.lease import RedisLease
+from watchers.likecount import LikeCounts
 from watchers.outage import BACKOFF_BASE, BACKOFF_CAP, DEPENDENCIES, MONGODB, REDIS, Outages
-from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Publisher, Seed, pad_time
+from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Publisher, Seed
 from watchers.routing import MongoDocuments, RedisMemory, Router
 
 log = logging.getLogger("realtime.watcher")
@@ -149,6 +150,8 @@ class Watcher:
                              lookup_documents=cfg.full_document == "updateLookup",
                              tombstone_ms=int(cfg.tombstone_seconds * 1000),
                              on_as_of_now=lambda: self.metrics.skipped.inc(reason="visibility_as_of_now"))
+        self.like_counts = LikeCounts(mongo, self.db, cfg.mapping, self.pipeline(),
+                                      on_approximate=lambda: self.metrics.skipped.inc(reason="approximate_seed"))
         self.outages = Outages()
         for dependency in DEPENDENCIES:
             self.metrics.up.set(1, dependency=dependency)
@@ -529,13 +532,12 @@ class Watcher:
             try:
                 outcome = await self.publisher.publish(
                     lease=lease, token=change["_id"], previous=self.redis_token, at=f"{time_part}:{position}",
-                    change_time=pad_time(
-                        time_part >> 32, time_part & 0xFFFFFFFF), events=mapped.events, seeds=seeds,
+                    events=mapped.events, seeds=seeds,
                     index_set=[mapped.index_set] if mapped.index_set else [],
                     index_del=[mapped.index_del] if mapped.index_del else [], posts=self.router.writes(mapped))
                 break
             except NeedSeed as need:
-                seeds[need.post_id] = await self._seed(need.post_id, change["clusterTime"])
+                seeds[need.post_id] = await self.like_counts.seed(need.post_id, change, position)
         self.last_time, self.last_position = time_part, position
         if not outcome.published:
             self.metrics.duplicates.inc()
@@ -544,30 +546,6 @@ class Watcher:
         self.redis_token = change["_id"]["_data"]
         for e in mapped.events:
             self.metrics.published.inc(type=e.type)
-
-    async def _seed(self, post_id: str, at: Timestamp) -> Seed:
-        """A post's like count as of the change at ``at`` (a snapshot read at that cluster time, so the
-        count includes that change and nothing after it). Where the server cannot read that far back, the
-        count as of now, with the time of that read: changes up to it then leave the count as it is."""
-        field = self.cfg.mapping.fields.post_id
-        pipeline = [{"$match": {field: {"$in": mapping.id_forms(post_id)}}}, {"$count": "n"}]
-        try:
-            reply = await self.db.command({"aggregate": self.cfg.mapping.likes, "pipeline": pipeline, "cursor": {},
-                                           "readConcern": {"level": "snapshot", "atClusterTime": at}})
-            batch = reply["cursor"]["firstBatch"]
-            count = int(batch[0]["n"]) if batch else 0
-            log.debug("like count of post %s at %s: %d", post_id, at, count)
-            return Seed(count, pad_time(at.time, at.inc))
-        except OperationFailure as exc:
-            log.warning("cannot read the like count of post %s at %s (%s); reading the current count",
-                        post_id, at, exc)
-            self.metrics.skipped.inc(reason="approximate_seed")
-        async with self.mongo.start_session(causal_consistency=True) as session:
-            count = await self.db[self.cfg.mapping.likes].count_documents({field: {"$in": mapping.id_forms(post_id)}},
-                                                                        session=session)
-            op_time = session.operation_time
-        when = pad_time(op_time.time, op_time.inc) if op_time is not None else pad_time(at.time, at.inc)
-        return Seed(count, when)
 
     # -- housekeeping -------------------------------------------------------------------------------------
     async def trim_by_age(self) -> None:

@@ -1,6 +1,8 @@
 // The demo page in headless Chromium (Debian's), driven by playwright-core. Run by tests/e2e/test_demo.py:
 //   node demo.mjs <server http URL> <directory for screenshots>
-// It prints STOP when the test should restart the server, and waits for STARTED on stdin; OK at the end.
+// It prints STOP when the test should restart the server, and waits for STARTED on stdin; FILL when the test
+// should write enough posts to fill more than a screen, then waits for FILLED; CHANGE when the test should edit
+// and delete posts at the bottom of the feed, then waits for CHANGED; OK at the end.
 import { chromium } from 'playwright-core';
 import readline from 'node:readline';
 import path from 'node:path';
@@ -124,6 +126,24 @@ try {
   await post(blocked, 'b2').locator('[data-testid=like]').click(); // an optimistic like from the polling page
   await expectText(likes(blocked, 'b2'), '2', 500);
   await expectText(likes(alice, 'b2'), '2', T * 3);
+
+  step('posts the page never scrolled to (so never joined post:{id} for): edits and deletes reach them');
+  console.log('FILL');
+  await hear('FILLED');
+  const dave = await open(context, 'dave');
+  await state(dave, 'connected');
+  const height = dave.viewportSize().height;
+  for (const id of ['b1', 'b2', 'f1']) {
+    const box = await post(dave, id).boundingBox({ timeout: T * 2 });
+    if (!box || box.y < height * 2) throw new Error(`post ${id} is not far below the fold (${box?.y})`);
+  }
+  console.log('CHANGE');
+  await hear('CHANGED');
+  await post(dave, 'b1').waitFor({ state: 'detached', timeout: T * 3 }); // deleted
+  await post(dave, 'f1').waitFor({ state: 'detached', timeout: T * 3 }); // made private
+  await expectText(post(dave, 'b2').locator('.text'), 'edited where nobody looked', T * 3);
+  if (await post(dave, 'f2').count() !== 1) throw new Error('a post that did not change left the feed');
+  await post(alice, 'b1').waitFor({ state: 'detached', timeout: T * 3 }); // and where it was seen
   console.log('OK');
 } catch (err) {
   console.log(`FAIL ${err?.stack ?? err}`);

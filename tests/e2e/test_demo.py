@@ -280,7 +280,9 @@ def _browser_missing() -> str | None:
 
 async def test_the_demo_page_in_headless_chromium(redis_server: RedisServer, tmp_path: Path) -> None:
     """Two pages: a like in one shows in the other; typing, comments and presence cross over; the server
-    restarts and the page reconnects and catches up; with WebSockets blocked, a page works over long-polling."""
+    restarts and the page reconnects and catches up; with WebSockets blocked, a page works over long-polling;
+    posts far below the fold (whose post:{id} rooms the page never joined) are edited, deleted and made
+    private, and the page shows it (regression: it kept showing posts deleted where it had not looked)."""
     missing = _browser_missing()
     if missing:
         pytest.skip(missing)
@@ -302,13 +304,26 @@ async def test_the_demo_page_in_headless_chromium(redis_server: RedisServer, tmp
             server.start()
             wait_for(server.ready, "the server to be ready again", timeout=TIMEOUT * 3)
 
+        def fill() -> None:
+            """More posts than a screen holds: b1, b2 and f1 end up far below the fold."""
+            for n in range(1, 16):
+                post(st, f"f{n}")
+
+        def change() -> None:
+            st.db.posts.update_one({"_id": "b2"}, {"$set": {"text": "edited where nobody looked"}})
+            st.db.posts.delete_one({"_id": "b1"})
+            st.db.posts.update_one({"_id": "f1"}, {"$set": {"visibility": "private"}})
+            st.published(st.sentinel())
+
+        replies = {"STOP": (restart, b"STARTED\n"), "FILL": (fill, b"FILLED\n"), "CHANGE": (change, b"CHANGED\n")}
         try:
             async with asyncio.timeout(TIMEOUT * 30):
                 while line := (await proc.stdout.readline()).decode():
                     out.append(line.rstrip())
-                    if line.strip() == "STOP":
-                        await asyncio.to_thread(restart)
-                        proc.stdin.write(b"STARTED\n")
+                    if line.strip() in replies:
+                        action, reply = replies[line.strip()]
+                        await asyncio.to_thread(action)
+                        proc.stdin.write(reply)
                         await proc.stdin.drain()
                 code = await proc.wait()
         finally:

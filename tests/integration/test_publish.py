@@ -12,7 +12,7 @@ from realtime import events as ev
 from realtime.events import Event
 from tests.conftest import RedisServer
 from watchers.keys import Keys
-from watchers.publish import Diverged, Outcome, Publisher, pad_time
+from watchers.publish import Diverged, Outcome, Publisher
 
 pytestmark = [pytest.mark.integration]
 
@@ -33,8 +33,7 @@ def token(seconds: int) -> str:
 async def publish(publisher: Publisher, seconds: int, previous: str) -> Outcome:
     event = Event(f"{ev.time_part(seconds, 1)}-0", ev.POST_CREATED, ("public",), {"id": str(seconds)}, 0)
     return await publisher.publish(lease="", token={"_data": token(seconds)}, previous=previous,
-                                   at=f"{ev.time_part(seconds, 1)}:0", change_time=pad_time(seconds, 1),
-                                   events=[event])
+                                   at=f"{ev.time_part(seconds, 1)}:0", events=[event])
 
 
 async def test_a_duplicate_is_refused_and_says_what_redis_holds(publisher: Publisher) -> None:

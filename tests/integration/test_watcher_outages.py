@@ -339,7 +339,8 @@ def test_a_failed_post_lookup_is_retried_not_skipped(r: redis.Redis, redis_proc:
     mongo_client.app.posts.insert_one({"_id": "p", "authorId": "u1"})  # before the watcher: not in its cache
     w = leading(watchers("w").start(), r)
     wait_for(lambda: mongo_client.realtime_meta.checkpoints.find_one({"_id": "app/rt"}), "a first checkpoint")
-    standin.fail_command(["find"], times=2, close_connection=True)  # the lookup, and the driver's one retry
+    # the lookup (a snapshot aggregate; find as of now), and the driver's one retry
+    standin.fail_command(["aggregate", "find"], times=2, close_connection=True)
     mongo_client.app.likes.insert_one({"_id": "l", "postId": "p", "userId": "u2"})
     changes = list(reference(mongo_client, "app", start))
     expected = expected_events(changes)
@@ -381,7 +382,11 @@ def test_an_outage_during_the_republishing_after_a_data_loss(
     finally:
         mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
     wait_for(lambda: published(stream(r)), "the like published again")
-    assert published(stream(r)) == first
+    # The same events, with the same ids and counts. Their rooms may be narrower: with the post index lost and
+    # the oplog truncated, MongoDB cannot say what the post was as of the like, so routing fails closed to the
+    # author's room (docs/events.md, private posts).
+    assert [(i, kind, likes) for i, kind, _, likes in published(stream(r))] == \
+        [(i, kind, likes) for i, kind, _, likes in first]
     assert [e["type"] for e in stream(r)] == [ev.RESET, *(e[1] for e in first)], "one reset marker"
     assert alive(w)
 

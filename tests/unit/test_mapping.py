@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from realtime import events as ev
@@ -102,7 +102,7 @@ def test_new_public_post_goes_to_public_author_and_each_hashtag() -> None:
         ts=TS,
     )]
     assert mapped.events[0].counter is None
-    assert mapped.post_info == (HEX, PostInfo("u1", True, TIME_PART | 7))
+    assert mapped.post_info == (HEX, PostInfo("u1", True, TIME_PART | 7, tags=("python", "mongodb")))
     assert mapped.index_set is None and mapped.index_del is None
 
 
@@ -148,7 +148,7 @@ def test_non_public_post_goes_only_to_its_author(visibility: Any) -> None:
     mapped = map_change(change("insert", "posts", "p1", full=doc), 0, CFG)
     assert summary(mapped) == [(ev.POST_CREATED, ("user:u1",))]
     assert mapped.events[0].data["text"] == "for friends"
-    assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
+    assert mapped.post_info == ("p1", PostInfo("u1", False, AT, tags=("python",)))
 
 
 def test_public_values_are_configurable() -> None:
@@ -208,18 +208,19 @@ POST = {"_id": "p1", "authorId": "u1", "title": "T", "text": "new text", "visibi
 
 
 KNOWN = PostInfo("u1", True)  # what the post index knew of POST
+FEED = ("post:p1", "public", "author:u1")  # where an edit or delete of POST goes: its room and its feed rooms
 
 
 def test_post_update_goes_to_the_post_room_with_allow_listed_fields_and_what_changed() -> None:
     c = change("update", "posts", "p1", full=POST, updated={"text": "new text", "email": "b@example.com"})
     mapped = map_change(c, 0, CFG, KNOWN)
-    assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("post:p1",),
+    assert mapped.events == [Event(eid(0), ev.POST_UPDATED, FEED,
                                    {"id": "p1", "authorId": "u1", "title": "T", "text": "new text",
                                     "visibility": "public", "changed": ["text"]}, TS)]
     assert mapped.post_info is None  # routing unchanged: nothing new to remember
     # a pre-image tells the routing before the update as well as the index does (and teaches the index)
     mapped = map_change({**c, "fullDocumentBeforeChange": POST}, 0, CFG)
-    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
+    assert summary(mapped) == [(ev.POST_UPDATED, FEED)]
     assert mapped.post_info == ("p1", PostInfo("u1", True, AT))
 
 
@@ -250,7 +251,7 @@ def test_post_update_reports_changed_top_level_fields_in_allow_list_order(
         changed: list[str]) -> None:
     c = change("update", "posts", "p1", full=POST, updated=updated, removed=removed, truncated=truncated)
     (event,) = map_change(c, 0, CFG, KNOWN).events
-    assert event.type == ev.POST_UPDATED and event.rooms == ("post:p1",)
+    assert event.type == ev.POST_UPDATED and event.rooms == FEED
     assert event.data["changed"] == changed
 
 
@@ -299,8 +300,8 @@ def test_update_with_nothing_known_before_it_goes_only_to_its_author() -> None:
     # the update itself sets both routing fields: the routing after it is known
     c = change("update", "posts", "p1", full=None, updated={"visibility": "public", "authorId": "u3", "text": "x"})
     mapped = map_change(c, 0, CFG)
-    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
-    assert mapped.post_info == ("p1", PostInfo("u3", True, AT))
+    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1", "public", "author:u3"))]
+    assert mapped.post_info == ("p1", PostInfo("u3", True, AT, tags=None))  # its hashtags are unknown
 
 
 def test_update_routes_by_the_post_image_not_by_what_was_known() -> None:
@@ -308,8 +309,9 @@ def test_update_routes_by_the_post_image_not_by_what_was_known() -> None:
     c = change("update", "posts", "p1", full=doc, updated={"visibility": "private"},
                before={**POST, "visibility": "public"})
     mapped = map_change(c, 0, CFG, PostInfo("u1", True))
-    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",)), (ev.POST_DELETED, FEED)]
     assert mapped.events[0].data["changed"] == ["visibility"]
+    assert mapped.events[1].data == {"id": "p1"}
     assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
 
 
@@ -326,7 +328,7 @@ def test_update_changing_only_the_author_publishes_and_reroutes() -> None:
 def test_update_without_post_image_uses_what_the_update_set_and_the_known_routing() -> None:
     c = change("update", "posts", "p1", full=None, updated={"text": "edited", "email": "e", "media.0": "m"})
     mapped = map_change(c, 0, CFG, PostInfo("u1", True))
-    assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("post:p1",),
+    assert mapped.events == [Event(eid(0), ev.POST_UPDATED, FEED,
                                    {"id": "p1", "authorId": "u1", "text": "edited", "changed": ["text", "media"]}, TS)]
     assert mapped.post_info is None  # nothing learnt about routing
     c = change("update", "posts", "p1", updated={"text": "edited"})  # fullDocument absent altogether
@@ -341,21 +343,23 @@ def test_update_without_post_image_that_makes_the_post_private_goes_only_to_its_
     mapped = map_change(c, 0, CFG, PostInfo("u1", True))
     assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("user:u1",),
                                    {"id": "p1", "authorId": "u1", "text": "secret", "visibility": "private",
-                                    "changed": ["text", "visibility"]}, TS)]
+                                    "changed": ["text", "visibility"]}, TS),
+                             Event(eid(1), ev.POST_DELETED, FEED, {"id": "p1"}, TS)]  # gone from the feed
     assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
     # set by a dotted path: visibility is now a subdocument, which is not a public value
     c = change("update", "posts", "p1", full=None, updated={"visibility.level": "x", "text": "secret"})
-    assert summary(map_change(c, 0, CFG, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert summary(map_change(c, 0, CFG, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",)),
+                                                                    (ev.POST_DELETED, FEED)]
 
 
 def test_update_without_post_image_that_makes_the_post_public_goes_to_its_room() -> None:
     c = change("update", "posts", "p1", full=None, updated={"visibility": "public"})
-    mapped = map_change(c, 0, CFG, PostInfo("u1", False))
-    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
-    assert mapped.post_info == ("p1", PostInfo("u1", True, AT))
+    mapped = map_change(c, 0, CFG, PostInfo("u1", False, tags=("cats",)))
+    assert summary(mapped) == [(ev.POST_UPDATED, (*FEED, "hashtag:cats"))]  # in the feed now
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT, tags=("cats",)))
     c = change("update", "posts", "p1", full=None, removed=("visibility",))  # absent: public by default
     mapped = map_change(c, 0, CFG, PostInfo("u1", False))
-    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1",))]
+    assert summary(mapped) == [(ev.POST_UPDATED, FEED)]
     assert mapped.events[0].data == {"id": "p1", "authorId": "u1", "changed": ["visibility"]}
     strict = MappingConfig(missing_visibility_public=False)
     assert summary(map_change(c, 0, strict, PostInfo("u1", False))) == [(ev.POST_UPDATED, ("user:u1",))]
@@ -372,7 +376,7 @@ def test_update_without_post_image_that_changes_the_author_of_a_private_post() -
 def test_replace_publishes_every_allow_listed_field_routed_by_the_new_document() -> None:
     doc = {"_id": "p1", "authorId": "u1", "text": "replaced", "secret": "s"}
     mapped = map_change(change("replace", "posts", "p1", full=doc), 0, CFG)
-    assert mapped.events == [Event(eid(0), ev.POST_UPDATED, ("post:p1",),
+    assert mapped.events == [Event(eid(0), ev.POST_UPDATED, FEED,
                                    {"id": "p1", "authorId": "u1", "text": "replaced",
                                     "changed": list(CFG.post_fields)}, TS)]
     assert mapped.post_info == ("p1", PostInfo("u1", True, AT))
@@ -380,14 +384,45 @@ def test_replace_publishes_every_allow_listed_field_routed_by_the_new_document()
     doc["visibility"] = "private"
     c = change("replace", "posts", "p1", full=doc, before={"_id": "p1", "authorId": "u1"})
     mapped = map_change(c, 0, CFG, PostInfo("u1", True, 5))
-    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",)), (ev.POST_DELETED, FEED)]
     assert mapped.post_info == ("p1", PostInfo("u1", False, AT))
 
 
-def test_post_delete_goes_to_the_post_room_with_only_its_id() -> None:
+def test_replace_with_a_pre_image_lists_as_changed_only_what_differs() -> None:
+    """Regression: a replaceOne listed every allow-listed field as changed, fields neither version had
+    included, although the change carried the post before it (pre-images on)."""
+    old = {"_id": "p1", "authorId": "u1", "title": "T", "text": "old", "media": [1, {"a": 1}], "createdAt": 5,
+           "updatedAt": 1, "secret": "s"}
+    new = {"_id": "p1", "authorId": "u1", "text": "new", "media": [1, {"a": 1}], "createdAt": 5.0,
+           "hashtags": ["x"], "updatedAt": 1, "secret": "t"}
+    (event,) = map_change(change("replace", "posts", "p1", full=new, before=old), 0, CFG, KNOWN).events
+    # text edited, title removed, hashtags added, createdAt now a double; visibility neither had
+    assert event.data["changed"] == ["title", "text", "hashtags", "createdAt"]
+    # what a client sees of an unchanged field: the same value, with its type
+    reordered = {**new, "media": [1, {"a": 1}]}
+    assert map_change(change("replace", "posts", "p1", full=reordered, before=new), 0, CFG, KNOWN).events == []
+
+
+def test_replace_changing_nothing_allow_listed_publishes_only_a_routing_change() -> None:
+    old = {"_id": "p1", "authorId": "u1", "text": "same", "secret": "a"}
+    mapped = map_change(change("replace", "posts", "p1", full={**old, "secret": "b"}, before=old), 0, CFG)
+    assert mapped.events == [] and mapped.skipped is None
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT))  # the pre-image taught the index
+    moved = map_change(change("replace", "posts", "p1", full={**old, "authorId": "u2"}, before=old), 0, CFG)
+    assert [(e.type, e.data["changed"], e.data["authorId"]) for e in moved.events] == [(ev.POST_UPDATED, [], "u2")]
+
+
+def test_replace_without_a_pre_image_lists_every_allow_listed_field_as_changed() -> None:
+    """Without the post before it, any allow-listed field may have changed or been removed."""
+    doc = {"_id": "p1", "authorId": "u1", "text": "replaced"}
+    (event,) = map_change(change("replace", "posts", "p1", full=doc, before=None), 0, CFG, KNOWN).events
+    assert event.data["changed"] == list(CFG.post_fields)
+
+
+def test_post_delete_goes_to_the_post_room_and_its_feed_rooms_with_only_its_id() -> None:
     c = change("delete", "posts", "p1", before={**POST, "text": "gone"})
     mapped = map_change(c, 0, CFG)
-    assert mapped.events == [Event(eid(0), ev.POST_DELETED, ("post:p1",), {"id": "p1"}, TS)]
+    assert mapped.events == [Event(eid(0), ev.POST_DELETED, FEED, {"id": "p1"}, TS)]
     assert mapped.post_info == ("p1", PostInfo("u1", True, AT, deleted=True))  # a tombstone
     assert map_change(c, 0, CFG, PostInfo("u1", True, 5)).post_info == ("p1", PostInfo("u1", True, 5, deleted=True))
 
@@ -416,6 +451,101 @@ def test_delete_of_a_post_nothing_is_known_of_publishes_nothing() -> None:
     mapped = map_change(c, 0, CFG, PostInfo("u1", None))
     assert summary(mapped) == [(ev.POST_DELETED, ("user:u1",))]
     assert mapped.post_info == ("p1", PostInfo("u1", None, 0, deleted=True))
+
+
+TAGGED = {**POST, "hashtags": ["#Cats", "dogs"]}
+TAGGED_FEED = (*FEED, "hashtag:cats", "hashtag:dogs")
+
+
+def test_edits_and_deletes_of_a_public_post_reach_the_rooms_its_creation_went_to() -> None:
+    """Regression: post:updated and post:deleted of a public post went to post:{id} only, so a feed showing it
+    (public, author:{id}, hashtag:{tag}) never heard that it was edited or deleted."""
+    created = map_change(change("insert", "posts", "p1", full=TAGGED), 0, CFG)
+    assert created.events[0].rooms == TAGGED_FEED[1:]
+    known = created.post_info[1] if created.post_info else None
+    assert known == PostInfo("u1", True, AT, tags=("cats", "dogs"))
+    edit = change("update", "posts", "p1", full=TAGGED, updated={"text": "edited"}, inc=2)
+    assert summary(map_change(edit, 0, CFG, known)) == [(ev.POST_UPDATED, TAGGED_FEED)]
+    edit = change("update", "posts", "p1", full=None, updated={"text": "edited"}, inc=2)  # without post-image
+    assert summary(map_change(edit, 0, CFG, known)) == [(ev.POST_UPDATED, TAGGED_FEED)]
+    replace = change("replace", "posts", "p1", full={**TAGGED, "text": "replaced"}, inc=2)
+    assert summary(map_change(replace, 0, CFG, known)) == [(ev.POST_UPDATED, TAGGED_FEED)]
+    # deleted: with the post before it, or by what the post index knew of it
+    for before in (TAGGED, _MISSING):
+        delete = change("delete", "posts", "p1", before=before, inc=2)
+        mapped = map_change(delete, 0, CFG, known)
+        assert mapped.events == [Event(eid(0, inc=2), ev.POST_DELETED, TAGGED_FEED, {"id": "p1"}, TS)]
+        assert mapped.post_info is not None and mapped.post_info[1].deleted
+
+
+@pytest.mark.parametrize("how", ["updated", "removed", "pre-image"])
+def test_an_edit_of_the_hashtags_reaches_the_old_and_the_new_hashtag_rooms(how: str) -> None:
+    """A feed of a tag the post leaves hears of it (and may drop the post); one of a tag it gains hears of it
+    (and may show it); the index learns the new tags."""
+    known = PostInfo("u1", True, 5, tags=("cats", "dogs"))
+    if how == "removed":
+        c = change("update", "posts", "p1", full=None, removed=("hashtags",))
+        new: tuple[str, ...] = ()
+    else:
+        c = change("update", "posts", "p1", full={**TAGGED, "hashtags": ["dogs", "Birds"]},
+                   updated={"hashtags": ["dogs", "Birds"]}, before=TAGGED if how == "pre-image" else _MISSING)
+        new = ("dogs", "birds")
+    mapped = map_change(c, 0, CFG, None if how == "pre-image" else known)
+    assert summary(mapped) == [(ev.POST_UPDATED, (*FEED, "hashtag:cats", "hashtag:dogs", *(
+        ["hashtag:birds"] if new else [])))]
+    assert mapped.events[0].data["changed"] == ["hashtags"]
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT, tags=new))
+
+
+def test_hashtags_changed_below_the_top_level_are_read_from_the_document() -> None:
+    known = PostInfo("u1", True, 5, tags=("cats",))
+    c = change("update", "posts", "p1", full={**POST, "hashtags": ["cats", "dogs"]}, updated={"hashtags.1": "dogs"})
+    mapped = map_change(c, 0, CFG, known)
+    assert summary(mapped) == [(ev.POST_UPDATED, (*FEED, "hashtag:cats", "hashtag:dogs"))]
+    # the document may be later than the update (updateLookup): the index keeps the tags as unknown
+    assert mapped.post_info == ("p1", PostInfo("u1", True, AT, tags=None))
+    c = change("update", "posts", "p1", full=None, updated={"hashtags.1": "dogs"})  # no document: the old ones
+    assert summary(map_change(c, 0, CFG, known)) == [(ev.POST_UPDATED, (*FEED, "hashtag:cats"))]
+
+
+def test_an_edit_that_changes_the_author_reaches_both_authors_followers() -> None:
+    known = PostInfo("u1", True, 5, tags=("cats",))
+    c = change("update", "posts", "p1", full=None, updated={"authorId": "u2"})
+    mapped = map_change(c, 0, CFG, known)
+    assert summary(mapped) == [(ev.POST_UPDATED, ("post:p1", "public", "author:u1", "author:u2", "hashtag:cats"))]
+
+
+def test_a_post_made_private_is_announced_as_deleted_where_it_was_public_and_nowhere_else() -> None:
+    """Its id only, in the rooms of the post as it was: not its new content, not its new hashtags or author."""
+    known = PostInfo("u1", True, 5, tags=("cats", "dogs"))
+    secret = {**TAGGED, "visibility": "private", "text": "secret", "hashtags": ["secret"], "authorId": "u1"}
+    for c in (change("update", "posts", "p1", full=secret, updated={"visibility": "private", "text": "secret",
+                                                                    "hashtags": ["secret"]}),
+              change("update", "posts", "p1", full=None, updated={"visibility": "private", "hashtags": ["secret"]}),
+              change("replace", "posts", "p1", full=secret),
+              change("replace", "posts", "p1", full=secret, before=TAGGED)):
+        mapped = map_change(c, 0, CFG, known if "fullDocumentBeforeChange" not in c else None)
+        assert summary(mapped) == [(ev.POST_UPDATED, ("user:u1",)), (ev.POST_DELETED, TAGGED_FEED)]
+        assert mapped.events[1].data == {"id": "p1"}
+        assert mapped.post_info == ("p1", PostInfo("u1", False, AT, tags=("secret",)))
+
+
+def test_a_private_post_made_public_reaches_only_its_new_feed_rooms() -> None:
+    """The hashtags it had while private were never public: their rooms do not hear of it."""
+    known = PostInfo("u1", False, 5, tags=("secret",))
+    c = change("update", "posts", "p1", full={**TAGGED, "visibility": "public"},
+               updated={"visibility": "public", "hashtags": ["#Cats", "dogs"]})
+    assert summary(map_change(c, 0, CFG, known)) == [(ev.POST_UPDATED, TAGGED_FEED)]
+    c = change("replace", "posts", "p1", full=TAGGED, before={**TAGGED, "visibility": "private", "hashtags": ["x"]})
+    assert summary(map_change(c, 0, CFG)) == [(ev.POST_UPDATED, TAGGED_FEED)]
+
+
+def test_an_edit_of_a_post_public_then_private_now_stays_with_its_author_and_deletes_nothing() -> None:
+    """updateLookup: the document is the post as it is now, made private since; the change that made it
+    private announces the deletion, not this one."""
+    known = PostInfo("u1", True, 5, tags=("cats",))
+    c = change("update", "posts", "p1", full={**POST, "visibility": "private"}, updated={"text": "x"})
+    assert summary(map_change(c, 0, CFG, known)) == [(ev.POST_UPDATED, ("user:u1",))]
 
 
 @pytest.mark.parametrize("key", ["has space", "x" * 81, "y" * 200, "a/b", "", {"a": 1}, ["p1"], None, True, 1.5,
@@ -702,7 +832,8 @@ def test_null_empty_or_unrecognised_visibility_is_private(visibility: Any) -> No
     assert not is_public(doc, CFG)
     assert summary(map_change(change("insert", "posts", "p1", full=doc), 0, CFG)) == [(ev.POST_CREATED, ("user:u1",))]
     c = change("update", "posts", "p1", full=None, updated={"visibility": visibility, "text": "for me"})
-    assert summary(map_change(c, 0, CFG, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert summary(map_change(c, 0, CFG, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",)),
+                                                                    (ev.POST_DELETED, FEED)]
     # an empty public value never makes a post public, even when configured
     assert not is_public({"visibility": ""}, MappingConfig(public_values=("public", "")))
 
@@ -716,7 +847,8 @@ def test_missing_visibility_follows_the_setting() -> None:
     assert summary(map_change(change("insert", "posts", "p1", full=doc), 0, strict)) == [
         (ev.POST_CREATED, ("user:u1",))]
     c = change("update", "posts", "p1", full=None, removed=("visibility",), updated={"text": "t2"})
-    assert summary(map_change(c, 0, strict, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",))]
+    assert summary(map_change(c, 0, strict, PostInfo("u1", True))) == [(ev.POST_UPDATED, ("user:u1",)),
+                                                                       (ev.POST_DELETED, FEED)]
 
 
 def test_public_query_matches_what_is_public() -> None:
@@ -739,9 +871,16 @@ def test_combine_fails_closed() -> None:
 
 
 def test_post_index_entries_round_trip_and_junk_is_unknown() -> None:
-    for info in (PostInfo("u1", True, 5), PostInfo(None, False, 0, deleted=True), PostInfo("u1", None, 9, True)):
+    for info in (PostInfo("u1", True, 5), PostInfo(None, False, 0, deleted=True), PostInfo("u1", None, 9, True),
+                 PostInfo("u1", True, 5, tags=("cats", "caf\u00e9")), PostInfo("u1", True, 5, tags=None)):
         assert from_entry(orjson.loads(orjson.dumps(post_entry(info)))) == info
+    # written by an earlier release: no tags, so they are unknown
+    assert from_entry({"authorId": "u1", "public": True, "since": 0, "deleted": False}) == PostInfo(
+        "u1", True, 0, tags=None)
     for junk in (None, [], "x", {"authorId": "a b", "public": True, "since": 0, "deleted": False},
+                 {"authorId": "u1", "public": True, "since": 0, "deleted": False, "tags": "cats"},
+                 {"authorId": "u1", "public": True, "since": 0, "deleted": False, "tags": ["#Cats"]},
+                 {"authorId": "u1", "public": True, "since": 0, "deleted": False, "tags": ["a b"]},
                  {"authorId": "u1", "public": "yes", "since": 0, "deleted": False},
                  {"authorId": "u1", "public": True, "since": -1, "deleted": False},
                  {"authorId": "u1", "public": True, "since": True, "deleted": False},
@@ -751,7 +890,8 @@ def test_post_index_entries_round_trip_and_junk_is_unknown() -> None:
 
 def test_post_ref_says_which_post_a_change_needs_and_how_hard_to_look() -> None:
     assert post_ref(change("insert", "posts", "p1", full={"_id": "p1"}), CFG) is None
-    assert post_ref(change("replace", "posts", "p1", full={"_id": "p1"}), CFG) == ("p1", False)
+    assert post_ref(change("replace", "posts", "p1", full={"_id": "p1"}), CFG) == ("p1", True)
+    assert post_ref(change("replace", "posts", "p1", full={"_id": "p1"}, before=POST), CFG) == ("p1", False)
     assert post_ref(change("update", "posts", "p1", full=POST, updated={"text": "x"}), CFG) == ("p1", True)
     assert post_ref(change("update", "posts", "p1", before=POST, updated={"text": "x"}), CFG) == ("p1", False)
     assert post_ref(change("delete", "posts", "p1"), CFG) == ("p1", True)
@@ -1050,7 +1190,19 @@ ALLOWED_KEYS = {
 }
 
 
+PRIVATE_NOW = {"_id": "p1", "authorId": "u1", "visibility": "private", "text": "secret", "hashtags": ["new"]}
+PUBLIC_BEFORE = {"_id": "p1", "authorId": "u2", "visibility": "public", "text": "old", "hashtags": ["old"]}
+MADE_PRIVATE = {"updatedFields": {"visibility": "private", "hashtags": ["new"], "authorId": "u1"},
+                "removedFields": [], "truncatedArrays": []}
+
+
 @settings(max_examples=400)
+@example(coll="posts", op="update", key="p1", full=PRIVATE_NOW, before=_MISSING, desc=MADE_PRIVATE,
+         post=PostInfo("u2", True, 0, tags=("old",)), remembered=None, position=0, inc=1, cfg=CFG)
+@example(coll="posts", op="update", key="p1", full=None, before=PUBLIC_BEFORE, desc=MADE_PRIVATE, post=None,
+         remembered=None, position=0, inc=1, cfg=CFG)
+@example(coll="posts", op="replace", key="p1", full=PRIVATE_NOW, before=PUBLIC_BEFORE, desc=MADE_PRIVATE,
+         post=None, remembered=None, position=0, inc=1, cfg=CFG)
 @given(coll=st.sampled_from(["posts", "likes", "comments"]), op=st.sampled_from(["insert", "update", "replace",
                                                                                  "delete"]),
        key=JSON, full=MAYBE_DOC, before=MAYBE_DOC, desc=UPDATE_DESC, post=POST_INFOS, remembered=REMEMBERED,
@@ -1098,5 +1250,14 @@ def test_map_change_never_raises_and_routes_only_to_valid_rooms(
         else:
             only_users = known is None or known.public is not True
     if only_users:
+        # a public post made private (or replaced by a private one) is announced as deleted where it was
+        # public: its id only, in rooms of the post as it was before
+        prior = post_info(before, cfg) if isinstance(before, dict) else known
+        was = set() if prior is None or prior.public is not True else {
+            ev.post_room(str(ev.id_part(key))), ev.PUBLIC, *(ev.hashtag_room(t) for t in prior.tags or ()),
+            *([ev.author_room(prior.author_id)] if prior.author_id else [])}
         for e in mapped.events:
-            assert all(r.startswith("user:") for r in e.rooms), (e.type, e.rooms)
+            if all(r.startswith("user:") for r in e.rooms):
+                continue
+            assert op in ("update", "replace") and e.type == ev.POST_DELETED, (e.type, e.rooms)
+            assert e.data == {"id": ev.id_part(key)} and set(e.rooms) <= was, (e.data, e.rooms, prior)

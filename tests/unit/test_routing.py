@@ -3,7 +3,9 @@ MongoDB (as of the change, or as of now), on in-memory twins of Redis and MongoD
 
 The property test drives the router as the watcher does (one change at a time, the index written with the
 change, restarts that drop the cache) over random interleavings of writes, with and without pre-images and
-post-images, and checks that nothing of a post reaches a room other than its author's while it is private.
+post-images, and checks that nothing of a post reaches a room other than its author's while it is private
+(but the news that a public post became private, as a deletion, where it was public), and that the edits
+and deletes of a public post reach the rooms its creation went to.
 """
 
 from __future__ import annotations
@@ -264,6 +266,53 @@ def test_a_comment_update_goes_public_only_if_its_post_is_still_public() -> None
     assert docs.reads == []
 
 
+def post_change(t: int, op: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"_id": {"_data": "82"}, "operationType": op, "clusterTime": ts(t), "wallTime": WALL,
+                         "ns": {"db": "app", "coll": "posts"}, "documentKey": {"_id": "p1"}}
+    if op == "replace":
+        c["fullDocument"] = doc
+    return c
+
+
+def test_a_public_post_whose_hashtags_the_index_does_not_know_is_read_for_them() -> None:
+    """An entry without tags (an earlier release's, or after an update that changed them below the top level):
+    a change of the post reads them as of just before it, and remembers them; where that read is refused,
+    the entry serves without them."""
+    world = World(CFG, window=10**9)
+    world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "text": "s", "hashtags": ["cats"]})
+    router, memory, docs = routed(world, tombstone_ms=60_000)
+    memory.posts["p1"] = PostInfo("u1", True, at(1), tags=None)
+    asyncio.run(router.map(comment_change(2), 0))
+    assert docs.reads == []  # a comment needs no hashtags
+    mapped = asyncio.run(router.map(post_change(3, "delete"), 0))
+    assert docs.reads == [ts(2)]
+    assert rooms(mapped) == [(ev.POST_DELETED, ("post:p1", "public", "author:u1", "hashtag:cats"))]
+    memory.publish(router, mapped)
+    assert memory.posts["p1"] == PostInfo("u1", True, at(2), deleted=True, tags=("cats",))
+    world = World(CFG, window=0)
+    world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "text": "s", "hashtags": ["cats"]})
+    world.write("insert", "likes", "x", {"_id": "x"})
+    world.write("insert", "likes", "y", {"_id": "y"})
+    seen: list[str] = []
+    router, memory, docs = routed(world, on_as_of_now=lambda: seen.append("now"))
+    memory.posts["p1"] = PostInfo("u1", True, at(1), tags=None)
+    mapped = asyncio.run(router.map(post_change(3, "delete"), 0))
+    assert docs.reads == [ts(2)]  # refused: older than the snapshot history
+    assert rooms(mapped) == [(ev.POST_DELETED, ("post:p1", "public", "author:u1"))] and seen == []
+
+
+def test_a_replace_without_pre_image_of_a_post_the_index_does_not_know_reads_it_as_before() -> None:
+    """Where the post was public before a replace made it private, the feed hears of it."""
+    world = World(CFG, window=10**9)
+    world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "text": "s", "hashtags": ["cats"]})
+    router, _, docs = routed(world)
+    new = {"_id": "p1", "authorId": "u1", "text": "s", "visibility": "private"}
+    mapped = asyncio.run(router.map(post_change(2, "replace", new), 0))
+    assert docs.reads == [ts(1)]
+    assert rooms(mapped) == [(ev.POST_UPDATED, ("user:u1",)),
+                             (ev.POST_DELETED, ("post:p1", "public", "author:u1", "hashtag:cats"))]
+
+
 def test_writes_keep_tombstones_for_their_time_to_live() -> None:
     router, _, _ = routed(World(CFG, 0), tombstone_ms=60_000)
     live = Mapped(post_info=("p1", PostInfo("u1", True, 5)))
@@ -289,12 +338,14 @@ def test_clear_forgets_the_cache() -> None:
 # -- the property ------------------------------------------------------------------------------------------
 
 VISIBILITY = st.sampled_from([MISSING, "public", "private", None, "", "friends"])
+TAGS = st.sampled_from([[], ["cats"], ["cats", "dogs"], ["dogs", "birds"]])
 GHOST = 30
 INDEX = st.integers(0, GHOST)
-NEW_POST = st.tuples(st.just("post"), st.sampled_from(["u1", "u2"]), VISIBILITY)
+NEW_POST = st.tuples(st.just("post"), st.sampled_from(["u1", "u2"]), VISIBILITY, TAGS)
 OPS = st.lists(st.one_of(
     NEW_POST, NEW_POST, NEW_POST,
     st.tuples(st.just("edit"), INDEX),
+    st.tuples(st.just("retag"), INDEX, TAGS),
     st.tuples(st.just("visibility"), INDEX, VISIBILITY),
     st.tuples(st.just("replace"), INDEX, VISIBILITY),
     st.tuples(st.just("delete"), INDEX),
@@ -321,9 +372,11 @@ def apply(world: World, op: tuple[Any, ...], posts: list[str]) -> None:
         doc: dict[str, Any] = {"_id": post_id, "authorId": op[1], "text": world.new_id("text-")}
         if op[2] != MISSING:
             doc["visibility"] = op[2]
+        if len(op) > 3 and op[3]:
+            doc["hashtags"] = op[3]
         posts.append(post_id)
         world.write("insert", "posts", post_id, doc)
-    elif kind in ("edit", "visibility", "replace", "delete"):
+    elif kind in ("edit", "retag", "visibility", "replace", "delete"):
         post_id = _pick([p for p in posts if p in docs["posts"]], op[1])
         if post_id is None:
             return
@@ -332,6 +385,13 @@ def apply(world: World, op: tuple[Any, ...], posts: list[str]) -> None:
             text = world.new_id("text-")
             world.write("update", "posts", post_id, {**old, "text": text},
                         {"updatedFields": {"text": text}, "removedFields": [], "truncatedArrays": []})
+        elif kind == "retag":
+            if op[2]:
+                desc = {"updatedFields": {"hashtags": op[2]}, "removedFields": [], "truncatedArrays": []}
+                world.write("update", "posts", post_id, {**old, "hashtags": op[2]}, desc)
+            else:
+                desc = {"updatedFields": {}, "removedFields": ["hashtags"], "truncatedArrays": []}
+                world.write("update", "posts", post_id, {k: v for k, v in old.items() if k != "hashtags"}, desc)
         elif kind == "visibility":
             new = {k: v for k, v in old.items() if k != "visibility"}
             if op[2] == MISSING:
@@ -344,6 +404,8 @@ def apply(world: World, op: tuple[Any, ...], posts: list[str]) -> None:
             new = {"_id": post_id, "authorId": old["authorId"], "text": world.new_id("text-")}
             if op[2] != MISSING:
                 new["visibility"] = op[2]
+            if "hashtags" in old:
+                new["hashtags"] = old["hashtags"]
             world.write("replace", "posts", post_id, new)
         else:
             world.write("delete", "posts", post_id, None)
@@ -380,7 +442,7 @@ class WatcherModel:
         self.pre_images, self.post_images = pre_images, post_images
         self.memory = MemoryTwin()
         self.next: int | None = None if late else 0  # late: it starts at its first poll, with what exists unseen
-        self.published: list[tuple[Record, Mapped]] = []
+        self.published: list[tuple[Record, Mapped, dict[str, Any]]] = []
         self.router = self.new_router()
 
     def new_router(self) -> Router:
@@ -398,7 +460,7 @@ class WatcherModel:
             self.next += 1
             mapped = await self.router.map(change, 0)
             self.memory.publish(self.router, mapped)
-            self.published.append((record, mapped))
+            self.published.append((record, mapped, change))
 
     def restart(self) -> None:
         self.router = self.new_router()
@@ -427,12 +489,21 @@ async def run(ops: list[tuple[Any, ...]], cfg: MappingConfig, *, pre_images: boo
         else:
             apply(world, op, posts)
     await watcher.watch(len(world.oplog) + 1)
-    seen = {r.key for r, _ in watcher.published if r.coll == "posts" and r.op == "insert"}
+    seen = {r.key for r, _, _ in watcher.published if r.coll == "posts" and r.op == "insert"}
     return world, watcher, seen
 
 
+def feed_rooms(post_id: str, *docs: dict[str, Any] | None) -> set[str]:
+    """A public post's room and the rooms its post:created went to, for each version of it in ``docs``."""
+    rooms = {ev.post_room(post_id), ev.PUBLIC}
+    for doc in docs:
+        if doc is not None:
+            rooms |= {ev.author_room(doc["authorId"]), *(ev.hashtag_room(t) for t in doc.get("hashtags", []))}
+    return rooms
+
+
 def check(world: World, watcher: WatcherModel, seen: set[str], cfg: MappingConfig) -> None:
-    for r, mapped in watcher.published:
+    for r, mapped, change in watcher.published:
         assert not (mapped.events and mapped.skipped), mapped
         doc = r.after or r.before or {}
         post_id = r.key if r.coll == "posts" else doc["postId"]
@@ -442,8 +513,13 @@ def check(world: World, watcher: WatcherModel, seen: set[str], cfg: MappingConfi
             state = world.last_existing(post_id, r.time)
         public = state is not None and mapping.is_public(state, cfg)
         author = {ev.user_room(state["authorId"])} if state is not None else set()
+        prior = world.post_at(post_id, r.time - 1) if r.coll == "posts" else None
+        was_public = prior is not None and mapping.is_public(prior, cfg)
         for e in mapped.events:
-            if not public:
+            if not public and e.type == ev.POST_DELETED and r.op in ("update", "replace") and was_public:
+                # a public post made private leaves the rooms where it was public: its id only
+                assert e.data == {"id": post_id} and set(e.rooms) <= feed_rooms(post_id, prior), (r, e, prior)
+            elif not public:
                 assert set(e.rooms) <= author, ("private content outside its author's room", r, e, state)
             if any(not room.startswith("user:") for room in e.rooms):
                 leaked = texts(e.data) - world.public_texts
@@ -452,6 +528,15 @@ def check(world: World, watcher: WatcherModel, seen: set[str], cfg: MappingConfi
         if r.coll != "posts" and r.op == "insert" and post_id in seen and world.post_at(post_id, r.time) \
                 and public:
             assert any(e.rooms == (ev.post_room(post_id),) for e in mapped.events), (r, mapped)
+        # the feed hears of edits and deletes of the public posts the watcher saw created: in the rooms the post
+        # was in before the change and is in after it, or as a deletion where it was when it becomes private
+        if r.coll != "posts" or r.op == "insert" or post_id not in seen or not was_public:
+            continue
+        got = {e.type: set(e.rooms) for e in mapped.events}
+        if r.op == "delete" or not public:
+            assert got.get(ev.POST_DELETED) == feed_rooms(post_id, prior), (r, mapped, prior)
+        elif change.get("fullDocument") is None or mapping.is_public(change["fullDocument"], cfg):
+            assert got.get(ev.POST_UPDATED) == feed_rooms(post_id, prior, state), (r, mapped, prior, state)
 
 
 @settings(max_examples=300, deadline=None)
@@ -480,5 +565,5 @@ def test_the_property_sees_the_reported_leaks(pre_images: bool) -> None:
     ]
     world, watcher, seen = asyncio.run(run(ops, CFG, pre_images=pre_images, post_images=False, window=10**9))
     check(world, watcher, seen, CFG)
-    published = [(r.coll, r.op, e.rooms) for r, m in watcher.published for e in m.events]
+    published = [(r.coll, r.op, e.rooms) for r, m, _ in watcher.published for e in m.events]
     assert len(published) >= 9 and all(rooms in (("user:u1",), ("user:u2",)) for *_, rooms in published)

@@ -1,0 +1,89 @@
+"""watchers.likecount's pure part (what the changes before a change at its cluster time did to a post's like
+count) and watchers.publish's points (where in the stream a count holds)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId, Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watchers.config import MappingConfig
+from watchers.likecount import LikeChange, delta, like_changes, unplaced
+from watchers.publish import ALL_CHANGES, change_point, point
+
+CFG = MappingConfig()
+OID = ObjectId("65a1b2c3d4e5f60718293a4b")
+
+
+def like(op: str, key: Any, post: Any = None, *, image: bool = True, coll: str = "likes") -> dict[str, Any]:
+    c: dict[str, Any] = {"_id": {"_data": "82"}, "operationType": op, "clusterTime": Timestamp(5, 1),
+                         "ns": {"db": "app", "coll": coll}, "documentKey": {"_id": key}}
+    doc = {"_id": key, "postId": post, "userId": "u1"}
+    if op == "insert":
+        c["fullDocument"] = doc
+    elif op == "delete":
+        c["fullDocumentBeforeChange"] = doc if image else None
+    return c
+
+
+def test_like_changes_keep_inserts_and_deletes_of_likes_in_order() -> None:
+    changes = [like("insert", "l1", "p1"), like("insert", "c1", "p1", coll="comments"), like("delete", "l0", "p2"),
+               like("delete", OID, image=False), like("insert", 7, OID),
+               {"_id": {"_data": "82"}, "operationType": "update", "ns": {"db": "app", "coll": "likes"},
+                "documentKey": {"_id": "l1"}}]
+    assert like_changes(changes, CFG) == [
+        LikeChange(True, "'l1'", "p1", "l1"), LikeChange(False, "'l0'", "p2", "l0"),
+        LikeChange(False, repr(OID), None, OID), LikeChange(True, "7", str(OID), 7)]
+
+
+def test_unplaced_are_deletes_no_image_and_no_earlier_insert_tell() -> None:
+    earlier = [LikeChange(True, "a", "p1"), LikeChange(False, "a", None), LikeChange(False, "b", None),
+               LikeChange(False, "c", "p1")]
+    assert [c.key for c in unplaced(earlier)] == ["b"]
+
+
+def test_delta_counts_what_the_earlier_changes_did_to_one_post() -> None:
+    earlier = [LikeChange(True, "a", "p1"), LikeChange(True, "b", "p2"), LikeChange(False, "a", None),
+               LikeChange(False, "old", None), LikeChange(False, "other", None), LikeChange(True, "c", "p1"),
+               LikeChange(False, "d", "p1")]
+    owners = {"old": "p1", "other": "p2"}
+    assert delta("p1", earlier, owners) == 1 + -1 + -1 + 1 + -1
+    assert delta("p2", earlier, owners) == 1 - 1
+    assert delta("p3", earlier, owners) == 0
+    assert delta("p1", [], {}) == 0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["p1", "p2"])), max_size=30), st.integers(0, 30))
+def test_delta_plus_the_count_before_is_the_count_before_each_change(ops: list[tuple[bool, str]], cut: int) -> None:
+    """Against a model: likes of two posts inserted and deleted (deletes with and without pre-images)."""
+    existing = {f"old{i}": "p1" if i % 2 else "p2" for i in range(6)}
+    likes = dict(existing)
+    changes: list[LikeChange] = []
+    for n, (insert, post) in enumerate(ops):
+        if insert or not likes:
+            key = f"new{n}"
+            likes[key] = post
+            changes.append(LikeChange(True, key, post))
+        else:
+            key = sorted(likes)[n % len(likes)]
+            owner = likes.pop(key)
+            changes.append(LikeChange(False, key, owner if n % 3 else None))  # every third without a pre-image
+        if len(changes) == cut:
+            break
+    truth = list(likes.values())
+    owners = {c.key: existing.get(c.key) for c in unplaced(changes)}
+    for post in ("p1", "p2"):
+        before = sum(1 for p in existing.values() if p == post)
+        assert before + delta(post, changes, owners) == truth.count(post)
+
+
+def test_points_order_changes_within_one_cluster_time() -> None:
+    t = (5 << 32) | 1
+    assert point(t, 0) < change_point(f"{t}:0") == point(t, 1) < change_point(f"{t}:1") < point(t, ALL_CHANGES)
+    assert point(t, ALL_CHANGES) < point(t + 1, 0)
+    assert point(t - 1, ALL_CHANGES) < point(t, 0)
+    assert len(point(2**64 - 1, ALL_CHANGES)) == len(point(0, 0)) == 30
+    legacy = f"{t:020d}"  # a count read by an earlier release: it holds every change at its time
+    assert legacy + "9999999999" == point(t, ALL_CHANGES)

@@ -1,0 +1,181 @@
+"""A post's like count as of a change, read from MongoDB the first time Redis needs it (the post's first like
+since Redis was empty, or since Redis lost the count).
+
+Every change of a transaction carries the transaction's ``clusterTime``, so a read as of that time already
+holds all of the transaction's writes. The count right before the change at position ``p`` among the
+changes at time ``T`` is therefore read in two parts:
+
+1. the post's likes as of just before ``T`` (a snapshot read at ``T`` minus one increment), which holds
+   none of them;
+2. plus what the changes at ``T`` before this one (positions ``0 .. p-1``, read back from the change stream
+   with ``startAtOperationTime: T``) did to the post's likes: each insert adds one, each delete of one of
+   its likes takes one away (a delete without a pre-image is placed by the like as it was before ``T``,
+   or by its insert earlier in the transaction).
+
+That count holds at the point "after the first ``p`` changes at ``T``" (:func:`watchers.publish.point`); the
+publish script adds this change and every later one to it. Where MongoDB cannot read that far back, the
+count as of now, at the point "after every change up to the read": the changes between then carry that
+count, and every later one is exact again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
+
+from realtime import events as ev
+from watchers import mapping
+from watchers.config import MappingConfig
+from watchers.publish import ALL_CHANGES, Seed, point
+from watchers.routing import just_before
+
+log = logging.getLogger("realtime.watcher")
+
+EMPTY_POLLS = 3  # empty batches in a row after which the change being seeded is taken as not found
+
+
+class NotFound(Exception):
+    """The change stream did not give back the changes before the one being seeded."""
+
+
+@dataclass(frozen=True)
+class LikeChange:
+    """An insert or delete of a like, as far as counting goes."""
+
+    insert: bool
+    key: str  # the like's _id, as its repr (so that ids of any BSON type can be compared and looked up)
+    post_id: str | None  # its post; None when the change does not say (a delete without a pre-image)
+    raw_key: Any = None  # the like's _id as stored
+
+
+def like_changes(changes: Iterable[dict[str, Any]], cfg: MappingConfig) -> list[LikeChange]:
+    """The inserts and deletes of likes among ``changes``, in order."""
+    out = []
+    for change in changes:
+        op = change.get("operationType")
+        sub = mapping.subject(change, cfg)
+        key = change.get("documentKey")
+        if sub is None or sub.kind != "like" or op not in ("insert", "delete") or not isinstance(key, dict):
+            continue
+        out.append(LikeChange(op == "insert", repr(key.get("_id")), sub.post_id if sub.doc is not None else None,
+                              key.get("_id")))
+    return out
+
+
+def unplaced(earlier: Sequence[LikeChange]) -> list[LikeChange]:
+    """The deletes among ``earlier`` whose like's post neither the delete nor an earlier insert tells."""
+    inserted: set[str] = set()
+    out = []
+    for c in earlier:
+        if c.insert:
+            inserted.add(c.key)
+        elif c.post_id is None and c.key not in inserted:
+            out.append(c)
+    return out
+
+
+def delta(post_id: str, earlier: Sequence[LikeChange], owners: Mapping[str, str | None]) -> int:
+    """What ``earlier`` did to the like count of ``post_id``. ``owners``: the post of each like in
+    :func:`unplaced`, as it was before ``earlier`` (None: it did not exist, or had no usable post)."""
+    posts = dict(owners)
+    total = 0
+    for c in earlier:
+        if c.insert:
+            posts[c.key] = c.post_id
+            total += c.post_id == post_id
+        else:
+            total -= (c.post_id if c.post_id is not None else posts.get(c.key)) == post_id
+            posts.pop(c.key, None)
+    return total
+
+
+class LikeCounts:
+    """Reads seeds for the publish script (see the module's docstring)."""
+
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], db: AsyncDatabase[dict[str, Any]],
+                 cfg: MappingConfig, pipeline: list[dict[str, Any]], *,
+                 on_approximate: Callable[[], None] = lambda: None, max_await_ms: int = 100) -> None:
+        self.client = client
+        self.db = db
+        self.cfg = cfg
+        self.pipeline = pipeline  # the watcher's: positions count the changes it lets through
+        self.on_approximate = on_approximate
+        self.max_await_ms = max_await_ms
+
+    async def seed(self, post_id: str, change: dict[str, Any], position: int) -> Seed:
+        """The like count of ``post_id`` right before ``change`` (at ``position`` among the changes sharing its
+        cluster time), and the point it holds at."""
+        ct: Timestamp = change["clusterTime"]
+        before = just_before(ct)
+        try:
+            earlier = like_changes(await self._earlier(change, position), self.cfg) if position else []
+            owners = await self._owners(unplaced(earlier), before)
+            count = await self._count(post_id, before) + delta(post_id, earlier, owners)
+            log.debug("like count of post %s before change %s:%d: %d", post_id, ct, position, count)
+            return Seed(count, point(ev.time_part(ct.time, ct.inc), position))
+        except (OperationFailure, NotFound) as exc:
+            log.warning("cannot read the like count of post %s as of %s (%s); reading the current count",
+                        post_id, ct, exc)
+            self.on_approximate()
+        return await self._now(post_id, ct)
+
+    async def _earlier(self, change: dict[str, Any], position: int) -> list[dict[str, Any]]:
+        """The ``position`` changes before ``change`` at its cluster time, in order."""
+        ct = change["clusterTime"]
+        target = change["_id"]["_data"]
+        out: list[dict[str, Any]] = []
+        empty = 0
+        async with await self.db.watch(self.pipeline, start_at_operation_time=ct,
+                                       full_document_before_change="whenAvailable",
+                                       max_await_time_ms=self.max_await_ms) as stream:
+            while empty < EMPTY_POLLS:
+                found = await stream.try_next()
+                if found is None:
+                    empty += 1
+                    continue
+                empty = 0
+                if found["_id"]["_data"] == target:
+                    if len(out) != position:
+                        raise NotFound(f"{len(out)} changes precede it at its time, not {position}")
+                    return out
+                if found.get("clusterTime") != ct:
+                    break
+                out.append(found)
+        raise NotFound("the change stream did not give it back")
+
+    async def _snapshot(self, pipeline: list[dict[str, Any]], at: Timestamp) -> list[dict[str, Any]]:
+        reply = await self.db.command({"aggregate": self.cfg.likes, "pipeline": pipeline, "cursor": {},
+                                       "readConcern": {"level": "snapshot", "atClusterTime": at}})
+        return list(reply["cursor"]["firstBatch"])
+
+    async def _count(self, post_id: str, at: Timestamp) -> int:
+        field = self.cfg.fields.post_id
+        batch = await self._snapshot([{"$match": {field: {"$in": mapping.id_forms(post_id)}}}, {"$count": "n"}], at)
+        return int(batch[0]["n"]) if batch else 0
+
+    async def _owners(self, deletes: list[LikeChange], at: Timestamp) -> dict[str, str | None]:
+        """The post of each deleted like in ``deletes``, as of ``at`` (None: none)."""
+        if not deletes:
+            return {}
+        field = self.cfg.fields.post_id
+        batch = await self._snapshot([{"$match": {"_id": {"$in": [c.raw_key for c in deletes]}}},
+                                      {"$project": {field: 1}}], at)
+        found = {repr(doc["_id"]): ev.id_part(doc.get(field)) for doc in batch}
+        return {c.key: found.get(c.key) for c in deletes}
+
+    async def _now(self, post_id: str, ct: Timestamp) -> Seed:
+        field = self.cfg.fields.post_id
+        async with self.client.start_session(causal_consistency=True) as session:
+            count = await self.db[self.cfg.likes].count_documents({field: {"$in": mapping.id_forms(post_id)}},
+                                                                   session=session)
+            op_time = session.operation_time
+        at = op_time if op_time is not None else ct
+        return Seed(count, point(ev.time_part(at.time, at.inc), ALL_CHANGES))
+
