@@ -11,9 +11,13 @@ The rules, as the docs give them (see docs/chaos.md for where they are silent an
 - A post is public when its ``visibility`` is absent or ``"public"``; otherwise private.
 - ``post:created`` of a public post goes to ``public``, ``author:{authorId}`` and ``hashtag:{tag}`` for each tag
   (lowercased, ``#`` dropped); of a private post to ``user:{authorId}`` only.
-- ``post:updated`` (an update touching an allow-listed field, the author or the visibility) and
-  ``post:deleted`` go to ``post:{id}`` while the post is public (after the update; before the delete), else to
-  ``user:{authorId}``.
+- ``post:updated`` (an update touching an allow-listed field, the author or the visibility; a replace changing
+  one of them) of a post public after it goes to ``post:{id}`` and the feed rooms (those of ``post:created``) of
+  the post before and after it, as far as each was public; of a post private after it, to ``user:{authorId}``,
+  followed, when the post was public before, by a ``post:deleted`` (its id only) to ``post:{id}`` and the feed
+  rooms it had before. ``post:deleted`` of a public post goes to ``post:{id}`` and its feed rooms, of a private
+  one to ``user:{authorId}``. ``changed`` lists the allow-listed fields the update set or removed, or that differ
+  between the two versions of a replace, in the allow-list's order.
 - Likes and comments go to ``post:{postId}`` while their post is public at that change, else to
   ``user:{authorId}``; ``notification:new`` to ``user:{authorId}`` when someone else liked or commented.
 - ``likes`` is the exact count of the post's likes right after the like or unlike, in change order.
@@ -126,10 +130,25 @@ class Model:
         out.append(Event(event_id, type_, tuple(dict.fromkeys(rooms)), data, change.wall_ms, private_of, canary))
 
     def _post_rooms(self, post_id: str, post: dict[str, Any]) -> tuple[list[str], str | None]:
+        """Where what is about a post goes (its likes, comments): its room, or its author's when private."""
         author = str(post.get("authorId"))
         if is_public(post):
             return [f"post:{post_id}"], None
         return [f"user:{author}"], author
+
+    @staticmethod
+    def _feed(post: dict[str, Any]) -> list[str]:
+        """A public post's feed rooms: those its post:created went to."""
+        rooms = ["public", f"author:{post.get('authorId')}"]
+        return rooms + [r for r in (tag_room(t) for t in post.get("hashtags") or []) if r]
+
+    def _public_rooms(self, post_id: str, *versions: dict[str, Any]) -> list[str]:
+        """A post's room and the feed rooms of those of its versions (before, after a change) that are public."""
+        rooms = [f"post:{post_id}"]
+        for version in versions:
+            if is_public(version):
+                rooms += self._feed(version)
+        return rooms
 
     # -- posts -------------------------------------------------------------------------------------------------
     def _post(self, c: Change, out: list[Event]) -> None:
@@ -141,36 +160,45 @@ class Model:
             data = {"id": c.key, "authorId": author, **_allowed(post, POST_FIELDS)}
             canary = str(post.get("text", "")).startswith("canary")
             if is_public(post):
-                rooms = ["public", f"author:{author}"]
-                rooms += [r for r in (tag_room(t) for t in post.get("hashtags") or []) if r]
-                self._event(c, out, "post:created", rooms, data, canary=canary)
+                self._event(c, out, "post:created", self._feed(post), data, canary=canary)
             else:
                 self._event(c, out, "post:created", [f"user:{author}"], data, author, canary)
             return
-        post = self.posts.get(c.key)
-        if post is None:
+        before = self.posts.get(c.key)
+        if before is None:
             self.unknown.append(f"{c.op} of post {c.key}, which the model never saw inserted")
             return
         if c.op == "delete":
             del self.posts[c.key]
-            rooms, private_of = self._post_rooms(c.key, post)
-            self._event(c, out, "post:deleted", rooms, {"id": c.key}, private_of)
+            if is_public(before):
+                self._event(c, out, "post:deleted", self._public_rooms(c.key, before), {"id": c.key})
+            else:
+                author = str(before.get("authorId"))
+                self._event(c, out, "post:deleted", [f"user:{author}"], {"id": c.key}, author)
             return
         if c.op == "replace":
-            self.unknown.append(f"replace of post {c.key}: the docs do not say what `changed` holds")
             assert c.doc is not None
-            self.posts[c.key] = dict(c.doc)
-            return
-        touched = set(c.updated) | set(c.removed)
-        post.update(c.updated)
-        for name in c.removed:
-            post.pop(name, None)
-        changed = [f for f in POST_FIELDS if f in touched]
-        if not changed and not touched & {"visibility", "authorId"}:
+            after = dict(c.doc)
+            changed = [f for f in POST_FIELDS if (f in before) != (f in after) or before.get(f) != after.get(f)]
+        else:
+            after = dict(before)
+            after.update(c.updated)
+            for name in c.removed:
+                after.pop(name, None)
+            changed = [f for f in POST_FIELDS if f in set(c.updated) | set(c.removed)]
+        self.posts[c.key] = after
+        moved = (before.get("authorId"), is_public(before)) != (after.get("authorId"), is_public(after))
+        touched_routing = bool((set(c.updated) | set(c.removed)) & {"visibility", "authorId"})
+        if not changed and not moved and not touched_routing:
             return  # nothing a client sees changed: no event
-        rooms, private_of = self._post_rooms(c.key, post)
-        data = {"id": c.key, "authorId": str(post.get("authorId")), **_allowed(post, POST_FIELDS), "changed": changed}
-        self._event(c, out, "post:updated", rooms, data, private_of)
+        author = str(after.get("authorId"))
+        data = {"id": c.key, "authorId": author, **_allowed(after, POST_FIELDS), "changed": changed}
+        if is_public(after):
+            self._event(c, out, "post:updated", self._public_rooms(c.key, before, after), data)
+            return
+        self._event(c, out, "post:updated", [f"user:{author}"], data, author)
+        if is_public(before):  # made private: announced as deleted, its id only, where it was public
+            self._event(c, out, "post:deleted", self._public_rooms(c.key, before), {"id": c.key})
 
     # -- likes and comments ----------------------------------------------------------------------------------
     def _reaction_post(self, c: Change, post_id: str) -> dict[str, Any] | None:

@@ -50,16 +50,38 @@ def test_a_private_post_and_its_likes_comments_and_notifications_reach_only_its_
 
 def test_visibility_changes_move_what_follows_and_the_update_itself() -> None:
     m = Model()
-    m.apply(ins("posts", {"_id": "p1", "authorId": "u1", "text": "a"}, (T, 1)))
-    [hidden] = m.apply(upd("posts", "p1", (T, 2), {"visibility": "private"}))
-    assert hidden.type == "post:updated" and hidden.rooms == ("user:u1",)
-    assert hidden.data["changed"] == ["visibility"] and hidden.private_of == "u1"
+    m.apply(ins("posts", {"_id": "p1", "authorId": "u1", "text": "a", "hashtags": ["cats"]}, (T, 1)))
+    hidden, gone = m.apply(upd("posts", "p1", (T, 2), {"visibility": "private", "hashtags": ["dogs"]}))
+    assert hidden.type == "post:updated" and hidden.rooms == ("user:u1",) and hidden.private_of == "u1"
+    assert hidden.data["changed"] == ["hashtags", "visibility"]
+    # announced as deleted, its id only, where it was public (its old tag, never the new one)
+    assert gone.type == "post:deleted" and gone.data == {"id": "p1"} and gone.id == f"{T << 32 | 2}-1"
+    assert gone.rooms == ("post:p1", "public", "author:u1", "hashtag:cats") and gone.private_of is None
     [liked, _] = m.apply(ins("likes", {"_id": "l1", "postId": "p1", "userId": "u2"}, (T, 3)))
     assert liked.rooms == ("user:u1",)
     [shown] = m.apply(upd("posts", "p1", (T, 4), unset=("visibility",)))  # absent: public
-    assert shown.rooms == ("post:p1",) and shown.private_of is None
+    assert shown.rooms == ("post:p1", "public", "author:u1", "hashtag:dogs") and shown.private_of is None
     [unliked] = m.apply(delete("likes", "l1", (T, 5)))
     assert unliked.type == "post:unliked" and unliked.rooms == ("post:p1",) and unliked.data["likes"] == 0
+
+
+def test_edits_and_deletes_of_a_public_post_reach_its_feed_rooms_before_and_after() -> None:
+    m = Model()
+    m.apply(ins("posts", {"_id": "p1", "authorId": "u1", "text": "a", "hashtags": ["cats"]}, (T, 1)))
+    [retagged] = m.apply(upd("posts", "p1", (T, 2), {"hashtags": ["#Dogs"]}))
+    assert retagged.rooms == ("post:p1", "public", "author:u1", "hashtag:cats", "hashtag:dogs")
+    [gone] = m.apply(delete("posts", "p1", (T, 3)))
+    assert gone.rooms == ("post:p1", "public", "author:u1", "hashtag:dogs") and gone.data == {"id": "p1"}
+
+
+def test_a_replace_lists_what_differs_and_one_that_changes_nothing_seen_publishes_nothing() -> None:
+    m = Model()
+    m.apply(ins("posts", {"_id": "p1", "authorId": "u1", "text": "a", "views": 1}, (T, 1)))
+    same = Change("replace", "posts", "p1", {"_id": "p1", "authorId": "u1", "text": "a", "views": 2}, {}, (), (T, 2), 0)
+    assert m.apply(same) == []
+    other = Change("replace", "posts", "p1", {"_id": "p1", "authorId": "u1", "title": "t"}, {}, (), (T, 3), 0)
+    [e] = m.apply(other)
+    assert e.data == {"id": "p1", "authorId": "u1", "title": "t", "changed": ["title", "text"]}
 
 
 def test_changes_sharing_a_cluster_time_are_numbered_by_position_and_counts_go_one_by_one() -> None:

@@ -1,9 +1,10 @@
 """The producers: threads writing with PyMongo as any application would, some of it in transactions.
 
 What they write: posts (public, private, some without a visibility field, hashtags, a field outside the
-allow-list that must never be published), edits, visibility changes, deletes, likes, unlikes and comments
-(added, edited, deleted), and transactions mixing them. Posts are of two kinds, so that no write races a
-post's deletion (the docs do not say where a like of a deleted post goes): **stable** posts take likes and
+allow-list that must never be published), edits (of the text, the hashtags, the visibility, of a field outside
+the allow-list only, whole replaces), deletes, likes, unlikes and comments (added, edited, deleted), and
+transactions mixing them. Posts are of two kinds, so that no write races a post's deletion (the post index's
+tombstones decide where such writes go; the watcher's own tests cover them): **stable** posts take likes and
 comments and change visibility but are never deleted; **ephemeral** posts are edited and deleted by the
 producer that made them and take no reactions.
 
@@ -139,7 +140,7 @@ class Producer:
         choices: list[tuple[float, Callable[[], None]]] = [(2, self.create_ephemeral), (0.3, self.create_stable)]
         if self.mine:
             choices += [(1.5, self.edit_ephemeral), (0.7, self.toggle_ephemeral), (1, self.delete_ephemeral),
-                        (0.4, self.touch_unpublished)]
+                        (0.4, self.touch_unpublished), (0.5, self.retag_ephemeral), (0.5, self.replace_ephemeral)]
         if have_stable:
             choices += [(4, self.like), (2, self.comment), (1, self.edit_stable), (0.6, self.toggle_stable),
                         (1.2, self.transaction)]
@@ -177,6 +178,26 @@ class Producer:
 
     def toggle_ephemeral(self) -> None:
         self._toggle(self.rng.choice(self.mine))
+
+    def retag_ephemeral(self) -> None:
+        """New hashtags: the feeds of the old and the new ones hear of it."""
+        post_id = self.rng.choice(self.mine)
+        tags = self.rng.sample(TAGS, self.rng.randint(0, 2))
+        self.db.posts.update_one({"_id": post_id}, {"$set": {"hashtags": tags}})
+
+    def replace_ephemeral(self) -> None:
+        """The whole post rewritten (same author): sometimes with nothing a client sees changed."""
+        post_id = self.rng.choice(self.mine)
+        current = self.db.posts.find_one({"_id": post_id})
+        if current is None:
+            return
+        doc = dict(current)
+        if self.rng.random() < 0.3:
+            doc["views"] = int(doc.get("views", 0)) + 1  # only outside the allow-list: no event
+        else:
+            doc = post_doc(post_id, str(current["authorId"]), self.rng, visibility=self._visibility(),
+                           text=f"replaced {self.world.next_id('x')}")
+        self.db.posts.replace_one({"_id": post_id}, doc)
 
     def touch_unpublished(self) -> None:
         """An update of a field outside the allow-list only: a change, but no event."""

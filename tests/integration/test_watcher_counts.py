@@ -1,5 +1,5 @@
 """Like counts the chaos suite (tests/chaos) found wrong, pinned here at the tier that reaches the cause: the
-watcher against the stand-in and a real Redis."""
+watcher against the stand-in and a real Redis (the fixtures of tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pymongo import MongoClient
 
 from realtime.standin import StandIn
 from tests.conftest import TIMEOUT, RedisServer
-from tests.integration.watcherkit import WatcherProcess, setup_collections, stream, streaming, wait_for
+from tests.integration.watcherkit import WatcherProcess, stream, streaming, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -27,22 +27,6 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def standin() -> Iterator[StandIn]:
-    mongo = StandIn(noop_interval=0.5)
-    mongo.start()
-    yield mongo
-    mongo.stop()
-
-
-@pytest.fixture
-def mongo_client(standin: StandIn) -> Iterator[MongoClient[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(standin.uri)
-    setup_collections(client, "app")
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def watcher(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Iterator[WatcherProcess]:
     w = WatcherProcess(standin.uri, redis_server.url, tmp_path, "w1")
     w.start()
@@ -51,11 +35,6 @@ def watcher(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Iter
     w.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the first like count of a post is read from MongoDB as of the change's "
-                   "cluster time, which in a transaction is the commit's: it already holds the transaction's later "
-                   "likes and unlikes, and the script then applies none of the transaction's deltas (their change "
-                   "time equals the seed's), so every like of the transaction carries the count after the whole "
-                   "transaction")
 def test_first_likes_of_a_post_made_in_one_transaction_count_one_by_one(
         r: redis.Redis, mongo_client: MongoClient[dict[str, Any]], watcher: WatcherProcess) -> None:
     """Regression: likes and unlikes in one transaction, a post's first, all carried the count after the commit."""
