@@ -43,9 +43,26 @@ class Change:
     op: str  # insert, update, replace, delete
     coll: str
     key: str  # the document's _id
-    doc: dict[str, Any] | None  # insert, replace: the document written
-    updated: dict[str, Any]  # update: the fields set (top level)
-    removed: tuple[str, ...]  # update: the fields unset
+    doc: dict[str, Any] | None  # insert, replace: the document written; update: the document after it
+    updated: dict[str, Any]  # update: the paths set (dotted below the top level)
+    removed: tuple[str, ...]  # update: the paths unset
+
+    @property
+    def touched(self) -> set[str]:
+        """The top-level fields an update set or removed."""
+        return {path.split(".", 1)[0] for path in (*self.updated, *self.removed)}
+
+    def applied_to(self, before: dict[str, Any]) -> dict[str, Any]:
+        """The document after this update (its post-image when the change carries it)."""
+        if self.doc is not None:
+            return dict(self.doc)
+        after = dict(before)
+        after.update({k: v for k, v in self.updated.items() if "." not in k})
+        for name in self.removed:
+            after.pop(name, None)
+        if any("." in k for k in self.updated):
+            raise ValueError(f"an update of {self.key} below the top level, without the document after it")
+        return after
     time: tuple[int, int]  # cluster time (seconds, increment)
     wall_ms: int
     epoch: int = 0  # which life of the database (a restart that lost the data starts a new one)
@@ -181,14 +198,11 @@ class Model:
             after = dict(c.doc)
             changed = [f for f in POST_FIELDS if (f in before) != (f in after) or before.get(f) != after.get(f)]
         else:
-            after = dict(before)
-            after.update(c.updated)
-            for name in c.removed:
-                after.pop(name, None)
-            changed = [f for f in POST_FIELDS if f in set(c.updated) | set(c.removed)]
+            after = c.applied_to(before)
+            changed = [f for f in POST_FIELDS if f in c.touched]
         self.posts[c.key] = after
         moved = (before.get("authorId"), is_public(before)) != (after.get("authorId"), is_public(after))
-        touched_routing = bool((set(c.updated) | set(c.removed)) & {"visibility", "authorId"})
+        touched_routing = bool(c.touched & {"visibility", "authorId"})
         if not changed and not moved and not touched_routing:
             return  # nothing a client sees changed: no event
         author = str(after.get("authorId"))
@@ -250,9 +264,7 @@ class Model:
             if c.op == "delete":
                 del self.comments[c.key]
             elif c.op == "update":
-                comment.update(c.updated)
-                for name in c.removed:
-                    comment.pop(name, None)
+                comment = self.comments[c.key] = c.applied_to(comment)
             else:
                 assert c.doc is not None
                 comment = self.comments[c.key] = dict(c.doc)

@@ -38,7 +38,7 @@ def to_change(raw: dict[str, Any], epoch: int) -> Change | None:
         return None
     desc = raw.get("updateDescription") or {}
     ct = raw["clusterTime"]
-    doc = raw.get("fullDocument") if op in ("insert", "replace") else None
+    doc = raw.get("fullDocument") if op != "delete" else None
     return Change(op, coll, str(raw["documentKey"]["_id"]), dict(doc) if doc is not None else None,
                   dict(desc.get("updatedFields") or {}), tuple(desc.get("removedFields") or ()),
                   (int(ct.time), int(ct.inc)), wall_ms(raw), epoch)
@@ -64,7 +64,9 @@ class Tailer:
     def _open(self) -> None:
         self._client = MongoClient(self.uri, appname="chaos-model", serverSelectionTimeoutMS=30_000)
         pipeline = [{"$match": {"ns.coll": {"$in": list(WATCHED)}}}]
-        self._stream = self._client[self.db].watch(pipeline, max_await_time_ms=100)
+        # The document as each write left it (post-images are on, as realtime mongo-setup sets them): an update's
+        # paths may be dotted (``hashtags.0``), the document is the plain truth.
+        self._stream = self._client[self.db].watch(pipeline, max_await_time_ms=100, full_document="whenAvailable")
 
     def _close(self) -> None:
         if self._stream is not None:

@@ -119,3 +119,11 @@ def test_the_model_imports_nothing_of_the_product() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('realtime', 'watchers')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_an_update_below_the_top_level_is_read_from_the_document_after_it() -> None:
+    m = Model()
+    m.apply(ins("posts", {"_id": "p1", "authorId": "u1", "hashtags": []}, (T, 1)))
+    after = {"_id": "p1", "authorId": "u1", "hashtags": ["dogs"]}
+    [e] = m.apply(Change("update", "posts", "p1", after, {"hashtags.0": "dogs"}, (), (T, 2), 0))
+    assert e.data["changed"] == ["hashtags"] and e.rooms == ("post:p1", "public", "author:u1", "hashtag:dogs")
