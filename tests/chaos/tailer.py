@@ -41,7 +41,8 @@ def to_change(raw: dict[str, Any], epoch: int) -> Change | None:
     doc = raw.get("fullDocument") if op != "delete" else None
     return Change(op, coll, str(raw["documentKey"]["_id"]), dict(doc) if doc is not None else None,
                   dict(desc.get("updatedFields") or {}), tuple(desc.get("removedFields") or ()),
-                  (int(ct.time), int(ct.inc)), wall_ms(raw), epoch)
+                  (int(ct.time), int(ct.inc)), wall_ms(raw), epoch,
+                  tuple(str(t.get("field")) for t in desc.get("truncatedArrays") or () if isinstance(t, dict)))
 
 
 class Tailer:

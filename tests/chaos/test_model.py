@@ -127,3 +127,12 @@ def test_an_update_below_the_top_level_is_read_from_the_document_after_it() -> N
     after = {"_id": "p1", "authorId": "u1", "hashtags": ["dogs"]}
     [e] = m.apply(Change("update", "posts", "p1", after, {"hashtags.0": "dogs"}, (), (T, 2), 0))
     assert e.data["changed"] == ["hashtags"] and e.rooms == ("post:p1", "public", "author:u1", "hashtag:dogs")
+
+
+def test_an_update_that_truncates_an_array_changed_it() -> None:
+    m = Model()
+    m.apply(ins("posts", {"_id": "p1", "authorId": "u1", "hashtags": ["cats", "dogs"]}, (T, 1)))
+    after = {"_id": "p1", "authorId": "u1", "hashtags": []}
+    [e] = m.apply(Change("update", "posts", "p1", after, {}, (), (T, 2), 0, truncated=("hashtags",)))
+    assert e.data["changed"] == ["hashtags"]
+    assert e.rooms == ("post:p1", "public", "author:u1", "hashtag:cats", "hashtag:dogs")
