@@ -46,26 +46,27 @@ class Change:
     doc: dict[str, Any] | None  # insert, replace: the document written; update: the document after it
     updated: dict[str, Any]  # update: the paths set (dotted below the top level)
     removed: tuple[str, ...]  # update: the paths unset
+    time: tuple[int, int]  # cluster time (seconds, increment)
+    wall_ms: int
+    epoch: int = 0  # which life of the database (a restart that lost the data starts a new one)
+    truncated: tuple[str, ...] = ()  # update: the arrays it truncated
 
     @property
     def touched(self) -> set[str]:
-        """The top-level fields an update set or removed."""
-        return {path.split(".", 1)[0] for path in (*self.updated, *self.removed)}
+        """The top-level fields an update set, removed or truncated."""
+        return {path.split(".", 1)[0] for path in (*self.updated, *self.removed, *self.truncated)}
 
     def applied_to(self, before: dict[str, Any]) -> dict[str, Any]:
         """The document after this update (its post-image when the change carries it)."""
         if self.doc is not None:
             return dict(self.doc)
+        if self.truncated or any("." in k for k in self.updated):
+            raise ValueError(f"an update of {self.key} below the top level, without the document after it")
         after = dict(before)
-        after.update({k: v for k, v in self.updated.items() if "." not in k})
+        after.update(self.updated)
         for name in self.removed:
             after.pop(name, None)
-        if any("." in k for k in self.updated):
-            raise ValueError(f"an update of {self.key} below the top level, without the document after it")
         return after
-    time: tuple[int, int]  # cluster time (seconds, increment)
-    wall_ms: int
-    epoch: int = 0  # which life of the database (a restart that lost the data starts a new one)
 
 
 @dataclass(frozen=True)
