@@ -199,7 +199,7 @@ def main() -> int:
     parser.add_argument("--version", required=True, help="PyMongo's version, for the baseline's header")
     parser.add_argument("--suite", action="append", choices=list(BY_NAME), help="only this suite (repeatable)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="suites run at once")
-    parser.add_argument("--timeout", type=int, default=60, help="seconds after which one test fails as hung")
+    parser.add_argument("--timeout", type=int, default=30, help="seconds after which one test fails as hung")
     parser.add_argument("--write", action="store_true", help="write the outcomes to the baseline")
     parser.add_argument("--work", type=Path, help="where logs and reports go (default: a temporary folder)")
     parser.add_argument("--baseline", type=Path, default=BASELINE)
@@ -207,7 +207,7 @@ def main() -> int:
 
     suites = [BY_NAME[n] for n in args.suite] if args.suite else list(SUITES)
     source, python = args.source.absolute(), args.python.absolute()  # (not resolved: a venv's python is a link)
-    work = args.work or Path(tempfile.mkdtemp(prefix="driver-suite-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="driver-suite-"))).absolute()
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     print(f"PyMongo {args.version}'s suites against the stand-in ({len(suites)} suites, {args.jobs} at once; "

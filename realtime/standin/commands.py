@@ -22,15 +22,15 @@ from typing import Any
 
 from bson import Binary, Int64, ObjectId, Timestamp
 
-from realtime.standin import arguments, changestream, limits
+from realtime.standin import arguments, changestream, limits, validate, writeconcern
 from realtime.standin.changestream import ChangeStreamCursor
 from realtime.standin.errors import (
-    RESUMABLE_CHANGE_STREAM_CODES,
     CommandError,
     bad_value,
+    error_labels,
     unsupported,
 )
-from realtime.standin.faults import FailPoints
+from realtime.standin.faults import FAIL_GET_MORE, FailPoints
 from realtime.standin.oplog import Oplog
 from realtime.standin.store import (
     Locked,
@@ -42,6 +42,7 @@ from realtime.standin.store import (
     first_duplicate,
     materialize,
     sort_list,
+    sort_values,
 )
 
 log = logging.getLogger("realtime.standin")
@@ -151,6 +152,7 @@ class Engine:
     async def run(self, cmd: dict[str, Any], app_name: str | None = None) -> dict[str, Any]:
         """Run one command; returns the full reply, or raises :class:`HangUp`."""
         name = next(iter(cmd), "")
+        labels_given: list[str] | None = None
         try:
             if self.paused_until > time.monotonic() and name != "realtimeStandIn":
                 await asyncio.sleep(self.paused_until - time.monotonic())
@@ -159,18 +161,32 @@ class Engine:
                 raise CommandError(59, f"no such command: '{name}'")
             cmd = arguments.parse(cmd)
             action = self.failpoints.check(name, app_name)
+            write_concern_error = None
             if action is not None:
                 if action.block_ms:
                     await asyncio.sleep(action.block_ms / 1000)
                 if action.close_connection:
                     raise HangUp()
+                labels_given = action.labels
                 if action.error is not None:
-                    if not action.labels_given:
-                        action.error.labels = self._default_labels(name, cmd, action.error.code)
                     raise action.error
+                write_concern_error = action.write_concern_error
             reply = await handler(cmd)
             reply.setdefault("ok", 1.0)
+            if name in WRITE_CONCERN_COMMANDS:
+                write_concern_error = write_concern_error or writeconcern.unmet(cmd)
+            if write_concern_error is not None:
+                reply["writeConcernError"] = dict(write_concern_error)
+                labels = labels_given if labels_given is not None else error_labels(
+                    name, cmd, None, int(write_concern_error["code"]))
+                if labels:
+                    reply["errorLabels"] = labels
         except CommandError as exc:
+            if labels_given is not None:
+                exc.labels = list(labels_given)
+            else:
+                computed = error_labels(name, cmd, exc.code, None, name == "aggregate" and _is_change_stream(cmd))
+                exc.labels = [*exc.labels, *(label for label in computed if label not in exc.labels)]
             reply = exc.reply()
         except HangUp:
             raise
@@ -186,14 +202,6 @@ class Engine:
         reply["$clusterTime"] = {"clusterTime": now,
                                  "signature": {"hash": Binary(b"\0" * 20), "keyId": Int64(0)}}
         return reply
-
-    def _default_labels(self, name: str, cmd: dict[str, Any], code: int) -> list[str]:
-        on_change_stream = (
-            name == "getMore" and isinstance(self.cursors.get(int(cmd.get("getMore", 0))), ChangeStreamCursor)
-        ) or (name == "aggregate" and _is_change_stream(cmd))
-        if on_change_stream and code in RESUMABLE_CHANGE_STREAM_CODES:
-            return ["ResumableChangeStreamError"]
-        return []
 
     # -- handshake and server info -----------------------------------------------------------------
     def _hello_fields(self) -> dict[str, Any]:
@@ -232,10 +240,28 @@ class Engine:
                 "openssl": {"running": "disabled", "compiled": "disabled"},
                 "buildEnvironment": {"target_os": platform.system().lower(), "target_arch": platform.machine()}}
 
+    def parameters(self) -> dict[str, Any]:
+        """The server parameters ``getParameter`` reports: the ones the stand-in's behaviour follows."""
+        return {
+            "authenticationMechanisms": [],  # no authentication
+            "enableTestCommands": 1,  # configureFailPoint is served
+            "featureCompatibilityVersion": {"version": SERVER_VERSION.rsplit(".", 1)[0]},
+            "logicalSessionTimeoutMinutes": 30,
+            "maxTransactionLockRequestTimeoutMillis": 5,
+            "periodicNoopIntervalSecs": 10,
+            "requireApiVersion": False,
+            "transactionLifetimeLimitSeconds": int(TRANSACTION_LIFETIME),
+        }
+
     async def get_parameter(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        if cmd.get("featureCompatibilityVersion"):
-            return {"featureCompatibilityVersion": {"version": SERVER_VERSION.rsplit(".", 1)[0]}}
-        raise CommandError(72, "no option found to get")
+        """``{getParameter: "*"}`` for all of them, or ``{getParameter: 1, <name>: 1, ...}``, as the server answers."""
+        known = self.parameters()
+        if cmd.get("getParameter") == "*":
+            return known
+        asked = [k for k in cmd if k != "getParameter" and k not in _GENERIC_FIELDS and k in known]
+        if not asked:
+            raise CommandError(72, "no option found to get")
+        return {k: known[k] for k in asked}
 
     async def connection_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}}
@@ -425,7 +451,9 @@ class Engine:
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
                 raise CommandError(40414, "BSON field 'update.updates.q' and 'u' are required")
-            _reject_unsupported(stmt, ("hint", "collation", "c", "let", "sort"), "update")
+            _reject_unsupported(stmt, ("c", "sort"), "update")
+            self._check_hint(db, coll, stmt.get("hint"))
+            validate.check_filter(stmt["q"])
             return self.store.update(db, coll, stmt["q"], stmt["u"], upsert=bool(stmt.get("upsert")),
                                      multi=bool(stmt.get("multi")), array_filters=stmt.get("arrayFilters"),
                                      txn=txn, locks=self.locks)
@@ -438,7 +466,8 @@ class Engine:
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "limit" not in stmt:
                 raise CommandError(40414, "BSON field 'delete.deletes.q' and 'limit' are required")
-            _reject_unsupported(stmt, ("hint", "collation"), "delete")
+            self._check_hint(db, coll, stmt.get("hint"))
+            validate.check_filter(stmt["q"])
             limit = int(stmt["limit"])
             if limit not in (0, 1):
                 raise CommandError(9, "The limit field in delete objects must be 0 or 1.")
@@ -449,7 +478,8 @@ class Engine:
     async def find_and_modify(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db = cmd["$db"]
         coll = _coll_arg(cmd, "findAndModify" if "findAndModify" in cmd else "findandmodify")
-        _reject_unsupported(cmd, ("hint", "collation", "let"), "findAndModify")
+        self._check_hint(db, coll, cmd.get("hint"))
+        validate.check_filter(cmd.get("query"))
         session = self._session(cmd)
         retry_number = None
         if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
@@ -493,6 +523,23 @@ class Engine:
             session.retried = {retry_number: copy.deepcopy(reply)}
         return reply
 
+    def _check_hint(self, db: str, coll: str, hint: Any) -> None:
+        """A hint names an index by its name or key pattern; one that names none fails, as on the server. A hint
+        changes no result unless it names a sparse or partial index, which the stand-in does not honour."""
+        if hint is None or hint == {} or not self.store.exists(db, coll):
+            return
+        indexes: dict[str, dict[str, Any]] = {"_id_": {"key": [("_id", 1)]}, **self._mcoll(db, coll)._store.indexes}
+        if isinstance(hint, dict):
+            key = [(path, int(d) if isinstance(d, (int, float)) else d) for path, d in hint.items()]
+            found = next((index for index in indexes.values() if list(index["key"]) == key), None)
+        else:
+            found = indexes.get(hint)
+        if found is None:
+            raise CommandError(2, "error processing query: planner returned error :: caused by :: hint provided does "
+                                  "not correspond to an existing index")
+        if found.get("sparse") or found.get("partialFilterExpression") is not None:
+            raise unsupported("a hint naming a sparse or partial index")
+
     def _project(self, doc: dict[str, Any], projection: dict[str, Any]) -> dict[str, Any]:
         import mongomock
 
@@ -503,22 +550,30 @@ class Engine:
 
     # -- reads ------------------------------------------------------------------------------------------
     def _new_cursor(self, ns: str, docs: list[dict[str, Any]], first: int | None,
-                    single_batch: bool = False) -> dict[str, Any]:
+                    single_batch: bool = False, read_at: Timestamp | None = None) -> dict[str, Any]:
         cursor = ListCursor(next(self._cursor_ids), ns, docs)
         batch = cursor.take(DEFAULT_BATCH if first is None else first)
         cursor_id = 0
         if not cursor.exhausted and not single_batch:
             cursor_id = cursor.id
             self.cursors[cursor_id] = cursor
-        return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}}
+        reply: dict[str, Any] = {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}
+        if read_at is not None:
+            reply["atClusterTime"] = read_at
+        return {"cursor": reply}
 
     def _mcoll(self, db: str, coll: str) -> Any:
         return self.store._mcoll(db, coll)
 
-    def _source(self, cmd: dict[str, Any], db: str, coll: str, query: Any = None) -> Any:
-        """The collection a read runs on: the live one, or (at ``readConcern.atClusterTime``, or while other
-        transactions have uncommitted writes in it) a scratch copy of what the read may see, holding only the
-        documents that match ``query``."""
+    def _source(self, cmd: dict[str, Any], db: str, coll: str, query: Any = None) -> tuple[Any, Timestamp | None]:
+        """The collection a read runs on, and the cluster time a snapshot read (outside a transaction) read at.
+
+        The collection is the live one, or (at ``readConcern.atClusterTime``, or while other transactions have
+        uncommitted writes in it) a scratch copy of what the read may see, holding only the documents that match
+        ``query``; None when the collection does not exist for this read. A read may open a transaction
+        (``startTransaction``), as any command of one may. A snapshot read without ``atClusterTime`` reads at the
+        latest time, and says which (``atClusterTime`` in its reply), so that a snapshot session pins it."""
+        own = self._transaction(cmd)
         concern = cmd.get("readConcern") or {}
         at = concern.get("atClusterTime") if isinstance(concern, dict) else None
         if at is not None:
@@ -526,18 +581,21 @@ class Engine:
                 raise CommandError(2, "atClusterTime is only allowed with readConcern level 'snapshot'")
             if not isinstance(at, Timestamp):
                 raise CommandError(14, "atClusterTime must be a Timestamp")
-        own = self._own_transaction(cmd)
+        read_at = at if at is not None else (
+            self.oplog.latest_ts if own is None and concern.get("level") == "snapshot" else None)
         hide = [t for t in {id(t): t for t in self.locks.values()}.values()
                 if t is not own and t.state == "open" and any(u[:2] == (db, coll) for u in t.undo)]
+        if not self.store.visible(db, coll, own) and at is None:
+            return None, read_at
         if at is None and not hide:
-            return self._mcoll(db, coll) if self.store.exists(db, coll) else None
+            return self._mcoll(db, coll), read_at
         import mongomock
 
         scratch: Any = mongomock.MongoClient()["snapshot"]["snapshot"]
         docs = self.store.snapshot(db, coll, at, hide, query)
         if docs:
             scratch.insert_many(docs)
-        return scratch
+        return scratch, read_at
 
     def _own_transaction(self, cmd: dict[str, Any]) -> Transaction | None:
         if cmd.get("autocommit") is not False or cmd.get("lsid") is None:
@@ -547,10 +605,12 @@ class Engine:
 
     async def find(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "find")
-        _reject_unsupported(cmd, ("hint", "collation", "min", "max", "let", "tailable", "awaitData"), "find")
+        _reject_unsupported(cmd, ("min", "max", "tailable", "awaitData"), "find")
+        self._check_hint(db, coll, cmd.get("hint"))
+        validate.check_filter(cmd.get("filter"))
         filter_ = cmd.get("filter") or {}
         docs: list[dict[str, Any]] = []
-        mc = self._source(cmd, db, coll, filter_)
+        mc, read_at = self._source(cmd, db, coll, filter_)
         if mc is not None:
             cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
             if cmd.get("sort"):
@@ -561,11 +621,13 @@ class Engine:
             if limit:
                 cursor = cursor.limit(abs(limit))
             docs = [dict(d) for d in self.store._read(lambda: materialize(cursor))]
-        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")))
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")), read_at)
 
     async def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "count")
-        mc = self._source(cmd, db, coll, cmd.get("query"))
+        self._check_hint(db, coll, cmd.get("hint"))
+        validate.check_filter(cmd.get("query"))
+        mc, _ = self._source(cmd, db, coll, cmd.get("query"))
         if mc is None:
             return {"n": 0}
         n = len(self.store._read(lambda: materialize(mc.find(cmd.get("query") or {}, {"_id": 1}))))
@@ -576,13 +638,16 @@ class Engine:
 
     async def distinct(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "distinct")
+        validate.check_filter(cmd.get("query"))
         key = cmd.get("key")
         if not isinstance(key, str):
             raise CommandError(14, "BSON field 'distinct.key' is missing or is not a string")
-        mc = self._source(cmd, db, coll, cmd.get("query"))
-        if mc is None:
-            return {"values": []}
-        return {"values": self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))}
+        mc, read_at = self._source(cmd, db, coll, cmd.get("query"))
+        values = [] if mc is None else self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))
+        reply: dict[str, Any] = {"values": sort_values(values)}
+        if read_at is not None:
+            reply["atClusterTime"] = read_at
+        return reply
 
     async def aggregate(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _collection_or_1(cmd, "aggregate")
@@ -600,12 +665,15 @@ class Engine:
             name = next(iter(stage))
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
+            if name == "$match":
+                validate.check_filter(stage[name])
+        self._check_hint(db, coll, cmd.get("hint"))
         docs: list[dict[str, Any]] = []
         first = pipeline[0] if pipeline else {}
-        mc = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
+        mc, read_at = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
         if mc is not None:
             docs = [_id_first(dict(d)) for d in self.store._read(lambda: aggregate(mc, pipeline))]
-        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"))
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"), read_at=read_at)
 
     async def _open_change_stream(self, cmd: dict[str, Any], coll: str | None) -> dict[str, Any]:
         if cmd.get("autocommit") is False:
@@ -628,6 +696,12 @@ class Engine:
         if ns != cursor.ns:
             raise CommandError(13, f"Requested getMore on namespace '{ns}', but cursor belongs to a "
                                    f"different namespace {cursor.ns}", code_name="Unauthorized")
+        action = self.failpoints.check("getMore", None, FAIL_GET_MORE)
+        if action is not None and action.error is not None:
+            # Failed once the cursor is found: the error gets the labels of a real error on that cursor.
+            error = action.error
+            error.labels = error_labels("getMore", cmd, error.code, None, isinstance(cursor, ChangeStreamCursor))
+            raise error
         if isinstance(cursor, ListCursor):
             try:
                 batch = cursor.take(cmd.get("batchSize") or None)
@@ -678,7 +752,7 @@ class Engine:
     async def create(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "create")
         options = {k: v for k, v in cmd.items() if k not in _GENERIC_FIELDS and k != "create"}
-        self.store.create(db, coll, options)
+        self.store.create(db, coll, options, self._transaction(cmd))
         return {}
 
     async def coll_mod(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -719,7 +793,10 @@ class Engine:
         db = cmd["$db"]
         filter_ = cmd.get("filter") or {}
         out = []
+        own = self._transaction(cmd)
         for name in self.store.collection_names(db):
+            if not self.store.visible(db, name, own):
+                continue
             meta = self.store.info(db, name)
             entry = {"name": name, "type": "collection", "options": copy.deepcopy(meta.options),
                      "info": {"readOnly": False, "uuid": meta.uuid},
@@ -744,8 +821,17 @@ class Engine:
         specs = cmd.get("indexes")
         if not isinstance(specs, list) or not specs:
             raise CommandError(2, "Must specify at least one index to create")
+        txn = self._transaction(cmd)
+        if txn is not None and self.store.exists(db, coll) and self.store.info(db, coll).txn is not txn:
+            raise CommandError(263, f"Cannot create new indexes on existing collection {db}.{coll} in a "
+                                    "multi-document transaction.")
         created = not self.store.exists(db, coll)
-        self.store.ensure(db, coll)
+        while True:
+            try:
+                self.store.ensure(db, coll, txn)
+                break
+            except Locked as locked:  # created by a transaction still open: wait for it to end
+                await locked.txn.ended.wait()
         mc = self._mcoll(db, coll)
         before = len(mc._store.indexes) + 1
         for spec in specs:
@@ -792,7 +878,7 @@ class Engine:
 
     async def list_indexes(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "listIndexes")
-        if not self.store.exists(db, coll):
+        if not self.store.visible(db, coll, self._transaction(cmd)):
             raise CommandError(26, f"ns does not exist: {db}.{coll}")
         out: list[dict[str, Any]] = [{"v": 2, "key": {"_id": 1}, "name": "_id_"}]
         for name, index in self._mcoll(db, coll)._store.indexes.items():
@@ -850,6 +936,12 @@ class Engine:
                           "maxEntries": self.oplog.max_entries, "maxBytes": self.oplog.max_bytes,
                           "oldest": self.oplog.oldest_ts, "latest": self.oplog.latest_ts}}
 
+
+# The commands that take a writeConcern, and answer writeConcernError when it cannot be satisfied.
+WRITE_CONCERN_COMMANDS = frozenset({
+    "insert", "update", "delete", "findAndModify", "findandmodify", "create", "drop", "dropDatabase", "collMod",
+    "renameCollection", "createIndexes", "dropIndexes", "commitTransaction", "abortTransaction",
+})
 
 _GENERIC_FIELDS = frozenset({
     "$db", "lsid", "txnNumber", "autocommit", "startTransaction", "$clusterTime", "$readPreference",

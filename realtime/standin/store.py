@@ -34,6 +34,7 @@ import mongomock.helpers
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
+from realtime.standin import validate
 from realtime.standin.arguments import NUMBER, bson_type
 from realtime.standin.errors import CommandError, bad_value, unsupported
 from realtime.standin.limits import (
@@ -92,6 +93,12 @@ for _stage in ("$group", "$count"):
         mongomock.aggregate._PIPELINE_HANDLERS[_stage])
 
 
+# -- top-level field names that start with "$" ------------------------------------------------------
+# MongoDB 5.0 and later store them ({_id: 1, $a: 1} is a valid insert); mongomock refuses them. Its other check
+# (no NUL in a field name) stays.
+mongomock.collection._validate_data_fields = mongomock.collection._recursive_key_check_null_character
+
+
 # -- mongomock's clock ------------------------------------------------------------------------------
 # $currentDate reads mongomock.utcnow(), which mongomock lets its users replace; its own calls
 # datetime.utcnow(), deprecated from Python 3.12. The same value (naive UTC, millisecond precision like a
@@ -109,6 +116,7 @@ class CollectionInfo:
     uuid: Binary = field(default_factory=lambda: Binary(uuid.uuid4().bytes, 4))
     pre_and_post_images: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    txn: Transaction | None = None  # the open transaction that created it: nobody else sees it before the commit
 
 
 class Locked(Exception):
@@ -128,6 +136,7 @@ class Transaction:
     undo: list[tuple[str, str, Any, dict[str, Any] | None]] = field(default_factory=list)
     locks: set[tuple[str, str, Any]] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    created: list[tuple[str, str]] = field(default_factory=list)  # collections it created (gone if it aborts)
 
 
 @dataclass
@@ -214,14 +223,28 @@ class Store:
     def info(self, db: str, coll: str) -> CollectionInfo:
         return self.collections[(db, coll)]
 
-    def ensure(self, db: str, coll: str) -> CollectionInfo:
-        """Create a collection implicitly, as a first insert or upsert does."""
+    def visible(self, db: str, coll: str, txn: Transaction | None) -> bool:
+        """Whether the collection exists for a command of ``txn`` (None: outside any transaction): one an open
+        transaction created exists only inside that transaction until it commits."""
+        meta = self.collections.get((db, coll))
+        return meta is not None and (meta.txn is None or meta.txn is txn or meta.txn.state != "open")
+
+    def ensure(self, db: str, coll: str, txn: Transaction | None = None) -> CollectionInfo:
+        """Create a collection implicitly, as a first insert or upsert does; inside a transaction, as part of it."""
         check_namespace(db, coll)
         meta = self.collections.get((db, coll))
         if meta is None:
             self._mcoll(db, coll)._store.create()
-            meta = CollectionInfo()
+            meta = CollectionInfo(txn=txn)
             self.collections[(db, coll)] = meta
+            if txn is not None:
+                txn.created.append((db, coll))
+        elif meta.txn is not None and meta.txn is not txn and meta.txn.state == "open":
+            # Another transaction's collection, not committed yet: its catalog entry is locked.
+            if txn is None:
+                raise Locked(meta.txn)
+            raise CommandError(112, "Write conflict during plan execution and yielding is disabled.",
+                               ["TransientTransactionError"])
         return meta
 
     def databases(self) -> list[str]:
@@ -282,8 +305,8 @@ class Store:
         if "_id" not in doc:
             doc = {"_id": bson.ObjectId(), **doc}
         doc = _id_first(doc)
-        _check_field_names(doc)
-        self.ensure(db, coll)
+        validate.check_id(doc)
+        self.ensure(db, coll, txn)
         self._claim(txn, db, coll, doc["_id"], locks)
         mc = self._mcoll(db, coll)
         self._write(lambda: mc.insert_one(doc), db, coll, doc)
@@ -312,7 +335,7 @@ class Store:
                 raise CommandError(9, f"Unknown modifier: {op}. Expected a valid update modifier or "
                                       "pipeline-style update specified as an array")
         if replacement:
-            _check_field_names(update)
+            validate.check_id(update)
         else:
             _check_operators(update)
         keys = self._matching_keys(db, coll, query, multi, sort)
@@ -371,7 +394,7 @@ class Store:
     def _upsert(self, db: str, coll: str, query: dict[str, Any], update: dict[str, Any], replacement: bool,
                 array_filters: list[Any] | None, txn: Transaction | None,
                 locks: dict[tuple[str, str, Any], Transaction]) -> Any:
-        self.ensure(db, coll)
+        self.ensure(db, coll, txn)
         mc = self._mcoll(db, coll)
         if replacement:
             doc = dict(update)
@@ -566,6 +589,11 @@ class Store:
                 mc.delete_one({"_id": key})
             else:
                 mc.replace_one({"_id": key}, before, upsert=True)
+        for db, coll in txn.created:  # never committed: no drop event either
+            meta = self.collections.get((db, coll))
+            if meta is not None and meta.txn is txn:
+                self._mcoll(db, coll).drop()
+                del self.collections[(db, coll)]
         self._end(txn, "aborted", locks)
 
     def _end(self, txn: Transaction, state: str, locks: dict[tuple[str, str, Any], Transaction]) -> None:
@@ -573,23 +601,28 @@ class Store:
         for lk in txn.locks:
             if locks.get(lk) is txn:
                 del locks[lk]
-        txn.changes, txn.undo = [], []
+        for db, coll in txn.created:
+            meta = self.collections.get((db, coll))
+            if meta is not None and meta.txn is txn:
+                meta.txn = None
+        txn.changes, txn.undo, txn.created = [], [], []
         txn.ended.set()
 
     # -- DDL --------------------------------------------------------------------------------------
-    def create(self, db: str, coll: str, options: dict[str, Any]) -> None:
+    def create(self, db: str, coll: str, options: dict[str, Any], txn: Transaction | None = None) -> None:
         check_namespace(db, coll)
         images = _images_option(options.get("changeStreamPreAndPostImages"))
         for key in options:
-            if key not in ("changeStreamPreAndPostImages", "validator", "validationLevel",
-                           "validationAction", "collation"):
+            if key in ("validator", "validationLevel", "validationAction"):
+                raise unsupported(f"document validation (the create option '{key}')")
+            if key not in ("changeStreamPreAndPostImages", "collation"):
                 raise unsupported(f"the create option '{key}'")
         if self.exists(db, coll):
             meta = self.info(db, coll)
-            if meta.options == options:
+            if meta.options == options and txn is None:
                 return
             raise CommandError(48, f"Collection {db}.{coll} already exists.")
-        meta = self.ensure(db, coll)
+        meta = self.ensure(db, coll, txn)
         meta.pre_and_post_images = bool(images)
         meta.options = dict(options)
 
@@ -811,6 +844,14 @@ def _spec_for(key: Any, query: dict[str, Any]) -> dict[str, Any]:
     return {"_id": key, **query}
 
 
+def sort_values(values: list[Any]) -> list[Any]:
+    """Values in BSON order, as the server's distinct returns them (it gathers them in an ordered set)."""
+    try:
+        return sorted(values, key=mongomock.filtering.BsonComparable)
+    except TypeError:  # values mongomock cannot compare: as found
+        return values
+
+
 def sort_list(sort: Any) -> list[tuple[str, int]]:
     """A sort specification as (path, 1 or -1) pairs; what the server refuses, refused with its codes."""
     if not isinstance(sort, dict):
@@ -845,9 +886,3 @@ def check_namespace(db: str, coll: str) -> None:
         raise CommandError(73, f"Invalid namespace specified '{db}.{coll}'")
     if coll.endswith(".") or ".." in coll:  # valid on the server, but mongomock cannot hold such a collection
         raise unsupported(f"the collection name '{coll}' (ending in '.' or holding '..')")
-
-
-def _check_field_names(doc: dict[str, Any]) -> None:
-    for key in doc:
-        if key.startswith("$"):
-            raise CommandError(2, f"Document can't have $ prefixed field names: {key}")
