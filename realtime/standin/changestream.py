@@ -17,7 +17,7 @@ import mongomock.aggregate
 import mongomock.filtering
 from bson import Timestamp
 
-from realtime.standin import arguments, limits, tokens
+from realtime.standin import arguments, limits, tokens, validate
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
 from realtime.standin.store import SYSTEM_DBS, Store
@@ -75,6 +75,8 @@ def open_cursor(cursor_id: int, cmd: dict[str, Any], target: str | None, oplog: 
         name = next(iter(stage), None) if isinstance(stage, dict) else None
         if name == "$changeStream":
             raise CommandError(40602, "$changeStream is only valid as the first stage in a pipeline")
+        if name not in validate.PIPELINE_STAGES:
+            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
         if name not in ALLOWED_STAGES:
             raise CommandError(20, f"Stage {name} is not permitted in a $changeStream pipeline")
     if spec.get("showExpandedEvents"):

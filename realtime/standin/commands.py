@@ -38,6 +38,7 @@ from realtime.standin.store import (
     Transaction,
     WriteResult,
     aggregate,
+    aggregate_docs,
     check_namespace,
     first_duplicate,
     materialize,
@@ -145,7 +146,10 @@ class Engine:
             "getCmdLineOpts": self.get_cmd_line_opts, "getLog": self.get_log, "hostInfo": self.host_info,
             "whatsmyuri": self.whats_my_uri, "serverStatus": self.server_status,
             "getFreeMonitoringStatus": self.free_monitoring, "dbStats": self.db_stats,
-            "realtimeStandIn": self.control,
+            "realtimeStandIn": self.control, "killAllSessions": self.kill_all_sessions,
+            "killSessions": self.kill_sessions, "replSetGetStatus": self.repl_set_get_status,
+            "replSetGetConfig": self.repl_set_get_config, "collStats": self.coll_stats, "explain": self.explain,
+            "profile": self.profile,
         }
 
     # -- the entry point ----------------------------------------------------------------------------
@@ -294,6 +298,149 @@ class Engine:
         names = self.store.collection_names(db)
         objects = sum(sum(1 for _ in self.store.documents(db, n)) for n in names)
         return {"db": db, "collections": len(names), "objects": objects, "views": 0}
+
+    # -- replica set, statistics, plans, profiler (what mongosh's rs.status(), rs.conf(), stats(), explain() ask) --
+    def _admin_only(self, cmd: dict[str, Any], name: str) -> None:
+        if cmd["$db"] != "admin":
+            raise CommandError(13, f"{name} may only be run against the admin database.", code_name="Unauthorized")
+
+    def replica_set_config(self) -> dict[str, Any]:
+        """The one-member configuration of ``rs0``, as ``replSetGetConfig`` and ``local.system.replset`` hold it."""
+        return {"_id": "rs0", "version": 1, "term": 1, "protocolVersion": Int64(1),
+                "writeConcernMajorityJournalDefault": True,
+                "members": [{"_id": 0, "host": self.host, "arbiterOnly": False, "buildIndexes": True, "hidden": False,
+                             "priority": 1.0, "tags": {}, "secondaryDelaySecs": Int64(0), "votes": 1}],
+                "settings": {"chainingAllowed": True, "heartbeatIntervalMillis": 2000, "heartbeatTimeoutSecs": 10,
+                             "electionTimeoutMillis": 10000, "catchUpTimeoutMillis": -1,
+                             "getLastErrorModes": {}, "getLastErrorDefaults": {"w": 1, "wtimeout": 0},
+                             "replicaSetId": ObjectId("7fffffff0000000000000001")}}
+
+    async def repl_set_get_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self._admin_only(cmd, "replSetGetStatus")
+        latest = self.oplog.latest_ts
+        optime = {"ts": latest, "t": Int64(1)}
+        wall = dt.datetime.fromtimestamp(latest.time, dt.UTC)
+        started = dt.datetime.fromtimestamp(self.started, dt.UTC)
+        return {"set": "rs0", "date": dt.datetime.now(dt.UTC), "myState": 1, "term": Int64(1),
+                "heartbeatIntervalMillis": Int64(2000), "majorityVoteCount": 1, "writeMajorityCount": 1,
+                "votingMembersCount": 1, "writableVotingMembersCount": 1,
+                "optimes": {"lastCommittedOpTime": optime, "lastCommittedWallTime": wall, "appliedOpTime": optime,
+                            "durableOpTime": optime, "lastAppliedWallTime": wall, "lastDurableWallTime": wall},
+                "members": [{"_id": 0, "name": self.host, "health": 1.0, "state": 1, "stateStr": "PRIMARY",
+                             "uptime": int(time.time() - self.started), "optime": optime, "optimeDate": wall,
+                             "lastAppliedWallTime": wall, "lastDurableWallTime": wall, "syncSourceHost": "",
+                             "syncSourceId": -1, "infoMessage": "", "electionTime": Timestamp(int(self.started), 1),
+                             "electionDate": started, "configVersion": 1, "configTerm": 1, "self": True,
+                             "lastHeartbeatMessage": ""}]}
+
+    async def repl_set_get_config(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self._admin_only(cmd, "replSetGetConfig")
+        return {"config": self.replica_set_config()}
+
+    def _stats(self, db: str, coll: str, scale: int) -> dict[str, Any]:
+        if not self.store.exists(db, coll):
+            raise CommandError(26, f"Collection [{db}.{coll}] not found.")
+        docs = list(self.store.documents(db, coll))
+        size = sum(limits.bson_size(d) for d in docs)
+        indexes = ["_id_", *self._mcoll(db, coll)._store.indexes]
+        index_size = 4096 * len(indexes)
+        return {"ns": f"{db}.{coll}", "size": size // scale, "count": len(docs),
+                "avgObjSize": size // len(docs) if docs else 0, "numOrphanDocs": 0, "storageSize": size // scale,
+                "freeStorageSize": 0, "capped": False, "nindexes": len(indexes),
+                "indexBuilds": [], "totalIndexSize": index_size // scale, "totalSize": (size + index_size) // scale,
+                "indexSizes": {name: 4096 // scale for name in indexes}, "scaleFactor": scale}
+
+    async def coll_stats(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "collStats")
+        return self._stats(db, coll, max(int(cmd.get("scale") or 1), 1))
+
+    def _coll_stats_stage(self, db: str, coll: str, spec: Any) -> list[dict[str, Any]]:
+        """``$collStats`` (the first stage of its pipeline): one document of the statistics asked for."""
+        if not isinstance(spec, dict):
+            raise CommandError(5447000, "$collStats must take a nested object but found: " + limits.show(spec))
+        out: dict[str, Any] = {"ns": f"{db}.{coll}", "host": self.host, "localTime": dt.datetime.now(dt.UTC)}
+        if "storageStats" in spec:
+            scale = (spec["storageStats"] or {}).get("scale", 1) if isinstance(spec["storageStats"], dict) else 1
+            out["storageStats"] = self._stats(db, coll, max(int(scale or 1), 1))
+        if "count" in spec:
+            out["count"] = sum(1 for _ in self.store.documents(db, coll))
+        if "latencyStats" in spec:
+            zero = {"latency": Int64(0), "ops": Int64(0)}
+            out["latencyStats"] = {"reads": zero, "writes": zero, "commands": zero, "transactions": zero}
+        if "queryExecStats" in spec:
+            out["queryExecStats"] = {"collectionScans": {"total": Int64(0), "nonTailable": Int64(0)}}
+        return [out]
+
+    async def explain(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """A plan for find, count, distinct, aggregate, update, delete or findAndModify: a collection scan (the
+        stand-in has no query planner); ``executionStats`` counts what the command returns, without running a
+        write."""
+        inner = cmd.get("explain")
+        if not isinstance(inner, dict) or not inner:
+            raise CommandError(9, "explain command requires a nested object")
+        name = next(iter(inner))
+        if name not in ("find", "count", "distinct", "aggregate", "update", "delete", "findAndModify",
+                        "findandmodify"):
+            raise CommandError(2, f"Explain failed due to unknown command: {name}")
+        verbosity = cmd.get("verbosity", "allPlansExecution")
+        if verbosity not in ("queryPlanner", "executionStats", "allPlansExecution"):
+            raise CommandError(2, f"verbosity string must be one of {{'queryPlanner', 'executionStats', "
+                                  f"'allPlansExecution'}}, got {verbosity!r}")
+        db = cmd["$db"]
+        coll = inner.get(name)
+        if not isinstance(coll, str):
+            raise CommandError(2, "explain of a command without a collection name is not supported by the "
+                                  "realtime MongoDB stand-in")
+        query = inner.get("filter") or inner.get("query") or {}
+        if name == "update":
+            query = (inner.get("updates") or [{}])[0].get("q") or {}
+        elif name == "delete":
+            query = (inner.get("deletes") or [{}])[0].get("q") or {}
+        validate.check_filter(query)
+        plan = {"stage": "COLLSCAN", "filter": query, "direction": "forward"}
+        reply: dict[str, Any] = {
+            "explainVersion": "1",
+            "queryPlanner": {"namespace": f"{db}.{coll}", "indexFilterSet": False, "parsedQuery": query,
+                             "planCacheShapeHash": "00000000", "maxIndexedOrSolutionsReached": False,
+                             "maxIndexedAndSolutionsReached": False, "maxScansToExplodeReached": False,
+                             "winningPlan": plan, "rejectedPlans": []},
+            "command": {**inner, "$db": db},
+            "serverInfo": {"host": self.host, "port": int(self.host.rsplit(":", 1)[1]), "version": SERVER_VERSION,
+                           "gitVersion": "realtime-standin"},
+        }
+        if verbosity != "queryPlanner":
+            examined = sum(1 for _ in self.store.documents(db, coll)) if self.store.exists(db, coll) else 0
+            matched = 0
+            if examined and name in ("find", "count", "distinct", "update", "delete", "findAndModify",
+                                     "findandmodify"):
+                mc = self._mcoll(db, coll)
+                matched = len(self.store._read(lambda: materialize(mc.find(query, {"_id": 1}))))
+            reply["executionStats"] = {"executionSuccess": True, "nReturned": matched, "executionTimeMillis": 0,
+                                       "totalKeysExamined": 0, "totalDocsExamined": examined,
+                                       "executionStages": {**plan, "nReturned": matched, "docsExamined": examined}}
+        return reply
+
+    async def profile(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """The profiler's level: 0 (off), as it always is here; turning it on is refused, not ignored."""
+        level = cmd.get("profile")
+        if level not in (-1, 0):
+            raise unsupported("the database profiler (profile levels 1 and 2)")
+        return {"was": 0, "slowms": 100, "sampleRate": 1.0}
+
+    async def kill_all_sessions(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """End every session's work: open transactions are aborted (their locks freed), cursors killed."""
+        for session in self.sessions.values():
+            if session.txn is not None and session.txn.state == "open":
+                self.store.abort(session.txn, self.locks)
+        self.cursors.clear()
+        return {}
+
+    async def kill_sessions(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        for lsid in cmd.get("killSessions") or []:
+            session = self.sessions.get(_session_key(lsid))
+            if session is not None and session.txn is not None and session.txn.state == "open":
+                self.store.abort(session.txn, self.locks)
+        return {}
 
     # -- sessions and transactions -------------------------------------------------------------------
     def _session(self, cmd: dict[str, Any]) -> Session | None:
@@ -610,6 +757,8 @@ class Engine:
         validate.check_filter(cmd.get("filter"))
         filter_ = cmd.get("filter") or {}
         docs: list[dict[str, Any]] = []
+        if (db, coll) == ("local", "system.replset"):  # what rs.conf() reads where replSetGetConfig is not used
+            return self._new_cursor("local.system.replset", [self.replica_set_config()], cmd.get("batchSize"))
         mc, read_at = self._source(cmd, db, coll, filter_)
         if mc is not None:
             cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
@@ -663,11 +812,20 @@ class Engine:
             raise unsupported("a database-level aggregate other than $changeStream")
         for stage in pipeline:
             name = next(iter(stage))
+            if name not in validate.PIPELINE_STAGES:
+                raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
             if name == "$match":
                 validate.check_filter(stage[name])
         self._check_hint(db, coll, cmd.get("hint"))
+        if cmd.get("explain"):
+            inner = {k: v for k, v in cmd.items() if k not in ("explain", "$db", "cursor")}
+            return await self.explain({"explain": inner, "verbosity": "queryPlanner", "$db": db})
+        if pipeline and next(iter(pipeline[0])) == "$collStats":
+            stats = self._coll_stats_stage(db, coll, pipeline[0]["$collStats"])
+            return self._new_cursor(f"{db}.{coll}", aggregate_docs(stats, pipeline[1:]),
+                                    cmd.get("cursor", {}).get("batchSize"))
         docs: list[dict[str, Any]] = []
         first = pipeline[0] if pipeline else {}
         mc, read_at = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)

@@ -794,6 +794,11 @@ def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str,
     return list(mongomock.aggregate.process_pipeline(docs, collection.database, pipeline, None))
 
 
+def aggregate_docs(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the rest of a pipeline over documents a first stage produced."""
+    return list(mongomock.aggregate.process_pipeline(docs, None, pipeline, None)) if pipeline else docs
+
+
 def _store_key(key: Any) -> Any:
     return mongomock.helpers.hashdict(key) if isinstance(key, dict) else key
 

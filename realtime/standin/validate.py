@@ -29,6 +29,17 @@ NOT_IMPLEMENTED = frozenset({"$where", "$text", "$jsonSchema", "$sampleRate", "$
                              "$bitsAnyClear"})
 
 
+# The aggregation stages MongoDB 7.0 knows (an unknown one is 40324 before anything runs).
+PIPELINE_STAGES = frozenset({
+    "$addFields", "$bucket", "$bucketAuto", "$changeStream", "$changeStreamSplitLargeEvent", "$collStats", "$count",
+    "$currentOp", "$densify", "$documents", "$facet", "$fill", "$geoNear", "$graphLookup", "$group", "$indexStats",
+    "$limit", "$listLocalSessions", "$listSampledQueries", "$listSearchIndexes", "$listSessions", "$lookup",
+    "$match", "$merge", "$out", "$planCacheStats", "$project", "$redact", "$replaceRoot", "$replaceWith", "$sample",
+    "$search", "$searchMeta", "$set", "$setWindowFields", "$shardedDataDistribution", "$skip", "$sort",
+    "$sortByCount", "$unionWith", "$unset", "$unwind", "$vectorSearch",
+})
+
+
 def check_filter(query: Any) -> None:
     """Refuse a filter the server would refuse to parse (BadValue), whatever the collection holds."""
     if query is None:
