@@ -42,11 +42,10 @@ def test_a_transaction_whose_first_operation_is_a_read_commits(client: MongoClie
              "aggregate": lambda s: list(coll.aggregate([{"$match": {}}], session=s)),
              "distinct": lambda s: coll.distinct("v", session=s),
              "count": lambda s: coll.count_documents({}, session=s)}
-    with client.start_session() as session:
-        with session.start_transaction():
-            reads[first](session)
-            coll.update_one({"_id": 1}, {"$set": {"v": 2}}, session=session)
-            assert (coll.find_one({"_id": 1}) or {}).get("v") == 1  # not committed yet
+    with client.start_session() as session, session.start_transaction():
+        reads[first](session)
+        coll.update_one({"_id": 1}, {"$set": {"v": 2}}, session=session)
+        assert (coll.find_one({"_id": 1}) or {}).get("v") == 1  # not committed yet
     assert coll.find_one({"_id": 1}) == {"_id": 1, "v": 2}
 
 
