@@ -34,7 +34,7 @@ import mongomock.helpers
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
-from realtime.standin import validate
+from realtime.standin import arrayfilters, validate
 from realtime.standin.arguments import NUMBER, bson_type
 from realtime.standin.errors import CommandError, bad_value, unsupported
 from realtime.standin.limits import (
@@ -336,8 +336,13 @@ class Store:
                                       "pipeline-style update specified as an array")
         if replacement:
             validate.check_id(update)
+            if array_filters:
+                raise CommandError(9, "arrayFilters may not be specified for a replacement-style update")
+            filters: dict[str, dict[str, Any]] = {}
         else:
             _check_operators(update)
+            filters = arrayfilters.parse(array_filters)
+            arrayfilters.check_usage(update, filters)
         keys = self._matching_keys(db, coll, query, multi, sort)
         for key in keys:
             self._claim(txn, db, coll, key, locks)
@@ -356,10 +361,9 @@ class Store:
                     new = {"_id": key, **{k: v for k, v in update.items() if k != "_id"}}
                     self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
                 else:
-                    ops = self._lower(update, before)
+                    ops = self._lower(arrayfilters.concrete(update, before, filters), before)
                     if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
-                        self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops, array_filters=array_filters),
-                                    db, coll, before)
+                        self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops), db, coll, before)
                 changed = self._raw(db, coll, key)
                 if changed is not None and bson_size(changed) > MAX_BSON_SIZE:
                     raise update_too_large()
@@ -387,12 +391,12 @@ class Store:
                                 before=before)
             self._record(txn, change)
         if not keys and upsert:
-            result.upserted = self._upsert(db, coll, query, update, replacement, array_filters, txn, locks)
+            result.upserted = self._upsert(db, coll, query, update, replacement, filters, txn, locks)
             result.after = copy.deepcopy(self._raw(db, coll, result.upserted))
         return result
 
     def _upsert(self, db: str, coll: str, query: dict[str, Any], update: dict[str, Any], replacement: bool,
-                array_filters: list[Any] | None, txn: Transaction | None,
+                filters: dict[str, dict[str, Any]], txn: Transaction | None,
                 locks: dict[tuple[str, str, Any], Transaction]) -> Any:
         self.ensure(db, coll, txn)
         mc = self._mcoll(db, coll)
@@ -408,9 +412,8 @@ class Store:
             self._write(lambda: mc.insert_one(doc), db, coll, doc)
             key = doc["_id"]
         else:
-            ops = self._lower(update, {}) or {"$set": {}}
-            res = self._write(lambda: mc.update_one(query, ops, upsert=True, array_filters=array_filters),
-                              db, coll, query)
+            ops = self._lower(arrayfilters.concrete(update, {}, filters), {}) or {"$set": {}}
+            res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, query)
             key = res.upserted_id
             stored = self._raw(db, coll, key)
             assert stored is not None
