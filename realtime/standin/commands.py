@@ -917,6 +917,7 @@ class Engine:
         db, coll = cmd["$db"], _coll_arg(cmd, "collMod")
         options = {k: v for k, v in cmd.items() if k not in _GENERIC_FIELDS and k != "collMod"}
         self.store.coll_mod(db, coll, options)
+        self.store.record_ddl("modify", db, coll, options)
         return {}
 
     async def drop(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -1031,6 +1032,7 @@ class Engine:
                     raise CommandError(11000, f"Index build failed: E11000 duplicate key error collection: "
                                               f"{db}.{coll} index: {name} dup key: {{ {shown} }}")
             mc._store.create_index(name, index)
+            self.store.record_ddl("createIndexes", db, coll, {"indexes": [{"v": 2, **_index_entry(name, index)}]})
         return {"numIndexesBefore": before, "numIndexesAfter": len(mc._store.indexes) + 1,
                 "createdCollectionAutomatically": created}
 
@@ -1068,7 +1070,9 @@ class Engine:
             if name not in store.indexes:
                 raise CommandError(27, f"index not found with name [{name}]", code_name="IndexNotFound")
         for name in names:
+            entry = {"v": 2, **_index_entry(name, store.indexes[name])}
             store.drop_index(name)
+            self.store.record_ddl("dropIndexes", db, coll, {"indexes": [entry]})
         return {"nIndexesWas": len(store.indexes) + 1 + len(names)}
 
     # -- test control ------------------------------------------------------------------------------------
@@ -1117,6 +1121,15 @@ def _reject_unsupported(cmd: dict[str, Any], keys: tuple[str, ...], command: str
     for key in keys:
         if key in cmd and cmd[key] not in (None, {}, False):
             raise unsupported(f"the {command} option '{key}'")
+
+
+def _index_entry(name: str, index: dict[str, Any]) -> dict[str, Any]:
+    """An index as listIndexes shows it (without its version)."""
+    entry: dict[str, Any] = {"key": dict(index["key"]), "name": name}
+    for opt in ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds"):
+        if opt in index:
+            entry[opt] = index[opt]
+    return entry
 
 
 def _id_first(doc: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from realtime.standin.oplog import Change, Oplog
 from realtime.standin.updatedesc import describe, same_document
 
 SYSTEM_DBS = ("admin", "local", "config")
+ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 
 # -- a fast path for mongomock ---------------------------------------------------------------------
 # mongomock scans every document for every filter. Filters that name an ``_id`` by value are the most
@@ -239,6 +240,7 @@ class Store:
             self.collections[(db, coll)] = meta
             if txn is not None:
                 txn.created.append((db, coll))
+            self._record(txn, Change("create", db, coll, None, {"operationDescription": {"idIndex": dict(ID_INDEX)}}))
         elif meta.txn is not None and meta.txn is not txn and meta.txn.state == "open":
             # Another transaction's collection, not committed yet: its catalog entry is locked.
             if txn is None:
@@ -264,6 +266,9 @@ class Store:
         return bool(meta and meta.pre_and_post_images)
 
     def _record(self, txn: Transaction | None, change: Change) -> None:
+        meta = self.collections.get((change.db, change.coll)) if change.coll is not None else None
+        if meta is not None:  # shown with showExpandedEvents
+            change.fields.setdefault("collectionUUID", meta.uuid)
         if txn is None:
             self.oplog.append([change])
         else:
@@ -565,7 +570,7 @@ class Store:
                                                               or (event.get("to") or {}).get("coll") == coll):
                 raise CommandError(239, "Unable to read from a snapshot due to pending collection catalog changes",
                                    code_name="SnapshotUnavailable")
-            if event["ns"].get("coll") == coll:
+            if event["ns"].get("coll") == coll and "documentKey" in event:
                 undo(event["documentKey"]["_id"], None if op == "insert" else entry.before)
         out = []
         if self.exists(db, coll):
@@ -644,17 +649,17 @@ class Store:
     def drop(self, db: str, coll: str) -> bool:
         if not self.exists(db, coll):
             return False
+        self._record(None, Change("drop", db, coll))
         self._mcoll(db, coll).drop()
         del self.collections[(db, coll)]
-        self.oplog.append([Change("drop", db, coll)])
         return True
 
     def drop_database(self, db: str) -> None:
         names = self.collection_names(db)
         for name in names:
+            self._record(None, Change("drop", db, name))
             self._mcoll(db, name).drop()
             del self.collections[(db, name)]
-            self.oplog.append([Change("drop", db, name)])
         if names:
             self.oplog.append([Change("dropDatabase", db, None)])
         self.client.drop_database(db)
@@ -663,9 +668,11 @@ class Store:
         if not self.exists(db, source):
             raise CommandError(26, "Source collection does not exist")
         check_namespace(db, target)
+        description: dict[str, Any] = {"to": {"db": db, "coll": target}}
         if self.exists(db, target):
             if not drop_target:
                 raise CommandError(48, "Target namespace exists")
+            description["dropTarget"] = self.collections[(db, target)].uuid
             self._mcoll(db, target).drop()
             del self.collections[(db, target)]
         docs = [copy.deepcopy(d) for d in self._mcoll(db, source)._store.documents]
@@ -679,7 +686,13 @@ class Store:
             tgt._store.create_index(name, index)
         for d in docs:
             tgt._store[_store_key(d["_id"])] = d
-        self.oplog.append([Change("rename", db, source, None, {"to": {"db": db, "coll": target}})])
+        self.oplog.append([Change("rename", db, source, None, {"to": {"db": db, "coll": target},
+                                                               "operationDescription": description,
+                                                               "collectionUUID": meta.uuid})])
+
+    def record_ddl(self, op: str, db: str, coll: str, description: dict[str, Any]) -> None:
+        """An index built or dropped, a collection's options changed: events only showExpandedEvents shows."""
+        self._record(None, Change(op, db, coll, None, {"operationDescription": description}))
 
 
 _UPDATE_OPERATORS = frozenset({
