@@ -368,7 +368,7 @@ class Store:
                 else:
                     ops = self._lower(arrayfilters.concrete(update, before, filters), before)
                     if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
-                        self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops), db, coll, before)
+                        self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops), db, coll, before, ops)
                 changed = self._raw(db, coll, key)
                 if changed is not None and bson_size(changed) > MAX_BSON_SIZE:
                     raise update_too_large()
@@ -488,11 +488,14 @@ class Store:
             cursor = cursor.limit(1)
         return [d["_id"] for d in self._read(lambda: materialize(cursor))]
 
-    def _write(self, fn: Any, db: str, coll: str, doc: dict[str, Any]) -> Any:
+    def _write(self, fn: Any, db: str, coll: str, doc: dict[str, Any], ops: dict[str, Any] | None = None) -> Any:
+        """Run a mongomock write; its errors as the server's. ``ops``: the update operators applied to ``doc``."""
         try:
             return fn()
         except pymongo.errors.DuplicateKeyError:
-            raise self._duplicate_key(db, coll, doc) from None
+            if ops is not None:  # the document as the update would have made it: what collided
+                doc = _applied(doc, ops)
+            raise self._duplicate_key(db, coll, doc, ops is not None) from None
         except pymongo.errors.WriteError as exc:
             if exc.code is None and "(immutable) field '_id'" in str(exc):
                 raise CommandError(66, "Performing an update on the path '_id' would modify the immutable "
@@ -515,10 +518,12 @@ class Store:
         except (ValueError, TypeError, KeyError) as exc:
             raise CommandError(2, str(exc)) from None
 
-    def _duplicate_key(self, db: str, coll: str, doc: dict[str, Any]) -> CommandError:
-        """Name the index and key that collide, as the server's E11000 message does."""
+    def _duplicate_key(self, db: str, coll: str, doc: dict[str, Any], updating: bool = False) -> CommandError:
+        """Name the index and key that collide, as the server's E11000 message does (with ``keyPattern`` and
+        ``keyValue``). ``updating``: ``doc`` is in the store already, so a collision is a second document with its
+        key (and an update cannot collide on ``_id``)."""
         mc = self._mcoll(db, coll)
-        candidates: list[tuple[str, list[tuple[str, Any]]]] = [("_id_", [("_id", 1)])]
+        candidates: list[tuple[str, list[tuple[str, Any]]]] = [] if updating else [("_id_", [("_id", 1)])]
         for name, index in mc._store.indexes.items():
             if index.get("unique"):
                 candidates.append((name, list(index["key"])))
@@ -529,8 +534,9 @@ class Store:
                 for part in path.split("."):
                     value = value.get(part) if isinstance(value, dict) else None
                 values[path] = value
-            others = [d for d in mc._store.documents if _key_of(d, key) == values]
-            if len(others) >= 1 and (name != "_id_" or self._raw(db, coll, doc.get("_id")) is not None):
+            others = [d for d in mc._store.documents if _key_of(d, key) == values and d["_id"] != doc.get("_id")]
+            if (others or (name == "_id_" and not updating)) and (
+                    name != "_id_" or self._raw(db, coll, doc.get("_id")) is not None):
                 pattern = {p: d for p, d in key}
                 shown = ", ".join(f"{p}: {_show(v)}" for p, v in values.items())
                 return CommandError(
@@ -813,6 +819,14 @@ def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str,
 def aggregate_docs(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the rest of a pipeline over documents a first stage produced."""
     return list(mongomock.aggregate.process_pipeline(docs, None, pipeline, None)) if pipeline else docs
+
+
+def _applied(doc: dict[str, Any], ops: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with update operators applied, on a scratch collection (no indexes to collide with)."""
+    scratch: Any = mongomock.MongoClient()["scratch"]["scratch"]
+    scratch.insert_one(copy.deepcopy(doc))
+    scratch.update_one({"_id": doc["_id"]}, ops)
+    return cast(dict[str, Any], scratch.find_one({"_id": doc["_id"]}))
 
 
 def _store_key(key: Any) -> Any:

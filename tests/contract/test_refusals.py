@@ -168,3 +168,16 @@ def test_indexes_on_an_existing_collection_cannot_be_built_in_a_transaction(clie
         with pytest.raises(OperationFailure) as info:
             coll.create_index("x", session=session)
         assert info.value.code == 263
+
+
+def test_a_duplicate_key_made_by_find_one_and_update_names_the_index(coll: Collection[Doc]) -> None:
+    """Pins: the findAndModify duplicate-key error lacked keyPattern and keyValue."""
+    coll.create_index("email", unique=True)
+    coll.insert_many([{"_id": 1, "email": "a"}, {"_id": 2, "email": "b"}])
+    with pytest.raises(OperationFailure) as info:
+        coll.find_one_and_update({"_id": 2}, {"$set": {"email": "a"}})
+    assert info.value.code == 11000
+    assert info.value.details is not None
+    assert info.value.details["keyPattern"] == {"email": 1}
+    assert info.value.details["keyValue"] == {"email": "a"}
+    assert coll.find_one({"_id": 2}) == {"_id": 2, "email": "b"}
