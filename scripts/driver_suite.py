@@ -178,6 +178,17 @@ def write_baseline(path: Path, results: dict[str, list[Result]], version: str) -
     path.write_text("\n".join(lines) + "\n")
 
 
+def compare(baseline: dict[tuple[str, str], str], results: dict[str, list[Result]]
+            ) -> tuple[list[tuple[tuple[str, str], Result | None]], list[tuple[str, str]]]:
+    """The tests of the suites run that passed in the baseline and do not pass now (with their result, None when
+    they did not run), and those that pass now and did not."""
+    now = {(r.suite, r.test): r for rows in results.values() for r in rows}
+    lost = [(k, now.get(k)) for k, outcome in sorted(baseline.items())
+            if k[0] in results and outcome == "passed" and (k not in now or now[k].outcome != "passed")]
+    gained = sorted(k for k, r in now.items() if r.outcome == "passed" and baseline.get(k) != "passed")
+    return lost, gained
+
+
 def table(results: dict[str, list[Result]]) -> str:
     rows = ["| suite (against `realtime mongo`) | passed | failed | skipped | passed of those not skipped |",
             "|---|---:|---:|---:|---:|"]
@@ -224,15 +235,13 @@ def main() -> int:
         write_baseline(args.baseline, results, args.version)
         print(f"wrote {args.baseline.relative_to(ROOT)}")
         return 0
-    baseline = read_baseline(args.baseline)
-    now = {(r.suite, r.test): r for rows in results.values() for r in rows}
-    lost = [(k, now.get(k)) for k, outcome in sorted(baseline.items())
-            if k[0] in results and outcome == "passed" and (k not in now or now[k].outcome != "passed")]
-    gained = sorted(k for k, r in now.items() if r.outcome == "passed" and baseline.get(k) != "passed")
+    lost, gained = compare(read_baseline(args.baseline), results)
     if gained:
         print(f"{len(gained)} tests pass that did not in the baseline (scripts/driver-suite --write records them):")
-        for suite, test in gained:
+        for suite, test in gained[:20]:
             print(f"  {suite}: {test}")
+        if len(gained) > 20:
+            print(f"  ... and {len(gained) - 20} more (all in {work / 'results.jsonl'})")
     if lost:
         print(f"{len(lost)} tests that passed in the baseline do not pass now:", file=sys.stderr)
         for (suite, test), r in lost:
