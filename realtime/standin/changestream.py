@@ -20,7 +20,7 @@ from bson import Timestamp
 from realtime.standin import arguments, limits, tokens, validate
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
-from realtime.standin.store import SYSTEM_DBS, Store
+from realtime.standin.store import SYSTEM_DBS, Store, lower_pipeline
 
 COLLECTION, DATABASE, CLUSTER = "collection", "database", "cluster"
 
@@ -267,7 +267,7 @@ def apply_pipeline(cursor: ChangeStreamCursor, doc: dict[str, Any]) -> dict[str,
                 if not mongomock.filtering.filter_applies(arg, result):
                     return None
             else:
-                out = mongomock.aggregate.process_pipeline([result], None, [stage], None)
+                out = mongomock.aggregate.process_pipeline([result], None, lower_pipeline([stage]), None)
                 result = next(iter(out), None)
                 if result is None:
                     return None

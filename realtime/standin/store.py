@@ -805,8 +805,31 @@ def materialize(cursor: Any) -> list[dict[str, Any]]:
     return list(cursor._compute_results(with_limit_and_skip=True))
 
 
+def nest_dotted(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ``$project`` specification with dotted paths (``{"ns.viewOn": "x"}``) as the nested one it means
+    (``{ns: {viewOn: "x"}}``): mongomock would make a field literally named ``ns.viewOn`` of a computed one."""
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if "." not in key or key.startswith("$"):
+            out[key] = value
+            continue
+        head, rest = key.split(".", 1)
+        inner = out.setdefault(head, {})
+        if not isinstance(inner, dict):
+            raise CommandError(31249, f"Invalid $project :: caused by :: Path collision at {key}")
+        inner.update(nest_dotted({rest: value}))
+    return out
+
+
+def lower_pipeline(pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pipeline with what mongomock reads differently from the server rewritten into what it reads alike."""
+    return [{"$project": nest_dotted(stage["$project"])}
+            if isinstance(stage, dict) and isinstance(stage.get("$project"), dict) else stage for stage in pipeline]
+
+
 def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """mongomock's aggregate, with a leading ``$match`` run as a query instead of over every document."""
+    pipeline = lower_pipeline(pipeline)
     first = pipeline[0] if pipeline else {}
     if isinstance(first, dict) and list(first) == ["$match"]:
         docs = materialize(collection.find(first["$match"]))

@@ -1,0 +1,40 @@
+"""Shapes of what the server answers (issue 14, item 5), as MongoDB 7.0 gives them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+pytestmark = [pytest.mark.contract]
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture
+def coll(client: MongoClient[Doc], db_name: str) -> Iterator[Collection[Doc]]:
+    yield client[db_name]["items"]
+    client.drop_database(db_name)
+
+
+def test_project_of_a_dotted_path_makes_a_sub_document(coll: Collection[Doc]) -> None:
+    """Pins: $project of a dotted path with a computed value made a field literally named with the dot."""
+    coll.insert_one({"_id": 1, "a": {"b": 1, "c": 2}})
+    [doc] = coll.aggregate([{"$project": {"x": "lit", "a.b": 1, "n.v": "db.coll"}}])
+    assert doc == {"_id": 1, "x": "lit", "a": {"b": 1}, "n": {"v": "db.coll"}}
+
+
+def test_a_change_stream_projection_of_a_dotted_path(coll: Collection[Doc]) -> None:
+    with coll.watch([{"$project": {"operationType": "insert", "ns.viewOn": "db.coll"}}],
+                    max_await_time_ms=100) as stream:
+        coll.insert_one({"_id": 1})
+        event = None
+        for _ in range(50):
+            event = stream.try_next()
+            if event is not None:
+                break
+    assert event is not None
+    assert {k: v for k, v in event.items() if k != "_id"} == {"operationType": "insert", "ns": {"viewOn": "db.coll"}}
