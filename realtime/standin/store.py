@@ -324,18 +324,19 @@ class Store:
     def update(self, db: str, coll: str, query: dict[str, Any], update: Any, *, upsert: bool, multi: bool,
                array_filters: list[Any] | None, txn: Transaction | None,
                locks: dict[tuple[str, str, Any], Transaction], sort: Any = None) -> WriteResult:
-        if isinstance(update, list):
-            raise unsupported("an aggregation pipeline as the update")
-        if not isinstance(update, dict):
+        pipeline = isinstance(update, list)
+        if pipeline:
+            _check_update_pipeline(update, array_filters)
+        elif not isinstance(update, dict):
             raise CommandError(9, "Update argument must be either an object or an array")
-        operators = [k for k in update if k.startswith("$")]
+        operators = ["$pipeline"] if pipeline else [k for k in update if k.startswith("$")]
         replacement = not operators
-        if operators and len(operators) != len(update):
+        if not pipeline and operators and len(operators) != len(update):
             raise CommandError(9, f"Unknown modifier: {next(k for k in update if not k.startswith('$'))}."
                                   " Expected a valid update modifier or pipeline-style update specified as an array")
         if replacement and multi:
             raise CommandError(9, "multi update is not supported for replacement-style update")
-        for op in operators:
+        for op in [] if pipeline else operators:
             if op not in _UPDATE_OPERATORS:
                 raise CommandError(9, f"Unknown modifier: {op}. Expected a valid update modifier or "
                                       "pipeline-style update specified as an array")
@@ -344,6 +345,8 @@ class Store:
             if array_filters:
                 raise CommandError(9, "arrayFilters may not be specified for a replacement-style update")
             filters: dict[str, dict[str, Any]] = {}
+        elif pipeline:
+            filters = {}
         else:
             _check_operators(update)
             filters = arrayfilters.parse(array_filters)
@@ -364,6 +367,12 @@ class Store:
                         raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
                                                f"found to have been altered to _id: {update['_id']!r}")
                     new = {"_id": key, **{k: v for k, v in update.items() if k != "_id"}}
+                    self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
+                elif pipeline:
+                    new = self._run_update_pipeline(before, update)
+                    if not same_document({"_id": new.get("_id")}, {"_id": key}):
+                        raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
+                                               f"found to have been altered to _id: {new.get('_id')!r}")
                     self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
                 else:
                     ops = self._lower(arrayfilters.concrete(update, before, filters), before)
@@ -416,6 +425,16 @@ class Store:
             self._claim(txn, db, coll, doc["_id"], locks)
             self._write(lambda: mc.insert_one(doc), db, coll, doc)
             key = doc["_id"]
+        elif isinstance(update, list):  # the query's equalities, then the pipeline
+            base = self._upsert_base(query)
+            doc = _id_first(self._run_update_pipeline(base, update))
+            if "_id" not in doc:
+                doc = {"_id": bson.ObjectId(), **doc}
+            if bson_size(doc) > MAX_BSON_SIZE:
+                raise upsert_too_large()
+            self._claim(txn, db, coll, doc["_id"], locks)
+            self._write(lambda: mc.insert_one(doc), db, coll, doc)
+            key = doc["_id"]
         else:
             ops = self._lower(arrayfilters.concrete(update, {}, filters), {}) or {"$set": {}}
             res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, query)
@@ -434,6 +453,21 @@ class Store:
         self._undo(txn, db, coll, key, None)
         self._record(txn, Change("insert", db, coll, key, {"fullDocument": copy.deepcopy(stored)}))
         return key
+
+    def _run_update_pipeline(self, doc: dict[str, Any], pipeline: list[dict[str, Any]]) -> dict[str, Any]:
+        """A pipeline-style update applied to one document: the document the pipeline makes of it."""
+        out = self._read(lambda: list(mongomock.aggregate.process_pipeline(
+            [copy.deepcopy(doc)], None, lower_pipeline(pipeline), None)))
+        if len(out) != 1 or not isinstance(out[0], dict):
+            raise CommandError(2, "an update pipeline must produce exactly one document")
+        return dict(out[0])
+
+    def _upsert_base(self, query: dict[str, Any]) -> dict[str, Any]:
+        """The document an upsert starts from: the query's equality conditions on plain fields."""
+        scratch: Any = mongomock.MongoClient()["scratch"]["scratch"]
+        self._write(lambda: scratch.update_one(query, {"$set": {}}, upsert=True), "scratch", "scratch", query)
+        base = scratch.find_one({})
+        return dict(base) if base is not None else {}
 
     def delete(self, db: str, coll: str, query: dict[str, Any], *, limit: int, txn: Transaction | None,
                locks: dict[tuple[str, str, Any], Transaction], sort: Any = None) -> WriteResult:
@@ -701,6 +735,23 @@ class Store:
         self._record(None, Change(op, db, coll, None, {"operationDescription": description}))
 
 
+_PIPELINE_UPDATE_STAGES = frozenset({"$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith"})
+
+
+def _check_update_pipeline(pipeline: list[Any], array_filters: list[Any] | None) -> None:
+    """What the server refuses in a pipeline-style update before it reads a document."""
+    if array_filters:
+        raise CommandError(72, "arrayFilters may not be specified for pipeline-style updates")
+    for stage in pipeline:
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise CommandError(40323, "A pipeline stage specification object must contain exactly one field.")
+        name = next(iter(stage))
+        if name not in validate.PIPELINE_STAGES:
+            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+        if name not in _PIPELINE_UPDATE_STAGES:
+            raise CommandError(72, f"{name} is not allowed to be used within an update")
+
+
 _UPDATE_OPERATORS = frozenset({
     "$set", "$unset", "$inc", "$mul", "$min", "$max", "$push", "$pull", "$pullAll", "$addToSet", "$pop",
     "$rename", "$setOnInsert", "$currentDate",
@@ -823,8 +874,19 @@ def nest_dotted(spec: dict[str, Any]) -> dict[str, Any]:
 
 def lower_pipeline(pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pipeline with what mongomock reads differently from the server rewritten into what it reads alike."""
-    return [{"$project": nest_dotted(stage["$project"])}
-            if isinstance(stage, dict) and isinstance(stage.get("$project"), dict) else stage for stage in pipeline]
+    out: list[dict[str, Any]] = []
+    for stage in pipeline:
+        if isinstance(stage, dict) and isinstance(stage.get("$project"), dict):
+            stage = {"$project": nest_dotted(stage["$project"])}
+        elif isinstance(stage, dict) and "$unset" in stage:  # the exclusion $project it stands for
+            fields = stage["$unset"] if isinstance(stage["$unset"], list) else [stage["$unset"]]
+            if not fields or not all(isinstance(f, str) for f in fields):
+                raise CommandError(31002, "$unset specification must be a string or an array of strings")
+            stage = {"$project": nest_dotted(dict.fromkeys(fields, 0))}
+        elif isinstance(stage, dict) and "$replaceWith" in stage:
+            stage = {"$replaceRoot": {"newRoot": stage["$replaceWith"]}}
+        out.append(stage)
+    return out
 
 
 def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -38,3 +38,22 @@ def test_a_change_stream_projection_of_a_dotted_path(coll: Collection[Doc]) -> N
                 break
     assert event is not None
     assert {k: v for k, v in event.items() if k != "_id"} == {"operationType": "insert", "ns": {"viewOn": "db.coll"}}
+
+
+def test_pipeline_style_updates(coll: Collection[Doc]) -> None:
+    """Pins: an aggregation pipeline as the update was refused."""
+    coll.insert_one({"_id": 1, "a": 1, "array": ["foo", {"a": "bar"}, 1, 2, 3]})
+    with coll.watch(max_await_time_ms=100) as stream:
+        result = coll.update_one({"_id": 1}, [{"$set": {"array": ["foo", {"a": "bar"}]}}, {"$unset": "a"}])
+        assert result.modified_count == 1
+        event = None
+        for _ in range(50):
+            event = stream.try_next()
+            if event is not None:
+                break
+    assert event is not None and event["operationType"] == "update"
+    assert event["updateDescription"]["removedFields"] == ["a"]
+    assert event["updateDescription"]["truncatedArrays"] == [{"field": "array", "newSize": 2}]
+    upserted = coll.update_one({"_id": 9, "k": "v"}, [{"$set": {"b": {"$concat": ["$k", "!"]}}}], upsert=True)
+    assert upserted.upserted_id == 9
+    assert coll.find_one({"_id": 9}) == {"_id": 9, "k": "v", "b": "v!"}
