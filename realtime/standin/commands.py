@@ -594,11 +594,14 @@ class Engine:
 
     async def update(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "update")
+        for stmt in cmd["updates"]:
+            if "sort" in stmt:  # MongoDB 8.0's; 7.0's parser knows no such field
+                raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
 
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
                 raise CommandError(40414, "BSON field 'update.updates.q' and 'u' are required")
-            _reject_unsupported(stmt, ("c", "sort"), "update")
+            _reject_unsupported(stmt, ("c",), "update")
             self._check_hint(db, coll, stmt.get("hint"))
             validate.check_filter(stmt["q"])
             return self.store.update(db, coll, stmt["q"], stmt["u"], upsert=bool(stmt.get("upsert")),

@@ -437,7 +437,7 @@ class Store:
             key = doc["_id"]
         else:
             ops = self._lower(arrayfilters.concrete(update, {}, filters), {}) or {"$set": {}}
-            res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, query)
+            res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, self._upsert_base(query), ops)
             key = res.upserted_id
             stored = self._raw(db, coll, key)
             assert stored is not None

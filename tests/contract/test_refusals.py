@@ -181,3 +181,21 @@ def test_a_duplicate_key_made_by_find_one_and_update_names_the_index(coll: Colle
     assert info.value.details["keyPattern"] == {"email": 1}
     assert info.value.details["keyValue"] == {"email": "a"}
     assert coll.find_one({"_id": 2}) == {"_id": 2, "email": "b"}
+
+
+def test_a_duplicate_key_made_by_an_upsert_names_the_index(coll: Collection[Doc]) -> None:
+    coll.create_index("x", unique=True)
+    coll.insert_one({"_id": 1, "x": "foo"})
+    with pytest.raises(OperationFailure) as info:
+        coll.find_one_and_update({"_id": 2}, {"$set": {"x": "foo"}}, upsert=True)
+    assert info.value.details is not None
+    assert (info.value.details["keyPattern"], info.value.details["keyValue"]) == ({"x": 1}, {"x": "foo"})
+
+
+def test_an_update_statement_with_sort_is_refused_whole(coll: Collection[Doc]) -> None:
+    """Sort in an update statement is MongoDB 8.0's: 7.0's parser refuses the command (40415), it is no write error."""
+    coll.insert_one({"_id": 1})
+    with pytest.raises(OperationFailure) as info:
+        statement = {"q": {}, "u": {"$set": {"a": 1}}, "sort": {"_id": 1}}
+        coll.database.command({"update": coll.name, "updates": [statement]})
+    assert info.value.code == 40415
