@@ -204,7 +204,8 @@ def table(results: dict[str, list[Result]]) -> str:
             continue
         c = counts(results[suite.name])
         ran = c["passed"] + c["failed"] + c["error"]
-        unsupported = sum(1 for r in results[suite.name] if r.outcome in ("failed", "error") and UNSUPPORTED in r.reason)
+        unsupported = sum(1 for r in results[suite.name]
+                          if r.outcome in ("failed", "error") and UNSUPPORTED in r.reason)
         share = f"{100 * c['passed'] / ran:.0f}%" if ran else "-"
         counted = ran - unsupported
         share_counted = f"{100 * c['passed'] / counted:.0f}%" if counted else "-"
