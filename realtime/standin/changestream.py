@@ -15,12 +15,13 @@ from typing import Any
 
 import mongomock.aggregate
 import mongomock.filtering
+import pymongo.errors
 from bson import Timestamp
 
 from realtime.standin import arguments, limits, tokens, validate
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
-from realtime.standin.store import SYSTEM_DBS, Store, lower_pipeline
+from realtime.standin.store import SYSTEM_DBS, Store, expression_error, lower_pipeline
 
 COLLECTION, DATABASE, CLUSTER = "collection", "database", "cluster"
 
@@ -273,6 +274,8 @@ def apply_pipeline(cursor: ChangeStreamCursor, doc: dict[str, Any]) -> dict[str,
                     return None
     except NotImplementedError as exc:
         raise unsupported(f"this $changeStream pipeline ({str(exc).splitlines()[0]})") from None
+    except pymongo.errors.OperationFailure as exc:
+        raise expression_error(exc) from None
     except (ValueError, TypeError, KeyError) as exc:
         raise bad_value(f"invalid $changeStream pipeline: {exc}") from None
     if result is None or result.get("_id") != token:

@@ -370,6 +370,8 @@ class Store:
                     self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
                 elif pipeline:
                     new = self._run_update_pipeline(before, update)
+                    if "_id" not in new:  # a pipeline that drops _id keeps the document's, as on the server
+                        new = {"_id": key, **new}
                     if not same_document({"_id": new.get("_id")}, {"_id": key}):
                         raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
                                                f"found to have been altered to _id: {new.get('_id')!r}")
@@ -536,7 +538,7 @@ class Store:
                                        "field '_id'") from None
             raise CommandError(exc.code or 2, str(exc)) from None
         except pymongo.errors.OperationFailure as exc:
-            raise CommandError(exc.code or 2, str(exc)) from None
+            raise expression_error(exc) from None
         except NotImplementedError as exc:
             raise unsupported(str(exc).split("\n")[0] or "this update") from None
         except (ValueError, TypeError, KeyError) as exc:
@@ -546,7 +548,7 @@ class Store:
         try:
             return fn()
         except pymongo.errors.OperationFailure as exc:
-            raise CommandError(exc.code or 2, str(exc)) from None
+            raise expression_error(exc) from None
         except NotImplementedError as exc:
             raise unsupported(str(exc).split("\n")[0] or "this query") from None
         except (ValueError, TypeError, KeyError) as exc:
@@ -904,6 +906,15 @@ def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str,
 def aggregate_docs(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the rest of a pipeline over documents a first stage produced."""
     return list(mongomock.aggregate.process_pipeline(docs, None, pipeline, None)) if pipeline else docs
+
+
+def expression_error(exc: pymongo.errors.OperationFailure) -> CommandError:
+    """mongomock's error as the server's; an aggregation expression mongomock does not know (MongoDB does: it
+    would be "Unrecognized expression" only for a name the server does not know either) is "not supported"."""
+    message = str(exc)
+    if message.startswith("Unrecognized expression"):
+        return unsupported(f"the aggregation expression {message.split(' ', 2)[-1]}")
+    return CommandError(exc.code or 2, message)
 
 
 def _applied(doc: dict[str, Any], ops: dict[str, Any]) -> dict[str, Any]:

@@ -57,3 +57,9 @@ def test_pipeline_style_updates(coll: Collection[Doc]) -> None:
     upserted = coll.update_one({"_id": 9, "k": "v"}, [{"$set": {"b": {"$concat": ["$k", "!"]}}}], upsert=True)
     assert upserted.upserted_id == 9
     assert coll.find_one({"_id": 9}) == {"_id": 9, "k": "v", "b": "v!"}
+
+
+def test_a_pipeline_update_that_drops_id_keeps_the_documents(coll: Collection[Doc]) -> None:
+    coll.insert_one({"_id": 1, "t": {"u": 1}})
+    coll.update_one({"_id": 1}, [{"$replaceRoot": {"newRoot": "$t"}}, {"$addFields": {"foo": 1}}])
+    assert coll.find_one({"_id": 1}) == {"_id": 1, "u": 1, "foo": 1}
