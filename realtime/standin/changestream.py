@@ -80,6 +80,8 @@ def open_cursor(cursor_id: int, cmd: dict[str, Any], target: str | None, oplog: 
             raise CommandError(40602, "$changeStream is only valid as the first stage in a pipeline")
         if name not in validate.PIPELINE_STAGES:
             raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+        if name == "$changeStreamSplitLargeEvent":
+            raise unsupported("the stage $changeStreamSplitLargeEvent")
         if name not in ALLOWED_STAGES:
             raise CommandError(20, f"Stage {name} is not permitted in a $changeStream pipeline")
     level_ = (cmd.get("readConcern") or {}).get("level")
