@@ -56,7 +56,7 @@ def test_array_filters_in_update_many_and_find_one_and_update(coll: Collection[D
     ({"$set": {"g.$[z].m": 1}}, [], 2),            # no filter for the identifier
     ({"$set": {"g.$[].m": 1}}, [{"q": 1}], 9),     # a filter the update does not use
     ({"$set": {"nope.$[].m": 1}}, None, 2),        # the array is not there
-    ({"$set": {"_id.$[]": 1}}, None, 2),           # not an array
+    ({"$set": {"g.2.s.$[]": 1}}, None, 2),         # not an array
 ])
 def test_what_the_server_refuses(coll: Collection[Doc], update: Doc, filters: list[Doc] | None, code: int) -> None:
     with pytest.raises(WriteError) as info:
