@@ -180,6 +180,21 @@ def _read_concern_level(path: str, value: Any) -> None:
                               "'available', or 'snapshot'")
 
 
+def _collation(path: str, value: Any) -> None:
+    """Only the simple collation (binary comparison, what the stand-in does) is served; any other is refused, never
+    ignored."""
+    if "locale" not in value:
+        raise missing(f"{path}.locale")
+    if value["locale"] != "simple":
+        raise CommandError(2, f"a collation (locale {value['locale']!r}) is not supported by the realtime MongoDB "
+                              "stand-in: it compares strings by their bytes, as the 'simple' collation does")
+
+
+def _let(path: str, value: Any) -> None:
+    if value:
+        raise CommandError(2, f"variables ('{path}') are not supported by the realtime MongoDB stand-in")
+
+
 STRING = Arg(("string",))
 OBJECT = Arg(("object",))
 BOOL = Arg(("bool",))
@@ -191,7 +206,9 @@ UUID = Arg(("binData",), required=True, check=_uuid)
 OBJECTS = Arg(("array",), items=OBJECT)
 STRINGS = Arg(("array",), items=STRING)
 CURSOR = Arg(("object",), fields={"batchSize": NON_NEGATIVE})
-HINT = Arg(("string", "object"))  # an index name or key pattern
+HINT = Arg(("string", "object"))
+COLLATION = Arg(("object",), check=_collation)
+LET = Arg(("object",), check=_let)  # an index name or key pattern
 UPDATE = Arg(("object", "array"))  # a modification: operators or a replacement, or a pipeline
 IMAGES = Arg(("object",), fields={"enabled": Arg(("bool",), required=True)})
 
@@ -219,8 +236,8 @@ _HELLO = {"client": Arg(("object",), fields={"application": Arg(("object",), fie
           "helloOk": SAFE_BOOL}
 _FIND_AND_MODIFY = {
     "query": OBJECT, "sort": OBJECT, "remove": SAFE_BOOL, "update": UPDATE, "new": SAFE_BOOL, "fields": OBJECT,
-    "upsert": SAFE_BOOL, "arrayFilters": OBJECTS, "bypassDocumentValidation": SAFE_BOOL, "collation": OBJECT,
-    "let": OBJECT, "hint": HINT,
+    "upsert": SAFE_BOOL, "arrayFilters": OBJECTS, "bypassDocumentValidation": SAFE_BOOL, "collation": COLLATION,
+    "let": LET, "hint": HINT,
 }
 _COLLECTION_OPTIONS = {"changeStreamPreAndPostImages": IMAGES, "validator": OBJECT, "validationLevel": STRING,
                        "validationAction": STRING}
@@ -236,26 +253,26 @@ COMMANDS: Mapping[str, Mapping[str, Arg]] = {
     "update": {
         "updates": Arg(("array",), required=True, items=Arg(("object",), fields={
             "q": required(OBJECT), "u": required(UPDATE), "multi": BOOL, "upsert": BOOL, "arrayFilters": OBJECTS,
-            "collation": OBJECT, "c": OBJECT, "hint": HINT})),
-        "ordered": BOOL, "let": OBJECT, "bypassDocumentValidation": SAFE_BOOL},
+            "collation": COLLATION, "c": OBJECT, "hint": HINT})),
+        "ordered": BOOL, "let": LET, "bypassDocumentValidation": SAFE_BOOL},
     "delete": {
         "deletes": Arg(("array",), required=True, items=Arg(("object",), fields={
             "q": required(OBJECT), "limit": Arg(NUMBER, required=True, convert=number_long, check=_delete_limit),
-            "collation": OBJECT, "hint": HINT})),
-        "ordered": BOOL, "let": OBJECT},
+            "collation": COLLATION, "hint": HINT})),
+        "ordered": BOOL, "let": LET},
     "findAndModify": _FIND_AND_MODIFY, "findandmodify": _FIND_AND_MODIFY,
     "find": {
         "filter": OBJECT, "projection": OBJECT, "sort": OBJECT, "skip": NON_NEGATIVE, "limit": NON_NEGATIVE,
         "batchSize": NON_NEGATIVE, "singleBatch": SAFE_BOOL, "allowDiskUse": SAFE_BOOL, "min": OBJECT,
-        "max": OBJECT, "collation": OBJECT, "let": OBJECT, "tailable": SAFE_BOOL, "awaitData": SAFE_BOOL,
+        "max": OBJECT, "collation": COLLATION, "let": LET, "tailable": SAFE_BOOL, "awaitData": SAFE_BOOL,
         "noCursorTimeout": SAFE_BOOL, "returnKey": SAFE_BOOL, "showRecordId": SAFE_BOOL,
         "allowPartialResults": SAFE_BOOL, "hint": HINT},
-    "count": {"query": OBJECT, "limit": INT, "skip": NON_NEGATIVE, "collation": OBJECT, "hint": HINT},
-    "distinct": {"key": required(STRING), "query": OBJECT, "collation": OBJECT},
+    "count": {"query": OBJECT, "limit": INT, "skip": NON_NEGATIVE, "collation": COLLATION, "hint": HINT},
+    "distinct": {"key": required(STRING), "query": OBJECT, "collation": COLLATION},
     "aggregate": {"pipeline": Arg(("array",), required=True, items=OBJECT), "cursor": CURSOR, "explain": BOOL,
-                  "allowDiskUse": BOOL, "let": OBJECT, "collation": OBJECT, "bypassDocumentValidation": SAFE_BOOL,
+                  "allowDiskUse": BOOL, "let": LET, "collation": COLLATION, "bypassDocumentValidation": SAFE_BOOL,
                   "hint": HINT},
-    "create": {**_COLLECTION_OPTIONS, "collation": OBJECT, "capped": SAFE_BOOL, "size": INT, "max": INT,
+    "create": {**_COLLECTION_OPTIONS, "collation": COLLATION, "capped": SAFE_BOOL, "size": INT, "max": INT,
                "timeseries": OBJECT, "viewOn": STRING, "pipeline": OBJECTS, "expireAfterSeconds": INT},
     "collMod": _COLLECTION_OPTIONS,
     "renameCollection": {"renameCollection": required(STRING), "to": required(STRING), "dropTarget": SAFE_BOOL},
@@ -264,7 +281,8 @@ COMMANDS: Mapping[str, Mapping[str, Arg]] = {
     "listDatabases": {"filter": OBJECT, "nameOnly": SAFE_BOOL, "authorizedDatabases": SAFE_BOOL},
     "createIndexes": {"indexes": Arg(("array",), required=True, items=Arg(("object",), fields={
         "key": required(OBJECT), "name": required(STRING), "unique": SAFE_BOOL, "sparse": SAFE_BOOL,
-        "partialFilterExpression": OBJECT, "expireAfterSeconds": INT, "background": SAFE_BOOL, "v": INT}))},
+        "partialFilterExpression": OBJECT, "expireAfterSeconds": INT, "background": SAFE_BOOL, "v": INT,
+        "collation": COLLATION}))},
     "listIndexes": {"cursor": CURSOR},
     "dropIndexes": {"index": Arg(("string", "array", "object"), required=True, items=STRING)},
     "configureFailPoint": {

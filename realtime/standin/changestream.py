@@ -15,12 +15,13 @@ from typing import Any
 
 import mongomock.aggregate
 import mongomock.filtering
+import pymongo.errors
 from bson import Timestamp
 
-from realtime.standin import arguments, limits, tokens
+from realtime.standin import arguments, limits, tokens, validate
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
-from realtime.standin.store import SYSTEM_DBS, Store
+from realtime.standin.store import SYSTEM_DBS, Store, expression_error, lower_pipeline
 
 COLLECTION, DATABASE, CLUSTER = "collection", "database", "cluster"
 
@@ -30,6 +31,7 @@ STAGE_OPTIONS = frozenset({
     "fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter", "startAtOperationTime",
     "showExpandedEvents", "allChangesForCluster", "allowToRunOnConfigDB", "allowToRunOnSystemNS",
 })
+EXPANDED_EVENTS = frozenset({"create", "createIndexes", "dropIndexes", "modify"})  # shown with showExpandedEvents
 ALLOWED_STAGES = frozenset({
     "$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith", "$redact",
 })
@@ -57,6 +59,7 @@ class ChangeStreamCursor:
     closed: bool = False
     stash: list[dict[str, Any]] = field(default_factory=list)  # events read but left out of a full batch
     ending: str | None = None  # the invalidate token, once the invalidating entry is read
+    expanded: bool = False  # showExpandedEvents: DDL events, collectionUUID, operationDescription, disambiguatedPaths
 
 
 def open_cursor(cursor_id: int, cmd: dict[str, Any], target: str | None, oplog: Oplog) -> ChangeStreamCursor:
@@ -75,10 +78,15 @@ def open_cursor(cursor_id: int, cmd: dict[str, Any], target: str | None, oplog: 
         name = next(iter(stage), None) if isinstance(stage, dict) else None
         if name == "$changeStream":
             raise CommandError(40602, "$changeStream is only valid as the first stage in a pipeline")
+        if name not in validate.PIPELINE_STAGES:
+            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+        if name == "$changeStreamSplitLargeEvent":
+            raise unsupported("the stage $changeStreamSplitLargeEvent")
         if name not in ALLOWED_STAGES:
             raise CommandError(20, f"Stage {name} is not permitted in a $changeStream pipeline")
-    if spec.get("showExpandedEvents"):
-        raise unsupported("$changeStream.showExpandedEvents")
+    level_ = (cmd.get("readConcern") or {}).get("level")
+    if level_ not in (None, "majority"):
+        raise CommandError(72, f"Read concern level '{level_}' is not supported with $changeStream; use 'majority'")
 
     if spec.get("allChangesForCluster"):
         if db != "admin" or target is not None:
@@ -103,7 +111,7 @@ def open_cursor(cursor_id: int, cmd: dict[str, Any], target: str | None, oplog: 
         raise bad_value(f"'{before_change}' is not a valid value for $changeStream.fullDocumentBeforeChange")
 
     cursor = ChangeStreamCursor(cursor_id, level, db, coll, ns, full_document, before_change,
-                                list(pipeline[1:]), pos=oplog.next_seq)
+                                list(pipeline[1:]), pos=oplog.next_seq, expanded=bool(spec.get("showExpandedEvents")))
     _place(cursor, spec, oplog)
     return cursor
 
@@ -160,6 +168,8 @@ def _ns_of(entry: Entry) -> tuple[str, str | None]:
 
 def _sees(cursor: ChangeStreamCursor, entry: Entry) -> bool:
     assert entry.event is not None
+    if entry.op in EXPANDED_EVENTS and not cursor.expanded:
+        return False
     db, coll = _ns_of(entry)
     if cursor.level == CLUSTER:
         return db not in SYSTEM_DBS and not (coll or "").startswith("system.")
@@ -201,12 +211,43 @@ def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, 
                 raise CommandError(47, "Change stream was configured to require a post-image for all update "
                                        f"events, but the post-image was not found for event: {entry.data}")
             out["fullDocument"] = copy.deepcopy(entry.post)
+    if not cursor.expanded:
+        event.pop("collectionUUID", None)
+        event.pop("operationDescription", None)
+    elif op == "update":
+        paths = disambiguated_paths(event["updateDescription"], entry.before or {})
+        if paths:
+            event["updateDescription"] = {**event["updateDescription"], "disambiguatedPaths": paths}
     out.update(event)
     if op in ("update", "replace", "delete") and cursor.before_change != "off":
         if entry.pre is None and cursor.before_change == "required":
             raise CommandError(47, "Change stream was configured to require a pre-image for all update, delete "
                                    f"and replace events, but the pre-image was not found for event: {entry.data}")
         out["fullDocumentBeforeChange"] = copy.deepcopy(entry.pre)
+    return out
+
+
+def disambiguated_paths(description: dict[str, Any], before: dict[str, Any]) -> dict[str, list[Any]]:
+    """For each changed path with a component that could be either an array index or a field name (all digits),
+    its components: array indices as integers, field names as strings (the document before the update tells
+    which: a component under an array is an index)."""
+    paths = [*description.get("updatedFields", {}), *description.get("removedFields", []),
+             *(t["field"] for t in description.get("truncatedArrays", []))]
+    out: dict[str, list[Any]] = {}
+    for path in paths:
+        parts = path.split(".")
+        if not any(part.isdigit() for part in parts):
+            continue
+        value: Any = before
+        components: list[Any] = []
+        for part in parts:
+            if isinstance(value, list) and part.isdigit():
+                components.append(int(part))
+                value = value[int(part)] if int(part) < len(value) else None
+            else:
+                components.append(part)
+                value = value.get(part) if isinstance(value, dict) else None
+        out[path] = components
     return out
 
 
@@ -229,12 +270,14 @@ def apply_pipeline(cursor: ChangeStreamCursor, doc: dict[str, Any]) -> dict[str,
                 if not mongomock.filtering.filter_applies(arg, result):
                     return None
             else:
-                out = mongomock.aggregate.process_pipeline([result], None, [stage], None)
+                out = mongomock.aggregate.process_pipeline([result], None, lower_pipeline([stage]), None)
                 result = next(iter(out), None)
                 if result is None:
                     return None
     except NotImplementedError as exc:
         raise unsupported(f"this $changeStream pipeline ({str(exc).splitlines()[0]})") from None
+    except pymongo.errors.OperationFailure as exc:
+        raise expression_error(exc) from None
     except (ValueError, TypeError, KeyError) as exc:
         raise bad_value(f"invalid $changeStream pipeline: {exc}") from None
     if result is None or result.get("_id") != token:

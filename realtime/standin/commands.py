@@ -22,15 +22,15 @@ from typing import Any
 
 from bson import Binary, Int64, ObjectId, Timestamp
 
-from realtime.standin import arguments, changestream, limits
+from realtime.standin import arguments, changestream, limits, validate, writeconcern
 from realtime.standin.changestream import ChangeStreamCursor
 from realtime.standin.errors import (
-    RESUMABLE_CHANGE_STREAM_CODES,
     CommandError,
     bad_value,
+    error_labels,
     unsupported,
 )
-from realtime.standin.faults import FailPoints
+from realtime.standin.faults import FAIL_GET_MORE, FailPoints
 from realtime.standin.oplog import Oplog
 from realtime.standin.store import (
     Locked,
@@ -38,10 +38,12 @@ from realtime.standin.store import (
     Transaction,
     WriteResult,
     aggregate,
+    aggregate_docs,
     check_namespace,
     first_duplicate,
     materialize,
     sort_list,
+    sort_values,
 )
 
 log = logging.getLogger("realtime.standin")
@@ -144,13 +146,17 @@ class Engine:
             "getCmdLineOpts": self.get_cmd_line_opts, "getLog": self.get_log, "hostInfo": self.host_info,
             "whatsmyuri": self.whats_my_uri, "serverStatus": self.server_status,
             "getFreeMonitoringStatus": self.free_monitoring, "dbStats": self.db_stats,
-            "realtimeStandIn": self.control,
+            "realtimeStandIn": self.control, "killAllSessions": self.kill_all_sessions,
+            "killSessions": self.kill_sessions, "replSetGetStatus": self.repl_set_get_status,
+            "replSetGetConfig": self.repl_set_get_config, "collStats": self.coll_stats, "explain": self.explain,
+            "profile": self.profile,
         }
 
     # -- the entry point ----------------------------------------------------------------------------
     async def run(self, cmd: dict[str, Any], app_name: str | None = None) -> dict[str, Any]:
         """Run one command; returns the full reply, or raises :class:`HangUp`."""
         name = next(iter(cmd), "")
+        labels_given: list[str] | None = None
         try:
             if self.paused_until > time.monotonic() and name != "realtimeStandIn":
                 await asyncio.sleep(self.paused_until - time.monotonic())
@@ -159,18 +165,32 @@ class Engine:
                 raise CommandError(59, f"no such command: '{name}'")
             cmd = arguments.parse(cmd)
             action = self.failpoints.check(name, app_name)
+            write_concern_error = None
             if action is not None:
                 if action.block_ms:
                     await asyncio.sleep(action.block_ms / 1000)
                 if action.close_connection:
                     raise HangUp()
+                labels_given = action.labels
                 if action.error is not None:
-                    if not action.labels_given:
-                        action.error.labels = self._default_labels(name, cmd, action.error.code)
                     raise action.error
+                write_concern_error = action.write_concern_error
             reply = await handler(cmd)
             reply.setdefault("ok", 1.0)
+            if name in WRITE_CONCERN_COMMANDS:
+                write_concern_error = write_concern_error or writeconcern.unmet(cmd)
+            if write_concern_error is not None:
+                reply["writeConcernError"] = dict(write_concern_error)
+                labels = labels_given if labels_given is not None else error_labels(
+                    name, cmd, None, int(write_concern_error["code"]))
+                if labels:
+                    reply["errorLabels"] = labels
         except CommandError as exc:
+            if labels_given is not None:
+                exc.labels = list(labels_given)
+            else:
+                computed = error_labels(name, cmd, exc.code, None, name == "aggregate" and _is_change_stream(cmd))
+                exc.labels = [*exc.labels, *(label for label in computed if label not in exc.labels)]
             reply = exc.reply()
         except HangUp:
             raise
@@ -186,14 +206,6 @@ class Engine:
         reply["$clusterTime"] = {"clusterTime": now,
                                  "signature": {"hash": Binary(b"\0" * 20), "keyId": Int64(0)}}
         return reply
-
-    def _default_labels(self, name: str, cmd: dict[str, Any], code: int) -> list[str]:
-        on_change_stream = (
-            name == "getMore" and isinstance(self.cursors.get(int(cmd.get("getMore", 0))), ChangeStreamCursor)
-        ) or (name == "aggregate" and _is_change_stream(cmd))
-        if on_change_stream and code in RESUMABLE_CHANGE_STREAM_CODES:
-            return ["ResumableChangeStreamError"]
-        return []
 
     # -- handshake and server info -----------------------------------------------------------------
     def _hello_fields(self) -> dict[str, Any]:
@@ -232,10 +244,28 @@ class Engine:
                 "openssl": {"running": "disabled", "compiled": "disabled"},
                 "buildEnvironment": {"target_os": platform.system().lower(), "target_arch": platform.machine()}}
 
+    def parameters(self) -> dict[str, Any]:
+        """The server parameters ``getParameter`` reports: the ones the stand-in's behaviour follows."""
+        return {
+            "authenticationMechanisms": [],  # no authentication
+            "enableTestCommands": 1,  # configureFailPoint is served
+            "featureCompatibilityVersion": {"version": SERVER_VERSION.rsplit(".", 1)[0]},
+            "logicalSessionTimeoutMinutes": 30,
+            "maxTransactionLockRequestTimeoutMillis": 5,
+            "periodicNoopIntervalSecs": 10,
+            "requireApiVersion": False,
+            "transactionLifetimeLimitSeconds": int(TRANSACTION_LIFETIME),
+        }
+
     async def get_parameter(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        if cmd.get("featureCompatibilityVersion"):
-            return {"featureCompatibilityVersion": {"version": SERVER_VERSION.rsplit(".", 1)[0]}}
-        raise CommandError(72, "no option found to get")
+        """``{getParameter: "*"}`` for all of them, or ``{getParameter: 1, <name>: 1, ...}``, as the server answers."""
+        known = self.parameters()
+        if cmd.get("getParameter") == "*":
+            return known
+        asked = [k for k in cmd if k != "getParameter" and k not in _GENERIC_FIELDS and k in known]
+        if not asked:
+            raise CommandError(72, "no option found to get")
+        return {k: known[k] for k in asked}
 
     async def connection_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}}
@@ -268,6 +298,149 @@ class Engine:
         names = self.store.collection_names(db)
         objects = sum(sum(1 for _ in self.store.documents(db, n)) for n in names)
         return {"db": db, "collections": len(names), "objects": objects, "views": 0}
+
+    # -- replica set, statistics, plans, profiler (what mongosh's rs.status(), rs.conf(), stats(), explain() ask) --
+    def _admin_only(self, cmd: dict[str, Any], name: str) -> None:
+        if cmd["$db"] != "admin":
+            raise CommandError(13, f"{name} may only be run against the admin database.", code_name="Unauthorized")
+
+    def replica_set_config(self) -> dict[str, Any]:
+        """The one-member configuration of ``rs0``, as ``replSetGetConfig`` and ``local.system.replset`` hold it."""
+        return {"_id": "rs0", "version": 1, "term": 1, "protocolVersion": Int64(1),
+                "writeConcernMajorityJournalDefault": True,
+                "members": [{"_id": 0, "host": self.host, "arbiterOnly": False, "buildIndexes": True, "hidden": False,
+                             "priority": 1.0, "tags": {}, "secondaryDelaySecs": Int64(0), "votes": 1}],
+                "settings": {"chainingAllowed": True, "heartbeatIntervalMillis": 2000, "heartbeatTimeoutSecs": 10,
+                             "electionTimeoutMillis": 10000, "catchUpTimeoutMillis": -1,
+                             "getLastErrorModes": {}, "getLastErrorDefaults": {"w": 1, "wtimeout": 0},
+                             "replicaSetId": ObjectId("7fffffff0000000000000001")}}
+
+    async def repl_set_get_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self._admin_only(cmd, "replSetGetStatus")
+        latest = self.oplog.latest_ts
+        optime = {"ts": latest, "t": Int64(1)}
+        wall = dt.datetime.fromtimestamp(latest.time, dt.UTC)
+        started = dt.datetime.fromtimestamp(self.started, dt.UTC)
+        return {"set": "rs0", "date": dt.datetime.now(dt.UTC), "myState": 1, "term": Int64(1),
+                "heartbeatIntervalMillis": Int64(2000), "majorityVoteCount": 1, "writeMajorityCount": 1,
+                "votingMembersCount": 1, "writableVotingMembersCount": 1,
+                "optimes": {"lastCommittedOpTime": optime, "lastCommittedWallTime": wall, "appliedOpTime": optime,
+                            "durableOpTime": optime, "lastAppliedWallTime": wall, "lastDurableWallTime": wall},
+                "members": [{"_id": 0, "name": self.host, "health": 1.0, "state": 1, "stateStr": "PRIMARY",
+                             "uptime": int(time.time() - self.started), "optime": optime, "optimeDate": wall,
+                             "lastAppliedWallTime": wall, "lastDurableWallTime": wall, "syncSourceHost": "",
+                             "syncSourceId": -1, "infoMessage": "", "electionTime": Timestamp(int(self.started), 1),
+                             "electionDate": started, "configVersion": 1, "configTerm": 1, "self": True,
+                             "lastHeartbeatMessage": ""}]}
+
+    async def repl_set_get_config(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self._admin_only(cmd, "replSetGetConfig")
+        return {"config": self.replica_set_config()}
+
+    def _stats(self, db: str, coll: str, scale: int) -> dict[str, Any]:
+        if not self.store.exists(db, coll):
+            raise CommandError(26, f"Collection [{db}.{coll}] not found.")
+        docs = list(self.store.documents(db, coll))
+        size = sum(limits.bson_size(d) for d in docs)
+        indexes = ["_id_", *self._mcoll(db, coll)._store.indexes]
+        index_size = 4096 * len(indexes)
+        return {"ns": f"{db}.{coll}", "size": size // scale, "count": len(docs),
+                "avgObjSize": size // len(docs) if docs else 0, "numOrphanDocs": 0, "storageSize": size // scale,
+                "freeStorageSize": 0, "capped": False, "nindexes": len(indexes),
+                "indexBuilds": [], "totalIndexSize": index_size // scale, "totalSize": (size + index_size) // scale,
+                "indexSizes": {name: 4096 // scale for name in indexes}, "scaleFactor": scale}
+
+    async def coll_stats(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        db, coll = cmd["$db"], _coll_arg(cmd, "collStats")
+        return self._stats(db, coll, max(int(cmd.get("scale") or 1), 1))
+
+    def _coll_stats_stage(self, db: str, coll: str, spec: Any) -> list[dict[str, Any]]:
+        """``$collStats`` (the first stage of its pipeline): one document of the statistics asked for."""
+        if not isinstance(spec, dict):
+            raise CommandError(5447000, "$collStats must take a nested object but found: " + limits.show(spec))
+        out: dict[str, Any] = {"ns": f"{db}.{coll}", "host": self.host, "localTime": dt.datetime.now(dt.UTC)}
+        if "storageStats" in spec:
+            scale = (spec["storageStats"] or {}).get("scale", 1) if isinstance(spec["storageStats"], dict) else 1
+            out["storageStats"] = self._stats(db, coll, max(int(scale or 1), 1))
+        if "count" in spec:
+            out["count"] = sum(1 for _ in self.store.documents(db, coll))
+        if "latencyStats" in spec:
+            zero = {"latency": Int64(0), "ops": Int64(0)}
+            out["latencyStats"] = {"reads": zero, "writes": zero, "commands": zero, "transactions": zero}
+        if "queryExecStats" in spec:
+            out["queryExecStats"] = {"collectionScans": {"total": Int64(0), "nonTailable": Int64(0)}}
+        return [out]
+
+    async def explain(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """A plan for find, count, distinct, aggregate, update, delete or findAndModify: a collection scan (the
+        stand-in has no query planner); ``executionStats`` counts what the command returns, without running a
+        write."""
+        inner = cmd.get("explain")
+        if not isinstance(inner, dict) or not inner:
+            raise CommandError(9, "explain command requires a nested object")
+        name = next(iter(inner))
+        if name not in ("find", "count", "distinct", "aggregate", "update", "delete", "findAndModify",
+                        "findandmodify"):
+            raise CommandError(2, f"Explain failed due to unknown command: {name}")
+        verbosity = cmd.get("verbosity", "allPlansExecution")
+        if verbosity not in ("queryPlanner", "executionStats", "allPlansExecution"):
+            raise CommandError(2, f"verbosity string must be one of {{'queryPlanner', 'executionStats', "
+                                  f"'allPlansExecution'}}, got {verbosity!r}")
+        db = cmd["$db"]
+        coll = inner.get(name)
+        if not isinstance(coll, str):
+            raise CommandError(2, "explain of a command without a collection name is not supported by the "
+                                  "realtime MongoDB stand-in")
+        query = inner.get("filter") or inner.get("query") or {}
+        if name == "update":
+            query = (inner.get("updates") or [{}])[0].get("q") or {}
+        elif name == "delete":
+            query = (inner.get("deletes") or [{}])[0].get("q") or {}
+        validate.check_filter(query)
+        plan = {"stage": "COLLSCAN", "filter": query, "direction": "forward"}
+        reply: dict[str, Any] = {
+            "explainVersion": "1",
+            "queryPlanner": {"namespace": f"{db}.{coll}", "indexFilterSet": False, "parsedQuery": query,
+                             "planCacheShapeHash": "00000000", "maxIndexedOrSolutionsReached": False,
+                             "maxIndexedAndSolutionsReached": False, "maxScansToExplodeReached": False,
+                             "winningPlan": plan, "rejectedPlans": []},
+            "command": {**inner, "$db": db},
+            "serverInfo": {"host": self.host, "port": int(self.host.rsplit(":", 1)[1]), "version": SERVER_VERSION,
+                           "gitVersion": "realtime-standin"},
+        }
+        if verbosity != "queryPlanner":
+            examined = sum(1 for _ in self.store.documents(db, coll)) if self.store.exists(db, coll) else 0
+            matched = 0
+            if examined and name in ("find", "count", "distinct", "update", "delete", "findAndModify",
+                                     "findandmodify"):
+                mc = self._mcoll(db, coll)
+                matched = len(self.store._read(lambda: materialize(mc.find(query, {"_id": 1}))))
+            reply["executionStats"] = {"executionSuccess": True, "nReturned": matched, "executionTimeMillis": 0,
+                                       "totalKeysExamined": 0, "totalDocsExamined": examined,
+                                       "executionStages": {**plan, "nReturned": matched, "docsExamined": examined}}
+        return reply
+
+    async def profile(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """The profiler's level: 0 (off), as it always is here; turning it on is refused, not ignored."""
+        level = cmd.get("profile")
+        if level not in (-1, 0):
+            raise unsupported("the database profiler (profile levels 1 and 2)")
+        return {"was": 0, "slowms": 100, "sampleRate": 1.0}
+
+    async def kill_all_sessions(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """End every session's work: open transactions are aborted (their locks freed), cursors killed."""
+        for session in self.sessions.values():
+            if session.txn is not None and session.txn.state == "open":
+                self.store.abort(session.txn, self.locks)
+        self.cursors.clear()
+        return {}
+
+    async def kill_sessions(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        for lsid in cmd.get("killSessions") or []:
+            session = self.sessions.get(_session_key(lsid))
+            if session is not None and session.txn is not None and session.txn.state == "open":
+                self.store.abort(session.txn, self.locks)
+        return {}
 
     # -- sessions and transactions -------------------------------------------------------------------
     def _session(self, cmd: dict[str, Any]) -> Session | None:
@@ -421,11 +594,16 @@ class Engine:
 
     async def update(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "update")
+        for stmt in cmd["updates"]:
+            if "sort" in stmt:  # MongoDB 8.0's; 7.0's parser knows no such field
+                raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
 
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
                 raise CommandError(40414, "BSON field 'update.updates.q' and 'u' are required")
-            _reject_unsupported(stmt, ("hint", "collation", "c", "let", "sort"), "update")
+            _reject_unsupported(stmt, ("c",), "update")
+            self._check_hint(db, coll, stmt.get("hint"))
+            validate.check_filter(stmt["q"])
             return self.store.update(db, coll, stmt["q"], stmt["u"], upsert=bool(stmt.get("upsert")),
                                      multi=bool(stmt.get("multi")), array_filters=stmt.get("arrayFilters"),
                                      txn=txn, locks=self.locks)
@@ -438,7 +616,8 @@ class Engine:
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "limit" not in stmt:
                 raise CommandError(40414, "BSON field 'delete.deletes.q' and 'limit' are required")
-            _reject_unsupported(stmt, ("hint", "collation"), "delete")
+            self._check_hint(db, coll, stmt.get("hint"))
+            validate.check_filter(stmt["q"])
             limit = int(stmt["limit"])
             if limit not in (0, 1):
                 raise CommandError(9, "The limit field in delete objects must be 0 or 1.")
@@ -449,7 +628,8 @@ class Engine:
     async def find_and_modify(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db = cmd["$db"]
         coll = _coll_arg(cmd, "findAndModify" if "findAndModify" in cmd else "findandmodify")
-        _reject_unsupported(cmd, ("hint", "collation", "let"), "findAndModify")
+        self._check_hint(db, coll, cmd.get("hint"))
+        validate.check_filter(cmd.get("query"))
         session = self._session(cmd)
         retry_number = None
         if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
@@ -493,6 +673,23 @@ class Engine:
             session.retried = {retry_number: copy.deepcopy(reply)}
         return reply
 
+    def _check_hint(self, db: str, coll: str, hint: Any) -> None:
+        """A hint names an index by its name or key pattern; one that names none fails, as on the server. A hint
+        changes no result unless it names a sparse or partial index, which the stand-in does not honour."""
+        if hint is None or hint == {} or not self.store.exists(db, coll):
+            return
+        indexes: dict[str, dict[str, Any]] = {"_id_": {"key": [("_id", 1)]}, **self._mcoll(db, coll)._store.indexes}
+        if isinstance(hint, dict):
+            key = [(path, int(d) if isinstance(d, (int, float)) else d) for path, d in hint.items()]
+            found = next((index for index in indexes.values() if list(index["key"]) == key), None)
+        else:
+            found = indexes.get(hint)
+        if found is None:
+            raise CommandError(2, "error processing query: planner returned error :: caused by :: hint provided does "
+                                  "not correspond to an existing index")
+        if found.get("sparse") or found.get("partialFilterExpression") is not None:
+            raise unsupported("a hint naming a sparse or partial index")
+
     def _project(self, doc: dict[str, Any], projection: dict[str, Any]) -> dict[str, Any]:
         import mongomock
 
@@ -503,22 +700,30 @@ class Engine:
 
     # -- reads ------------------------------------------------------------------------------------------
     def _new_cursor(self, ns: str, docs: list[dict[str, Any]], first: int | None,
-                    single_batch: bool = False) -> dict[str, Any]:
+                    single_batch: bool = False, read_at: Timestamp | None = None) -> dict[str, Any]:
         cursor = ListCursor(next(self._cursor_ids), ns, docs)
         batch = cursor.take(DEFAULT_BATCH if first is None else first)
         cursor_id = 0
         if not cursor.exhausted and not single_batch:
             cursor_id = cursor.id
             self.cursors[cursor_id] = cursor
-        return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}}
+        reply: dict[str, Any] = {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}
+        if read_at is not None:
+            reply["atClusterTime"] = read_at
+        return {"cursor": reply}
 
     def _mcoll(self, db: str, coll: str) -> Any:
         return self.store._mcoll(db, coll)
 
-    def _source(self, cmd: dict[str, Any], db: str, coll: str, query: Any = None) -> Any:
-        """The collection a read runs on: the live one, or (at ``readConcern.atClusterTime``, or while other
-        transactions have uncommitted writes in it) a scratch copy of what the read may see, holding only the
-        documents that match ``query``."""
+    def _source(self, cmd: dict[str, Any], db: str, coll: str, query: Any = None) -> tuple[Any, Timestamp | None]:
+        """The collection a read runs on, and the cluster time a snapshot read (outside a transaction) read at.
+
+        The collection is the live one, or (at ``readConcern.atClusterTime``, or while other transactions have
+        uncommitted writes in it) a scratch copy of what the read may see, holding only the documents that match
+        ``query``; None when the collection does not exist for this read. A read may open a transaction
+        (``startTransaction``), as any command of one may. A snapshot read without ``atClusterTime`` reads at the
+        latest time, and says which (``atClusterTime`` in its reply), so that a snapshot session pins it."""
+        own = self._transaction(cmd)
         concern = cmd.get("readConcern") or {}
         at = concern.get("atClusterTime") if isinstance(concern, dict) else None
         if at is not None:
@@ -526,18 +731,21 @@ class Engine:
                 raise CommandError(2, "atClusterTime is only allowed with readConcern level 'snapshot'")
             if not isinstance(at, Timestamp):
                 raise CommandError(14, "atClusterTime must be a Timestamp")
-        own = self._own_transaction(cmd)
+        read_at = at if at is not None else (
+            self.oplog.latest_ts if own is None and concern.get("level") == "snapshot" else None)
         hide = [t for t in {id(t): t for t in self.locks.values()}.values()
                 if t is not own and t.state == "open" and any(u[:2] == (db, coll) for u in t.undo)]
+        if not self.store.visible(db, coll, own) and at is None:
+            return None, read_at
         if at is None and not hide:
-            return self._mcoll(db, coll) if self.store.exists(db, coll) else None
+            return self._mcoll(db, coll), read_at
         import mongomock
 
         scratch: Any = mongomock.MongoClient()["snapshot"]["snapshot"]
         docs = self.store.snapshot(db, coll, at, hide, query)
         if docs:
             scratch.insert_many(docs)
-        return scratch
+        return scratch, read_at
 
     def _own_transaction(self, cmd: dict[str, Any]) -> Transaction | None:
         if cmd.get("autocommit") is not False or cmd.get("lsid") is None:
@@ -547,10 +755,14 @@ class Engine:
 
     async def find(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "find")
-        _reject_unsupported(cmd, ("hint", "collation", "min", "max", "let", "tailable", "awaitData"), "find")
+        _reject_unsupported(cmd, ("min", "max", "tailable", "awaitData"), "find")
+        self._check_hint(db, coll, cmd.get("hint"))
+        validate.check_filter(cmd.get("filter"))
         filter_ = cmd.get("filter") or {}
         docs: list[dict[str, Any]] = []
-        mc = self._source(cmd, db, coll, filter_)
+        if (db, coll) == ("local", "system.replset"):  # what rs.conf() reads where replSetGetConfig is not used
+            return self._new_cursor("local.system.replset", [self.replica_set_config()], cmd.get("batchSize"))
+        mc, read_at = self._source(cmd, db, coll, filter_)
         if mc is not None:
             cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
             if cmd.get("sort"):
@@ -561,11 +773,13 @@ class Engine:
             if limit:
                 cursor = cursor.limit(abs(limit))
             docs = [dict(d) for d in self.store._read(lambda: materialize(cursor))]
-        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")))
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")), read_at)
 
     async def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "count")
-        mc = self._source(cmd, db, coll, cmd.get("query"))
+        self._check_hint(db, coll, cmd.get("hint"))
+        validate.check_filter(cmd.get("query"))
+        mc, _ = self._source(cmd, db, coll, cmd.get("query"))
         if mc is None:
             return {"n": 0}
         n = len(self.store._read(lambda: materialize(mc.find(cmd.get("query") or {}, {"_id": 1}))))
@@ -576,13 +790,16 @@ class Engine:
 
     async def distinct(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "distinct")
+        validate.check_filter(cmd.get("query"))
         key = cmd.get("key")
         if not isinstance(key, str):
             raise CommandError(14, "BSON field 'distinct.key' is missing or is not a string")
-        mc = self._source(cmd, db, coll, cmd.get("query"))
-        if mc is None:
-            return {"values": []}
-        return {"values": self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))}
+        mc, read_at = self._source(cmd, db, coll, cmd.get("query"))
+        values = [] if mc is None else self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))
+        reply: dict[str, Any] = {"values": sort_values(values)}
+        if read_at is not None:
+            reply["atClusterTime"] = read_at
+        return reply
 
     async def aggregate(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _collection_or_1(cmd, "aggregate")
@@ -598,14 +815,26 @@ class Engine:
             raise unsupported("a database-level aggregate other than $changeStream")
         for stage in pipeline:
             name = next(iter(stage))
+            if name not in validate.PIPELINE_STAGES:
+                raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
+            if name == "$match":
+                validate.check_filter(stage[name])
+        self._check_hint(db, coll, cmd.get("hint"))
+        if cmd.get("explain"):
+            inner = {k: v for k, v in cmd.items() if k not in ("explain", "$db", "cursor")}
+            return await self.explain({"explain": inner, "verbosity": "queryPlanner", "$db": db})
+        if pipeline and next(iter(pipeline[0])) == "$collStats":
+            stats = self._coll_stats_stage(db, coll, pipeline[0]["$collStats"])
+            return self._new_cursor(f"{db}.{coll}", aggregate_docs(stats, pipeline[1:]),
+                                    cmd.get("cursor", {}).get("batchSize"))
         docs: list[dict[str, Any]] = []
         first = pipeline[0] if pipeline else {}
-        mc = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
+        mc, read_at = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
         if mc is not None:
             docs = [_id_first(dict(d)) for d in self.store._read(lambda: aggregate(mc, pipeline))]
-        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"))
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"), read_at=read_at)
 
     async def _open_change_stream(self, cmd: dict[str, Any], coll: str | None) -> dict[str, Any]:
         if cmd.get("autocommit") is False:
@@ -628,6 +857,12 @@ class Engine:
         if ns != cursor.ns:
             raise CommandError(13, f"Requested getMore on namespace '{ns}', but cursor belongs to a "
                                    f"different namespace {cursor.ns}", code_name="Unauthorized")
+        action = self.failpoints.check("getMore", None, FAIL_GET_MORE)
+        if action is not None and action.error is not None:
+            # Failed once the cursor is found: the error gets the labels of a real error on that cursor.
+            error = action.error
+            error.labels = error_labels("getMore", cmd, error.code, None, isinstance(cursor, ChangeStreamCursor))
+            raise error
         if isinstance(cursor, ListCursor):
             try:
                 batch = cursor.take(cmd.get("batchSize") or None)
@@ -678,13 +913,14 @@ class Engine:
     async def create(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "create")
         options = {k: v for k, v in cmd.items() if k not in _GENERIC_FIELDS and k != "create"}
-        self.store.create(db, coll, options)
+        self.store.create(db, coll, options, self._transaction(cmd))
         return {}
 
     async def coll_mod(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "collMod")
         options = {k: v for k, v in cmd.items() if k not in _GENERIC_FIELDS and k != "collMod"}
         self.store.coll_mod(db, coll, options)
+        self.store.record_ddl("modify", db, coll, options)
         return {}
 
     async def drop(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -719,7 +955,10 @@ class Engine:
         db = cmd["$db"]
         filter_ = cmd.get("filter") or {}
         out = []
+        own = self._transaction(cmd)
         for name in self.store.collection_names(db):
+            if not self.store.visible(db, name, own):
+                continue
             meta = self.store.info(db, name)
             entry = {"name": name, "type": "collection", "options": copy.deepcopy(meta.options),
                      "info": {"readOnly": False, "uuid": meta.uuid},
@@ -744,8 +983,17 @@ class Engine:
         specs = cmd.get("indexes")
         if not isinstance(specs, list) or not specs:
             raise CommandError(2, "Must specify at least one index to create")
+        txn = self._transaction(cmd)
+        if txn is not None and self.store.exists(db, coll) and self.store.info(db, coll).txn is not txn:
+            raise CommandError(263, f"Cannot create new indexes on existing collection {db}.{coll} in a "
+                                    "multi-document transaction.")
         created = not self.store.exists(db, coll)
-        self.store.ensure(db, coll)
+        while True:
+            try:
+                self.store.ensure(db, coll, txn)
+                break
+            except Locked as locked:  # created by a transaction still open: wait for it to end
+                await locked.txn.ended.wait()
         mc = self._mcoll(db, coll)
         before = len(mc._store.indexes) + 1
         for spec in specs:
@@ -787,12 +1035,13 @@ class Engine:
                     raise CommandError(11000, f"Index build failed: E11000 duplicate key error collection: "
                                               f"{db}.{coll} index: {name} dup key: {{ {shown} }}")
             mc._store.create_index(name, index)
+            self.store.record_ddl("createIndexes", db, coll, {"indexes": [{"v": 2, **_index_entry(name, index)}]})
         return {"numIndexesBefore": before, "numIndexesAfter": len(mc._store.indexes) + 1,
                 "createdCollectionAutomatically": created}
 
     async def list_indexes(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "listIndexes")
-        if not self.store.exists(db, coll):
+        if not self.store.visible(db, coll, self._transaction(cmd)):
             raise CommandError(26, f"ns does not exist: {db}.{coll}")
         out: list[dict[str, Any]] = [{"v": 2, "key": {"_id": 1}, "name": "_id_"}]
         for name, index in self._mcoll(db, coll)._store.indexes.items():
@@ -824,7 +1073,9 @@ class Engine:
             if name not in store.indexes:
                 raise CommandError(27, f"index not found with name [{name}]", code_name="IndexNotFound")
         for name in names:
+            entry = {"v": 2, **_index_entry(name, store.indexes[name])}
             store.drop_index(name)
+            self.store.record_ddl("dropIndexes", db, coll, {"indexes": [entry]})
         return {"nIndexesWas": len(store.indexes) + 1 + len(names)}
 
     # -- test control ------------------------------------------------------------------------------------
@@ -851,6 +1102,12 @@ class Engine:
                           "oldest": self.oplog.oldest_ts, "latest": self.oplog.latest_ts}}
 
 
+# The commands that take a writeConcern, and answer writeConcernError when it cannot be satisfied.
+WRITE_CONCERN_COMMANDS = frozenset({
+    "insert", "update", "delete", "findAndModify", "findandmodify", "create", "drop", "dropDatabase", "collMod",
+    "renameCollection", "createIndexes", "dropIndexes", "commitTransaction", "abortTransaction",
+})
+
 _GENERIC_FIELDS = frozenset({
     "$db", "lsid", "txnNumber", "autocommit", "startTransaction", "$clusterTime", "$readPreference",
     "writeConcern", "readConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict", "apiDeprecationErrors",
@@ -867,6 +1124,15 @@ def _reject_unsupported(cmd: dict[str, Any], keys: tuple[str, ...], command: str
     for key in keys:
         if key in cmd and cmd[key] not in (None, {}, False):
             raise unsupported(f"the {command} option '{key}'")
+
+
+def _index_entry(name: str, index: dict[str, Any]) -> dict[str, Any]:
+    """An index as listIndexes shows it (without its version)."""
+    entry: dict[str, Any] = {"key": dict(index["key"]), "name": name}
+    for opt in ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds"):
+        if opt in index:
+            entry[opt] = index[opt]
+    return entry
 
 
 def _id_first(doc: dict[str, Any]) -> dict[str, Any]:

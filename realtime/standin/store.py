@@ -34,6 +34,7 @@ import mongomock.helpers
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
+from realtime.standin import arrayfilters, validate
 from realtime.standin.arguments import NUMBER, bson_type
 from realtime.standin.errors import CommandError, bad_value, unsupported
 from realtime.standin.limits import (
@@ -48,6 +49,7 @@ from realtime.standin.oplog import Change, Oplog
 from realtime.standin.updatedesc import describe, same_document
 
 SYSTEM_DBS = ("admin", "local", "config")
+ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 
 # -- a fast path for mongomock ---------------------------------------------------------------------
 # mongomock scans every document for every filter. Filters that name an ``_id`` by value are the most
@@ -92,6 +94,12 @@ for _stage in ("$group", "$count"):
         mongomock.aggregate._PIPELINE_HANDLERS[_stage])
 
 
+# -- top-level field names that start with "$" ------------------------------------------------------
+# MongoDB 5.0 and later store them ({_id: 1, $a: 1} is a valid insert); mongomock refuses them. Its other check
+# (no NUL in a field name) stays.
+mongomock.collection._validate_data_fields = mongomock.collection._recursive_key_check_null_character
+
+
 # -- mongomock's clock ------------------------------------------------------------------------------
 # $currentDate reads mongomock.utcnow(), which mongomock lets its users replace; its own calls
 # datetime.utcnow(), deprecated from Python 3.12. The same value (naive UTC, millisecond precision like a
@@ -109,6 +117,7 @@ class CollectionInfo:
     uuid: Binary = field(default_factory=lambda: Binary(uuid.uuid4().bytes, 4))
     pre_and_post_images: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    txn: Transaction | None = None  # the open transaction that created it: nobody else sees it before the commit
 
 
 class Locked(Exception):
@@ -128,6 +137,7 @@ class Transaction:
     undo: list[tuple[str, str, Any, dict[str, Any] | None]] = field(default_factory=list)
     locks: set[tuple[str, str, Any]] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    created: list[tuple[str, str]] = field(default_factory=list)  # collections it created (gone if it aborts)
 
 
 @dataclass
@@ -214,14 +224,29 @@ class Store:
     def info(self, db: str, coll: str) -> CollectionInfo:
         return self.collections[(db, coll)]
 
-    def ensure(self, db: str, coll: str) -> CollectionInfo:
-        """Create a collection implicitly, as a first insert or upsert does."""
+    def visible(self, db: str, coll: str, txn: Transaction | None) -> bool:
+        """Whether the collection exists for a command of ``txn`` (None: outside any transaction): one an open
+        transaction created exists only inside that transaction until it commits."""
+        meta = self.collections.get((db, coll))
+        return meta is not None and (meta.txn is None or meta.txn is txn or meta.txn.state != "open")
+
+    def ensure(self, db: str, coll: str, txn: Transaction | None = None) -> CollectionInfo:
+        """Create a collection implicitly, as a first insert or upsert does; inside a transaction, as part of it."""
         check_namespace(db, coll)
         meta = self.collections.get((db, coll))
         if meta is None:
             self._mcoll(db, coll)._store.create()
-            meta = CollectionInfo()
+            meta = CollectionInfo(txn=txn)
             self.collections[(db, coll)] = meta
+            if txn is not None:
+                txn.created.append((db, coll))
+            self._record(txn, Change("create", db, coll, None, {"operationDescription": {"idIndex": dict(ID_INDEX)}}))
+        elif meta.txn is not None and meta.txn is not txn and meta.txn.state == "open":
+            # Another transaction's collection, not committed yet: its catalog entry is locked.
+            if txn is None:
+                raise Locked(meta.txn)
+            raise CommandError(112, "Write conflict during plan execution and yielding is disabled.",
+                               ["TransientTransactionError"])
         return meta
 
     def databases(self) -> list[str]:
@@ -241,6 +266,9 @@ class Store:
         return bool(meta and meta.pre_and_post_images)
 
     def _record(self, txn: Transaction | None, change: Change) -> None:
+        meta = self.collections.get((change.db, change.coll)) if change.coll is not None else None
+        if meta is not None:  # shown with showExpandedEvents
+            change.fields.setdefault("collectionUUID", meta.uuid)
         if txn is None:
             self.oplog.append([change])
         else:
@@ -282,8 +310,8 @@ class Store:
         if "_id" not in doc:
             doc = {"_id": bson.ObjectId(), **doc}
         doc = _id_first(doc)
-        _check_field_names(doc)
-        self.ensure(db, coll)
+        validate.check_id(doc)
+        self.ensure(db, coll, txn)
         self._claim(txn, db, coll, doc["_id"], locks)
         mc = self._mcoll(db, coll)
         self._write(lambda: mc.insert_one(doc), db, coll, doc)
@@ -296,25 +324,33 @@ class Store:
     def update(self, db: str, coll: str, query: dict[str, Any], update: Any, *, upsert: bool, multi: bool,
                array_filters: list[Any] | None, txn: Transaction | None,
                locks: dict[tuple[str, str, Any], Transaction], sort: Any = None) -> WriteResult:
-        if isinstance(update, list):
-            raise unsupported("an aggregation pipeline as the update")
-        if not isinstance(update, dict):
+        pipeline = isinstance(update, list)
+        if pipeline:
+            _check_update_pipeline(update, array_filters)
+        elif not isinstance(update, dict):
             raise CommandError(9, "Update argument must be either an object or an array")
-        operators = [k for k in update if k.startswith("$")]
+        operators = ["$pipeline"] if pipeline else [k for k in update if k.startswith("$")]
         replacement = not operators
-        if operators and len(operators) != len(update):
+        if not pipeline and operators and len(operators) != len(update):
             raise CommandError(9, f"Unknown modifier: {next(k for k in update if not k.startswith('$'))}."
                                   " Expected a valid update modifier or pipeline-style update specified as an array")
         if replacement and multi:
             raise CommandError(9, "multi update is not supported for replacement-style update")
-        for op in operators:
+        for op in [] if pipeline else operators:
             if op not in _UPDATE_OPERATORS:
                 raise CommandError(9, f"Unknown modifier: {op}. Expected a valid update modifier or "
                                       "pipeline-style update specified as an array")
         if replacement:
-            _check_field_names(update)
+            validate.check_id(update)
+            if array_filters:
+                raise CommandError(9, "arrayFilters may not be specified for a replacement-style update")
+            filters: dict[str, dict[str, Any]] = {}
+        elif pipeline:
+            filters = {}
         else:
             _check_operators(update)
+            filters = arrayfilters.parse(array_filters)
+            arrayfilters.check_usage(update, filters)
         keys = self._matching_keys(db, coll, query, multi, sort)
         for key in keys:
             self._claim(txn, db, coll, key, locks)
@@ -332,11 +368,18 @@ class Store:
                                                f"found to have been altered to _id: {update['_id']!r}")
                     new = {"_id": key, **{k: v for k, v in update.items() if k != "_id"}}
                     self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
+                elif pipeline:
+                    new = self._run_update_pipeline(before, update)
+                    if "_id" not in new:  # a pipeline that drops _id keeps the document's, as on the server
+                        new = {"_id": key, **new}
+                    if not same_document({"_id": new.get("_id")}, {"_id": key}):
+                        raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
+                                               f"found to have been altered to _id: {new.get('_id')!r}")
+                    self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
                 else:
-                    ops = self._lower(update, before)
+                    ops = self._lower(arrayfilters.concrete(update, before, filters), before)
                     if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
-                        self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops, array_filters=array_filters),
-                                    db, coll, before)
+                        self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops), db, coll, before, ops)
                 changed = self._raw(db, coll, key)
                 if changed is not None and bson_size(changed) > MAX_BSON_SIZE:
                     raise update_too_large()
@@ -364,14 +407,14 @@ class Store:
                                 before=before)
             self._record(txn, change)
         if not keys and upsert:
-            result.upserted = self._upsert(db, coll, query, update, replacement, array_filters, txn, locks)
+            result.upserted = self._upsert(db, coll, query, update, replacement, filters, txn, locks)
             result.after = copy.deepcopy(self._raw(db, coll, result.upserted))
         return result
 
     def _upsert(self, db: str, coll: str, query: dict[str, Any], update: dict[str, Any], replacement: bool,
-                array_filters: list[Any] | None, txn: Transaction | None,
+                filters: dict[str, dict[str, Any]], txn: Transaction | None,
                 locks: dict[tuple[str, str, Any], Transaction]) -> Any:
-        self.ensure(db, coll)
+        self.ensure(db, coll, txn)
         mc = self._mcoll(db, coll)
         if replacement:
             doc = dict(update)
@@ -384,10 +427,19 @@ class Store:
             self._claim(txn, db, coll, doc["_id"], locks)
             self._write(lambda: mc.insert_one(doc), db, coll, doc)
             key = doc["_id"]
+        elif isinstance(update, list):  # the query's equalities, then the pipeline
+            base = self._upsert_base(query)
+            doc = _id_first(self._run_update_pipeline(base, update))
+            if "_id" not in doc:
+                doc = {"_id": bson.ObjectId(), **doc}
+            if bson_size(doc) > MAX_BSON_SIZE:
+                raise upsert_too_large()
+            self._claim(txn, db, coll, doc["_id"], locks)
+            self._write(lambda: mc.insert_one(doc), db, coll, doc)
+            key = doc["_id"]
         else:
-            ops = self._lower(update, {}) or {"$set": {}}
-            res = self._write(lambda: mc.update_one(query, ops, upsert=True, array_filters=array_filters),
-                              db, coll, query)
+            ops = self._lower(arrayfilters.concrete(update, {}, filters), {}) or {"$set": {}}
+            res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, self._upsert_base(query), ops)
             key = res.upserted_id
             stored = self._raw(db, coll, key)
             assert stored is not None
@@ -403,6 +455,21 @@ class Store:
         self._undo(txn, db, coll, key, None)
         self._record(txn, Change("insert", db, coll, key, {"fullDocument": copy.deepcopy(stored)}))
         return key
+
+    def _run_update_pipeline(self, doc: dict[str, Any], pipeline: list[dict[str, Any]]) -> dict[str, Any]:
+        """A pipeline-style update applied to one document: the document the pipeline makes of it."""
+        out = self._read(lambda: list(mongomock.aggregate.process_pipeline(
+            [copy.deepcopy(doc)], None, lower_pipeline(pipeline), None)))
+        if len(out) != 1 or not isinstance(out[0], dict):
+            raise CommandError(2, "an update pipeline must produce exactly one document")
+        return dict(out[0])
+
+    def _upsert_base(self, query: dict[str, Any]) -> dict[str, Any]:
+        """The document an upsert starts from: the query's equality conditions on plain fields."""
+        scratch: Any = mongomock.MongoClient()["scratch"]["scratch"]
+        self._write(lambda: scratch.update_one(query, {"$set": {}}, upsert=True), "scratch", "scratch", query)
+        base = scratch.find_one({})
+        return dict(base) if base is not None else {}
 
     def delete(self, db: str, coll: str, query: dict[str, Any], *, limit: int, txn: Transaction | None,
                locks: dict[tuple[str, str, Any], Transaction], sort: Any = None) -> WriteResult:
@@ -457,18 +524,21 @@ class Store:
             cursor = cursor.limit(1)
         return [d["_id"] for d in self._read(lambda: materialize(cursor))]
 
-    def _write(self, fn: Any, db: str, coll: str, doc: dict[str, Any]) -> Any:
+    def _write(self, fn: Any, db: str, coll: str, doc: dict[str, Any], ops: dict[str, Any] | None = None) -> Any:
+        """Run a mongomock write; its errors as the server's. ``ops``: the update operators applied to ``doc``."""
         try:
             return fn()
         except pymongo.errors.DuplicateKeyError:
-            raise self._duplicate_key(db, coll, doc) from None
+            if ops is not None:  # the document as the update would have made it: what collided
+                doc = _applied(doc, ops)
+            raise self._duplicate_key(db, coll, doc, ops is not None) from None
         except pymongo.errors.WriteError as exc:
             if exc.code is None and "(immutable) field '_id'" in str(exc):
                 raise CommandError(66, "Performing an update on the path '_id' would modify the immutable "
                                        "field '_id'") from None
             raise CommandError(exc.code or 2, str(exc)) from None
         except pymongo.errors.OperationFailure as exc:
-            raise CommandError(exc.code or 2, str(exc)) from None
+            raise expression_error(exc) from None
         except NotImplementedError as exc:
             raise unsupported(str(exc).split("\n")[0] or "this update") from None
         except (ValueError, TypeError, KeyError) as exc:
@@ -478,16 +548,18 @@ class Store:
         try:
             return fn()
         except pymongo.errors.OperationFailure as exc:
-            raise CommandError(exc.code or 2, str(exc)) from None
+            raise expression_error(exc) from None
         except NotImplementedError as exc:
             raise unsupported(str(exc).split("\n")[0] or "this query") from None
         except (ValueError, TypeError, KeyError) as exc:
             raise CommandError(2, str(exc)) from None
 
-    def _duplicate_key(self, db: str, coll: str, doc: dict[str, Any]) -> CommandError:
-        """Name the index and key that collide, as the server's E11000 message does."""
+    def _duplicate_key(self, db: str, coll: str, doc: dict[str, Any], updating: bool = False) -> CommandError:
+        """Name the index and key that collide, as the server's E11000 message does (with ``keyPattern`` and
+        ``keyValue``). ``updating``: ``doc`` is in the store already, so a collision is a second document with its
+        key (and an update cannot collide on ``_id``)."""
         mc = self._mcoll(db, coll)
-        candidates: list[tuple[str, list[tuple[str, Any]]]] = [("_id_", [("_id", 1)])]
+        candidates: list[tuple[str, list[tuple[str, Any]]]] = [] if updating else [("_id_", [("_id", 1)])]
         for name, index in mc._store.indexes.items():
             if index.get("unique"):
                 candidates.append((name, list(index["key"])))
@@ -498,8 +570,9 @@ class Store:
                 for part in path.split("."):
                     value = value.get(part) if isinstance(value, dict) else None
                 values[path] = value
-            others = [d for d in mc._store.documents if _key_of(d, key) == values]
-            if len(others) >= 1 and (name != "_id_" or self._raw(db, coll, doc.get("_id")) is not None):
+            others = [d for d in mc._store.documents if _key_of(d, key) == values and d["_id"] != doc.get("_id")]
+            if (others or (name == "_id_" and not updating)) and (
+                    name != "_id_" or self._raw(db, coll, doc.get("_id")) is not None):
                 pattern = {p: d for p, d in key}
                 shown = ", ".join(f"{p}: {_show(v)}" for p, v in values.items())
                 return CommandError(
@@ -539,7 +612,7 @@ class Store:
                                                               or (event.get("to") or {}).get("coll") == coll):
                 raise CommandError(239, "Unable to read from a snapshot due to pending collection catalog changes",
                                    code_name="SnapshotUnavailable")
-            if event["ns"].get("coll") == coll:
+            if event["ns"].get("coll") == coll and "documentKey" in event:
                 undo(event["documentKey"]["_id"], None if op == "insert" else entry.before)
         out = []
         if self.exists(db, coll):
@@ -566,6 +639,11 @@ class Store:
                 mc.delete_one({"_id": key})
             else:
                 mc.replace_one({"_id": key}, before, upsert=True)
+        for db, coll in txn.created:  # never committed: no drop event either
+            meta = self.collections.get((db, coll))
+            if meta is not None and meta.txn is txn:
+                self._mcoll(db, coll).drop()
+                del self.collections[(db, coll)]
         self._end(txn, "aborted", locks)
 
     def _end(self, txn: Transaction, state: str, locks: dict[tuple[str, str, Any], Transaction]) -> None:
@@ -573,23 +651,28 @@ class Store:
         for lk in txn.locks:
             if locks.get(lk) is txn:
                 del locks[lk]
-        txn.changes, txn.undo = [], []
+        for db, coll in txn.created:
+            meta = self.collections.get((db, coll))
+            if meta is not None and meta.txn is txn:
+                meta.txn = None
+        txn.changes, txn.undo, txn.created = [], [], []
         txn.ended.set()
 
     # -- DDL --------------------------------------------------------------------------------------
-    def create(self, db: str, coll: str, options: dict[str, Any]) -> None:
+    def create(self, db: str, coll: str, options: dict[str, Any], txn: Transaction | None = None) -> None:
         check_namespace(db, coll)
         images = _images_option(options.get("changeStreamPreAndPostImages"))
         for key in options:
-            if key not in ("changeStreamPreAndPostImages", "validator", "validationLevel",
-                           "validationAction", "collation"):
+            if key in ("validator", "validationLevel", "validationAction"):
+                raise unsupported(f"document validation (the create option '{key}')")
+            if key not in ("changeStreamPreAndPostImages", "collation"):
                 raise unsupported(f"the create option '{key}'")
         if self.exists(db, coll):
             meta = self.info(db, coll)
-            if meta.options == options:
+            if meta.options == options and txn is None:
                 return
             raise CommandError(48, f"Collection {db}.{coll} already exists.")
-        meta = self.ensure(db, coll)
+        meta = self.ensure(db, coll, txn)
         meta.pre_and_post_images = bool(images)
         meta.options = dict(options)
 
@@ -608,17 +691,17 @@ class Store:
     def drop(self, db: str, coll: str) -> bool:
         if not self.exists(db, coll):
             return False
+        self._record(None, Change("drop", db, coll))
         self._mcoll(db, coll).drop()
         del self.collections[(db, coll)]
-        self.oplog.append([Change("drop", db, coll)])
         return True
 
     def drop_database(self, db: str) -> None:
         names = self.collection_names(db)
         for name in names:
+            self._record(None, Change("drop", db, name))
             self._mcoll(db, name).drop()
             del self.collections[(db, name)]
-            self.oplog.append([Change("drop", db, name)])
         if names:
             self.oplog.append([Change("dropDatabase", db, None)])
         self.client.drop_database(db)
@@ -627,9 +710,11 @@ class Store:
         if not self.exists(db, source):
             raise CommandError(26, "Source collection does not exist")
         check_namespace(db, target)
+        description: dict[str, Any] = {"to": {"db": db, "coll": target}}
         if self.exists(db, target):
             if not drop_target:
                 raise CommandError(48, "Target namespace exists")
+            description["dropTarget"] = self.collections[(db, target)].uuid
             self._mcoll(db, target).drop()
             del self.collections[(db, target)]
         docs = [copy.deepcopy(d) for d in self._mcoll(db, source)._store.documents]
@@ -643,7 +728,30 @@ class Store:
             tgt._store.create_index(name, index)
         for d in docs:
             tgt._store[_store_key(d["_id"])] = d
-        self.oplog.append([Change("rename", db, source, None, {"to": {"db": db, "coll": target}})])
+        self.oplog.append([Change("rename", db, source, None, {"to": {"db": db, "coll": target},
+                                                               "operationDescription": description,
+                                                               "collectionUUID": meta.uuid})])
+
+    def record_ddl(self, op: str, db: str, coll: str, description: dict[str, Any]) -> None:
+        """An index built or dropped, a collection's options changed: events only showExpandedEvents shows."""
+        self._record(None, Change(op, db, coll, None, {"operationDescription": description}))
+
+
+_PIPELINE_UPDATE_STAGES = frozenset({"$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith"})
+
+
+def _check_update_pipeline(pipeline: list[Any], array_filters: list[Any] | None) -> None:
+    """What the server refuses in a pipeline-style update before it reads a document."""
+    if array_filters:
+        raise CommandError(72, "arrayFilters may not be specified for pipeline-style updates")
+    for stage in pipeline:
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise CommandError(40323, "A pipeline stage specification object must contain exactly one field.")
+        name = next(iter(stage))
+        if name not in validate.PIPELINE_STAGES:
+            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+        if name not in _PIPELINE_UPDATE_STAGES:
+            raise CommandError(72, f"{name} is not allowed to be used within an update")
 
 
 _UPDATE_OPERATORS = frozenset({
@@ -750,8 +858,42 @@ def materialize(cursor: Any) -> list[dict[str, Any]]:
     return list(cursor._compute_results(with_limit_and_skip=True))
 
 
+def nest_dotted(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ``$project`` specification with dotted paths (``{"ns.viewOn": "x"}``) as the nested one it means
+    (``{ns: {viewOn: "x"}}``): mongomock would make a field literally named ``ns.viewOn`` of a computed one."""
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if "." not in key or key.startswith("$"):
+            out[key] = value
+            continue
+        head, rest = key.split(".", 1)
+        inner = out.setdefault(head, {})
+        if not isinstance(inner, dict):
+            raise CommandError(31249, f"Invalid $project :: caused by :: Path collision at {key}")
+        inner.update(nest_dotted({rest: value}))
+    return out
+
+
+def lower_pipeline(pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pipeline with what mongomock reads differently from the server rewritten into what it reads alike."""
+    out: list[dict[str, Any]] = []
+    for stage in pipeline:
+        if isinstance(stage, dict) and isinstance(stage.get("$project"), dict):
+            stage = {"$project": nest_dotted(stage["$project"])}
+        elif isinstance(stage, dict) and "$unset" in stage:  # the exclusion $project it stands for
+            fields = stage["$unset"] if isinstance(stage["$unset"], list) else [stage["$unset"]]
+            if not fields or not all(isinstance(f, str) for f in fields):
+                raise CommandError(31002, "$unset specification must be a string or an array of strings")
+            stage = {"$project": nest_dotted(dict.fromkeys(fields, 0))}
+        elif isinstance(stage, dict) and "$replaceWith" in stage:
+            stage = {"$replaceRoot": {"newRoot": stage["$replaceWith"]}}
+        out.append(stage)
+    return out
+
+
 def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """mongomock's aggregate, with a leading ``$match`` run as a query instead of over every document."""
+    pipeline = lower_pipeline(pipeline)
     first = pipeline[0] if pipeline else {}
     if isinstance(first, dict) and list(first) == ["$match"]:
         docs = materialize(collection.find(first["$match"]))
@@ -759,6 +901,28 @@ def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str,
     else:
         docs = materialize(collection.find())
     return list(mongomock.aggregate.process_pipeline(docs, collection.database, pipeline, None))
+
+
+def aggregate_docs(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the rest of a pipeline over documents a first stage produced."""
+    return list(mongomock.aggregate.process_pipeline(docs, None, pipeline, None)) if pipeline else docs
+
+
+def expression_error(exc: pymongo.errors.OperationFailure) -> CommandError:
+    """mongomock's error as the server's; an aggregation expression mongomock does not know (MongoDB does: it
+    would be "Unrecognized expression" only for a name the server does not know either) is "not supported"."""
+    message = str(exc)
+    if message.startswith("Unrecognized expression"):
+        return unsupported(f"the aggregation expression {message.split(' ', 2)[-1]}")
+    return CommandError(exc.code or 2, message)
+
+
+def _applied(doc: dict[str, Any], ops: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with update operators applied, on a scratch collection (no indexes to collide with)."""
+    scratch: Any = mongomock.MongoClient()["scratch"]["scratch"]
+    scratch.insert_one(copy.deepcopy(doc))
+    scratch.update_one({"_id": doc["_id"]}, ops)
+    return cast(dict[str, Any], scratch.find_one({"_id": doc["_id"]}))
 
 
 def _store_key(key: Any) -> Any:
@@ -811,6 +975,14 @@ def _spec_for(key: Any, query: dict[str, Any]) -> dict[str, Any]:
     return {"_id": key, **query}
 
 
+def sort_values(values: list[Any]) -> list[Any]:
+    """Values in BSON order, as the server's distinct returns them (it gathers them in an ordered set)."""
+    try:
+        return sorted(values, key=mongomock.filtering.BsonComparable)
+    except TypeError:  # values mongomock cannot compare: as found
+        return values
+
+
 def sort_list(sort: Any) -> list[tuple[str, int]]:
     """A sort specification as (path, 1 or -1) pairs; what the server refuses, refused with its codes."""
     if not isinstance(sort, dict):
@@ -845,9 +1017,3 @@ def check_namespace(db: str, coll: str) -> None:
         raise CommandError(73, f"Invalid namespace specified '{db}.{coll}'")
     if coll.endswith(".") or ".." in coll:  # valid on the server, but mongomock cannot hold such a collection
         raise unsupported(f"the collection name '{coll}' (ending in '.' or holding '..')")
-
-
-def _check_field_names(doc: dict[str, Any]) -> None:
-    for key in doc:
-        if key.startswith("$"):
-            raise CommandError(2, f"Document can't have $ prefixed field names: {key}")

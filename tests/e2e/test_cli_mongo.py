@@ -245,3 +245,22 @@ def test_mongosh_writes_are_seen_by_a_pymongo_change_stream(cli_mongo: CliMongo,
     status, _ = cli_mongo.terminate()
     assert status == 0, cli_mongo.stderr()
     assert "Traceback" not in cli_mongo.stderr()
+
+
+def test_mongosh_rs_status_rs_conf_stats_and_explain(cli_mongo: CliMongo, tmp_path: Path) -> None:
+    """Pins: mongosh's rs.status(), rs.conf(), db.coll.stats() and explain() failed on the stand-in."""
+    if not MONGOSH.exists():
+        pytest.skip(f"mongosh is not installed at {MONGOSH}: run `npm ci` in tests/e2e/mongosh (scripts/test does)")
+    script = (
+        "db.posts.insertMany([{a: 1}, {a: 2}]); "
+        "const s = rs.status(), c = rs.conf(), st = db.posts.stats(), e = db.posts.find({a: 1}).explain(); "
+        "({set: s.set, state: s.members[0].stateStr, conf: c._id, count: st.count, ns: e.queryPlanner.namespace})"
+    )
+    shell = subprocess.run(
+        [str(MONGOSH), cli_mongo.uri.replace("/?", "/app?"), "--quiet", "--norc", "--json=relaxed", "--eval", script],
+        capture_output=True, text=True, timeout=TIMEOUT * 3, env=_mongosh_env(tmp_path), cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shell.returncode == 0, f"stdout:\n{shell.stdout}\nstderr:\n{shell.stderr}"
+    assert json.loads(shell.stdout) == {"set": "rs0", "state": "PRIMARY", "conf": "rs0", "count": 2,
+                                        "ns": "app.posts"}, shell.stdout
