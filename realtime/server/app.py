@@ -471,7 +471,18 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
             hub.metrics.resets.inc(reason=why)
         last = got.events[-1][0] if got.events else None
         replayed = {key for key, _, _ in got.events}
-        live = [(key, data) for key, _, data, _ in hold.release() if key not in replayed]  # not twice
+        # The client has every event of these rooms up to its position: since, or the last one replayed. A live
+        # event of theirs at or before it comes from a stream reader that is behind the client (it resumed here
+        # from a server further on): not again.
+        position = max(ev.parse_id(since), last) if last is not None else ev.parse_id(since)
+        mine = set(rooms)
+
+        def had(key: tuple[int, int], event_rooms: tuple[str, ...] | list[str]) -> bool:
+            return key in replayed or (key <= position and ("*" in event_rooms or any(r in mine for r in event_rooms)))
+
+        live = [(key, data) for key, _, data, event_rooms in hold.release() if not had(key, event_rooms)]
+        if _reader_position(state) < position:
+            hub.catch_up(conn, position, rooms)  # and so for what the reader hands over until it gets there
         # History and the live events kept meanwhile (of every room of the connection), in id order: a
         # client's position never goes back. What is newer than the replay's last event comes after `synced`.
         merged = heapq.merge(((key, text_frame(payload)) for key, _, payload in got.events), live,
@@ -487,6 +498,14 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
                                last=f"{last[0]}-{last[1]}" if last is not None else None)))
     for data in after:
         conn.send(data)
+
+
+def _reader_position(state: State) -> tuple[int, int]:
+    """The id of the last event this server's stream reader handed over ((0, 0) before the first)."""
+    try:
+        return ev.parse_id(state.reader.last.decode())
+    except (ev.BadEventId, UnicodeDecodeError):
+        return (0, 0)
 
 
 def _tracked(state: State, rooms: tuple[str, ...] | list[str] | set[str]) -> tuple[str, ...]:

@@ -59,8 +59,8 @@ def _id_key(raw: bytes | str) -> tuple[int, int]:
 class Conn:
     """One WebSocket connection: its transport, its session, and its replay state."""
 
-    __slots__ = ("address", "alive", "backlog", "fd", "hub", "last_typing", "pending", "pending_bytes", "proto",
-                 "session", "transport", "user", "ws")
+    __slots__ = ("address", "alive", "backlog", "catch", "fd", "hub", "last_typing", "pending", "pending_bytes",
+                 "proto", "session", "transport", "user", "ws")
 
     def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
         self.hub = hub
@@ -74,6 +74,9 @@ class Conn:
         self.backlog = 0  # frames written while the transport still held unsent bytes
         self.pending: list[Kept] | None = None  # live events kept during a replay
         self.pending_bytes = 0
+        # After a replay on a server whose stream reader is behind the client's position: (that position, the
+        # rooms replayed). Live events of those rooms at or before it are the client's already: dropped.
+        self.catch: tuple[tuple[int, int], frozenset[str]] | None = None
         self.last_typing = 0.0
         self.fd = -1  # fast path: our duplicate of the socket's descriptor, while its transport holds nothing
 
@@ -104,14 +107,18 @@ class Conn:
 class Hold:
     """A replay's hold on a connection (see :meth:`Hub.holding`)."""
 
-    __slots__ = ("conn", "hub")
+    __slots__ = ("conn", "hub", "released")
 
     def __init__(self, hub: Hub, conn: Conn) -> None:
         self.hub = hub
         self.conn = conn
+        self.released = False
 
     def release(self) -> list[Kept]:
         """End the hold (once; later calls return nothing): the live events kept meanwhile, in order."""
+        if self.released:
+            return []
+        self.released = True
         conn = self.conn
         pending, conn.pending, conn.pending_bytes = conn.pending or [], None, 0
         self.hub.touch(conn)
@@ -134,7 +141,7 @@ class Room:
     def split(self) -> tuple[Conn, ...]:
         fds, rest = [], []
         for conn in self.members:
-            if conn.fd >= 0 and conn.pending is None and conn.alive:
+            if conn.fd >= 0 and conn.pending is None and conn.catch is None and conn.alive:
                 fds.append(conn.fd)
             else:
                 rest.append(conn)
@@ -249,8 +256,28 @@ class Hub:
         finally:
             hold.release()
 
+    def catch_up(self, conn: Conn, position: tuple[int, int], rooms: tuple[str, ...]) -> None:
+        """The client has every event of ``rooms`` up to ``position``, which this server's stream reader has not
+        reached yet: until it does, live events of those rooms at or before it are dropped for this connection
+        (they would come twice)."""
+        conn.catch = (position, frozenset(rooms))
+        self.touch(conn)
+
     def keep(self, conn: Conn, item: Kept) -> None:
-        """Keep a live event for a held connection; close it as slow past its queue's bounds."""
+        """A live event for a connection that is held by a replay (kept, within the bounds of its queue: past
+        them the connection is closed as slow) or catching up (see :meth:`catch_up`)."""
+        catch = conn.catch
+        if catch is not None:
+            position, caught = catch
+            key, _, data, event_rooms = item
+            if key > position:  # the reader is past the client's position: live as usual from here on
+                conn.catch = None
+                self.touch(conn)
+            elif "*" in event_rooms or any(r in caught for r in event_rooms):
+                return  # the client has it: it has every event of those rooms up to its position
+            if conn.pending is None:
+                conn.send(data)
+                return
         pending = conn.pending
         if pending is None or not conn.alive:
             return
@@ -454,7 +481,7 @@ class Hub:
                         if conn in seen:
                             continue
                         seen.add(conn)
-                    if conn.pending is not None:
+                    if conn.pending is not None or conn.catch is not None:
                         self.keep(conn, (key, name, data, rooms))
                         continue
                     if conn.send(data):
@@ -471,7 +498,7 @@ class Hub:
                 continue
             data = text_frame(frame("reset", rooms=sorted(conn.session.rooms), reason=reason,
                                     id=entry_id.decode()))
-            if conn.pending is not None:
+            if conn.pending is not None or conn.catch is not None:
                 self.keep(conn, (_id_key(entry_id), "*", data, ("*",)))
             else:
                 conn.send(data)

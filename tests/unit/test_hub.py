@@ -161,6 +161,7 @@ async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkey
 
     monkeypatch.setattr(app, "collect", collect)
     state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
+                                 reader=SimpleNamespace(last=b"1-9"),
                                  cfg=SimpleNamespace(replay_limit=100, retry_seconds=1.0, presence_rooms=("post:",)))
     conn.session.rooms.add("post:x")
     await app._replay(state, conn, ("post:x",), "1-1", "r", join=True)
@@ -168,3 +169,16 @@ async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkey
     assert sent == [("subscribed", None), ("event", "1-2"), ("event", "1-3"), ("event", "1-4"), ("event", "1-5"),
                     ("synced", None), ("event", "1-6")]
     assert frames(transport)[5]["last"] == "1-5"
+
+
+async def test_a_connection_catching_up_gets_nothing_it_has_and_everything_else() -> None:
+    """Regression (found by the chaos suite): a client resuming on a server whose stream reader was behind its
+    position got again, live, the events it resumed after."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, transport = connection(hub, ["public", "post:x"])
+    hub.catch_up(conn, (1, 6), ("public",))
+    hub.on_entries([entry(4, ["public"]), entry(5, ["post:x"]), entry(6, ["public", "post:x"])])
+    assert ids(transport) == ["1-5"]  # what is in public up to 1-6 the client has; post:x alone it has not
+    assert conn.catch is not None
+    hub.on_entries([entry(7, ["public"]), entry(8, ["public"])])
+    assert ids(transport) == ["1-5", "1-7", "1-8"] and conn.catch is None  # past its position: live again
