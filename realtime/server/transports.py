@@ -80,6 +80,7 @@ class Collected:
     events: list[tuple[tuple[int, int], str, bytes]] = field(default_factory=list)  # (id, room, payload)
     resets: dict[str, list[str]] = field(default_factory=dict)  # reason -> rooms
     replayed: set[str] = field(default_factory=set)
+    head: tuple[int, int] = (0, 0)  # the global stream's newest id when the replay was planned
 
 
 async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, deep: Any = None, *,
@@ -104,6 +105,7 @@ async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int,
     out = Collected()
     wanted = set(rooms)
     stream = await history.state()
+    out.head = max(stream.last or (0, 0), stream.last_reset or (0, 0))
     info = await history.room_info(list(rooms))
     readable_rooms = []
     deep_rooms = []
@@ -305,6 +307,9 @@ def _poll_body(got: Collected, since: str) -> bytes:
     if got.events:
         k = got.events[-1][0]
         nxt = f"{k[0]}-{k[1]}"
+    if got.resets:  # those rooms go on from now: next is past the reset (else polling on repeats it for ever)
+        k = max(got.head, got.events[-1][0]) if got.events else got.head
+        nxt = f"{k[0]}-{k[1]}"
     resets = [{"rooms": sorted(rooms), "reason": why} for why, rooms in got.resets.items()]
     return b'{"events":[' + events + b'],"resets":' + orjson.dumps(resets) + b',"next":' + orjson.dumps(nxt) + b"}"
 
@@ -318,7 +323,7 @@ async def _answer(got: Collected, since: str, hold: Hold) -> bytes:
         await hold.grow(size)
     except ReplayTooBig:
         got = Collected(resets={**got.resets, "too_far_behind": [*got.resets.get("too_far_behind", []),
-                                                                 *sorted(got.replayed)]})
+                                                                 *sorted(got.replayed)]}, head=got.head)
     body = _poll_body(got, since)
     hold.shrink(len(body))  # (the events go once the caller lets go of them)
     return body
@@ -463,6 +468,10 @@ class SseStream:
                     return
         if chunk:
             self._write(b"".join(chunk), len(chunk))
+        if got.resets and not self.ended:
+            # An id without data moves EventSource's Last-Event-ID past the reset, without an event: a reconnect
+            # then goes on from here rather than being told the same reset again.
+            self._write(b"id: %d-%d\n\n" % max(got.head, upto), 1)
         self.live(upto)
 
     def live(self, upto: tuple[int, int] = (0, 0)) -> None:

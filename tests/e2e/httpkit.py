@@ -143,6 +143,7 @@ class SSE:
     terminated: bool = False  # the chunked body's last chunk came: the server ended the response
     status: int = 0
     body: bytes = b""  # the body of an answer that is not a stream
+    last_event_id: str | None = None  # what EventSource would send as Last-Event-ID (an id field sets it)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._read())
@@ -190,7 +191,7 @@ class SSE:
             if name == b"data":
                 data.append(value)
             elif name == b"id":
-                msg.id = value.decode()
+                msg.id = self.last_event_id = value.decode()
             elif name == b"event":
                 msg.event = value.decode()
             elif name == b"retry":
