@@ -161,7 +161,13 @@ async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int,
         out.resets.setdefault("too_far_behind", []).extend(sorted(set(rooms) - reset))
         out.replayed.clear()
         return out
+    # One moment for every room: the rooms are read one after the other, in rounds, while events go on being
+    # published; what came after the stream's head as it was when the replay began is left to the live path
+    # (else a quiet room read early and a busy room read late would leave a hole in the quiet one).
+    cut = stream.last or (0, 0)
     for key in sorted(merged):
+        if key > cut:
+            break
         room, payload = merged[key]
         out.events.append((key, room, payload))
     return out
