@@ -161,9 +161,12 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     async def stop(app: Sanic[Any, Any]) -> None:
         state: State = app.ctx.state
         state.stopping = True
-        await state.http.close_all(cfg.shutdown_grace)  # long-polls answer, SSE streams end (going_away)
         going = CLOSE_CODES["going_away"]
+        # WebSockets first: their close frames (1001: resume elsewhere) are written before this listener awaits
+        # anything, ahead of Sanic, which cancels their handlers meanwhile and would close them with 1000 (the
+        # end of the session, for a client). Then long-polls answer and SSE streams end (going_away).
         await state.hub.close_all(going.code, "going away", cfg.shutdown_grace)
+        await state.http.close_all(cfg.shutdown_grace)
         for task in state.tasks:
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)

@@ -509,6 +509,14 @@ class Hub:
         conns = list(self.conns)
         for conn in conns:
             self.forget(conn)
+            # The close frame now, before the first await: nothing the server does meanwhile can close the
+            # connection with another code first.
+            with contextlib.suppress(Exception):
+                proto = conn.ws.ws_proto
+                if proto.state is OPEN:
+                    proto.send_close(code, reason)
+                    for data in proto.data_to_send():
+                        conn.transport.write(data)
 
         async def one(conn: Conn) -> None:
             with contextlib.suppress(Exception):

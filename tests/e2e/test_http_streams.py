@@ -247,11 +247,15 @@ async def test_slow_sse_reader_is_closed_at_the_queue_bound(bounds: Stack, strea
 
 # -- shutdown ---------------------------------------------------------------------------------------------------
 
-async def test_sigterm_answers_long_polls_and_ends_sse_streams(plain: Stack, streams: SSEOpener) -> None:
-    """Pins: on SIGTERM a long-poll got EOF, SSE was cut with no final event, and tasks were left pending."""
+async def test_sigterm_answers_long_polls_and_ends_sse_streams(plain: Stack, streams: SSEOpener,
+                                                                clients: Opener) -> None:
+    """Pins: on SIGTERM a long-poll got EOF, SSE was cut with no final event, and tasks were left pending; and
+    (found by an outside audit) the WebSockets open beside them were closed with 1000, which clients take for
+    the end of the session, instead of 1001."""
     server = plain.servers[0]
     publish(plain, "public", 3)
     since = plain.last_id()
+    ws = await clients(server, "w1", rooms=["public"])
     stream = await streams(server, "s1", ["public"])
     waiting = asyncio.ensure_future(poll(server, "p1", ["public", "post:q1"], since=since, wait=30,
                                          within=TIMEOUT * 2))
@@ -266,6 +270,7 @@ async def test_sigterm_answers_long_polls_and_ends_sse_streams(plain: Stack, str
     assert len(stream.retries) == 2, "a retry hint comes with the end"
     assert 1000 <= stream.retries[1] <= 10_000, stream.retries
     assert stream.error is None and stream.terminated
+    assert await ws.closed() == 1001
     code = await asyncio.to_thread(server.proc.wait, TIMEOUT)
     assert code == 0, server.log()
     log = server.log()
