@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -48,6 +48,7 @@ from watchers.routing import MongoDocuments, RedisMemory, Router
 log = logging.getLogger("realtime.watcher")
 
 HISTORY_LOST = {286: "history_lost", 280: "token_not_found", 260: "invalid_token"}
+STREAM_STARTED = "stream_started"  # a reset marker's reason: a stream that follows nothing Redis holds
 PING_TIMEOUT = 2.0  # seconds /readyz waits for MongoDB's answer when the watcher is not hearing from it
 # Redis answers that mean it cannot serve for now (full, a read-only replica after a failover, a cluster
 # reconfiguring), as much an outage as a refused connection
@@ -75,6 +76,14 @@ class LeaseLost(Exception):
     pass
 
 
+class NoStartPoint(PyMongoError):
+    """MongoDB opened a stream without saying where it starts (no ``postBatchResumeToken``): the reset marker
+    that must precede it has no place. Retried as any failed stream."""
+
+    def __init__(self) -> None:
+        super().__init__("the change stream did not say where it starts")
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """Where a stream opens: after a token, after an invalidate, at a time, or now."""
@@ -100,6 +109,17 @@ def token_time(token: dict[str, Any]) -> tuple[int, int]:
     """The cluster time at the start of a resume token (its first 18 hex characters, SERVER-133517)."""
     data = token["_data"]
     return int(data[2:10], 16), int(data[10:18], 16)
+
+
+def _first_time(point: ResumePoint, stream: Any) -> int:
+    """The earliest cluster time (``seconds << 32 | increment``) a change of the stream opened at ``point`` can
+    have: its start, or for a stream opened at "now", where the server says it begins."""
+    if point.start_at is not None:
+        return ev.time_part(point.start_at.time, point.start_at.inc)
+    token = point.resume_after or point.start_after or stream.resume_token
+    if token is None:
+        raise NoStartPoint()
+    return ev.time_part(*token_time(token))
 
 
 def _at(at: str) -> tuple[int, int]:
@@ -312,7 +332,8 @@ class Watcher:
 
     async def resume_point(self) -> ResumePoint:
         """The newer of the last token published to Redis and the MongoDB checkpoint; the last token published
-        when Redis lost some of what it had published; the oplog's oldest point when it lost everything."""
+        when Redis lost some of what it had published; the oplog's oldest point when it lost everything. A stream
+        that does not continue the last token Redis holds (it holds none) is preceded by a reset marker."""
         state = await self.publisher.state()
         checkpoint = await self.checkpoints.load()
         self.redis_token = state.get("token", "")
@@ -337,12 +358,22 @@ class Watcher:
             point = ResumePoint(start_at=start, fallback=fallback, reset="redis_data_lost") if start is not None \
                 else fallback
             log.warning("Redis holds no events but a checkpoint exists: republishing from %s", point.describe())
-        elif checkpoint is not None:
+        elif checkpoint is not None and published is not None:
+            # The checkpoint moved past Redis's last token with no change in between (on empty batches)
             point = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at)
+        elif checkpoint is not None:
+            # Redis holds no token: this stream does not continue what it holds (it lost its data, or holds
+            # reset markers alone), so clients resuming from before must be told to refetch.
+            reason = "redis_data_lost" if _at(checkpoint.at) > (-1, -1) else STREAM_STARTED
+            point = ResumePoint(resume_after=checkpoint.token, at=checkpoint.at, reset=reason)
         else:
-            # Nothing published, no checkpoint yet: start after MongoDB's latest write, and start there again
-            # when this first stream fails before its first checkpoint (not at a later "now": a gap).
-            point = self.first_start = self.first_start or await self._now()
+            # Nothing published, no checkpoint: a new deployment, or Redis lost its data with the checkpoint
+            # (MongoDB restarted without its data first). Start after MongoDB's latest write, after a reset
+            # marker (what came before, if anything, is unknown); start there again when this first stream
+            # fails before its first checkpoint (not at a later "now": a gap).
+            point = self.first_start = self.first_start or replace(await self._now(), reset=STREAM_STARTED)
+            log.warning("Redis holds no change published and no checkpoint exists (a new deployment, or both were "
+                        "lost): a new stream from now, after a reset marker (%s)", STREAM_STARTED)
         log.info("resuming %s", point.describe())
         return point
 
@@ -415,37 +446,36 @@ class Watcher:
             return await self._lost(lease, exc)
         self.last_time, self.last_position = _at(point.at)
         self.router.clear()  # its cache must match where this stream starts (another leader may have moved on)
-        if point.reset is not None:
-            # History before this point is gone from Redis: clients resuming from before it must refetch.
-            start = point.start_at if point.start_at is not None else Timestamp(*token_time(point.resume_after or {}))
-            await self._reset(lease, ev.time_part(start.time, start.inc) - 1, point.reset, {})
-        self.streaming = True
-        try:
-            return await self._read(lease, stream)
-        finally:
-            self.streaming = False
+        async with stream:
+            if point.reset is not None:
+                # This stream does not continue what Redis holds: clients resuming from before it must refetch.
+                await self._reset(lease, _first_time(point, stream) - 1, point.reset, {})
+            self.streaming = True
+            try:
+                return await self._read(lease, stream)
+            finally:
+                self.streaming = False
 
     async def _read(self, lease: str, stream: Any) -> ResumePoint:
-        async with stream:
-            while stream.alive:
-                try:
-                    change = await stream.try_next()
-                except OperationFailure as exc:
-                    if exc.code not in HISTORY_LOST:
-                        raise
-                    return await self._lost(lease, exc)
-                self.last_poll = time.monotonic()
-                self.reachable(MONGODB)
-                if change is None:
-                    self.caught_up = True
-                else:
-                    self.caught_up = False
-                    nxt = await self._handle(lease, change)
-                    if nxt is not None:
-                        return nxt
-                await self._checkpoint(stream)
-            token = stream.resume_token
+        while stream.alive:
+            try:
+                change = await stream.try_next()
+            except OperationFailure as exc:
+                if exc.code not in HISTORY_LOST:
+                    raise
+                return await self._lost(lease, exc)
+            self.last_poll = time.monotonic()
+            self.reachable(MONGODB)
+            if change is None:
+                self.caught_up = True
+            else:
+                self.caught_up = False
+                nxt = await self._handle(lease, change)
+                if nxt is not None:
+                    return nxt
+            await self._checkpoint(stream)
         # The server closed the stream (an invalidate the $match let through is handled in _handle).
+        token = stream.resume_token
         log.warning("the change stream was closed by the server; starting after %s", token)
         return ResumePoint(start_after=token) if token else ResumePoint()
 
@@ -474,7 +504,7 @@ class Watcher:
             self.metrics.resets.inc(reason=reason)
             log.warning("published reset marker %s (%s)", event.id, reason)
         else:
-            log.warning("reset marker %s not written: the stream already holds a later event", event.id)
+            log.warning("reset marker %s not written: the stream already holds an entry at or after it", event.id)
 
     async def _checkpoint(self, stream: Any) -> None:
         now = time.monotonic()

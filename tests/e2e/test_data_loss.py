@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.conftest import TIMEOUT, RedisServer, own_redis
+from tests.e2e.httpkit import SSEOpener, poll
 from tests.e2e.serverkit import Opener, Stack, running_stack, until
 from tests.integration.watcherkit import streaming, wait_for
 
@@ -27,16 +29,14 @@ def stack(redis_own: RedisServer, tmp_path: Path) -> Iterator[Stack]:
         yield st
 
 
-@pytest.mark.xfail(strict=True, reason="a watcher that finds Redis empty and no checkpoint starts a fresh stream from "
-                   "now and publishes no reset marker, so a client whose position is older than everything Redis "
-                   "holds now is replayed what is there as if it were all: the events lost with Redis, and those "
-                   "written while no watcher ran, are a silent gap")
 async def test_after_redis_and_the_checkpoint_are_lost_a_resuming_client_is_told_reset(
-        stack: Stack, clients: Opener) -> None:
+        stack: Stack, clients: Opener, streams: SSEOpener) -> None:
     """Regression: Redis lost its data and no checkpoint existed; a client resuming from before got no reset."""
     assert stack.watcher is not None and stack.mongo is not None
+    server = stack.servers[0]
     stack.db.posts.insert_one({"_id": "p1", "authorId": "a1", "text": "seen"})
     position = next(e["id"] for e in stack.published("p1") if e["type"] == "post:created")
+    live = await clients(server, "u2", rooms=["public"])  # connected through it all
     stack.watcher.stop()
     stack.db.posts.insert_one({"_id": "p2", "authorId": "a1", "text": "written while no watcher ran"})
     stack.r.flushall()  # Redis lost its data ...
@@ -45,11 +45,26 @@ async def test_after_redis_and_the_checkpoint_are_lost_a_resuming_client_is_told
     watcher.start()
     wait_for(lambda: streaming(watcher), "the watcher to stream again", timeout=TIMEOUT * 3)
     stack.db.posts.insert_one({"_id": "p3", "authorId": "a1", "text": "after"})
-    stack.published("p3")
-    client = await clients(stack.servers[0], "u1")
+    after = next(e["id"] for e in stack.published("p3") if e["type"] == "post:created")
+
+    # live: the marker, then what follows it
+    await until(lambda: after in [f["id"] for f in live.events()], "p3 live", TIMEOUT * 3, live)
+    told = [(f["op"], f.get("reason") or f["data"]["id"]) for f in live.frames if f["op"] in ("event", "reset")]
+    assert told == [("reset", "stream_started"), ("event", "p3")], told
+
+    # resuming from before, on every transport: a reset (then the client refetches and goes on live)
+    client = await clients(server, "u1")
     reply = await client.request(op="subscribe", rooms=["public"], since=position)
     assert reply["op"] == "subscribed", reply
     await until(lambda: any(f["op"] == "synced" for f in client.frames), "synced", TIMEOUT * 3, client)
     got = [(f["op"], f.get("data", {}).get("id") or f.get("reason")) for f in client.frames if f["op"] in (
         "event", "reset")]
-    assert any(op == "reset" for op, _ in got), f"p2's event is gone and nothing says so: {got}"
+    assert got[:1] == [("reset", "history_reset")], f"p2's event is gone and nothing says so: {got}"
+
+    body = (await poll(server, "u1", ["public"], since=position)).json()
+    assert body["resets"] == [{"rooms": ["public"], "reason": "history_reset"}], body
+
+    sse = await streams(server, "u1", ["public"], last_event_id=position)
+    await until(lambda: sse.of_type("reset"), "the SSE reset")
+    assert [m.event for m in sse.messages][:1] == ["reset"], sse.messages
+    assert orjson.loads(sse.messages[0].data) == {"op": "reset", "rooms": ["public"], "reason": "history_reset"}

@@ -110,14 +110,14 @@ def test_deposed_leader_cannot_publish(r: redis.Redis, mongo_client: MongoClient
         wait_for(lambda: leader(r) is None, "the lease to expire", timeout=TIMEOUT)
         leading(watchers("b").start(), r)
         mongo_client.app.posts.insert_one({"_id": "x", "authorId": "u1"})
-        wait_for(lambda: len(stream(r)) == 1, "b to publish")
+        wait_for(lambda: len(published(stream(r))) == 1, "b to publish")
     finally:
         a.kill(signal.SIGCONT)
     time.sleep(1.0)  # a wakes up and finds its lease gone
     mongo_client.app.posts.insert_one({"_id": "y", "authorId": "u1"})
-    wait_for(lambda: len(stream(r)) == 2, "b to publish again")
+    wait_for(lambda: len(published(stream(r))) == 2, "b to publish again")
     time.sleep(0.5)
-    ids = [e["id"] for e in stream(r)]
+    ids = [e[0] for e in published(stream(r))]
     assert len(ids) == 2 and len(set(ids)) == 2
     assert leader(r) == "b"
 
@@ -127,22 +127,23 @@ def test_lost_history_gives_one_reset_and_a_fresh_stream(r: redis.Redis, standin
                                                          watchers: Any) -> None:
     w = leading(watchers("w").start(), r)
     mongo_client.app.posts.insert_one({"_id": "before", "authorId": "u1"})
-    wait_for(lambda: len(stream(r)) == 1, "the first event")
+    wait_for(lambda: len(stream(r)) == 2, "the first event")  # after the new deployment's reset marker
     w.stop()
     mongo_client.app.posts.insert_one({"_id": "lost", "authorId": "u1"})
     standin.truncate_oplog()
     mongo_client.app.checkpoints_noise.insert_one({})  # some oplog after the truncation
     w.start()
-    wait_for(lambda: any(e["type"] == ev.RESET for e in stream(r)), "a reset marker")
+    wait_for(lambda: len(stream(r)) == 3, "a reset marker for the lost history")
     mongo_client.app.posts.insert_one({"_id": "after", "authorId": "u1"})
-    wait_for(lambda: len(stream(r)) == 3, "the event after the reset")
+    wait_for(lambda: len(stream(r)) == 4, "the event after the reset")
     time.sleep(1.0)  # a looping watcher would publish more resets meanwhile
     events = stream(r)
-    assert [e["type"] for e in events] == [ev.POST_CREATED, ev.RESET, ev.POST_CREATED]
+    assert [e["type"] for e in events] == [ev.RESET, ev.POST_CREATED, ev.RESET, ev.POST_CREATED]
     assert [e["data"].get("id") for e in events if e["type"] == ev.POST_CREATED] == ["before", "after"]
-    reset = events[1]
+    started, reset = events[0], events[2]
+    assert started["data"]["reason"] == "stream_started"
     assert reset["rooms"] == [ev.ALL_ROOMS] and reset["data"]["reason"] == "history_lost"
-    assert [e["id"] for e in stream(r, "{rt}:resets")] == [reset["id"]]
+    assert [e["id"] for e in stream(r, "{rt}:resets")] == [started["id"], reset["id"]]
     assert w.metric("realtime_watcher_resets_total", reason="history_lost") == 1
     assert "history is gone" in w.log()
 
@@ -160,7 +161,7 @@ def test_quiet_database_keeps_the_checkpoint_moving(r: redis.Redis, mongo_client
     first = wait_for(token, "a first checkpoint")
     second = wait_for(lambda: (t := token()) is not None and t > first and t, "the checkpoint to advance")
     wait_for(lambda: (t := token()) is not None and t > second, "the checkpoint to advance again")
-    assert stream(r) == []
+    assert [(e["type"], e["data"]) for e in stream(r)] == [(ev.RESET, {"reason": "stream_started"})]
 
 
 def test_redis_data_loss_republishes_with_the_same_ids(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
