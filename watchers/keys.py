@@ -26,7 +26,9 @@ class Keys:
 
     @property
     def meta(self) -> str:
-        """Hash: the last published token (``token``, ``token_json``), ``last_id``, ``at`` (time:position)."""
+        """Hash: the last published token (``token``, ``token_json``), ``last_id``, ``at`` (time:position), and
+        the ``fullDocument`` mode changes are read with (``full_document``) from a cluster time on
+        (``full_document_since``)."""
         return f"{self.tag}:meta"
 
     @property

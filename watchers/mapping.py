@@ -252,6 +252,36 @@ def subject(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, An
                    ev.id_part(user), doc)
 
 
+def may_reach(change: dict[str, Any], cfg: MappingConfig, room: str) -> bool:
+    """Whether an event of this change could go to ``room``, whatever its post's routing was: what a replay
+    that cannot place the change as it was published must assume. A post's change may reach any room but
+    another post's; a like's or comment's, its post's room (any post's when the post is unknown) and any
+    user's."""
+    coll = _coll(change)
+    if coll == cfg.posts:
+        post_id = ev.id_part(_key(change))
+        return post_id is not None and (not room.startswith("post:") or room == ev.post_room(post_id))
+    if coll not in (cfg.likes, cfg.comments):
+        return False
+    if room.startswith("user:"):
+        return True
+    sub = subject(change, cfg)
+    if sub is None or sub.post_id is None:
+        return room.startswith("post:")
+    return room == ev.post_room(sub.post_id)
+
+
+def images_missing(change: dict[str, Any], cfg: MappingConfig) -> bool:
+    """Whether a change lacks an image that a stream reading pre- and post-images (``whenAvailable``) gets when
+    the collection keeps them: the document before an update, replace or delete, and after an update."""
+    if _coll(change) not in (cfg.posts, cfg.likes, cfg.comments):
+        return False
+    op = change.get("operationType")
+    if op not in ("update", "replace", "delete"):
+        return False
+    return _before(change) is None or (op == "update" and _doc(change) is None)
+
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 

@@ -118,6 +118,19 @@ return {'OK'}
 """
 
 
+MODE_LUA = r"""
+local meta, leader = KEYS[1], KEYS[2]
+local lease, mode, since = ARGV[1], ARGV[2], ARGV[3]
+if lease ~= '' and redis.call('GET', leader) ~= lease then
+  return {'FENCED'}
+end
+if redis.call('HGET', meta, 'full_document') ~= mode then
+  redis.call('HSET', meta, 'full_document', mode, 'full_document_since', since)
+end
+return {'OK'}
+"""
+
+
 class Fenced(Exception):
     """This watcher no longer holds the lease: another one publishes now."""
 
@@ -184,6 +197,7 @@ class Publisher:
         self.room_maxlen = room_maxlen
         self._publish = redis.register_script(PUBLISH_LUA)
         self._reset = redis.register_script(RESET_LUA)
+        self._mode = redis.register_script(MODE_LUA)
 
     async def publish(self, *, lease: str, token: dict[str, Any], previous: str, at: str, events: list[Event],
                       seeds: dict[str, Seed] | None = None,
@@ -247,6 +261,14 @@ class Publisher:
         if status == "FENCED":
             raise Fenced()
         return bool(status == "OK")
+
+    async def record_mode(self, *, lease: str, full_document: str, since: int) -> None:
+        """Record the ``fullDocument`` mode the changes from cluster time ``since`` on are read with, unless Redis
+        already holds that mode (then its own ``since`` stays): a replay from the oplog reads them the same way."""
+        reply = await self._mode(keys=[self.keys.meta, self.keys.leader], args=[lease, full_document, since])
+        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if status == "FENCED":
+            raise Fenced()
 
     async def state(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.meta)

@@ -78,6 +78,32 @@ class RedisMemory:
         return entry if isinstance(entry, dict) else None
 
 
+class ReplayMemory:
+    """For a replay from the oplog: what the watcher keeps in Redis (as it is now), under what the replay
+    learnt of likes and comments from the changes it read. The delete of a like inserted within the replay
+    is then routed by the entry the watcher had when it published it (the watcher removed it since)."""
+
+    def __init__(self, base: Memory) -> None:
+        self.base = base
+        self.reactions: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+    async def post(self, post_id: str) -> PostInfo | None:
+        return await self.base.post(post_id)
+
+    async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None:
+        if (kind, ident) in self.reactions:
+            return self.reactions[(kind, ident)]
+        return await self.base.reaction(kind, ident)
+
+    def learn(self, mapped: Mapped) -> None:
+        """What a change mapped in the replay set in the watcher's index of likes and comments."""
+        if mapped.index_set is not None:
+            kind, ident, entry = mapped.index_set
+            self.reactions[(kind, ident)] = entry
+        if mapped.index_del is not None:
+            self.reactions[mapped.index_del] = None
+
+
 def _json(raw: Any) -> Any:
     try:
         return orjson.loads(raw)

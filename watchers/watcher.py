@@ -447,9 +447,13 @@ class Watcher:
         self.last_time, self.last_position = _at(point.at)
         self.router.clear()  # its cache must match where this stream starts (another leader may have moved on)
         async with stream:
+            first = _first_time(point, stream)
             if point.reset is not None:
                 # This stream does not continue what Redis holds: clients resuming from before it must refetch.
-                await self._reset(lease, _first_time(point, stream) - 1, point.reset, {})
+                await self._reset(lease, first - 1, point.reset, {})
+            # Replays from the oplog read changes as this stream does; a new mode counts from strictly after the
+            # stream's start (a change sharing its cluster time may be the previous stream's).
+            await self.publisher.record_mode(lease=lease, full_document=self.cfg.full_document, since=first + 1)
             self.streaming = True
             try:
                 return await self._read(lease, stream)

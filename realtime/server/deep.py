@@ -3,11 +3,19 @@
 When a client's ``since`` is older than a room's history in Redis but MongoDB's oplog still holds it, the
 server opens a temporary change stream at the cluster time encoded in ``since`` (``startAtOperationTime``,
 inclusive), maps each change with the watcher's own mapping and router (same pipeline, same positions, so
-the same ids; the same routing rules, which fail closed: what refers to a post whose visibility as of that
-change is unknown reaches its author's room at most, never a public one), keeps the events of the client's
-rooms after ``since`` and before the room's history in Redis begins, and hands them to the replay, which
-goes on from Redis. Like counts are not replayed as they were: a replayed ``post:liked``/``post:unliked``
-carries the post's current count and ``replayed: true``.
+the same ids; the same routing rules), keeps the events of the client's rooms after ``since`` and before the
+room's history in Redis begins, and hands them to the replay, which goes on from Redis. Like counts are not
+replayed as they were: a replayed ``post:liked``/``post:unliked`` carries the post's current count and
+``replayed: true``.
+
+The events must be those the watchers published, or the rooms get a reset (``history_trimmed``):
+
+* the stream reads changes with the ``fullDocument`` mode the watchers read them with, which they record in
+  Redis with the cluster time it holds from; a replay reaching back before that time (the mode changed, or
+  an earlier release recorded none) is a reset;
+* a change the replay cannot place as the watcher did (its post unknown, or readable only as it is now; an
+  image of the document gone, with the watchers reading images) is a reset when it could have reached one
+  of the client's rooms.
 
 Bounded: at most ``concurrency`` deep replays at once per process (a client past that waits up to a
 second, then gets a reset), each at most ``seconds`` long and ``limit`` events; past a bound the rooms get a
@@ -33,10 +41,13 @@ from realtime import events as ev
 from watchers import mapping
 from watchers.config import MappingConfig
 from watchers.keys import Keys
-from watchers.routing import MongoDocuments, RedisMemory, Router
+from watchers.routing import MongoDocuments, RedisMemory, ReplayMemory, Router
 
 log = logging.getLogger("realtime.server")
 HISTORY_LOST = (286, 280, 260, 239)
+INEXACT = "history_trimmed"  # Redis trimmed it and the oplog cannot give it back as it was published
+MODES = ("updateLookup", "whenAvailable")
+UNPLACED = (mapping.SKIP_UNKNOWN_POST, mapping.SKIP_UNROUTABLE_DELETE)
 
 
 class DeepOutcome:
@@ -85,20 +96,36 @@ class DeepReplay:
         finally:
             self.slots.release()
 
+    async def _mode(self) -> tuple[str, int] | None:
+        """The ``fullDocument`` mode the watchers read changes with, and the cluster time from which they do;
+        None when Redis does not say."""
+        raw = await self.redis.hmget(self.keys.meta, ["full_document", "full_document_since"])
+        name, since = (v.decode() if isinstance(v, bytes) else v for v in raw)
+        if name not in MODES or not isinstance(since, str) or not since.isdigit():
+            return None
+        return name, int(since)
+
     async def _replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None],
                       labels: set[str]) -> DeepOutcome:
         point = ev.parse_id(since)
         seconds, increment = ev.id_cluster_time(since)
+        mode = await self._mode()
+        if mode is None or mode[1] > ev.time_part(seconds, increment):
+            return DeepOutcome(None, INEXACT)  # the watchers read some of these changes another way, or unknown
+        full_document, _ = mode
         wanted = set(rooms)
         end = max((u for u in until.values() if u is not None), default=None)
         # what the watcher's index knows of the posts (tombstones included), then what this replay learns
-        router = Router(self.cfg, RedisMemory(self.redis, self.keys), MongoDocuments(self.db, self.cfg),
-                        lookup_documents=True)
+        memory = ReplayMemory(RedisMemory(self.redis, self.keys))
+        placed = _Placed()
+        router = Router(self.cfg, memory, MongoDocuments(self.db, self.cfg),
+                        lookup_documents=full_document == "updateLookup", on_as_of_now=placed.as_of_now)
+        images = full_document == "whenAvailable"
         found: dict[tuple[int, int], tuple[str, bytes]] = {}
         counts: dict[str, int | None] = {}
         last_time, position = -1, -1
         async with await self.db.watch(mapping.stream_pipeline(self.cfg), start_at_operation_time=Timestamp(
-                seconds, increment), full_document="updateLookup", full_document_before_change="whenAvailable",
+                seconds, increment), full_document=full_document, full_document_before_change="whenAvailable",
                 max_await_time_ms=50) as stream:
             while True:
                 change = await stream.try_next()
@@ -110,7 +137,13 @@ class DeepReplay:
                 last_time = time_part
                 if end is not None and (time_part, 0) > end:
                     break  # Redis holds the rest
+                placed.exact = True
                 mapped = await self._map(change, position, router)
+                memory.learn(mapped)
+                exact = placed.exact and mapped.skipped not in UNPLACED and not (
+                    images and mapping.images_missing(change, self.cfg))
+                if not exact and self._concerns(change, ct, position, point, until, wanted):
+                    return DeepOutcome(None, INEXACT)  # its events may differ from those the watcher published
                 for event in mapped.events:
                     key = ev.parse_id(event.id)
                     if key <= point or key in found:
@@ -127,8 +160,19 @@ class DeepReplay:
                                                       "room": room, "data": envelope["data"], "ts": event.ts}))
                     if len(found) > self.limit:
                         return DeepOutcome(None, "too_far_behind")
+        if await self._mode() != mode:
+            return DeepOutcome(None, INEXACT)  # a watcher began reading changes another way meanwhile
         self.served += 1
         return DeepOutcome([(key, *found[key]) for key in sorted(found)])
+
+    def _concerns(self, change: dict[str, Any], ct: Timestamp, position: int, point: tuple[int, int],
+                  until: dict[str, tuple[int, int] | None], wanted: set[str]) -> bool:
+        """Whether an event of this change could be one this replay must give: after ``since``, before what
+        Redis holds of a room of the client it could have gone to."""
+        first = ev.parse_id(ev.make_id(ct.time, ct.inc, position, 0))
+        last = ev.parse_id(ev.make_id(ct.time, ct.inc, position, ev.EVENTS_PER_CHANGE - 1))
+        return last > point and any(_before(first, until.get(r)) and mapping.may_reach(change, self.cfg, r)
+                                    for r in wanted)
 
     async def _map(self, change: dict[str, Any], position: int, router: Router) -> mapping.Mapped:
         try:
@@ -146,6 +190,17 @@ class DeepReplay:
                 raw = await self.redis.hget(self.likes_key, post_id)
             counts[post_id] = int(raw) if raw is not None else None
         return counts[post_id]
+
+
+class _Placed:
+    """Whether the router placed the change being mapped as of its time (False: it had to take a post as it
+    is now, as the watcher, reading the change when it happened, did not)."""
+
+    def __init__(self) -> None:
+        self.exact = True
+
+    def as_of_now(self) -> None:
+        self.exact = False
 
 
 def _before(key: tuple[int, int], until: tuple[int, int] | None) -> bool:

@@ -28,6 +28,7 @@ from tests.integration.watcherkit import (
     published,
     start_time,
     stream,
+    streaming,
     wait_for,
 )
 
@@ -182,3 +183,25 @@ def test_redis_data_loss_republishes_with_the_same_ids(r: redis.Redis, mongo_cli
     assert events[0]["id"] < events[1]["id"]
     check_counts(r, mongo_client)
     assert len(before) >= 300
+
+
+def test_the_watcher_records_the_full_document_mode_it_reads_changes_with(
+        r: redis.Redis, mongo_client: MongoClient[dict[str, Any]], watchers: Any) -> None:
+    """Replays from the oplog read changes as the watchers did: with the mode they record, from when they did."""
+    def mode() -> tuple[bytes | None, int]:
+        got = r.hmget("{rt}:meta", ["full_document", "full_document_since"])
+        return got[0], int(got[1] or 0)
+
+    w = leading(watchers("w").start(), r)
+    first = wait_for(lambda: mode()[0] == b"updateLookup" and mode(), "the mode recorded")
+    mongo_client.app.posts.insert_one({"_id": "p", "authorId": "u1"})
+    wait_for(lambda: published(stream(r)), "the post")
+    w.stop()
+    again = leading(watchers("again").start(), r)  # the same mode: it holds from when it was first recorded
+    wait_for(lambda: streaming(again), "the second watcher to stream")
+    assert mode() == first
+    again.stop()
+    other = leading(watchers("other", REALTIME_FULL_DOCUMENT="whenAvailable").start(), r)
+    wait_for(lambda: streaming(other), "the third watcher to stream")
+    got, read_before = mode(), ev.parse_id(published(stream(r))[-1][0])[0]  # the post, read with updateLookup
+    assert got[0] == b"whenAvailable" and got[1] > max(read_before, first[1])

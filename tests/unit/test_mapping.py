@@ -33,8 +33,10 @@ from watchers.mapping import (
     Subject,
     combine,
     from_entry,
+    images_missing,
     is_public,
     map_change,
+    may_reach,
     post_entry,
     post_info,
     post_ref,
@@ -1261,3 +1263,62 @@ def test_map_change_never_raises_and_routes_only_to_valid_rooms(
                 continue
             assert op in ("update", "replace") and e.type == ev.POST_DELETED, (e.type, e.rooms)
             assert e.data == {"id": ev.id_part(key)} and set(e.rooms) <= was, (e.data, e.rooms, prior)
+
+
+# -- what a replay from the oplog must assume of a change it cannot place ------------------------------------
+
+# documents that route: posts and reactions of two posts by two authors, liked and commented by three users
+ROUTED = st.fixed_dictionaries({"postId": st.sampled_from(["p1", "p2"]), "userId": st.sampled_from(["u1", "u2", "u3"]),
+                                "authorId": st.sampled_from(["u1", "u2"]),
+                                "visibility": st.sampled_from(["public", "private"]),
+                                "hashtags": st.lists(st.sampled_from(["cats", "dogs"]), max_size=2),
+                                "text": st.sampled_from(["a", "b"])})
+ROUTED_DESC = st.fixed_dictionaries({"updatedFields": st.dictionaries(st.sampled_from(
+    ["text", "visibility", "authorId", "hashtags"]), st.sampled_from(["public", "private", "u1", "u2", ["cats"]]),
+    max_size=3), "removedFields": st.lists(st.sampled_from(["visibility", "hashtags"]), max_size=1)})
+
+
+@settings(max_examples=600)
+@given(coll=st.sampled_from(["posts", "likes", "comments"]), op=st.sampled_from(["insert", "update", "replace",
+                                                                                 "delete"]),
+       key=JSON | st.sampled_from(["p1", "p2", "l1", "c1"]), full=MAYBE_DOC | ROUTED, before=MAYBE_DOC | ROUTED,
+       desc=UPDATE_DESC | ROUTED_DESC, post=POST_INFOS,
+       remembered=REMEMBERED | st.fixed_dictionaries({"postId": st.sampled_from(["p1", "p2"]),
+                                                      "userId": st.sampled_from(["u1", "u3"])}),
+       cfg=st.sampled_from([CFG, SMALL]))
+def test_whatever_the_routing_a_change_reaches_only_rooms_may_reach_allows(
+        coll: str, op: str, key: Any, full: Any, before: Any, desc: dict[str, Any], post: PostInfo | None,
+        remembered: Any, cfg: MappingConfig) -> None:
+    """A replay that cannot place a change resets the rooms may_reach names: they must hold every room the
+    change's events could have gone to, whatever the watcher knew of its post (and of a deleted reaction)."""
+    c = change(op, coll, key, full=full, before=before)
+    if op == "update":
+        c["updateDescription"] = desc
+    for e in map_change(c, 0, cfg, post, remembered).events:
+        assert all(may_reach(c, cfg, room) for room in e.rooms), (e.type, e.rooms)
+
+
+def test_may_reach_names_the_rooms_a_change_could_go_to() -> None:
+    edit = change("update", "posts", "p1", updated={"text": "x"})
+    assert all(may_reach(edit, CFG, room) for room in ("post:p1", "public", "author:a9", "hashtag:any", "user:u9"))
+    assert not may_reach(edit, CFG, "post:p2")
+    like = change("insert", "likes", "l1", full={"_id": "l1", "postId": "p1", "userId": "u2"})
+    assert may_reach(like, CFG, "post:p1") and may_reach(like, CFG, "user:a9")
+    assert not any(may_reach(like, CFG, room) for room in ("post:p2", "public", "author:a1", "hashtag:cats"))
+    unlike = change("delete", "likes", "l1")  # no pre-image: its post is unknown
+    assert may_reach(unlike, CFG, "post:p2") and may_reach(unlike, CFG, "user:a9")
+    assert not may_reach(unlike, CFG, "public")
+    assert not may_reach(change("insert", "elsewhere", "x", full={"_id": "x"}), CFG, "public")
+
+
+def test_images_missing_when_a_change_lacks_what_a_stream_reading_images_gets() -> None:
+    doc = {"_id": "p1", "authorId": "a1"}
+    assert not images_missing(change("insert", "posts", "p1", full=doc), CFG)
+    assert not images_missing(change("update", "posts", "p1", full=doc, before=doc), CFG)
+    assert images_missing(change("update", "posts", "p1", full=None, before=doc), CFG)  # no post-image
+    assert images_missing(change("update", "comments", "c1", full=doc), CFG)  # no pre-image
+    assert not images_missing(change("replace", "posts", "p1", full=doc, before=doc), CFG)
+    assert images_missing(change("replace", "posts", "p1", full=doc), CFG)
+    assert not images_missing(change("delete", "likes", "l1", before=doc), CFG)
+    assert images_missing(change("delete", "likes", "l1"), CFG)
+    assert not images_missing(change("delete", "elsewhere", "x"), CFG)

@@ -26,7 +26,7 @@ from realtime import events as ev
 from watchers import mapping
 from watchers.config import MappingConfig
 from watchers.mapping import Mapped, PostInfo
-from watchers.routing import Router, SnapshotUnavailable, just_before
+from watchers.routing import ReplayMemory, Router, SnapshotUnavailable, just_before
 
 CFG = MappingConfig()
 T0 = 1_700_000_000
@@ -264,6 +264,33 @@ def test_a_comment_update_goes_public_only_if_its_post_is_still_public() -> None
     memory.posts["p1"] = PostInfo("u1", True, 0)
     assert rooms(asyncio.run(router.map(comment_change(3, "update"), 0))) == [(ev.COMMENT_UPDATED, ("post:p1",))]
     assert docs.reads == []
+
+
+def like_change(t: int, op: str) -> dict[str, Any]:
+    doc = {"_id": "l1", "postId": "p1", "userId": "u2"}
+    return {"_id": {"_data": "82"}, "operationType": op, "clusterTime": ts(t), "wallTime": WALL,
+            "ns": {"db": "app", "coll": "likes"}, "documentKey": {"_id": "l1"},
+            **({"fullDocument": doc} if op == "insert" else {})}
+
+
+def test_a_replay_routes_the_unlike_of_a_like_it_read_as_the_watcher_did() -> None:
+    """The watcher forgot the like when it published its unlike (no pre-image); a replay from the oplog that
+    read the like's insert routes the unlike by what that insert told, as the watcher did."""
+    world = World(CFG, window=10**9)
+    twin = MemoryTwin()
+    twin.posts["p1"] = PostInfo("u1", True, at(0))
+    memory = ReplayMemory(twin)
+    router = Router(CFG, memory, DocumentsTwin(world), lookup_documents=False)
+    for t, op in ((2, "insert"), (3, "delete")):
+        mapped = asyncio.run(router.map(like_change(t, op), 0))
+        memory.learn(mapped)
+    assert rooms(mapped) == [(ev.POST_UNLIKED, ("post:p1",))]
+    assert asyncio.run(memory.reaction("like", "l1")) is None  # forgotten again, as by the watcher
+    twin.reactions[("like", "l2")] = {"postId": "p1", "userId": "u3"}
+    assert asyncio.run(memory.reaction("like", "l2")) == {"postId": "p1", "userId": "u3"}  # the rest: Redis's
+    unknown = asyncio.run(Router(CFG, ReplayMemory(twin), DocumentsTwin(world), lookup_documents=False).map(
+        like_change(3, "delete"), 0))
+    assert unknown.events == [] and unknown.skipped == mapping.SKIP_UNROUTABLE_DELETE
 
 
 def post_change(t: int, op: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
