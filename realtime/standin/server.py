@@ -20,6 +20,7 @@ from realtime.standin import limits, wire
 from realtime.standin.commands import Engine, HangUp
 from realtime.standin.oplog import Oplog
 from realtime.standin.store import Store
+from realtime.tasks import cancel_all
 
 log = logging.getLogger("realtime.standin")
 T = TypeVar("T")
@@ -77,9 +78,7 @@ class Server:
             self._server.close()
         self.hang_up_all()
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
