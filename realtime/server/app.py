@@ -49,6 +49,7 @@ from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.retry import Unavailable, retrying
 from realtime.server.transports import HttpClients, collect
+from realtime.tasks import cancel_all
 from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
@@ -167,9 +168,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         # end of the session, for a client). Then long-polls answer and SSE streams end (going_away).
         await state.hub.close_all(going.code, "going away", cfg.shutdown_grace)
         await state.http.close_all(cfg.shutdown_grace)
-        for task in state.tasks:
-            task.cancel()
-        await asyncio.gather(*state.tasks, return_exceptions=True)
+        await cancel_all(state.tasks)
         await state.presence.stop()
         await state.reader.stop()
         if state.mongo is not None:
@@ -307,8 +306,7 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
         rooms = _tracked(state, conn.session.rooms)
         hub.forget(conn)
         if conn.user is not None and rooms:
-            with contextlib.suppress(RedisError, OSError):
-                await state.presence.left(conn.user, rooms)
+            state.presence.left(conn.user, rooms)
 
 
 class Inbox:
@@ -412,17 +410,17 @@ async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
             was, rooms = conn.user, _tracked(state, conn.session.rooms)
             hub.set_user(conn, user)
             if was is None and rooms:  # anonymous until now: present from here on
-                await state.presence.joined(user, rooms)
+                state.presence.joined(user, rooms)
         elif isinstance(action, Subscribe):
             if action.since is None:
-                await _join(state, conn, action.rooms)
+                _join(state, conn, action.rooms)
                 conn.send(text_frame(frame("subscribed", ref=action.ref, rooms=list(action.rooms))))
             else:
                 await _replay(state, conn, action.rooms, action.since, action.ref, join=True)
         elif isinstance(action, Unsubscribe):
             hub.leave(conn, action.rooms)
             if conn.user is not None and _tracked(state, action.rooms):
-                await state.presence.left(conn.user, _tracked(state, action.rooms))
+                state.presence.left(conn.user, _tracked(state, action.rooms))
         elif isinstance(action, Sync):
             await _replay(state, conn, action.rooms, action.since, action.ref, join=False)
         elif isinstance(action, Typing):
@@ -450,7 +448,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     hub.metrics.replays.inc()
     with hub.holding(conn) as hold:
         if join:
-            await _join(state, conn, rooms)
+            _join(state, conn, rooms)
         try:
             got = await retrying(lambda: collect(state.history, rooms, since, state.cfg.replay_limit, state.deep,
                                                  memory=state.replays),
@@ -458,7 +456,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         except (Unavailable, ReplayBusy) as exc:
             why = "too many replays at once" if isinstance(exc, ReplayBusy) else "history is unreachable"
             kept = hold.release()
-            await _leave(state, conn, rooms)
+            _leave(state, conn, rooms)
             for _, _, data, event_rooms in kept:  # the others' live events, which the rooms left did not hold
                 if "*" in event_rooms or any(r in conn.session.rooms for r in event_rooms):
                     conn.send(data)
@@ -517,21 +515,21 @@ def _tracked(state: State, rooms: tuple[str, ...] | list[str] | set[str]) -> tup
     return tuple(r for r in rooms if r.startswith(prefixes))
 
 
-async def _join(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
+def _join(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
     state.hub.join(conn, rooms)
     tracked = _tracked(state, rooms)
     if conn.user is not None and tracked:
-        await state.presence.joined(conn.user, tracked)  # best effort: never fails the subscription
+        state.presence.joined(conn.user, tracked)  # written to Redis in the background: never waits
 
 
-async def _leave(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
+def _leave(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
     """Out of ``rooms``, as if the client had unsubscribed (without the ``unsubscribed`` frame)."""
     gone = tuple(r for r in rooms if r in conn.session.rooms)
     conn.session.rooms.difference_update(gone)
     state.hub.leave(conn, gone)
     tracked = _tracked(state, gone)
     if conn.user is not None and tracked:
-        await state.presence.left(conn.user, tracked)
+        state.presence.left(conn.user, tracked)
 
 
 async def _typing(state: State, conn: Conn, room: str) -> None:

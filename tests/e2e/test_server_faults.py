@@ -137,3 +137,42 @@ async def test_replay_while_redis_hangs_answers_unavailable_and_leaves_the_rooms
     assert server.metric("realtime_client_errors_total", code="unavailable") >= 1
     clean_log(stack)
 
+
+
+@pytest.fixture
+def patient(redis_own: RedisServer, tmp_path: Path) -> Iterator[Stack]:
+    """A server that waits for Redis far longer than a test waits for an answer."""
+    env = {"REALTIME_REDIS_TIMEOUT": str(TIMEOUT * 6), "REALTIME_PRESENCE_TTL": "3"}
+    with running_stack(redis_own, tmp_path, "patient", servers=1, watcher=False, server_env=env) as st:
+        yield st
+
+
+async def test_subscribe_is_answered_while_redis_hangs_and_presence_catches_up(
+        patient: Stack, clients: Opener, redis_own: RedisServer) -> None:
+    """Regression: a subscribe to a presence room waited for the presence write to Redis, so with Redis hung
+    (not refusing: silent) the client got no answer until the Redis timeout. Joins and leaves are now this
+    instance's bookkeeping, written to Redis in the background."""
+    server = patient.servers[0]
+    client = await clients(server, "u1", rooms=["public"])
+    redis_own.process.send_signal(signal.SIGSTOP)
+    try:
+        replies = [await client.request(op="subscribe", rooms=[f"post:h{i}"]) for i in range(3)]
+        left = await client.request(op="unsubscribe", rooms=["post:h1"])
+        pong = await client.request(op="ping")
+    finally:
+        redis_own.process.send_signal(signal.SIGCONT)
+    assert [r["op"] for r in replies] == ["subscribed"] * 3, replies
+    assert left["op"] == "unsubscribed" and pong["op"] == "pong", (left, pong)
+
+    # Once Redis answers, what this instance holds is written: u1 is present in h0 and h2, not in h1.
+    other = await clients(server, "u2", rooms=["post:h0"])
+
+    async def present(room: str) -> bool:
+        return "u1" in (await other.request(op="presence", room=room))["users"]
+
+    deadline = time.monotonic() + TIMEOUT * 2
+    while not (await present("post:h0") and await present("post:h2")):
+        assert time.monotonic() < deadline, "the joins made while Redis hung were never written"
+        await asyncio.sleep(0.2)
+    assert not await present("post:h1")
+    clean_log(patient)
