@@ -4,7 +4,7 @@ A private post ``ObjectId("65a1...")`` and a public post ``"65a1..."`` (the stri
 private post ``5`` and a public post ``"5"``, each by the user of the same id: a client in every post room
 (and the public feeds) gets the public posts' events only, with like counts of their own; each author, with a
 token whose subject is the text of their id, gets their own post's events and notifications, and cannot read
-the other author's room.
+the other author's room, over WebSockets and long-polling alike.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bson import ObjectId
 
 from realtime import events as ev
 from tests.conftest import RedisServer
+from tests.e2e.httpkit import bearer, check_error, get, poll, query
 from tests.e2e.serverkit import Opener, Stack, after, check_frames, of_rooms, running_stack, settled
 
 pytestmark = [pytest.mark.e2e]
@@ -106,6 +107,12 @@ async def test_a_private_post_never_reaches_the_room_of_a_post_whose_id_differs_
         assert not [f for f in theirs if secret(f)], theirs
         assert [(f["data"]["kind"], f["data"]["postId"]) for f in theirs] == [
             ("like", public), ("like", public), ("comment", public)], theirs
+    # long-polling: the same rooms, the same events; the same room rules for the subject
+    polled = (await poll(server, "eve", post_rooms, since=start)).json()["events"]
+    assert [(e["id"], e["room"]) for e in polled] == [(f["id"], f["room"]) for f in eve if f["room"] in post_rooms]
+    for user, other in ((HEX, f"~{HEX}"), ("~5", "5")):
+        check_error(await get(server, query("/poll", rooms=f"user:{other}", wait=0), bearer(user)), "forbidden_room",
+                    f"{user} polling user:{other}")
     # the like counters in Redis
     likes = {k.decode(): int(v) for k, v in stack.r.hgetall("{" + stack.prefix + "}:likes").items()}
     assert {k: likes.get(k) for k in (HEX, f"~{HEX}", "5", "~5")} == {HEX: 1, f"~{HEX}": 1, "5": 1, "~5": 1}
