@@ -39,11 +39,12 @@ _PLAIN_RE = re.compile(_PLAIN)
 _OBJECT_ID_RE = re.compile(_OBJECT_ID)
 _INTEGER_RE = re.compile(_INTEGER)
 _TEXT_RE = re.compile(PATTERN)
+_AMBIGUOUS_RE = re.compile(rf"{_OBJECT_ID}|{_INTEGER}")
 
 
 def _ambiguous(text: str) -> bool:
     """Whether a string reads as an ObjectId's or an integer's text."""
-    return _OBJECT_ID_RE.fullmatch(text) is not None or _INTEGER_RE.fullmatch(text) is not None
+    return _AMBIGUOUS_RE.fullmatch(text) is not None
 
 
 def _whole(value: object) -> int | None:
