@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         "REALTIME_JWT_AUDIENCE and REALTIME_JWT_ISSUER as aud and iss when they are set), valid for --ttl "
         "seconds. For development and tests: in production your application issues the tokens.",
     )
-    mint.add_argument("--user", required=True, help="the user id (the token's sub)")
+    mint.add_argument("--user", required=True,
+                      help="the text of the user's id, as events write it (the token's sub; docs/events.md#ids)")
     mint.add_argument("--ttl", type=_positive_float, default=3600.0,
                       help="seconds until the token expires (default: 3600)")
     return parser

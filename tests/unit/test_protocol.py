@@ -287,6 +287,19 @@ def test_subscribe_own_user_room() -> None:
     assert session.receive(msg(op="subscribe", rooms=["user:alice"])) == [Subscribe(("user:alice",), None)]
 
 
+@pytest.mark.parametrize(("sub", "other"), [("65a1b2c3d4e5f60718293a4b", "~65a1b2c3d4e5f60718293a4b"),
+                                            ("~65a1b2c3d4e5f60718293a4b", "65a1b2c3d4e5f60718293a4b"),
+                                            ("42", "~42"), ("~42", "42")])
+def test_a_subject_reads_its_own_user_room_only_never_the_room_of_an_id_of_another_type(sub: str, other: str) -> None:
+    """A token's subject is a user id's text: the ObjectId user 65a1... and the string user "65a1..." (written
+    ~65a1...), or the users 42 and "42", are different users with different rooms."""
+    session, _ = authed(sub)
+    assert session.receive(msg(op="subscribe", rooms=[f"user:{sub}"])) == [Subscribe((f"user:{sub}",), None)]
+    assert_error(session.receive(msg(op="subscribe", rooms=[f"user:{other}"], ref="f")), "forbidden_room",
+                 ref="f", message=f"not allowed to read user:{other}")
+    assert session.rooms == {f"user:{sub}"}
+
+
 def test_subscribe_another_users_room_is_forbidden_and_changes_nothing() -> None:
     session, _ = authed("alice")
     assert_error(session.receive(msg(op="subscribe", rooms=["public", "user:bob"], ref="f")), "forbidden_room",
