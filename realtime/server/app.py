@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -302,7 +303,7 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
                 if not conn.alive:
                     await _drain(ws)
                     break
-                await _handle(state, conn, session.receive(message))
+                await _handle(state, conn, functools.partial(session.receive, message))
     finally:
         rooms = _tracked(state, conn.session.rooms)
         hub.forget(conn)
@@ -331,12 +332,14 @@ class Inbox:
         self.messages.append(message)
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._work())
+            self.state.closing.add(self.worker)
+            self.worker.add_done_callback(_retrieved(self.state.closing))
 
     async def _work(self) -> None:
         conn = self.conn
         try:
             while self.messages and conn.alive:
-                await _handle(self.state, conn, conn.session.receive(self.messages.pop(0)))
+                await _handle(self.state, conn, functools.partial(conn.session.receive, self.messages.pop(0)))
         finally:
             self.worker = None
             if not self.messages:
@@ -347,12 +350,13 @@ class Inbox:
             self.worker.cancel()
 
 
-async def _handle(state: State, conn: Conn, actions: list[Any]) -> None:
-    """Carry out a session's actions. A failure nobody foresaw is logged and ends the connection with 1011
-    (internal error: the client reconnects and resumes), never a task's unretrieved exception that leaves the
-    connection open and deaf."""
+async def _handle(state: State, conn: Conn, actions: list[Any] | Callable[[], list[Any]]) -> None:
+    """Carry out a session's actions (or those of a call to the session, such as its ``receive`` of a client
+    frame, made here). A failure nobody foresaw, in the session or in carrying its actions out, is logged and
+    ends the connection with 1011 (internal error: the client reconnects and resumes), never a task's
+    unretrieved exception that leaves the connection open and deaf."""
     try:
-        await _apply(state, conn, actions)
+        await _apply(state, conn, actions() if callable(actions) else actions)
     except Exception:
         log.exception("a client message failed; closing its connection with 1011")
         state.hub.metrics.closes.inc(reason="internal")

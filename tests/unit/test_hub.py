@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -135,6 +136,38 @@ async def test_a_failure_nobody_foresaw_closes_the_connection_1011(caplog: pytes
     assert not conn.alive and conn not in hub.conns
     assert hub.metrics.closes.value(reason="internal") == 1
     assert "closing its connection with 1011" in caplog.text
+
+
+async def test_a_client_frame_that_makes_the_session_fail_closes_1011_and_the_worker_ends_clean(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: the fast path called ``session.receive`` outside the guard of ``_handle``: an exception there
+    ended the message task ("Task exception was never retrieved") and left the connection open, deaf."""
+    from realtime.server import app
+
+    class Broken(Session):
+        def receive(self, data: str | bytes) -> list[Any]:
+            raise RuntimeError("a bug")
+
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, _ = connection(hub, ["public"])
+    conn.session = Broken(SessionConfig(allow_anonymous=True), None, time.time)
+    closed: list[tuple[int, str]] = []
+
+    async def close(code: int, reason: str) -> None:
+        closed.append((code, reason))
+
+    conn.ws.close = close
+    state: Any = SimpleNamespace(hub=hub, closing=set(), cfg=SimpleNamespace(
+        session=SessionConfig(), queue_bytes=1 << 20, max_frame=1 << 16))
+    inbox = app.Inbox(state, conn)
+    inbox.receive('{"op": "ping"}')
+    worker = inbox.worker
+    assert worker is not None
+    await asyncio.wait([worker])
+    assert worker.exception() is None
+    assert closed == [(1011, "internal error")]
+    assert not conn.alive and hub.metrics.closes.value(reason="internal") == 1
+    assert "RuntimeError: a bug" in caplog.text
 
 
 def frames(transport: FakeTransport) -> list[dict[str, Any]]:
