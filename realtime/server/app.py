@@ -217,11 +217,16 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     async def readyz(request: Request) -> HTTPResponse:
         state: State = request.app.ctx.state
         problems = []
+        stream = None
         try:
-            stream = await state.history.state()
+            # Bounded on its own: a hung Redis (stopped, or blackholed by a partition) must not hang the probe
+            # for as long as REALTIME_REDIS_TIMEOUT lets a command wait.
+            async with asyncio.timeout(cfg.ready_timeout):
+                stream = await state.history.state()
+        except TimeoutError:
+            problems.append(f"redis: no answer within {cfg.ready_timeout:g}s")
         except (RedisError, OSError) as exc:
             problems.append(f"redis: {type(exc).__name__}")
-            stream = None
         if not state.reader.connected or time.monotonic() - state.reader.last_reply > 5.0:
             problems.append("the stream reader is not reading")
         elif stream is not None and stream.last is not None and state.reader.last not in (b"$",):

@@ -172,3 +172,29 @@ async def test_frames_sent_behind_a_replay_that_waits_are_bounded_4009(
     other = await clients(server, "u2", rooms=["public"])  # the server goes on
     await other.barrier()
     clean_log(held)
+
+
+@pytest.fixture
+def patient(redis_own: RedisServer, tmp_path: Path) -> Iterator[Stack]:
+    """A server whose Redis commands may take a minute (REALTIME_REDIS_TIMEOUT)."""
+    with running_stack(redis_own, tmp_path, "patient", servers=1, watcher=False,
+                       server_env={"REALTIME_REDIS_TIMEOUT": "60"}) as st:
+        yield st
+
+
+async def test_readyz_answers_503_while_redis_hangs(patient: Stack, redis_own: RedisServer) -> None:
+    """Regression: /readyz awaited Redis for as long as REALTIME_REDIS_TIMEOUT allowed a command: with Redis
+    hung (stopped, or a connection that a partition blackholes), the readiness probe hung too. It waits
+    REALTIME_READY_TIMEOUT at most, then answers 503 and says why."""
+    server = patient.servers[0]
+    assert (await asyncio.to_thread(server.get, "/readyz"))[0] == 200
+    redis_own.process.send_signal(signal.SIGSTOP)
+    try:
+        status, body = await asyncio.to_thread(server.get, "/readyz")
+    finally:
+        redis_own.process.send_signal(signal.SIGCONT)
+    assert status == 503, (status, body)
+    problems = orjson.loads(body)["problems"]
+    assert "redis: no answer within 1s" in problems, problems
+    await until(lambda: server.get("/readyz")[0] == 200, "ready again once Redis answers")
+    clean_log(patient)
