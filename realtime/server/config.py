@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realtime.auth import TokenVerifier
+from realtime.auth import MIN_SECRET_LENGTH, TokenVerifier
 from realtime.config import ConfigError, Env
 from realtime.protocol import SessionConfig
 from realtime.server.addresses import Network, parse_networks
@@ -93,8 +93,9 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
     jwks_url = env.environ.get("REALTIME_JWKS_URL") or None
     if sum(x is not None for x in (secret, jwks_file, jwks_url)) > 1:
         raise ConfigError("set only one of REALTIME_JWT_SECRET, REALTIME_JWKS_FILE and REALTIME_JWKS_URL")
-    if secret is not None and len(secret) < 32:
-        raise ConfigError("REALTIME_JWT_SECRET must be at least 32 characters (HS256 needs a strong secret)")
+    if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"REALTIME_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters "
+                          "(HS256 needs a strong secret)")
     if jwks_file is not None and not Path(jwks_file).is_file():
         raise ConfigError(f"REALTIME_JWKS_FILE: no such file: {jwks_file}")
     if jwks_url is not None:
