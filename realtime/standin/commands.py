@@ -53,6 +53,7 @@ MAX_WIRE_VERSION = 21  # MongoDB 7.0
 DEFAULT_BATCH = 101  # documents in the first batch of a cursor when the command names no batchSize
 MAX_WRITE_BATCH = 100_000  # maxWriteBatchSize
 TRANSACTION_LIFETIME = 60.0  # transactionLifetimeLimitSeconds
+TTL_MONITOR_INTERVAL = 60.0  # ttlMonitorSleepSecs: how often expired documents are deleted
 _NO_USER_UID = Binary(hashlib.sha256(b"").digest(), 0)
 
 
@@ -255,6 +256,7 @@ class Engine:
             "periodicNoopIntervalSecs": 10,
             "requireApiVersion": False,
             "transactionLifetimeLimitSeconds": int(TRANSACTION_LIFETIME),
+            "ttlMonitorSleepSecs": int(TTL_MONITOR_INTERVAL),
         }
 
     async def get_parameter(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -519,6 +521,10 @@ class Engine:
             if txn is not None and txn.state == "open" and now - session.txn_started > TRANSACTION_LIFETIME:
                 log.warning("aborting transaction %s: open longer than %ss", txn.number, TRANSACTION_LIFETIME)
                 self.store.abort(txn, self.locks)
+
+    def expire_documents(self) -> int:
+        """One pass of the TTL monitor (:meth:`Store.expire`); how many documents it deleted."""
+        return self.store.expire(self.locks)
 
     # -- writes -----------------------------------------------------------------------------------------
     async def _write_command(self, cmd: dict[str, Any], items_key: str,
