@@ -317,5 +317,24 @@ def parse(cmd: dict[str, Any]) -> dict[str, Any]:
     if not db or any(c in db for c in '/\\. "\x00'):
         raise CommandError(73, f"Invalid database name: '{db}'")
     out = parse_object("OperationSessionInfo", dict(cmd), SESSION)
+    _check_session_info(out)
     out = parse_object("", out, GENERIC)
     return parse_object(name, out, COMMANDS.get(name, {}))
+
+
+def _check_session_info(cmd: dict[str, Any]) -> None:
+    """How the session fields go together, as the server requires (initialize_operation_session_info.cpp): a
+    txnNumber needs an lsid, autocommit a txnNumber (and may only be false), startTransaction autocommit (and may
+    only be true). Each is InvalidOptions (72)."""
+    if "txnNumber" in cmd and "lsid" not in cmd:
+        raise CommandError(72, "Transaction number requires a session ID to also be specified")
+    if "txnNumber" in cmd and cmd["txnNumber"] < 0:
+        raise CommandError(72, "Transaction number cannot be negative")
+    if "autocommit" in cmd and "txnNumber" not in cmd:
+        raise CommandError(72, "'autocommit' field requires a transaction number to also be specified")
+    if cmd.get("autocommit") is True:
+        raise CommandError(72, "Specifying autocommit=true is not allowed.")
+    if "startTransaction" in cmd and "autocommit" not in cmd:
+        raise CommandError(72, "'startTransaction' field requires 'autocommit' field to also be specified")
+    if cmd.get("startTransaction") is False:
+        raise CommandError(72, "Specifying startTransaction=false is not allowed.")
