@@ -858,6 +858,7 @@ class Engine:
                 raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
+            validate.check_stage(name, stage[name])
             if name == "$match":
                 validate.check_filter(stage[name])
         self._check_hint(db, coll, cmd.get("hint"))
