@@ -629,13 +629,18 @@ class Engine:
     async def insert(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "insert")
 
+        validate.check_writable(db, coll)
+
         def one(doc: Any, txn: Transaction | None) -> None:
+            if isinstance(doc, dict):
+                validate.check_depth(doc)
             self.store.insert(db, coll, doc, txn, self.locks)
 
         return await self._write_command(cmd, "documents", one)
 
     async def update(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "update")
+        validate.check_writable(db, coll)
         for stmt in cmd["updates"]:
             if "sort" in stmt:  # MongoDB 8.0's; 7.0's parser knows no such field
                 raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
@@ -654,6 +659,7 @@ class Engine:
 
     async def delete(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "delete")
+        validate.check_writable(db, coll)
 
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "limit" not in stmt:
@@ -670,6 +676,7 @@ class Engine:
     async def find_and_modify(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db = cmd["$db"]
         coll = _coll_arg(cmd, "findAndModify" if "findAndModify" in cmd else "findandmodify")
+        validate.check_writable(db, coll)
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("query"))
         session, retry_number = self._retryable_write(cmd)

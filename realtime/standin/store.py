@@ -1125,9 +1125,17 @@ def _images_option(value: Any) -> bool:
     return bool(value["enabled"])
 
 
+MAX_DATABASE_NAME = 63  # bytes (DatabaseName::kMaxDatabaseNameLength)
+MAX_NAMESPACE = 255  # bytes of "db.collection" (NamespaceString::MaxNsLen)
+
+
 def check_namespace(db: str, coll: str) -> None:
     if not db or any(c in db for c in '/\\. "$\x00'):
         raise CommandError(73, f"Invalid database name: '{db}'")
+    if len(db.encode()) > MAX_DATABASE_NAME:
+        raise CommandError(73, f"db name must be at most {MAX_DATABASE_NAME} characters, found: {len(db.encode())}")
+    if len(f"{db}.{coll}".encode()) > MAX_NAMESPACE:
+        raise CommandError(73, f"Fully qualified namespace is too long. Namespace: {db}.{coll} Max: {MAX_NAMESPACE}")
     if not coll or "$" in coll or "\x00" in coll:
         raise CommandError(73, f"Invalid collection name: {coll}")
     if coll.startswith("."):

@@ -294,3 +294,25 @@ def _match(name: str, spec: Any) -> None:
 def _add_fields(name: str, spec: Any) -> None:
     if not isinstance(spec, Mapping):
         raise CommandError(40272, f"{name} specification stage must be an object, got {bson_type(spec)}")
+
+
+MAX_DEPTH = 100  # BSONDepth::getMaxDepthForUserStorage: levels of nested documents and arrays a stored document has
+
+
+def check_depth(doc: Mapping[str, Any]) -> None:
+    """Refuse a document nested deeper than a stored document may be (Overflow, 15)."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, Mapping) else value
+        for child in children:
+            if isinstance(child, (Mapping, list)):
+                if depth + 1 > MAX_DEPTH:
+                    raise CommandError(15, f"Document exceeds maximum nesting depth of {MAX_DEPTH}")
+                stack.append((child, depth + 1))
+
+
+def check_writable(db: str, coll: str) -> None:
+    """A client writes no ``system.`` collection but ``system.js`` (userAllowedWriteNS: InvalidNamespace 73)."""
+    if coll.startswith("system.") and coll != "system.js":
+        raise CommandError(73, f"cannot write to '{db}.{coll}'")

@@ -18,9 +18,19 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
+from tests.conftest import Mongo
+
 pytestmark = [pytest.mark.contract]
 
 Doc = dict[str, Any]
+
+
+@pytest.fixture
+def client(mongo: Mongo) -> Iterator[MongoClient[Doc]]:
+    """A client of the test's own: the sessions its raw commands number are used by nothing else."""
+    c: MongoClient[Doc] = MongoClient(mongo.uri, retryWrites=False)
+    yield c
+    c.close()
 
 
 @pytest.fixture
@@ -31,17 +41,18 @@ def db(client: MongoClient[Doc], db_name: str) -> Iterator[Database[Doc]]:
 
 
 class Session:
-    """Raw commands on one logical session."""
+    """Raw commands on one logical session, with the txnNumbers the test gives (the driver sends the lsid of a
+    session of its own: the session of a client nobody else uses)."""
 
     def __init__(self, client: MongoClient[Doc], db: Database[Doc]) -> None:
         self.client, self.db = client, db
-        self.lsid = {"id": client.start_session().session_id["id"]}
+        self.session = client.start_session()
 
     def run(self, command: Doc, number: int | None, *, on: str = "", **fields: Any) -> Doc:
-        doc = {**command, "lsid": self.lsid, **fields}
+        doc = {**command, **fields}
         if number is not None:
             doc["txnNumber"] = Int64(number)
-        return self.client[on or self.db.name].command(doc)
+        return self.client[on or self.db.name].command(doc, session=self.session)
 
     def start(self, number: int) -> Doc:
         return self.run({"find": "items"}, number, autocommit=False, startTransaction=True)
