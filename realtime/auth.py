@@ -19,6 +19,7 @@ from jwt import PyJWK, PyJWKSet
 from realtime.errors import ClientError
 
 ASYMMETRIC = ("RS256", "ES256")
+MIN_SECRET_LENGTH = 32  # characters of an HS256 secret: a shorter one can be guessed offline from one token
 
 
 @dataclass(frozen=True)

@@ -95,11 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     mint = sub.add_parser(
         "token",
         help="print a token for a user, signed with REALTIME_JWT_SECRET (for trying the server out)",
-        description="Print an HS256 JWT whose sub is the user, signed with REALTIME_JWT_SECRET (and with "
-        "REALTIME_JWT_AUDIENCE and REALTIME_JWT_ISSUER as aud and iss when they are set), valid for --ttl "
+        description="Print an HS256 JWT whose sub is the user, signed with REALTIME_JWT_SECRET (at least 32 "
+        "characters, as the server requires), with REALTIME_JWT_AUDIENCE and REALTIME_JWT_ISSUER as aud and "
+        "iss when they are set, valid for --ttl "
         "seconds. For development and tests: in production your application issues the tokens.",
     )
-    mint.add_argument("--user", required=True, help="the user id (the token's sub)")
+    mint.add_argument("--user", required=True,
+                      help="the text of the user's id, as events write it (the token's sub; docs/events.md#ids)")
     mint.add_argument("--ttl", type=_positive_float, default=3600.0,
                       help="seconds until the token expires (default: 3600)")
     return parser
@@ -111,9 +113,15 @@ def _token(args: argparse.Namespace) -> int:
 
     import jwt
 
+    from realtime.auth import MIN_SECRET_LENGTH
+
     secret = os.environ.get("REALTIME_JWT_SECRET")
     if not secret:
         print("realtime token: REALTIME_JWT_SECRET is not set: set it to the server's secret", file=sys.stderr)
+        return 2
+    if len(secret) < MIN_SECRET_LENGTH:  # as the server, which refuses to start with it
+        print(f"realtime token: REALTIME_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters (HS256 with a "
+              "short secret can be guessed offline from a single token)", file=sys.stderr)
         return 2
     if not args.user.strip():
         print("realtime token: --user must not be empty", file=sys.stderr)

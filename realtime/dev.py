@@ -153,7 +153,8 @@ async def produce(mongo_uri: str, rate: float, stop: asyncio.Event, seed: int | 
     rng = random.Random(seed)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
     db = client[database]
-    posts: list[str] = [str(d["_id"]) async for d in db.posts.find({}, {"_id": 1}).sort("_id", -1).limit(50)]
+    # the posts' ids as stored (an ObjectId stays an ObjectId: its hex digits as a string name another post)
+    posts: list[Any] = [d["_id"] async for d in db.posts.find({}, {"_id": 1}).sort("_id", -1).limit(50)]
     n = int(time.time())
     try:
         while not stop.is_set():

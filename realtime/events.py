@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from realtime import ids
+
 EVENTS_PER_CHANGE: Final = 8
 
 # Event types, from the original design.
@@ -44,25 +46,16 @@ USER_STOPPED_TYPING: Final = "user:stopped_typing"
 ALL_ROOMS: Final = "*"  # in a reset marker: every room
 
 MAX_ROOM_LENGTH: Final = 100
-_ID_PART = r"[A-Za-z0-9_.:@-]{1,80}"
+_ID_PART = rf"(?:{ids.PATTERN})"  # an id's text (realtime/ids.py)
 _TAG = r"[^\W_][\w-]{0,63}"  # Unicode letters and digits, then letters, digits, _ and -
 ROOM_PATTERN: Final = re.compile(
     rf"public|post:{_ID_PART}|author:{_ID_PART}|user:{_ID_PART}|hashtag:{_TAG}", re.UNICODE
 )
 _TAG_PATTERN = re.compile(_TAG, re.UNICODE)
-_ID_PATTERN = re.compile(_ID_PART)
 
 
 def valid_room(name: object) -> bool:
     return isinstance(name, str) and len(name) <= MAX_ROOM_LENGTH and ROOM_PATTERN.fullmatch(name) is not None
-
-
-def id_part(value: object) -> str | None:
-    """The text of an id as it appears in a room name, or None when it cannot be one."""
-    text = str(value) if isinstance(value, (str, int)) or type(value).__name__ == "ObjectId" else None
-    if isinstance(value, bool) or text is None or not _ID_PATTERN.fullmatch(text):
-        return None
-    return text
 
 
 def normalise_tag(tag: object) -> str | None:
@@ -75,6 +68,8 @@ def normalise_tag(tag: object) -> str | None:
 
 PUBLIC: Final = "public"
 
+
+# The ids in these room names are ids' texts (realtime.ids.id_text): never a value's str().
 
 def post_room(post_id: str) -> str:
     return f"post:{post_id}"

@@ -31,6 +31,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
 from realtime import events as ev
+from realtime.ids import id_text, id_value
 from watchers import mapping
 from watchers.config import MappingConfig
 from watchers.publish import ALL_CHANGES, Seed, point
@@ -157,7 +158,7 @@ class LikeCounts:
 
     async def _count(self, post_id: str, at: Timestamp) -> int:
         field = self.cfg.fields.post_id
-        batch = await self._snapshot([{"$match": {field: {"$in": mapping.id_forms(post_id)}}}, {"$count": "n"}], at)
+        batch = await self._snapshot([{"$match": {field: id_value(post_id)}}, {"$count": "n"}], at)
         return int(batch[0]["n"]) if batch else 0
 
     async def _owners(self, deletes: list[LikeChange], at: Timestamp) -> dict[str, str | None]:
@@ -167,14 +168,13 @@ class LikeCounts:
         field = self.cfg.fields.post_id
         batch = await self._snapshot([{"$match": {"_id": {"$in": [c.raw_key for c in deletes]}}},
                                       {"$project": {field: 1}}], at)
-        found = {repr(doc["_id"]): ev.id_part(doc.get(field)) for doc in batch}
+        found = {repr(doc["_id"]): id_text(doc.get(field)) for doc in batch}
         return {c.key: found.get(c.key) for c in deletes}
 
     async def _now(self, post_id: str, ct: Timestamp) -> Seed:
         field = self.cfg.fields.post_id
         async with self.client.start_session(causal_consistency=True) as session:
-            count = await self.db[self.cfg.likes].count_documents({field: {"$in": mapping.id_forms(post_id)}},
-                                                                   session=session)
+            count = await self.db[self.cfg.likes].count_documents({field: id_value(post_id)}, session=session)
             op_time = session.operation_time
         at = op_time if op_time is not None else ct
         return Seed(count, point(ev.time_part(at.time, at.inc), ALL_CHANGES))

@@ -20,6 +20,10 @@ is absent and ``missing_visibility_public`` says so): ``null``, ``""`` or any ot
 refers to a post whose visibility is unknown (no index entry, no document, knowledge only from after the
 change, or two sources that disagree) goes to ``user:{authorId}`` when the author is known, and otherwise
 nowhere, with a skip reason; never to a public room.
+
+Every id (in payloads, room names, the post index, like counters) is an id's text (realtime/ids.py): an
+ObjectId and the string of its digits, or 5 and "5", are different posts with different rooms. A text read
+back from the index is checked, never written again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 from realtime import events as ev
 from realtime.events import Counter, Event
+from realtime.ids import checked, id_text, is_id_text
 from watchers.config import MappingConfig
 from watchers.payload import bound, pick
 
@@ -89,18 +94,6 @@ def stream_pipeline(cfg: MappingConfig) -> list[dict[str, Any]]:
     the watcher and every replay from the oplog must use exactly this one."""
     return [{"$match": {"$or": [{"ns.coll": {"$in": [cfg.posts, cfg.likes, cfg.comments]}},
                                 {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
-
-
-def id_forms(post_id: str) -> list[Any]:
-    """A post id as text and, when it could be one, as an ObjectId or an integer: producers store either."""
-    from bson import ObjectId
-
-    forms: list[Any] = [post_id]
-    if len(post_id) == 24 and ObjectId.is_valid(post_id):
-        forms.append(ObjectId(post_id))
-    if post_id.isdigit() and len(post_id) < 19:
-        forms.append(int(post_id))
-    return forms
 
 
 def _key(change: dict[str, Any]) -> Any:
@@ -164,7 +157,7 @@ def tags_of(value: Any) -> tuple[str, ...]:
 def post_info(doc: dict[str, Any] | None, cfg: MappingConfig, since: int = 0) -> PostInfo | None:
     if not isinstance(doc, dict):
         return None
-    return PostInfo(ev.id_part(doc.get(cfg.fields.author_id)), is_public(doc, cfg), since,
+    return PostInfo(id_text(doc.get(cfg.fields.author_id)), is_public(doc, cfg), since,
                     tags=tags_of(doc.get(cfg.fields.hashtags)))
 
 
@@ -200,7 +193,7 @@ def from_entry(entry: Any) -> PostInfo | None:
     if not isinstance(entry, dict):
         return None
     author, public, since, deleted, tags = (entry.get(k) for k in ("authorId", "public", "since", "deleted", "tags"))
-    if (author is not None and ev.id_part(author) != author) or not (public is None or isinstance(public, bool)) \
+    if (author is not None and not is_id_text(author)) or not (public is None or isinstance(public, bool)) \
             or not isinstance(since, int) or isinstance(since, bool) or since < 0 or not isinstance(deleted, bool) \
             or not (tags is None or (isinstance(tags, list) and tags_of(tags) == tuple(tags))):
         return None
@@ -216,7 +209,7 @@ def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, A
         return None
     coll = _coll(change)
     if coll == cfg.posts:
-        post_id = ev.id_part(_key(change))
+        post_id = id_text(_key(change))
         if post_id is None or op == "insert":
             return None
         # an update, replace or delete is routed by the post as it was before it (where it was public, for a
@@ -241,15 +234,15 @@ def subject(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, An
     doc = _doc(change) or _before(change)
     if doc is None and isinstance(remembered, dict):
         # An index entry is stored under fixed names ("postId", "userId"; see _map_reaction), whatever the
-        # configured field names are.
-        return Subject(kind, ev.id_part(_key(change)), ev.id_part(remembered.get("postId")),
-                       ev.id_part(remembered.get("userId")), remembered)
+        # configured field names are, and holds ids' texts: read back as they are, never written again.
+        return Subject(kind, id_text(_key(change)), checked(remembered.get("postId")),
+                       checked(remembered.get("userId")), remembered)
     f = cfg.fields
     user = None
     if doc is not None:
         user = doc.get(f.user_id) if kind == "like" else doc.get(f.user_id, doc.get(f.author_id))
-    return Subject(kind, ev.id_part(_key(change)), ev.id_part(doc.get(f.post_id)) if doc else None,
-                   ev.id_part(user), doc)
+    return Subject(kind, id_text(_key(change)), id_text(doc.get(f.post_id)) if doc else None,
+                   id_text(user), doc)
 
 
 def may_reach(change: dict[str, Any], cfg: MappingConfig, room: str) -> bool:
@@ -259,7 +252,7 @@ def may_reach(change: dict[str, Any], cfg: MappingConfig, room: str) -> bool:
     user's."""
     coll = _coll(change)
     if coll == cfg.posts:
-        post_id = ev.id_part(_key(change))
+        post_id = id_text(_key(change))
         return post_id is not None and (not room.startswith("post:") or room == ev.post_room(post_id))
     if coll not in (cfg.likes, cfg.comments):
         return False
@@ -372,11 +365,20 @@ def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
 def _post_data(doc: dict[str, Any] | None, post_id: str, author: str | None, cfg: MappingConfig,
                changed: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"id": post_id, "authorId": author}
-    data.update(pick(doc, cfg.post_fields, max_string=cfg.max_string, max_depth=cfg.max_depth))
+    _add_fields(data, doc, cfg.post_fields, cfg)
     if changed is None:
         return bound(data, cfg.max_payload, keep=("id", "authorId"))
     data["changed"] = changed  # inside the bound: the whole payload must fit max_payload
     return bound(data, cfg.max_payload, keep=("id", "authorId", "changed"))
+
+
+def _add_fields(data: dict[str, Any], doc: dict[str, Any] | None, names: tuple[str, ...], cfg: MappingConfig
+                ) -> None:
+    """Add a document's allow-listed fields to a payload, but those named like one of the ids it already
+    holds (``id``, ``authorId``, ``postId``, ``userId``): a field's value (an ObjectId's digits, any string)
+    is not an id's text, and would name another post or user."""
+    fields = pick(doc, names, max_string=cfg.max_string, max_depth=cfg.max_depth)
+    data.update((name, value) for name, value in fields.items() if name not in data)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -433,7 +435,7 @@ def _after_update(base: PostInfo | None, desc: dict[str, Any], tops: set[str], c
     elif f.visibility in tops:  # changed below the top level: a subdocument or an array, not a public value
         public = False
     if f.author_id in updated:
-        author = ev.id_part(updated[f.author_id])
+        author = id_text(updated[f.author_id])
     elif f.author_id in tops:  # removed, or changed below the top level: no usable author
         author = None
     exact = (base is not None and base.public is not None) or (f.visibility in tops and f.author_id in tops)
@@ -441,7 +443,7 @@ def _after_update(base: PostInfo | None, desc: dict[str, Any], tops: set[str], c
 
 
 def _map_post(change: dict[str, Any], op: str, b: _Builder, cfg: MappingConfig, known: PostInfo | None) -> Mapped:
-    post_id = ev.id_part(_key(change))
+    post_id = id_text(_key(change))
     if post_id is None:
         return Mapped(skipped=SKIP_BAD_ID)
     doc = _doc(change)
@@ -560,7 +562,7 @@ def _map_reaction(op: str, sub: Subject, b: _Builder, cfg: MappingConfig, post: 
     if op == "delete":
         b.add(ev.COMMENT_DELETED, rooms, data)
         return Mapped(skipped=reason, index_del=forget)
-    data.update(pick(sub.doc, cfg.comment_fields, max_string=cfg.max_string, max_depth=cfg.max_depth))
+    _add_fields(data, sub.doc, cfg.comment_fields, cfg)
     data = bound(data, cfg.max_payload, keep=("id", "postId", "userId"))
     if op == "insert":
         b.add(ev.COMMENT_ADDED, rooms, data)

@@ -34,6 +34,7 @@ from pymongo.errors import OperationFailure
 from redis.asyncio import Redis
 
 from realtime import events as ev
+from realtime.ids import id_value
 from watchers import mapping
 from watchers.config import MappingConfig
 from watchers.keys import Keys
@@ -118,7 +119,7 @@ class MongoDocuments:
 
     async def post(self, post_id: str, at: Timestamp | None) -> dict[str, Any] | None:
         f = self.cfg.fields
-        match = {"_id": {"$in": mapping.id_forms(post_id)}}
+        match = {"_id": id_value(post_id)}  # this id, of this type: never a post whose id has the same text
         projection = {f.author_id: 1, f.visibility: 1, f.hashtags: 1}
         if at is None:
             return await self.db[self.cfg.posts].find_one(match, projection)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -33,6 +34,7 @@ from realtime.protocol import (
     Sync,
     Typing,
     Unsubscribe,
+    close,
     error_frame,
     frame,
 )
@@ -49,6 +51,7 @@ from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.retry import Unavailable, retrying
 from realtime.server.transports import HttpClients, collect
+from realtime.tasks import cancel_all
 from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
@@ -167,9 +170,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         # end of the session, for a client). Then long-polls answer and SSE streams end (going_away).
         await state.hub.close_all(going.code, "going away", cfg.shutdown_grace)
         await state.http.close_all(cfg.shutdown_grace)
-        for task in state.tasks:
-            task.cancel()
-        await asyncio.gather(*state.tasks, return_exceptions=True)
+        await cancel_all(state.tasks)
         await state.presence.stop()
         await state.reader.stop()
         if state.mongo is not None:
@@ -215,11 +216,16 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
     async def readyz(request: Request) -> HTTPResponse:
         state: State = request.app.ctx.state
         problems = []
+        stream = None
         try:
-            stream = await state.history.state()
+            # Bounded on its own: a hung Redis (stopped, or blackholed by a partition) must not hang the probe
+            # for as long as REALTIME_REDIS_TIMEOUT lets a command wait.
+            async with asyncio.timeout(cfg.ready_timeout):
+                stream = await state.history.state()
+        except TimeoutError:
+            problems.append(f"redis: no answer within {cfg.ready_timeout:g}s")
         except (RedisError, OSError) as exc:
             problems.append(f"redis: {type(exc).__name__}")
-            stream = None
         if not state.reader.connected or time.monotonic() - state.reader.last_reply > 5.0:
             problems.append("the stream reader is not reading")
         elif stream is not None and stream.last is not None and state.reader.last not in (b"$",):
@@ -302,57 +308,82 @@ async def _serve_socket(state: State, request: Request, ws: Websocket) -> None:
                 if not conn.alive:
                     await _drain(ws)
                     break
-                await _handle(state, conn, session.receive(message))
+                await _handle(state, conn, functools.partial(session.receive, message))
     finally:
         rooms = _tracked(state, conn.session.rooms)
         hub.forget(conn)
         if conn.user is not None and rooms:
-            with contextlib.suppress(RedisError, OSError):
-                await state.presence.left(conn.user, rooms)
+            state.presence.left(conn.user, rooms)
 
 
 class Inbox:
     """The fast path's client messages: the protocol hands each one to :meth:`receive` as it arrives, and one
-    task works through a burst of them, in order (none while the connection is quiet)."""
+    task works through a burst of them, in order (none while the connection is quiet).
 
-    __slots__ = ("conn", "messages", "state", "worker")
+    What waits is bounded like a flood: while the task is on a slow message (a replay waiting for Redis or for
+    the replay memory), a client may have at most REALTIME_BURST + REALTIME_FLOOD_CLOSE_AFTER messages, and
+    REALTIME_QUEUE_BYTES of text (at least REALTIME_MAX_FRAME), waiting behind it. Past either bound the
+    connection is closed with 4009 (``flood``: as many messages at once would end it all the same once handled)
+    and what waits is dropped."""
+
+    __slots__ = ("conn", "messages", "size", "state", "worker")
 
     def __init__(self, state: State, conn: Conn) -> None:
         self.state = state
         self.conn = conn
         self.messages: list[bytes | str] | None = None
+        self.size = 0  # the length of the messages waiting
         self.worker: asyncio.Task[None] | None = None
 
     def receive(self, message: bytes | str) -> None:
-        if not self.conn.alive:
-            return  # closed by the server: what the client still sends is read and dropped
+        if not self.conn.alive or self.conn.session.closed:
+            return  # closed, or closing: what the client still sends is read and dropped
         if self.messages is None:
             self.messages = []
         self.messages.append(message)
+        self.size += len(message)
+        cfg = self.state.cfg
+        if len(self.messages) > cfg.session.burst + cfg.session.flood_close_after \
+                or self.size > max(cfg.queue_bytes, cfg.max_frame):
+            self._flooded()
+            return
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._work())
+            self.state.closing.add(self.worker)
+            self.worker.add_done_callback(_retrieved(self.state.closing))
+
+    def _flooded(self) -> None:
+        """Too much waits: drop it, and close the connection as a flood (the message in hand is not answered)."""
+        self.messages, self.size = None, 0
+        self.conn.session.closed = True
+        task = asyncio.ensure_future(_handle(self.state, self.conn, [close("flood")]))
+        self.state.closing.add(task)
+        task.add_done_callback(_retrieved(self.state.closing))
 
     async def _work(self) -> None:
         conn = self.conn
         try:
             while self.messages and conn.alive:
-                await _handle(self.state, conn, conn.session.receive(self.messages.pop(0)))
+                message = self.messages.pop(0)
+                self.size -= len(message)
+                await _handle(self.state, conn, functools.partial(conn.session.receive, message))
         finally:
             self.worker = None
             if not self.messages:
-                self.messages = None
+                self.messages, self.size = None, 0
 
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
 
 
-async def _handle(state: State, conn: Conn, actions: list[Any]) -> None:
-    """Carry out a session's actions. A failure nobody foresaw is logged and ends the connection with 1011
-    (internal error: the client reconnects and resumes), never a task's unretrieved exception that leaves the
-    connection open and deaf."""
+async def _handle(state: State, conn: Conn, actions: list[Any] | Callable[[], list[Any]]) -> None:
+    """Carry out a session's actions (or those of a call to the session, such as its ``receive`` of a client
+    frame, made here). A failure nobody foresaw, in the session or in carrying its actions out, is logged and
+    ends the connection with 1011 (internal error: the client reconnects and resumes), never a task's
+    unretrieved exception that leaves the connection open and deaf."""
     try:
-        await _apply(state, conn, actions)
+        await _apply(state, conn, actions() if callable(actions) else actions)
     except Exception:
         log.exception("a client message failed; closing its connection with 1011")
         state.hub.metrics.closes.inc(reason="internal")
@@ -412,17 +443,17 @@ async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
             was, rooms = conn.user, _tracked(state, conn.session.rooms)
             hub.set_user(conn, user)
             if was is None and rooms:  # anonymous until now: present from here on
-                await state.presence.joined(user, rooms)
+                state.presence.joined(user, rooms)
         elif isinstance(action, Subscribe):
             if action.since is None:
-                await _join(state, conn, action.rooms)
+                _join(state, conn, action.rooms)
                 conn.send(text_frame(frame("subscribed", ref=action.ref, rooms=list(action.rooms))))
             else:
                 await _replay(state, conn, action.rooms, action.since, action.ref, join=True)
         elif isinstance(action, Unsubscribe):
             hub.leave(conn, action.rooms)
             if conn.user is not None and _tracked(state, action.rooms):
-                await state.presence.left(conn.user, _tracked(state, action.rooms))
+                state.presence.left(conn.user, _tracked(state, action.rooms))
         elif isinstance(action, Sync):
             await _replay(state, conn, action.rooms, action.since, action.ref, join=False)
         elif isinstance(action, Typing):
@@ -450,7 +481,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     hub.metrics.replays.inc()
     with hub.holding(conn) as hold:
         if join:
-            await _join(state, conn, rooms)
+            _join(state, conn, rooms)
         try:
             got = await retrying(lambda: collect(state.history, rooms, since, state.cfg.replay_limit, state.deep,
                                                  memory=state.replays),
@@ -458,7 +489,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         except (Unavailable, ReplayBusy) as exc:
             why = "too many replays at once" if isinstance(exc, ReplayBusy) else "history is unreachable"
             kept = hold.release()
-            await _leave(state, conn, rooms)
+            _leave(state, conn, rooms)
             for _, _, data, event_rooms in kept:  # the others' live events, which the rooms left did not hold
                 if "*" in event_rooms or any(r in conn.session.rooms for r in event_rooms):
                     conn.send(data)
@@ -517,21 +548,21 @@ def _tracked(state: State, rooms: tuple[str, ...] | list[str] | set[str]) -> tup
     return tuple(r for r in rooms if r.startswith(prefixes))
 
 
-async def _join(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
+def _join(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
     state.hub.join(conn, rooms)
     tracked = _tracked(state, rooms)
     if conn.user is not None and tracked:
-        await state.presence.joined(conn.user, tracked)  # best effort: never fails the subscription
+        state.presence.joined(conn.user, tracked)  # written to Redis in the background: never waits
 
 
-async def _leave(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
+def _leave(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
     """Out of ``rooms``, as if the client had unsubscribed (without the ``unsubscribed`` frame)."""
     gone = tuple(r for r in rooms if r in conn.session.rooms)
     conn.session.rooms.difference_update(gone)
     state.hub.leave(conn, gone)
     tracked = _tracked(state, gone)
     if conn.user is not None and tracked:
-        await state.presence.left(conn.user, tracked)
+        state.presence.left(conn.user, tracked)
 
 
 async def _typing(state: State, conn: Conn, room: str) -> None:

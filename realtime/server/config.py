@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realtime.auth import TokenVerifier
+from realtime.auth import MIN_SECRET_LENGTH, TokenVerifier
 from realtime.config import ConfigError, Env
 from realtime.protocol import SessionConfig
 from realtime.server.addresses import Network, parse_networks
@@ -62,6 +62,7 @@ class ServerConfig:
     retry_seconds: float = 2.0  # how long a client's request retries Redis (and MongoDB) before `unavailable`
     read_count: int = 512
     lag_ready_seconds: float = 10.0  # /readyz fails when delivery lags more than this
+    ready_timeout: float = 1.0  # seconds /readyz waits for Redis before it answers 503
     cors_origin: str = ""
     presence_ttl: float = 30.0  # an instance's presence entries expire this long after its last refresh
     typing_ttl: float = 5.0  # seconds after the last typing notice before user:stopped_typing
@@ -92,8 +93,9 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
     jwks_url = env.environ.get("REALTIME_JWKS_URL") or None
     if sum(x is not None for x in (secret, jwks_file, jwks_url)) > 1:
         raise ConfigError("set only one of REALTIME_JWT_SECRET, REALTIME_JWKS_FILE and REALTIME_JWKS_URL")
-    if secret is not None and len(secret) < 32:
-        raise ConfigError("REALTIME_JWT_SECRET must be at least 32 characters (HS256 needs a strong secret)")
+    if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"REALTIME_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters "
+                          "(HS256 needs a strong secret)")
     if jwks_file is not None and not Path(jwks_file).is_file():
         raise ConfigError(f"REALTIME_JWKS_FILE: no such file: {jwks_file}")
     if jwks_url is not None:
@@ -155,6 +157,7 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         redis_timeout=env.number("REALTIME_REDIS_TIMEOUT", 5.0, minimum=0.1, maximum=300),
         retry_seconds=env.number("REALTIME_RETRY_SECONDS", 2.0, minimum=0.0, maximum=60),
         lag_ready_seconds=env.number("REALTIME_READY_MAX_LAG", 10.0, minimum=0.1),
+        ready_timeout=env.number("REALTIME_READY_TIMEOUT", 1.0, minimum=0.05, maximum=60),
         cors_origin=env.environ.get("REALTIME_CORS_ORIGIN", env.environ.get("SOCKET_CORS_ORIGIN", "")),
         presence_ttl=env.number("REALTIME_PRESENCE_TTL", 30.0, minimum=1.0, maximum=3600),
         typing_ttl=env.number("REALTIME_TYPING_TTL", 5.0, minimum=0.5, maximum=300),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import re
 import secrets
@@ -36,15 +37,15 @@ from sanic.response import HTTPResponse, raw
 
 from realtime.auth import Principal
 from realtime.errors import ClientError
+from realtime.ids import id_text, id_value, is_id_text
 from realtime.server.config import ServerConfig
 from realtime.server.web import Asset
-from watchers.mapping import id_forms, is_public, public_query
-from watchers.payload import json_safe, pick
+from watchers.mapping import is_public, public_query
+from watchers.payload import pick
 
 log = logging.getLogger("realtime.server")
 
 USER = re.compile(r"[A-Za-z0-9_.@-]{1,32}")
-POST_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,80}")
 TOKEN_TTL = 900  # seconds: short-lived; the page asks for a new one before it expires
 MAX_BODY = 16 * 1024
 MAX_COMMENT = 500
@@ -90,6 +91,13 @@ def _principal(request: Request, *, required: bool) -> Principal | None:
     return principal
 
 
+def _user(principal: Principal) -> Any:
+    """The user's id, whose text the token's subject is (realtime/ids.py): what the demo writes as userId."""
+    if not is_id_text(principal.user):
+        raise DemoError(403, "bad_user", "the token's subject is not a user id")
+    return id_value(principal.user)
+
+
 def _body(request: Request) -> dict[str, Any]:
     if len(request.body) > MAX_BODY:
         raise DemoError(413, "too_big", f"at most {MAX_BODY} bytes")
@@ -103,10 +111,16 @@ def _body(request: Request) -> dict[str, Any]:
 
 
 def _post_id(body: dict[str, Any]) -> str:
+    """The post's id, as events write it (realtime/ids.py)."""
     post_id = body.get("postId")
-    if not isinstance(post_id, str) or not POST_ID.fullmatch(post_id):
+    if not isinstance(post_id, str) or not is_id_text(post_id):
         raise DemoError(400, "bad_frame", "postId must be a post id")
     return post_id
+
+
+def _like_id(post_id: str, user: str) -> str:
+    """One like per post and user (a unique _id), for any post id's text."""
+    return "demo-like-" + hashlib.sha256(f"{post_id}\n{user}".encode()).hexdigest()[:32]
 
 
 def _new_id(kind: str) -> str:
@@ -132,7 +146,7 @@ class Demo:
     async def _post(self, post_id: str) -> dict[str, Any]:
         # public as the watcher routes it (null, "" or an unknown visibility is private)
         post = await self.db[self.m.posts].find_one(
-            {"$and": [{"_id": {"$in": id_forms(post_id)}}, public_query(self.m)]},
+            {"$and": [{"_id": id_value(post_id)}, public_query(self.m)]},
             {"_id": 1, self.m.fields.visibility: 1})
         if post is None or not is_public(post, self.m):
             raise DemoError(404, "not_found", "no such public post")
@@ -144,6 +158,8 @@ class Demo:
         user = request.args.get("user", "")
         if not USER.fullmatch(user):
             raise DemoError(400, "bad_user", "user must be 1 to 32 letters, digits or _.@-")
+        if id_text(user) != user:  # the token's subject is the text of the user's id: a string here
+            raise DemoError(400, "bad_user", "user must not read as a number or an ObjectId")
         try:
             ttl = int(request.args.get("ttl", TOKEN_TTL))
         except ValueError:
@@ -171,25 +187,27 @@ class Demo:
                 .sort([("createdAt", -1), ("_id", -1)]).limit(FEED_POSTS) if is_public(d, self.m)]
 
         async def one(doc: dict[str, Any]) -> dict[str, Any]:
-            forms = id_forms(str(doc["_id"]))
-            likes = await self.db[self.m.likes].count_documents({f.post_id: {"$in": forms}})
-            liked = principal is not None and await self.db[self.m.likes].find_one(
-                {f.post_id: {"$in": forms}, f.user_id: principal.user}, {"_id": 1}) is not None
-            comments = [c async for c in self.db[self.m.comments].find({f.post_id: {"$in": forms}})
+            # ids as events write them (realtime/ids.py), so the page joins the rooms its events go to
+            post = doc["_id"]
+            likes = await self.db[self.m.likes].count_documents({f.post_id: post})
+            liked = principal is not None and is_id_text(principal.user) and await self.db[self.m.likes].find_one(
+                {f.post_id: post, f.user_id: id_value(principal.user)}, {"_id": 1}) is not None
+            comments = [c async for c in self.db[self.m.comments].find({f.post_id: post})
                         .sort("_id", -1).limit(FEED_COMMENTS)]
             limits = {"max_string": self.m.max_string, "max_depth": self.m.max_depth}
             return {
                 **pick(doc, self.m.post_fields, **limits),
-                "id": json_safe(doc["_id"], **limits),
-                "authorId": json_safe(doc.get(f.author_id), **limits),
+                "id": id_text(post),
+                "authorId": id_text(doc.get(f.author_id)),
                 "likes": likes,
                 "liked": liked,
-                "comments": [{**pick(c, self.m.comment_fields, **limits), "id": json_safe(c["_id"], **limits),
-                              "postId": json_safe(c.get(f.post_id), **limits),
-                              "userId": json_safe(c.get(f.user_id, c.get(f.author_id)), **limits)}
+                "comments": [{**pick(c, self.m.comment_fields, **limits), "id": id_text(c["_id"]),
+                              "postId": id_text(c.get(f.post_id)),
+                              "userId": id_text(c.get(f.user_id, c.get(f.author_id)))}
                              for c in reversed(comments)],
             }
 
+        docs = [d for d in docs if id_text(d["_id"]) is not None]  # a post without an id's text has no events
         posts = await asyncio.gather(*(one(d) for d in docs))
         return _json({"posts": posts, "position": position, "user": principal.user if principal else None})
 
@@ -204,22 +222,21 @@ class Demo:
         post = await self._post(post_id)
         f = self.m.fields
         likes = self.db[self.m.likes]
-        forms = id_forms(post_id)
-        mine = {f.post_id: {"$in": forms}, f.user_id: principal.user}
+        mine = {f.post_id: post["_id"], f.user_id: _user(principal)}
         existing = await likes.find_one(mine, {"_id": 1})
         if want is None:
             want = existing is None  # a toggle
         changed = False
         if want and existing is None:
             try:
-                await likes.insert_one({"_id": f"demo-like:{post_id}:{principal.user}", f.post_id: post["_id"],
-                                        f.user_id: principal.user, "createdAt": dt.datetime.now(dt.UTC)})
+                await likes.insert_one({"_id": _like_id(post_id, principal.user), f.post_id: post["_id"],
+                                        f.user_id: _user(principal), "createdAt": dt.datetime.now(dt.UTC)})
                 changed = True
             except DuplicateKeyError:
                 pass  # a concurrent request liked it first
         elif not want and existing is not None:
             changed = (await likes.delete_many(mine)).deleted_count > 0
-        count = await likes.count_documents({f.post_id: {"$in": forms}})
+        count = await likes.count_documents({f.post_id: post["_id"]})
         return _json({"postId": post_id, "userId": principal.user, "liked": want, "changed": changed,
                       "likes": count})
 
@@ -238,7 +255,7 @@ class Demo:
         f = self.m.fields
         comment_id = _new_id("c")
         await self.db[self.m.comments].insert_one({"_id": comment_id, f.post_id: post["_id"],
-                                                   f.user_id: principal.user, "text": text,
+                                                   f.user_id: _user(principal), "text": text,
                                                    "createdAt": dt.datetime.now(dt.UTC)})
         return _json({"id": comment_id, "postId": post_id, "userId": principal.user, "text": text}, 201)
 

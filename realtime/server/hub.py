@@ -26,6 +26,7 @@ from realtime import events as ev
 from realtime.errors import CLOSE_CODES
 from realtime.metrics import Registry
 from realtime.protocol import Session, frame
+from realtime.tasks import cancel_all
 
 log = logging.getLogger("realtime.server")
 OPEN = State.OPEN
@@ -525,6 +526,4 @@ class Hub:
         if conns:
             closing = [asyncio.ensure_future(one(c)) for c in conns]
             _, late = await asyncio.wait(closing, timeout=max(grace, 0.01))
-            for task in late:  # past the grace: their sockets are closed with the server
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            await cancel_all(late)  # past the grace: their sockets are closed with the server

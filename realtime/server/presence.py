@@ -13,9 +13,10 @@ Neither is stored in the event streams nor replayed.
   ``user:typing`` to the room on every instance; each instance shows ``user:stopped_typing`` on its own when
   no new ``typing`` came for ``typing_ttl`` seconds: it expires even when the typist's instance dies.
 
-Both are best effort: when Redis fails, a join or leave is counted (``realtime_presence_errors_total``) and
-logged, and never fails the client's subscription; the refresh loop writes the missing entry and announces
-the join once Redis answers again, and an entry that could not be removed expires after ``ttl``.
+Both are best effort, and never hold up a client's request: joins and leaves change this instance's counts at
+once, and a task of their own writes them to Redis (a subscription does not wait for Redis, even a Redis that
+hangs). When Redis fails, the write is counted (``realtime_presence_errors_total``), logged, and tried again
+by the next refresh; an entry that could not be removed expires after ``ttl``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from realtime import events as ev
+from realtime.tasks import cancel_all
 
 log = logging.getLogger("realtime.server")
 
@@ -84,7 +86,9 @@ class Presence:
         self.typing_interval = typing_interval
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.local: dict[tuple[str, str], int] = {}  # (room, user) -> local connections
-        self.unannounced: set[tuple[str, str]] = set()  # joined here, not yet written to Redis (it failed)
+        self.announced: set[tuple[str, str]] = set()  # written to Redis (the entry, and user:online if first)
+        self.dirty: set[tuple[str, str]] = set()  # whose local count and Redis differ: for the writer
+        self._wake = asyncio.Event()
         self.typing: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._sweep = redis.register_script(SWEEP_LUA)
         self._tasks: list[asyncio.Task[None]] = []
@@ -96,51 +100,63 @@ class Presence:
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._refresh())]
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._refresh()),
+                       loop.create_task(self._write())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         for handle in self.typing.values():
             handle.cancel()
         with contextlib.suppress(RedisError, OSError):  # leave at once rather than after the ttl
-            for room, user in list(self.local):
+            for room, user in list(self.announced):
                 await self._remove(room, user)
 
     # -- presence ----------------------------------------------------------------------------------------
-    async def joined(self, user: str, rooms: tuple[str, ...] | list[str]) -> None:
-        """A connection of ``user`` joined ``rooms`` here. Never raises: see the module's docstring."""
+    def joined(self, user: str, rooms: tuple[str, ...] | list[str]) -> None:
+        """A connection of ``user`` joined ``rooms`` here (written to Redis in the background)."""
         for room in rooms:
             n = self.local.get((room, user), 0)
             self.local[(room, user)] = n + 1
             if n == 0:
-                self.unannounced.add((room, user))
-                await self._announce(room, user)
+                self._changed(room, user)
 
-    async def _announce(self, room: str, user: str) -> None:
-        try:
-            await self._add(room, user)
-        except (RedisError, OSError) as exc:
-            self._failed("join", exc)
-        else:
-            self.unannounced.discard((room, user))
-
-    async def left(self, user: str, rooms: tuple[str, ...] | list[str] | set[str]) -> None:
-        """A connection of ``user`` left ``rooms`` here. Never raises."""
+    def left(self, user: str, rooms: tuple[str, ...] | list[str] | set[str]) -> None:
+        """A connection of ``user`` left ``rooms`` here (written to Redis in the background)."""
         for room in list(rooms):
             n = self.local.get((room, user), 0) - 1
             if n > 0:
                 self.local[(room, user)] = n
                 continue
             self.local.pop((room, user), None)
-            if (room, user) in self.unannounced:
-                self.unannounced.discard((room, user))
-                continue  # never written to Redis: nothing to take back
+            self._changed(room, user)
+
+    def _changed(self, room: str, user: str) -> None:
+        self.dirty.add((room, user))
+        self._wake.set()
+
+    async def _write(self) -> None:
+        """Bring Redis to this instance's counts: an entry (and ``user:online``) for each (room, user) present
+        here, none for one that left. What fails stays to do: the next change or refresh tries it again."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        for pair in list(self.dirty):
+            room, user = pair
+            present = pair in self.local
             try:
-                await self._remove(room, user)
+                if present and pair not in self.announced:
+                    await self._add(room, user)
+                    self.announced.add(pair)
+                elif not present and pair in self.announced:
+                    await self._remove(room, user)
+                    self.announced.discard(pair)
             except (RedisError, OSError) as exc:
-                self._failed("leave", exc)  # the entry expires after the ttl; the sweep announces it
+                self._failed("join" if present else "leave", exc)
+                return  # Redis is failing: the refresh tries again
+            self.dirty.discard(pair)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.on_error(what)
@@ -176,8 +192,7 @@ class Presence:
         """Keep this instance's entries alive, and sweep the rooms' expired ones (from dead instances)."""
         while True:
             try:
-                for room, user in list(self.unannounced):
-                    await self._announce(room, user)
+                await self._reconcile()
                 expires = time.time() + self.ttl
                 if self.local:
                     async with self.redis.pipeline(transaction=False) as pipe:

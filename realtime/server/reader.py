@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlparse
 
 import hiredis
 
+from realtime.tasks import cancel_all
+
 log = logging.getLogger("realtime.server")
 
 Entries = list[tuple[bytes, list[bytes]]]
@@ -119,8 +121,7 @@ class StreamReader:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_all([self._task])
         if self._transport is not None:
             self._transport.close()
 

@@ -195,6 +195,38 @@ def _let(path: str, value: Any) -> None:
         raise CommandError(2, f"variables ('{path}') are not supported by the realtime MongoDB stand-in")
 
 
+_WRITE_CONCERN_FIELDS = frozenset({"w", "j", "wtimeout", "fsync", "provenance", "getLastError", "wOpTime",
+                                   "wElectionId"})
+
+
+def _write_concern(path: str, value: Any) -> None:
+    """writeConcern as the server parses it (src/mongo/db/write_concern_options.cpp, write_concern_idl.cpp): ``w`` a
+    number from 0 to 50, a mode name, or tags; FailedToParse (9) otherwise, as for an unknown field or ``j`` and
+    ``fsync`` together."""
+    for name in value:
+        if name not in _WRITE_CONCERN_FIELDS:
+            raise CommandError(9, f"unrecognized write concern field: {name}")
+    w = value.get("w")
+    kind = bson_type(w)
+    if kind in NUMBER:
+        if isinstance(w, float) and w != w:
+            raise CommandError(9, "w cannot be NaN")
+        n = number_long(w)
+        if not 0 <= n <= 50:
+            raise CommandError(9, f"w has to be a non-negative number and not greater than 50; found: {n}")
+    elif kind == "object":
+        if not w:
+            raise CommandError(9, "tagged write concern requires tags")
+        for tag, count in w.items():
+            if bson_type(count) not in NUMBER:
+                raise CommandError(9, "tags must be a single level document with only number values; found: "
+                                      f"{tag}: {count!r}")
+    elif kind not in ("string", "null"):
+        raise CommandError(9, "w has to be a number, string, or object")
+    if value.get("j") and value.get("fsync"):
+        raise CommandError(9, "fsync and j options cannot be used together")
+
+
 STRING = Arg(("string",))
 OBJECT = Arg(("object",))
 BOOL = Arg(("bool",))
@@ -227,7 +259,10 @@ SESSION: Mapping[str, Arg] = {
 GENERIC: Mapping[str, Arg] = {
     "readConcern": Arg(("object",), fields={"level": Arg(("string",), check=_read_concern_level),
                                             "atClusterTime": Arg(("timestamp",))}),
-    "writeConcern": OBJECT,
+    "writeConcern": Arg(("object",), fields={"j": Arg(BOOLISH, convert=_true_value),
+                                             "fsync": Arg(BOOLISH, convert=_true_value),
+                                             "wtimeout": Arg(NUMBER, convert=number_long)},
+                        check=_write_concern),
     "$readPreference": OBJECT,
     "maxTimeMS": Arg(NUMBER, convert=_max_time_ms),
 }
@@ -317,5 +352,24 @@ def parse(cmd: dict[str, Any]) -> dict[str, Any]:
     if not db or any(c in db for c in '/\\. "\x00'):
         raise CommandError(73, f"Invalid database name: '{db}'")
     out = parse_object("OperationSessionInfo", dict(cmd), SESSION)
+    _check_session_info(out)
     out = parse_object("", out, GENERIC)
     return parse_object(name, out, COMMANDS.get(name, {}))
+
+
+def _check_session_info(cmd: dict[str, Any]) -> None:
+    """How the session fields go together, as the server requires (initialize_operation_session_info.cpp): a
+    txnNumber needs an lsid, autocommit a txnNumber (and may only be false), startTransaction autocommit (and may
+    only be true). Each is InvalidOptions (72)."""
+    if "txnNumber" in cmd and "lsid" not in cmd:
+        raise CommandError(72, "Transaction number requires a session ID to also be specified")
+    if "txnNumber" in cmd and cmd["txnNumber"] < 0:
+        raise CommandError(72, "Transaction number cannot be negative")
+    if "autocommit" in cmd and "txnNumber" not in cmd:
+        raise CommandError(72, "'autocommit' field requires a transaction number to also be specified")
+    if cmd.get("autocommit") is True:
+        raise CommandError(72, "Specifying autocommit=true is not allowed.")
+    if "startTransaction" in cmd and "autocommit" not in cmd:
+        raise CommandError(72, "'startTransaction' field requires 'autocommit' field to also be specified")
+    if cmd.get("startTransaction") is False:
+        raise CommandError(72, "Specifying startTransaction=false is not allowed.")

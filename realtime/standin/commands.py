@@ -16,6 +16,7 @@ import itertools
 import logging
 import platform
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ MAX_WIRE_VERSION = 21  # MongoDB 7.0
 DEFAULT_BATCH = 101  # documents in the first batch of a cursor when the command names no batchSize
 MAX_WRITE_BATCH = 100_000  # maxWriteBatchSize
 TRANSACTION_LIFETIME = 60.0  # transactionLifetimeLimitSeconds
+TTL_MONITOR_INTERVAL = 60.0  # ttlMonitorSleepSecs: how often expired documents are deleted
 _NO_USER_UID = Binary(hashlib.sha256(b"").digest(), 0)
 
 
@@ -87,6 +89,22 @@ class Session:
     txn: Transaction | None = None
     txn_started: float = 0.0
     retried: dict[int, dict[str, Any]] = field(default_factory=dict)  # txnNumber -> reply
+    number: int = -1  # the active txnNumber: of the open or last transaction, or of the last retryable write
+
+    def check_not_older(self, number: int, transaction: bool) -> None:
+        """A txnNumber below the session's active one is refused (transaction_participant.cpp, beginOrContinue)."""
+        if number >= self.number:
+            return
+        current = "transaction" if self.txn is not None and self.txn.number == self.number else "retryable write"
+        if transaction:
+            message = (f"Cannot start transaction with {{ txnNumber: {number}, txnRetryCounter: 0 }} on session "
+                       f"{_show_lsid(self.lsid)} because a newer {current} with txnNumberAndRetryCounter "
+                       f"{{ txnNumber: {self.number}, txnRetryCounter: 0 }} has already started on this session.")
+        else:
+            message = (f"Retryable write with txnNumber {number} is prohibited on session {_show_lsid(self.lsid)} "
+                       f"because a newer {current} with txnNumber {self.number} has already started on this "
+                       "session.")
+        raise CommandError(225, message)
 
 
 def _coll_arg(cmd: dict[str, Any], name: str) -> str:
@@ -108,6 +126,12 @@ def _collection_or_1(cmd: dict[str, Any], name: str) -> str | None:
             raise CommandError(2, f"Invalid command format: the '{name}' field must specify a collection name or 1")
         return None
     return _coll_arg(cmd, name)
+
+
+def _show_lsid(lsid: dict[str, Any]) -> str:
+    value = lsid.get("id")
+    shown = str(uuid.UUID(bytes=bytes(value))) if isinstance(value, (bytes, Binary)) and len(value) == 16 else value
+    return f'{{ id: UUID("{shown}") }}'
 
 
 def _session_key(lsid: Any) -> bytes:
@@ -255,6 +279,7 @@ class Engine:
             "periodicNoopIntervalSecs": 10,
             "requireApiVersion": False,
             "transactionLifetimeLimitSeconds": int(TRANSACTION_LIFETIME),
+            "ttlMonitorSleepSecs": int(TTL_MONITOR_INTERVAL),
         }
 
     async def get_parameter(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -455,54 +480,70 @@ class Engine:
         return session
 
     def _transaction(self, cmd: dict[str, Any]) -> Transaction | None:
-        """The open transaction this command belongs to (starting it if asked), or None."""
+        """The open transaction this command belongs to (starting it if asked), or None; what the server refuses
+        (src/mongo/db/transaction/transaction_participant.cpp) refused with its codes."""
         if cmd.get("autocommit") is not False:
-            if cmd.get("startTransaction"):
-                raise CommandError(72, "Specifying startTransaction=true requires autocommit=false")
             return None
         session = self._session(cmd)
-        if session is None or "txnNumber" not in cmd:
-            raise CommandError(72, "'autocommit' may only be given with an lsid and a txnNumber")
+        assert session is not None  # (check_session_info: autocommit comes with an lsid and a txnNumber)
         number = int(cmd["txnNumber"])
+        session.check_not_older(number, transaction=True)
+        txn = session.txn
         if cmd.get("startTransaction"):
-            if session.txn is not None and session.txn.number > number:
-                raise CommandError(225, f"Cannot start transaction {number} on session because a newer "
-                                        f"transaction {session.txn.number} has already started",
-                                   code_name="TransactionTooOld")
-            if session.txn is not None and session.txn.state == "open":
-                self.store.abort(session.txn, self.locks)
+            if number == session.number:
+                raise CommandError(117, "Only servers in a sharded cluster can start a new transaction at the active "
+                                        "transaction number", code_name="ConflictingOperationInProgress")
+            if txn is not None and txn.state == "open":
+                self.store.abort(txn, self.locks)
             session.txn = Transaction(session.lsid, number)
+            session.number = number
             session.txn_started = time.monotonic()
             return session.txn
-        txn = session.txn
-        if txn is None or txn.number != number or txn.state != "open":
-            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.",
-                               ["TransientTransactionError"])
+        if txn is None or txn.number != number or number != session.number:
+            raise CommandError(251, f"Given transaction number {number} does not match any in-progress "
+                                    f"transactions. The active transaction number is {session.number}")
+        name = next(iter(cmd))
+        if txn.state == "aborted":
+            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.")
+        if txn.state == "committed" and name != "commitTransaction":
+            raise CommandError(256, f"Transaction with {{ txnNumber: {number} }} has been committed.")
         return txn
 
     async def commit_transaction(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        session = self._session(cmd)
-        number = int(cmd.get("txnNumber", -1))
-        txn = session.txn if session else None
-        if txn is not None and txn.number == number and txn.state == "committed":
+        self._require_transaction(cmd, "commitTransaction")
+        txn = self._transaction(cmd)
+        assert txn is not None
+        if txn.state == "committed":
             return {}  # a retried commit
-        if txn is None or txn.number != number or txn.state != "open":
-            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.",
-                               ["TransientTransactionError"])
         self.store.commit(txn, self.locks)
         return {}
 
     async def abort_transaction(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        session = self._session(cmd)
-        number = int(cmd.get("txnNumber", -1))
-        txn = session.txn if session else None
-        if txn is not None and txn.number == number and txn.state == "committed":
-            raise CommandError(256, "Transaction has been committed.")
-        if txn is None or txn.number != number or txn.state != "open":
-            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.",
-                               ["TransientTransactionError"])
+        self._require_transaction(cmd, "abortTransaction")
+        txn = self._transaction(cmd)
+        assert txn is not None
         self.store.abort(txn, self.locks)
         return {}
+
+    @staticmethod
+    def _require_transaction(cmd: dict[str, Any], name: str) -> None:
+        """commitTransaction and abortTransaction run only inside a transaction (autocommit: false)."""
+        if cmd.get("autocommit") is not False:  # (txn_cmds.cpp)
+            raise CommandError(125, f"{name} must be run within a transaction", code_name="CommandFailed")
+        if cmd.get("startTransaction"):
+            raise CommandError(263, f"Cannot start a transaction with a {name} command")
+
+    def _retryable_write(self, cmd: dict[str, Any]) -> tuple[Session | None, int | None]:
+        """The session and txnNumber of a retryable write (a txnNumber without autocommit), or (None, None)."""
+        session = self._session(cmd)
+        if session is None or "txnNumber" not in cmd or cmd.get("autocommit") is False:
+            return None, None
+        number = int(cmd["txnNumber"])
+        session.check_not_older(number, transaction=False)
+        if number > session.number:
+            session.number = number
+            session.retried = {}
+        return session, number
 
     async def end_sessions(self, cmd: dict[str, Any]) -> dict[str, Any]:
         for lsid in cmd.get("endSessions") or []:
@@ -520,17 +561,18 @@ class Engine:
                 log.warning("aborting transaction %s: open longer than %ss", txn.number, TRANSACTION_LIFETIME)
                 self.store.abort(txn, self.locks)
 
+    def expire_documents(self) -> int:
+        """One pass of the TTL monitor (:meth:`Store.expire`); how many documents it deleted."""
+        return self.store.expire(self.locks)
+
     # -- writes -----------------------------------------------------------------------------------------
     async def _write_command(self, cmd: dict[str, Any], items_key: str,
                              one: Callable[[Any, Transaction | None], WriteResult | None]
                              ) -> dict[str, Any]:
         """Run the statements of insert/update/delete, with ordered semantics and retryable writes."""
-        session = self._session(cmd)
-        retry_number = None
-        if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
-            retry_number = int(cmd["txnNumber"])
-            if retry_number in session.retried:
-                return copy.deepcopy(session.retried[retry_number])
+        session, retry_number = self._retryable_write(cmd)
+        if session is not None and retry_number in session.retried:
+            return copy.deepcopy(session.retried[retry_number])
         txn = self._transaction(cmd)
         items = cmd[items_key]
         if not 0 < len(items) <= MAX_WRITE_BATCH:
@@ -587,13 +629,18 @@ class Engine:
     async def insert(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "insert")
 
+        validate.check_writable(db, coll)
+
         def one(doc: Any, txn: Transaction | None) -> None:
+            if isinstance(doc, dict):
+                validate.check_depth(doc)
             self.store.insert(db, coll, doc, txn, self.locks)
 
         return await self._write_command(cmd, "documents", one)
 
     async def update(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "update")
+        validate.check_writable(db, coll)
         for stmt in cmd["updates"]:
             if "sort" in stmt:  # MongoDB 8.0's; 7.0's parser knows no such field
                 raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
@@ -612,6 +659,7 @@ class Engine:
 
     async def delete(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "delete")
+        validate.check_writable(db, coll)
 
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "limit" not in stmt:
@@ -628,14 +676,12 @@ class Engine:
     async def find_and_modify(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db = cmd["$db"]
         coll = _coll_arg(cmd, "findAndModify" if "findAndModify" in cmd else "findandmodify")
+        validate.check_writable(db, coll)
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("query"))
-        session = self._session(cmd)
-        retry_number = None
-        if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
-            retry_number = int(cmd["txnNumber"])
-            if retry_number in session.retried:
-                return copy.deepcopy(session.retried[retry_number])
+        session, retry_number = self._retryable_write(cmd)
+        if session is not None and retry_number in session.retried:
+            return copy.deepcopy(session.retried[retry_number])
         txn = self._transaction(cmd)
         query = cmd.get("query") or {}
         remove = bool(cmd.get("remove"))
@@ -819,6 +865,7 @@ class Engine:
                 raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
             if name in ("$out", "$merge", "$changeStream", "$lookup", "$graphLookup", "$unionWith"):
                 raise unsupported(f"the aggregation stage {name}")
+            validate.check_stage(name, stage[name])
             if name == "$match":
                 validate.check_filter(stage[name])
         self._check_hint(db, coll, cmd.get("hint"))

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from realtime.standin import limits, wire
-from realtime.standin.commands import Engine, HangUp
+from realtime.standin.commands import TTL_MONITOR_INTERVAL, Engine, HangUp
 from realtime.standin.oplog import Oplog
 from realtime.standin.store import Store
+from realtime.tasks import cancel_all
 
 log = logging.getLogger("realtime.standin")
 T = TypeVar("T")
@@ -58,14 +59,21 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     async def _chores(self) -> None:
-        """Write a no-op to the oplog when it has been quiet (so idle streams' tokens advance), and
-        abort transactions that outlived their limit."""
+        """Write a no-op to the oplog when it has been quiet (so idle streams' tokens advance), abort
+        transactions that outlived their limit, and delete documents their TTL index says have expired."""
         assert self.engine is not None
+        last_ttl_pass = time.monotonic()
         while True:
             await asyncio.sleep(min(self.noop_interval, 1.0))
             if time.time() - self.oplog.latest_ts.time >= self.noop_interval:
                 self.oplog.append_noop()
             self.engine.reap_transactions()
+            if time.monotonic() - last_ttl_pass >= TTL_MONITOR_INTERVAL:
+                last_ttl_pass = time.monotonic()
+                try:
+                    self.engine.expire_documents()
+                except Exception:  # the next pass tries again; the other chores go on
+                    log.exception("the TTL monitor's pass failed")
 
     def hang_up_all(self) -> None:
         """Close every client connection now (fault injection: a network failure)."""
@@ -77,9 +85,7 @@ class Server:
             self._server.close()
         self.hang_up_all()
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -219,6 +225,11 @@ class StandIn:
         assert self.server is not None
         server = self.server
         self.call(lambda: server.oplog.truncate(keep_last))
+
+    def expire_documents(self) -> int:
+        """Run the TTL monitor's pass now (it runs every 60 s): delete what TTL indexes say has expired."""
+        assert self.server is not None and self.server.engine is not None
+        return self.call(self.server.engine.expire_documents)
 
     def hang_up(self) -> None:
         """Close every client connection, as a network failure would."""

@@ -31,10 +31,11 @@ import mongomock.aggregate
 import mongomock.collection
 import mongomock.filtering
 import mongomock.helpers
+import mongomock.store
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
-from realtime.standin import arrayfilters, validate
+from realtime.standin import arrayfilters, numbers, positional, validate
 from realtime.standin.arguments import NUMBER, bson_type
 from realtime.standin.errors import CommandError, bad_value, unsupported
 from realtime.standin.limits import (
@@ -100,6 +101,13 @@ for _stage in ("$group", "$count"):
 mongomock.collection._validate_data_fields = mongomock.collection._recursive_key_check_null_character
 
 
+# -- TTL indexes ----------------------------------------------------------------------------------
+# mongomock removes expired documents whenever a collection is read, silently: no delete event, and a document
+# inserted with a past date vanished before the insert could read it back. Expiry is the TTL monitor's
+# (Store.expire), whose deletes are deletes like any other.
+cast(Any, mongomock.store.CollectionStore)._remove_expired_documents = lambda self: None
+
+
 # -- mongomock's clock ------------------------------------------------------------------------------
 # $currentDate reads mongomock.utcnow(), which mongomock lets its users replace; its own calls
 # datetime.utcnow(), deprecated from Python 3.12. The same value (naive UTC, millisecond precision like a
@@ -163,49 +171,10 @@ def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _zero_like(value: Any) -> Any:
-    if isinstance(value, Int64):
-        return Int64(0)
-    if isinstance(value, float):
-        return 0.0
-    if isinstance(value, Decimal128):
-        return Decimal128("0")
-    return 0
-
-
 def _number(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float, Int64, Decimal128)):
         return None
     return value.to_decimal() if isinstance(value, Decimal128) else value
-
-
-def _apply_mul(doc: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """Turn ``$mul`` into the ``$set`` it amounts to for ``doc``."""
-    out: dict[str, Any] = {}
-    for path, factor in spec.items():
-        f = _number(factor)
-        if f is None:
-            raise CommandError(14, f"Cannot multiply with non-numeric argument: {{{path}: {factor!r}}}")
-        current: Any = doc
-        for part in path.split("."):
-            current = current.get(part) if isinstance(current, dict) else None
-            if current is None:
-                break
-        if current is None:
-            out[path] = _zero_like(factor)
-            continue
-        c = _number(current)
-        if c is None:
-            raise CommandError(14, f"Cannot apply $mul to a value of non-numeric type. "
-                                   f"{{_id: {doc.get('_id')!r}}} has the field '{path}' of non-numeric type")
-        result = c * f
-        if isinstance(current, Decimal128) or isinstance(factor, Decimal128):
-            result = Decimal128(str(result))
-        elif isinstance(result, int) and (isinstance(current, Int64) or isinstance(factor, Int64)
-                                          or not -(2**31) <= result < 2**31):
-            result = Int64(result)
-        out[path] = result
-    return out
 
 
 class Store:
@@ -377,7 +346,8 @@ class Store:
                                                f"found to have been altered to _id: {new.get('_id')!r}")
                     self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
                 else:
-                    ops = self._lower(arrayfilters.concrete(update, before, filters), before)
+                    concrete = arrayfilters.concrete(positional.resolve(update, before, query), before, filters)
+                    ops = self._lower(concrete, before)
                     if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
                         self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops), db, coll, before, ops)
                 changed = self._raw(db, coll, key)
@@ -438,8 +408,13 @@ class Store:
             self._write(lambda: mc.insert_one(doc), db, coll, doc)
             key = doc["_id"]
         else:
-            ops = self._lower(arrayfilters.concrete(update, {}, filters), {}) or {"$set": {}}
-            res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, self._upsert_base(query), ops)
+            base = self._upsert_base(query)
+            ops = self._lower(arrayfilters.concrete(positional.resolve(update, base, None), base, filters), base)
+            ops = ops or {"$set": {}}
+            if "_id" not in base and any(path == "_id" for op in ("$push", "$addToSet") for path in ops.get(op, {})):
+                # The server applies the operators first and adds an _id after; an array made there is refused.
+                raise CommandError(53, "The '_id' value cannot be of type array")
+            res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, base, ops)
             key = res.upserted_id
             stored = self._raw(db, coll, key)
             assert stored is not None
@@ -493,17 +468,28 @@ class Store:
         operators mongomock lacks or gets wrong into ones it has."""
         _check_operands(update, doc)
         ops = dict(update)
-        if "$mul" in ops:
-            ops["$set"] = {**ops.get("$set", {}), **_apply_mul(doc, ops.pop("$mul"))}
+        for op in ("$inc", "$mul"):
+            if op in ops:
+                sets, kept = _arithmetic(op, ops.pop(op), doc)
+                if sets:
+                    ops["$set"] = {**ops.get("$set", {}), **sets}
+                if kept:
+                    ops[op] = kept
         if "$addToSet" in ops:  # the server adds each value of $each once, duplicates in $each too
             ops["$addToSet"] = {path: {**arg, "$each": _distinct(arg["$each"])} if _is_each(arg) else arg
                                 for path, arg in ops["$addToSet"].items()}
         if "$rename" in ops:  # a $set of the destination and an $unset of the source; mongomock has no dots
             keep: dict[str, Any] = {}
             for source, target in ops.pop("$rename").items():
+                for which, path in (("source", source), ("destination", target)):
+                    array = _array_on(doc, path)
+                    if array is not None:
+                        raise CommandError(2, f"The {which} field cannot be an array element, '{path}' in doc with "
+                                              f"_id: {show(doc.get('_id'))} has an array field called "
+                                              f"'{array.rsplit('.', 1)[-1]}'")
                 value = _get(doc, source)
-                if not isinstance(target, str) or value is _UNKNOWN or _get(doc, target) is _UNKNOWN:
-                    keep[source] = target  # through an array or a scalar: mongomock answers
+                if value is _UNKNOWN or _get(doc, target) is _UNKNOWN:
+                    keep[source] = target  # through a scalar: mongomock answers
                 elif value is not _MISSING:
                     ops["$unset"] = {**ops.get("$unset", {}), source: ""}
                     ops["$set"] = {**ops.get("$set", {}), target: value}
@@ -732,6 +718,32 @@ class Store:
                                                                "operationDescription": description,
                                                                "collectionUUID": meta.uuid})])
 
+    def expire(self, locks: dict[tuple[str, str, Any], Transaction], now: dt.datetime | None = None) -> int:
+        """One pass of the TTL monitor: delete the documents whose TTL index says they have expired, as the
+        server's monitor does every 60 s (ttlMonitorSleepSecs). A TTL index has one field; a document expires when
+        that field holds a date (or an array: its earliest date) older than ``expireAfterSeconds``; a document
+        without a date there never expires. A document an open transaction holds is left for the next pass.
+        Returns how many documents were deleted."""
+        now = now or _utcnow()
+        deleted = 0
+        for (db, coll), meta in list(self.collections.items()):
+            if meta.txn is not None and meta.txn.state == "open":
+                continue
+            for index in list(self._mcoll(db, coll)._store.indexes.values()):
+                seconds = index.get("expireAfterSeconds")
+                if seconds is None or len(index["key"]) != 1:
+                    continue
+                path = index["key"][0][0]
+                cutoff = now - dt.timedelta(seconds=int(seconds))
+                expired = [doc["_id"] for doc in self.documents(db, coll)
+                           if (date := _earliest_date(_get(doc, path))) is not None and date <= cutoff]
+                for key in expired:
+                    try:
+                        deleted += self.delete(db, coll, {"_id": key}, limit=1, txn=None, locks=locks).n
+                    except Locked:
+                        continue
+        return deleted
+
     def record_ddl(self, op: str, db: str, coll: str, description: dict[str, Any]) -> None:
         """An index built or dropped, a collection's options changed: events only showExpandedEvents shows."""
         self._record(None, Change(op, db, coll, None, {"operationDescription": description}))
@@ -776,6 +788,64 @@ def _get(doc: dict[str, Any], path: str) -> Any:
     return value
 
 
+def _value_at(doc: Any, path: str) -> Any:
+    """The value at a dotted path through sub-documents and array indexes; ``_MISSING`` where the path ends
+    early, ``_UNKNOWN`` where it goes through a scalar or names no index of an array."""
+    value: Any = doc
+    for part in path.split("."):
+        if isinstance(value, dict):
+            if part not in value:
+                return _MISSING
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit():
+            if int(part) >= len(value):
+                return _MISSING
+            value = value[int(part)]
+        else:
+            return _UNKNOWN
+    return value
+
+
+def _arithmetic(op: str, spec: dict[str, Any], doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``$inc`` or ``$mul`` on ``doc`` as the ``$set`` it amounts to, with the server's result types and its
+    refusal of an overflow (:mod:`numbers`); and the paths left to mongomock (through a scalar: it refuses them)."""
+    sets: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    for path, operand in spec.items():
+        current = _value_at(doc, path)
+        if current is _UNKNOWN:
+            kept[path] = operand
+        elif current is _MISSING:
+            sets[path] = operand if op == "$inc" else numbers.zero_like(operand)
+        elif numbers.kind(current) is None:
+            raise CommandError(14, f"Cannot apply {op} to a value of non-numeric type. "
+                                   f"{{_id: {_show(doc.get('_id'))}}} has the field '{path.rsplit('.', 1)[-1]}' "
+                                   f"of non-numeric type {_type_name(current)}")
+        else:
+            try:
+                sets[path] = (numbers.add if op == "$inc" else numbers.multiply)(current, operand)
+            except numbers.Overflow:
+                raise CommandError(2, f"Failed to apply {op} operations to current value "
+                                      f"({numbers.debug_string(current)}) for document "
+                                      f"{{_id: {_show(doc.get('_id'))}}}") from None
+    return sets, kept
+
+
+def _earliest_date(value: Any) -> dt.datetime | None:
+    """The date a TTL index reads in a value: the value if it is a date, the earliest date of an array."""
+    if isinstance(value, dt.datetime):
+        return _naive(value)
+    if isinstance(value, list):
+        dates = [_naive(v) for v in value if isinstance(v, dt.datetime)]
+        return min(dates) if dates else None
+    return None
+
+
+def _naive(value: dt.datetime) -> dt.datetime:
+    """A date as naive UTC, as mongomock's clock gives it."""
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
 def _type_name(value: Any) -> str:
     """The server's name for a value's BSON type."""
     if isinstance(value, bool):
@@ -788,6 +858,40 @@ def _type_name(value: Any) -> str:
     return next((name for cls, name in names if isinstance(value, cls)), type(value).__name__)
 
 
+# The operators that can create the field they name (a $-prefixed one would then be stored).
+_CREATING_OPERATORS = frozenset({"$set", "$setOnInsert", "$inc", "$mul", "$min", "$max", "$push", "$addToSet",
+                                 "$currentDate"})
+
+
+def _check_path(path: str) -> None:
+    """An update path with an empty field name is refused (src/mongo/db/update/field_checker.cpp)."""
+    if not path:
+        raise CommandError(56, "An empty update path is not valid.")
+    if "" in path.split("."):
+        raise CommandError(56, f"The update path '{path}' contains an empty field name, which is not allowed.")
+
+
+def _check_storable(path: str) -> None:
+    """A field an update would create with a ``$``-prefixed name (other than ``$`` and ``$[...]``) cannot be
+    stored (src/mongo/db/storage/storage_validation.cpp)."""
+    for part in path.split("."):
+        if part.startswith("$") and part != "$" and not (part.startswith("$[") and part.endswith("]")):
+            raise CommandError(52, f"The dollar ($) prefixed field '{part}' in '{path}' is not valid for storage.")
+
+
+def _array_on(doc: dict[str, Any], path: str) -> str | None:
+    """The first array (by its path) that ``path`` goes through or ends at an element of, if any."""
+    value: Any = doc
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        if isinstance(value, list):
+            return ".".join(parts[:depth])
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return None
+
+
 def _check_operators(update: dict[str, Any]) -> None:
     """What the server refuses as it parses an update, whatever the documents: operands of the wrong
     type, and two operators (or one twice) on the same path or on a path and its prefix."""
@@ -798,9 +902,22 @@ def _check_operators(update: dict[str, Any]) -> None:
                                   f"For example: {{$mod: {{<field>: ...}}}} not {{{op}: {_show(spec)}}}")
         paths.extend(spec)
         for path, arg in spec.items():
-            if op == "$inc" and _number(arg) is None:
-                raise CommandError(14, f"Cannot increment with non-numeric argument: {{{path}: {_show(arg)}}}")
+            _check_path(path)
+            positional.check_path(path)
+            if op in _CREATING_OPERATORS:
+                _check_storable(path)
+            if op == "$rename":
+                if not isinstance(arg, str):
+                    raise CommandError(2, f"The 'to' field for $rename must be a string: {path}: {_show(arg)}")
+                _check_path(arg)
+                _check_storable(arg)
+            if op in ("$inc", "$mul") and _number(arg) is None:
+                verb = "increment" if op == "$inc" else "multiply"
+                raise CommandError(14, f"Cannot {verb} with non-numeric argument: {{{path}: {_show(arg)}}}")
             if op == "$rename" and isinstance(arg, str):
+                for which, name in (("source", path), ("destination", arg)):
+                    if positional.has_positional(name) or "$[" in name:
+                        raise CommandError(2, f"The {which} field for $rename may not be dynamic: {name}")
                 if arg == path or arg.startswith(path + ".") or path.startswith(arg + "."):
                     raise CommandError(2, f"The source and target field for $rename must differ and not be on "
                                           f"the same path: {{{path}: {_show(arg)}}}")
@@ -820,7 +937,7 @@ def _check_operands(update: dict[str, Any], doc: dict[str, Any]) -> None:
     """What the server refuses as it applies an update to ``doc``: operators on values of the wrong type."""
     for op, spec in update.items():
         for path in spec:
-            current = _get(doc, path)
+            current = _value_at(doc, path)
             known = current is not _MISSING and current is not _UNKNOWN
             leaf = path.rsplit(".", 1)[-1]
             if op == "$inc":
@@ -1008,9 +1125,17 @@ def _images_option(value: Any) -> bool:
     return bool(value["enabled"])
 
 
+MAX_DATABASE_NAME = 63  # bytes (DatabaseName::kMaxDatabaseNameLength)
+MAX_NAMESPACE = 255  # bytes of "db.collection" (NamespaceString::MaxNsLen)
+
+
 def check_namespace(db: str, coll: str) -> None:
     if not db or any(c in db for c in '/\\. "$\x00'):
         raise CommandError(73, f"Invalid database name: '{db}'")
+    if len(db.encode()) > MAX_DATABASE_NAME:
+        raise CommandError(73, f"db name must be at most {MAX_DATABASE_NAME} characters, found: {len(db.encode())}")
+    if len(f"{db}.{coll}".encode()) > MAX_NAMESPACE:
+        raise CommandError(73, f"Fully qualified namespace is too long. Namespace: {db}.{coll} Max: {MAX_NAMESPACE}")
     if not coll or "$" in coll or "\x00" in coll:
         raise CommandError(73, f"Invalid collection name: {coll}")
     if coll.startswith("."):

@@ -132,3 +132,187 @@ def _dollar_field(doc: Mapping[str, Any]) -> str | None:
             if inner is not None:
                 return inner
     return None
+
+
+# -- aggregation stages: their arguments, checked before any document is read ---------------------------------
+# Codes and messages from mongodb/mongo src/mongo/db/pipeline/document_source_*.cpp (limit, skip, sample, group,
+# unwind, sort, project via projection_parser.cpp, match, add_fields).
+_ACCUMULATORS = frozenset({
+    "$accumulator", "$addToSet", "$avg", "$bottom", "$bottomN", "$count", "$first", "$firstN", "$last", "$lastN",
+    "$max", "$maxN", "$median", "$mergeObjects", "$min", "$minN", "$percentile", "$push", "$stdDevPop",
+    "$stdDevSamp", "$sum", "$top", "$topN",
+})
+
+
+def _whole_number(stage: str, value: Any) -> int | None:
+    """A stage's numeric argument as an integer; None when it is no number; BadValue when it has a fraction."""
+    if bson_type(value) not in ("int", "long", "double", "decimal"):
+        return None
+    number = float(str(value)) if bson_type(value) == "decimal" else value
+    if number != number or (isinstance(number, float) and not number.is_integer()):
+        raise CommandError(2, f"invalid argument to {stage} stage :: caused by :: Expected an integer: "
+                              f"{stage}: {number}")
+    return int(number)
+
+
+def check_stage(name: str, spec: Any) -> None:
+    """Refuse a stage's arguments as the server does when it parses the pipeline."""
+    checks = {"$limit": _limit, "$skip": _skip, "$sample": _sample, "$group": _group, "$unwind": _unwind,
+              "$sort": _sort, "$project": _project, "$match": _match, "$addFields": _add_fields,
+              "$set": _add_fields}
+    check = checks.get(name)
+    if check is not None:
+        check(name, spec)
+
+
+def _limit(name: str, spec: Any) -> None:
+    n = _whole_number(name, spec)
+    if n is None:
+        raise CommandError(15957, "the limit must be specified as a number")
+    if n <= 0:
+        raise CommandError(15958, "the limit must be positive")
+
+
+def _skip(name: str, spec: Any) -> None:
+    n = _whole_number(name, spec)
+    if n is None:
+        raise CommandError(15972, "Argument to $skip must be a number")
+    if n < 0:
+        raise CommandError(15956, "Argument to $skip cannot be negative")
+
+
+def _sample(name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise CommandError(28745, "the $sample stage specification must be an object")
+    for key in spec:
+        if key != "size":
+            raise CommandError(28748, f"unrecognized option to $sample: {key}")
+    if "size" not in spec:
+        raise CommandError(28749, "$sample stage must specify a size")
+    if bson_type(spec["size"]) not in ("int", "long", "double", "decimal"):
+        raise CommandError(28746, "size argument to $sample must be a number")
+    if float(str(spec["size"])) < 0:
+        raise CommandError(28747, "size argument to $sample must not be negative")
+
+
+def _group(name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise CommandError(15947, "a group's fields must be specified in an object")
+    if "_id" not in spec:
+        raise CommandError(15955, "a group specification must include an _id")
+    for field, accumulator in spec.items():
+        if field == "_id":
+            continue
+        if field.startswith("$"):
+            raise CommandError(15950, f"The field name '{field}' cannot be an operator name")
+        if "." in field:
+            raise CommandError(40235, f"The field name '{field}' cannot contain '.'")
+        if not isinstance(accumulator, Mapping):
+            raise CommandError(40234, f"The field '{field}' must be an accumulator object")
+        if len(accumulator) != 1:
+            raise CommandError(40238, f"The field '{field}' must specify one accumulator")
+        operator = next(iter(accumulator))
+        if operator not in _ACCUMULATORS:
+            raise CommandError(15952, f"unknown group operator '{operator}'")
+
+
+def _unwind(name: str, spec: Any) -> None:
+    if isinstance(spec, Mapping):
+        for key in spec:
+            if key not in ("path", "includeArrayIndex", "preserveNullAndEmptyArrays"):
+                raise CommandError(28811, f"unrecognized option to $unwind stage: {key}")
+        if "path" not in spec:
+            raise CommandError(28812, "No path specified to $unwind stage")
+        path = spec["path"]
+        if bson_type(path) != "string":
+            raise CommandError(28808, f"Expected a string as the path for $unwind stage, got {bson_type(path)}")
+    elif bson_type(spec) == "string":
+        path = spec
+    else:
+        raise CommandError(15981, "expected either a string or an object as specification for $unwind stage, got "
+                                  f"{bson_type(spec)}")
+    if not path.startswith("$"):
+        raise CommandError(28818, f"path option to $unwind stage should be prefixed with a '$': {path}")
+
+
+def _sort(name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise CommandError(15973, "the $sort key specification must be an object")
+    if not spec:
+        raise CommandError(15976, "$sort stage must have at least one sort key")
+    for path, direction in spec.items():
+        if isinstance(direction, Mapping) and "$meta" in direction:
+            continue
+        if bson_type(direction) not in ("int", "long", "double", "decimal"):
+            raise CommandError(15974, f"Illegal key in $sort specification: {path}: {direction!r}")
+        if float(str(direction)) not in (1, -1):
+            raise CommandError(15975, "$sort key ordering must be 1 (for ascending) or -1 (for descending)")
+
+
+def _project(name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise CommandError(15969, "$project specification must be an object")
+    if not spec:
+        raise CommandError(51272, "Invalid $project :: caused by :: projection specification must have at least "
+                                  "one field")
+    included: str | None = None
+    excluded: str | None = None
+    for path, value in _projection_leaves(spec):
+        kind = bson_type(value)
+        if kind in ("bool", "int", "long", "double", "decimal"):
+            if value in (0, False) or (kind == "decimal" and float(str(value)) == 0):
+                if path != "_id":
+                    excluded = excluded or path
+            else:
+                included = included or path
+        else:
+            included = included or path  # a computed field: an inclusion projection
+        if included is not None and excluded is not None:
+            if path == excluded:
+                raise CommandError(31254, f"Invalid $project :: caused by :: Cannot do exclusion on field {excluded} "
+                                          "in inclusion projection")
+            raise CommandError(31253, f"Invalid $project :: caused by :: Cannot do inclusion on field {included} in "
+                                      "exclusion projection")
+
+
+def _projection_leaves(spec: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in spec.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and not next(iter(value)).startswith("$"):
+            out.extend(_projection_leaves(value, path + "."))
+        else:
+            out.append((path, value))
+    return out
+
+
+def _match(name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise CommandError(15959, "the match filter must be an expression in an object")
+
+
+def _add_fields(name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise CommandError(40272, f"{name} specification stage must be an object, got {bson_type(spec)}")
+
+
+MAX_DEPTH = 100  # BSONDepth::getMaxDepthForUserStorage: levels of nested documents and arrays a stored document has
+
+
+def check_depth(doc: Mapping[str, Any]) -> None:
+    """Refuse a document nested deeper than a stored document may be (Overflow, 15)."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, Mapping) else value
+        for child in children:
+            if isinstance(child, (Mapping, list)):
+                if depth + 1 > MAX_DEPTH:
+                    raise CommandError(15, f"Document exceeds maximum nesting depth of {MAX_DEPTH}")
+                stack.append((child, depth + 1))
+
+
+def check_writable(db: str, coll: str) -> None:
+    """A client writes no ``system.`` collection but ``system.js`` (userAllowedWriteNS: InvalidNamespace 73)."""
+    if coll.startswith("system.") and coll != "system.js":
+        raise CommandError(73, f"cannot write to '{db}.{coll}'")

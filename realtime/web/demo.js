@@ -4,6 +4,8 @@ import { RealtimeClient } from '/client/realtime.js';
 
 const params = new URLSearchParams(location.search);
 const NAME = /^[A-Za-z0-9_.@-]{1,32}$/;
+const ID_OF_ANOTHER_TYPE = /^(?:0|-?[1-9][0-9]*|[0-9a-f]{24})$/; // a number's or an ObjectId's text, not a name
+const validName = (name) => NAME.test(name) && !ID_OF_ANOTHER_TYPE.test(name);
 const MAX_POSTS = 50;
 const SHOWN_COMMENTS = 20;
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -19,12 +21,12 @@ let client = null;
 
 function pickUser() {
   const asked = params.get('user');
-  if (asked && NAME.test(asked)) {
+  if (asked && validName(asked)) {
     sessionStorage.setItem('realtime-demo-user', asked);
     return asked;
   }
   const kept = sessionStorage.getItem('realtime-demo-user');
-  if (kept && NAME.test(kept)) return kept;
+  if (kept && validName(kept)) return kept;
   const made = `guest-${Math.random().toString(16).slice(2, 6)}`;
   sessionStorage.setItem('realtime-demo-user', made);
   return made;
@@ -404,8 +406,8 @@ function setupName() {
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const name = input.value.trim();
-    if (!NAME.test(name)) {
-      input.setCustomValidity('1 to 32 letters, digits or _ . @ -');
+    if (!validName(name)) {
+      input.setCustomValidity('1 to 32 letters, digits or _ . @ -, not only digits');
       input.reportValidity();
       return;
     }

@@ -17,7 +17,9 @@
 
 const TERMINAL = new Set([1000, 4001, 4002]); // close codes after which a client stops (docs/protocol.md)
 const TOKEN_EXPIRED = 4003;
-const ROOM = /^(?:public|(?:post|author|user):[A-Za-z0-9_.:@-]{1,80}|hashtag:[\p{L}\p{N}][\p{L}\p{N}_-]{0,63})$/u;
+// an id's text: plain, or a string that reads as an ObjectId's or an integer's, marked with ~ (docs/events.md, "Ids")
+const ID = '(?:[A-Za-z0-9_.:@-]{1,80}|~(?:[0-9a-f]{24}|0|[1-9][0-9]{0,78}|-[1-9][0-9]{0,77}))';
+const ROOM = new RegExp(`^(?:public|(?:post|author|user):${ID}|hashtag:[\\p{L}\\p{N}][\\p{L}\\p{N}_-]{0,63})$`, 'u');
 const MAX_ROOMS_PER_FRAME = 50; // the server's bound on the rooms of one subscribe frame
 const SEEN_MAX = 10000; // ids remembered for de-duplication
 

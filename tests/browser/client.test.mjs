@@ -77,8 +77,10 @@ test('helpers: ids compare as big integers, rooms follow the grammar, backoff is
   assert.equal(compareIds(`${BIG}-0`, '7713463961684803586-9'), 1);
   assert.equal(compareIds(`${BIG}-2`, `${BIG}-10`), -1);
   assert.equal(compareIds('1-1', '1-1'), 0);
-  for (const ok of ['public', 'post:p1', 'user:u-1@x', 'hashtag:café', 'author:a.b']) assert.ok(validRoom(ok), ok);
-  for (const bad of ['', 'private', 'post:', 'hashtag:_x', 'post:a b', `post:${'x'.repeat(81)}`]) assert.ok(!validRoom(bad), bad);
+  for (const ok of ['public', 'post:p1', 'user:u-1@x', 'hashtag:café', 'author:a.b', 'post:65a1b2c3d4e5f60718293a4b',
+    'post:~65a1b2c3d4e5f60718293a4b', 'user:~42', 'user:42', 'author:~-7']) assert.ok(validRoom(ok), ok);
+  for (const bad of ['', 'private', 'post:', 'hashtag:_x', 'post:a b', `post:${'x'.repeat(81)}`, 'post:~p1', 'user:~007',
+    'user:a~b', 'post:~', `user:~${'1'.repeat(80)}`]) assert.ok(!validRoom(bad), bad);
   for (let n = 0; n < 12; n++) {
     const d = Math.min(30000, 500 * 2 ** n);
     assert.equal(backoffDelay(n, 500, 30000, () => 0), d / 2);

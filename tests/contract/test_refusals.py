@@ -199,3 +199,41 @@ def test_an_update_statement_with_sort_is_refused_whole(coll: Collection[Doc]) -
         statement = {"q": {}, "u": {"$set": {"a": 1}}, "sort": {"_id": 1}}
         coll.database.command({"update": coll.name, "updates": [statement]})
     assert info.value.code == 40415
+
+
+# -- limits: nesting depth, namespace lengths, system collections ---------------------------------------------------
+def nested(levels: int) -> Doc:
+    doc: Doc = {}
+    for _ in range(levels):
+        doc = {"a": doc}
+    return doc
+
+
+def test_a_document_nested_too_deep_is_refused(coll: Collection[Doc]) -> None:
+    """Pins: 120 levels of sub-documents were stored (MongoDB: Overflow, 15, past 100 levels)."""
+    with pytest.raises(WriteError) as info:
+        coll.insert_one(nested(120))
+    assert info.value.code == 15
+    coll.insert_one(nested(50))
+    assert coll.count_documents({}) == 1
+
+
+def test_namespaces_too_long_are_refused(client: MongoClient[Doc], db: Database[Doc]) -> None:
+    """Pins: a 300-byte collection name and a 70-byte database name were accepted (InvalidNamespace, 73)."""
+    with pytest.raises(OperationFailure) as info:
+        db["x" * 300].insert_one({})
+    assert info.value.code == 73
+    with pytest.raises(OperationFailure) as info:
+        client["d" * 70]["x"].insert_one({})
+    assert info.value.code == 73
+
+
+@pytest.mark.parametrize("write", ["insert", "update", "delete"])
+def test_system_collections_are_not_written_by_clients(db: Database[Doc], write: str) -> None:
+    """Pins: an insert into system.foo was stored."""
+    target = db["system.foo"]
+    with pytest.raises(OperationFailure) as info:
+        {"insert": lambda: target.insert_one({"_id": 1}),
+         "update": lambda: target.update_one({"_id": 1}, {"$set": {"x": 1}}, upsert=True),
+         "delete": lambda: target.delete_one({"_id": 1})}[write]()
+    assert info.value.code == 73

@@ -160,7 +160,7 @@ def running_stack(redis_server: RedisServer, log_dir: Path, name: str, *, server
         yield st
         for s in st.servers:  # each server stops cleanly on SIGTERM (but those the test killed)
             code = s.stop()
-            assert s.killed or code == 0, s.log()
+            assert s.killed or code == 0, (code, s.log())
 
 
 # -- tokens ---------------------------------------------------------------------------------------------------

@@ -200,6 +200,26 @@ def test_posts_with_null_empty_or_unknown_visibility_are_private_in_the_demo(dem
     assert "zzz0-public" in ids and not {"zzz1-null", "zzz2-empty", "zzz3-array"} & set(ids), ids
 
 
+def test_the_demo_names_posts_and_users_by_their_ids_texts(demo: Stack) -> None:
+    """Regression: the feed gave the string post "424242" and the post 424242 one id, and a like of either was
+    written for, and counted over, both; a demo user "4242" had the token of the user 4242."""
+    server = demo.servers[0]
+    now = dt.datetime.now(dt.UTC)  # the newest: first in the feed
+    demo.db.posts.insert_many([{"_id": "424242", "authorId": "ada", "text": "a string id", "createdAt": now},
+                               {"_id": 424242, "authorId": "ada", "text": "a number id", "createdAt": now}])
+    status, _, body = http(server, "POST", "/demo/api/like", {"postId": "~424242"}, token("eve"))
+    assert status == 200 and orjson.loads(body)["likes"] == 1, body
+    assert [(type(d["postId"]), d["userId"]) for d in demo.db.likes.find({"postId": {"$in": ["424242", 424242]}})] \
+        == [(str, "eve")]
+    status, _, body = http(demo.servers[0], "GET", "/demo/api/feed", None, token("eve"))
+    posts = {p["id"]: (p["text"], p["likes"], p["liked"]) for p in orjson.loads(body)["posts"]}
+    assert posts["~424242"] == ("a string id", 1, True) and posts["424242"] == ("a number id", 0, False), posts
+    for bad in ("4242", "0", "-1", "65a1b2c3d4e5f60718293a4b"):
+        status, _, body = http(server, "GET", "/demo/api/token?user=" + bad)
+        assert status == 400 and orjson.loads(body)["error"]["code"] == "bad_user", bad
+    assert http(server, "GET", "/demo/api/token?user=007")[0] == 200  # not a number's text: a name
+
+
 async def test_like_toggles_and_comments_reach_a_websocket_client(demo: Stack, clients: Opener) -> None:
     server = demo.servers[0]
     await asyncio.to_thread(post, demo, "live1")

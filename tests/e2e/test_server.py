@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import socket
 import time
@@ -431,6 +433,55 @@ async def test_forged_tokens_are_refused(main: Stack, clients: Opener, forge: st
     unauthenticated = await clients(main.servers[0])
     reply = await unauthenticated.request(op="subscribe", rooms=["public"])
     assert reply["op"] == "error" and reply["code"] == "unauthorized", reply
+
+
+def hs256_raw(payload_json: str) -> str:
+    """An HS256 token signed with the servers' secret whose payload is this exact JSON text (huge integers, NaN
+    and Infinity included)."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload_json.encode())
+    return head + "." + b64(hmac.new(SECRET.encode(), head.encode(), hashlib.sha256).digest())
+
+
+# Time claims of tokens signed with the right secret, and what the server answers: the `expires` it shows (None:
+# none; "soon": the token's own exp), or the close code of a refusal.
+HOSTILE_CLAIMS = [
+    ('"exp": 1e30', None), (f'"exp": {2**64}', None), (f'"exp": {2**53}', None), ('"exp": 1' + "0" * 400, None),
+    ('"exp": {soon}.5', "soon"), ('"exp": -1', 4003), ('"exp": -1e30', 4003), ('"exp": 1e400', 4001),
+    ('"exp": NaN', 4001), ('"exp": "99999999999"', 4001),
+    ('"exp": {soon}, "nbf": 1e30', 4001), ('"exp": {soon}, "nbf": -1e30', "soon"), ('"exp": {soon}, "nbf": "0"', 4001),
+    ('"exp": {soon}, "iat": 1e30', 4001), ('"exp": {soon}, "iat": -1' + "0" * 400, "soon"),
+    ('"exp": {soon}, "iat": Infinity', 4001),
+]
+
+
+@pytest.mark.parametrize(("claims", "outcome"), HOSTILE_CLAIMS, ids=[c[:40] for c, _ in HOSTILE_CLAIMS])
+async def test_hostile_time_claims_get_a_documented_answer(main: Stack, clients: Opener, claims: str,
+                                                           outcome: int | str | None) -> None:
+    """Regression: a token with an exp of 2**64 or more (1e30) made the `authenticated` reply fail in orjson; the
+    exception ended the server's message task, and the client got no answer at all."""
+    server = main.servers[0]
+    before = len(server.log())
+    soon = int(time.time()) + 600
+    bearer = hs256_raw('{"sub": "u1", ' + claims.format(soon=soon) + "}")
+    in_frame = await clients(server)
+    reply = await in_frame.request(op="auth", token=bearer)
+    at_door = await clients(server, bearer=bearer)
+    if isinstance(outcome, int):
+        assert reply["op"] == "error", reply
+        assert reply["code"] == ("token_expired" if outcome == 4003 else "unauthorized"), reply
+        assert await in_frame.closed() == outcome
+        assert await at_door.closed() == outcome
+    else:
+        assert reply["op"] == "authenticated" and reply["user"] == "u1", reply
+        assert reply.get("expires") == (soon if outcome == "soon" else None), reply
+        for client in (in_frame, at_door):
+            await client.subscribe(["user:u1"])
+            await client.barrier()
+    log = server.log()[before:]
+    for bad in ("Traceback", "never retrieved"):
+        assert bad not in log, log[-3000:]
 
 
 async def test_no_auth_in_time_closes_4002(main: Stack, clients: Opener) -> None:

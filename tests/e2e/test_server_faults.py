@@ -7,6 +7,7 @@ events in the watcher's shape straight into the streams, so what the server deli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import TIMEOUT, RedisServer, own_redis
 from tests.e2e.serverkit import Client, Opener, Stack, running_stack, until
@@ -137,3 +139,92 @@ async def test_replay_while_redis_hangs_answers_unavailable_and_leaves_the_rooms
     assert server.metric("realtime_client_errors_total", code="unavailable") >= 1
     clean_log(stack)
 
+
+@pytest.fixture
+def patient(redis_own: RedisServer, tmp_path: Path) -> Iterator[Stack]:
+    """A server that waits for Redis far longer than a test waits for an answer."""
+    env = {"REALTIME_REDIS_TIMEOUT": str(TIMEOUT * 6), "REALTIME_PRESENCE_TTL": "3"}
+    with running_stack(redis_own, tmp_path, "patient", servers=1, watcher=False, server_env=env) as st:
+        yield st
+
+
+async def test_subscribe_is_answered_while_redis_hangs_and_presence_catches_up(
+        patient: Stack, clients: Opener, redis_own: RedisServer) -> None:
+    """Regression: a subscribe to a presence room waited for the presence write to Redis, so with Redis hung
+    (not refusing: silent) the client got no answer until the Redis timeout. Joins and leaves are now this
+    instance's bookkeeping, written to Redis in the background."""
+    server = patient.servers[0]
+    client = await clients(server, "u1", rooms=["public"])
+    redis_own.process.send_signal(signal.SIGSTOP)
+    try:
+        replies = [await client.request(op="subscribe", rooms=[f"post:h{i}"]) for i in range(3)]
+        left = await client.request(op="unsubscribe", rooms=["post:h1"])
+        pong = await client.request(op="ping")
+    finally:
+        redis_own.process.send_signal(signal.SIGCONT)
+    assert [r["op"] for r in replies] == ["subscribed"] * 3, replies
+    assert left["op"] == "unsubscribed" and pong["op"] == "pong", (left, pong)
+
+    # Once Redis answers, what this instance holds is written: u1 is present in h0 and h2, not in h1.
+    other = await clients(server, "u2", rooms=["post:h0"])
+
+    async def present(room: str) -> bool:
+        return "u1" in (await other.request(op="presence", room=room))["users"]
+
+    deadline = time.monotonic() + TIMEOUT * 2
+    while not (await present("post:h0") and await present("post:h2")):
+        assert time.monotonic() < deadline, "the joins made while Redis hung were never written"
+        await asyncio.sleep(0.2)
+    assert not await present("post:h1")
+    clean_log(patient)
+
+
+@pytest.fixture
+def held(redis_own: RedisServer, tmp_path: Path) -> Iterator[Stack]:
+    """A server whose replays go on retrying Redis for as long as the test keeps it stopped."""
+    env = {"REALTIME_RETRY_SECONDS": "60", "REALTIME_REDIS_TIMEOUT": "1"}
+    with running_stack(redis_own, tmp_path, "held", servers=1, watcher=False, server_env=env) as st:
+        yield st
+
+
+@pytest.mark.parametrize(("count", "pad"), [(100, 0), (20, 60_000)], ids=["messages", "bytes"])
+async def test_frames_sent_behind_a_replay_that_waits_are_bounded_4009(
+        held: Stack, clients: Opener, redis_own: RedisServer, count: int, pad: int) -> None:
+    """Regression: while a replay waited for Redis, every frame the client sent meanwhile was kept by the server,
+    without bound (at the speed of the network). Past REALTIME_BURST + REALTIME_FLOOD_CLOSE_AFTER frames, or
+    REALTIME_QUEUE_BYTES of them, the connection is closed with 4009; nothing of what waited is answered."""
+    server = held.servers[0]
+    client = await clients(server, "u1", rooms=["public"])
+    redis_own.process.send_signal(signal.SIGSTOP)
+    try:
+        ref = await client.send(op="subscribe", rooms=["hashtag:held"], since="0-0")  # waits for Redis
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(count):
+                await client.send(op="ping", pad="x" * pad)
+        code = await client.closed()
+    finally:
+        redis_own.process.send_signal(signal.SIGCONT)
+    assert code == 4009
+    assert not [f for f in client.frames if f["op"] == "pong" or f.get("ref") == ref], client.frames
+    assert server.metric("realtime_closes_total", reason="flood") == 1
+    other = await clients(server, "u2", rooms=["public"])  # the server goes on
+    await other.barrier()
+    clean_log(held)
+
+
+async def test_readyz_answers_503_while_redis_hangs(patient: Stack, redis_own: RedisServer) -> None:
+    """Regression: /readyz awaited Redis for as long as REALTIME_REDIS_TIMEOUT allowed a command: with Redis
+    hung (stopped, or a connection that a partition blackholes), the readiness probe hung too. It waits
+    REALTIME_READY_TIMEOUT at most, then answers 503 and says why."""
+    server = patient.servers[0]
+    assert (await asyncio.to_thread(server.get, "/readyz"))[0] == 200
+    redis_own.process.send_signal(signal.SIGSTOP)
+    try:
+        status, body = await asyncio.to_thread(server.get, "/readyz")
+    finally:
+        redis_own.process.send_signal(signal.SIGCONT)
+    assert status == 503, (status, body)
+    problems = orjson.loads(body)["problems"]
+    assert "redis: no answer within 1s" in problems, problems
+    await until(lambda: server.get("/readyz")[0] == 200, "ready again once Redis answers")
+    clean_log(patient)

@@ -30,3 +30,17 @@ def test_without_a_secret_it_says_what_to_set(monkeypatch: pytest.MonkeyPatch,
     assert "REALTIME_JWT_SECRET" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["token", "--user", "u1", "--ttl", "0"])
+
+
+@pytest.mark.parametrize("secret", ["change-me", "x" * 31])
+def test_a_secret_shorter_than_32_characters_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str], secret: str) -> None:
+    """Regression: the command signed with any secret, however short (HS256 with a short secret can be guessed
+    offline from one token); the server refuses such a secret at start, and so does the command now."""
+    monkeypatch.setenv("REALTIME_JWT_SECRET", secret)
+    assert main(["token", "--user", "u1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "REALTIME_JWT_SECRET must be at least 32 characters" in err
+    monkeypatch.setenv("REALTIME_JWT_SECRET", "x" * 32)
+    assert main(["token", "--user", "u1"]) == 0

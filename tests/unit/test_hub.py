@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -135,6 +136,92 @@ async def test_a_failure_nobody_foresaw_closes_the_connection_1011(caplog: pytes
     assert not conn.alive and conn not in hub.conns
     assert hub.metrics.closes.value(reason="internal") == 1
     assert "closing its connection with 1011" in caplog.text
+
+
+async def test_a_client_frame_that_makes_the_session_fail_closes_1011_and_the_worker_ends_clean(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: the fast path called ``session.receive`` outside the guard of ``_handle``: an exception there
+    ended the message task ("Task exception was never retrieved") and left the connection open, deaf."""
+    from realtime.server import app
+
+    class Broken(Session):
+        def receive(self, data: str | bytes) -> list[Any]:
+            raise RuntimeError("a bug")
+
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, _ = connection(hub, ["public"])
+    conn.session = Broken(SessionConfig(allow_anonymous=True), None, time.time)
+    closed: list[tuple[int, str]] = []
+
+    async def close(code: int, reason: str) -> None:
+        closed.append((code, reason))
+
+    conn.ws.close = close
+    state: Any = SimpleNamespace(hub=hub, closing=set(), cfg=SimpleNamespace(
+        session=SessionConfig(), queue_bytes=1 << 20, max_frame=1 << 16))
+    inbox = app.Inbox(state, conn)
+    inbox.receive('{"op": "ping"}')
+    worker = inbox.worker
+    assert worker is not None
+    await asyncio.wait([worker])
+    assert worker.exception() is None
+    assert closed == [(1011, "internal error")]
+    assert not conn.alive and hub.metrics.closes.value(reason="internal") == 1
+    assert "RuntimeError: a bug" in caplog.text
+
+
+@pytest.mark.parametrize(("waiting", "size"), [(10, 10), (4, 1000)], ids=["messages", "bytes"])
+async def test_client_frames_waiting_behind_a_slow_one_are_bounded_4009(monkeypatch: pytest.MonkeyPatch,
+                                                                         waiting: int, size: int) -> None:
+    """Regression: while the fast path handled a slow frame (a replay waiting on Redis or on the replay memory),
+    every frame the client sent meanwhile was kept, without bound. Past REALTIME_BURST +
+    REALTIME_FLOOD_CLOSE_AFTER frames, or REALTIME_QUEUE_BYTES (at least a frame's size) of them, the connection
+    is closed as a flood (4009), and what waited is dropped."""
+    from realtime.server import app
+
+    hub = Hub(queue_bytes=4096, queue_messages=100)
+    conn, transport = connection(hub, ["public"])
+    closed: list[tuple[int, str]] = []
+
+    async def close(code: int, reason: str) -> None:
+        closed.append((code, reason))
+
+    conn.ws.close = close
+    state: Any = SimpleNamespace(hub=hub, closing=set(), cfg=SimpleNamespace(
+        session=SessionConfig(burst=4, flood_close_after=6), queue_bytes=4096, max_frame=1024))
+    gate = asyncio.Event()
+    real_apply = app._apply
+    calls = []
+
+    async def apply(state: Any, conn: Conn, actions: list[Any]) -> None:
+        calls.append(actions)
+        if len(calls) == 1:
+            await gate.wait()  # the first frame is a slow one
+        await real_apply(state, conn, actions)
+
+    monkeypatch.setattr(app, "_apply", apply)
+    ping = orjson.dumps({"op": "ping", "pad": "x" * (size - 30)}).decode()
+    inbox = app.Inbox(state, conn)
+    inbox.receive(ping)
+    worker = inbox.worker
+    assert worker is not None
+    await asyncio.sleep(0)  # the worker takes the first frame, and waits
+    for _ in range(waiting):
+        inbox.receive(ping)
+    assert conn.alive and not closed  # as many as the bounds allow: they wait
+    inbox.receive(ping)
+    closing = [t for t in state.closing if t is not worker]
+    assert closing, "one frame over the bounds did not close the connection"
+    await asyncio.wait(closing)
+    assert closed == [(4009, "flood")]
+    assert not conn.alive and inbox.messages is None  # what waited is dropped
+    assert hub.metrics.closes.value(reason="flood") == 1
+    inbox.receive(ping)
+    assert inbox.messages is None  # and so is what comes after
+    gate.set()
+    await asyncio.wait([worker])
+    assert worker.exception() is None
+    assert transport.written == []  # not even the slow frame's answer: the connection is closed
 
 
 def frames(transport: FakeTransport) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from realtime import events as ev
 from realtime.events import EVENTS_PER_CHANGE, BadEventId, Counter, Event
+from realtime.ids import id_text
 from watchers.config import Fields, MappingConfig
 from watchers.mapping import (
     SKIP_BAD_DOCUMENT,
@@ -727,6 +728,68 @@ def test_object_id_post_ids_route_as_hex() -> None:
     assert mapped.events[1].data["fromUserId"] == "ffffffffffffffffffffffff"
 
 
+
+@pytest.mark.parametrize(("one", "other"), [(OID, HEX), (5, "5"), (Int64(5), "5"), (-3, "-3")])
+def test_ids_of_different_types_never_share_a_room_a_counter_or_an_index_entry(one: Any, other: Any) -> None:
+    """Regression: ObjectId("65a1...") and the string "65a1...", or 5 and "5", had one text: one post:{id}
+    room, one like counter, one post index entry, one user:{id} room, so a private post's events could reach
+    the other post's room and its author's notifications the other user's."""
+    def routed(post_id: Any, author: Any, public: bool) -> tuple[Mapped, Mapped, Mapped]:
+        doc = {"_id": post_id, "authorId": author, "text": "t", "visibility": "public" if public else "private"}
+        created = map_change(change("insert", "posts", post_id, full=doc), 0, CFG)
+        assert created.post_info is not None
+        info = created.post_info[1]
+        like = {"_id": f"l-{type(post_id).__name__}", "postId": post_id, "userId": "u9"}
+        liked = map_change(change("insert", "likes", like["_id"], full=like), 0, CFG, info)
+        comment = {"_id": f"c-{type(post_id).__name__}", "postId": post_id, "userId": "u9", "text": "hello"}
+        commented = map_change(change("insert", "comments", comment["_id"], full=comment), 0, CFG, info)
+        return created, liked, commented
+
+    private = routed(one, one, public=False)
+    public = routed(other, other, public=True)
+    for a, b in zip(private, public, strict=True):
+        assert not {r for e in a.events for r in e.rooms} & {r for e in b.events for r in e.rooms}, (a, b)
+        assert {e.data.get("id") for e in a.events[:1]}.isdisjoint({e.data.get("id") for e in b.events[:1]})
+    assert private[0].post_info is not None and public[0].post_info is not None
+    assert private[0].post_info[0] != public[0].post_info[0]  # the post index entries
+    assert private[0].post_info[1].author_id != public[0].post_info[1].author_id
+    assert private[1].events[0].counter != public[1].events[0].counter  # the like counters
+    assert private[1].index_set is not None and public[1].index_set is not None
+    assert private[1].index_set[2]["postId"] != public[1].index_set[2]["postId"]
+    assert public[1].events[1].rooms == (f"user:~{other}",)  # the notification of the string id's author
+
+
+def test_ids_in_index_entries_are_read_back_as_they_were_written() -> None:
+    """An entry holds ids' texts: the text of an ObjectId stays the ObjectId's, a marked string's stays its own."""
+    for post_id, user_id in ((HEX, "~5"), ("~" + HEX, "5"), ("p1", "alice")):
+        remembered = {"postId": post_id, "userId": user_id}
+        assert subject(change("delete", "likes", "l1"), CFG, remembered) == Subject("like", "l1", post_id, user_id,
+                                                                                    remembered)
+        mapped = map_change(change("delete", "likes", "l1"), 0, CFG, PostInfo(user_id, True), remembered)
+        assert summary(mapped) == [(ev.POST_UNLIKED, (f"post:{post_id}",))]
+        assert mapped.events[0].counter == Counter(post_id, -1)
+        entry = post_entry(PostInfo(user_id, False, 3))
+        assert from_entry(orjson.loads(orjson.dumps(entry))) == PostInfo(user_id, False, 3)
+    assert subject(change("delete", "likes", "l1"), CFG, {"postId": "~alice", "userId": "a b"}) == Subject(
+        "like", "l1", None, None, {"postId": "~alice", "userId": "a b"})
+    assert from_entry({**post_entry(PostInfo("u1", True)), "authorId": "~alice"}) is None
+
+
+@pytest.mark.parametrize("name", ["id", "authorId", "postId", "userId"])
+def test_an_allow_listed_field_never_replaces_an_id_of_the_payload(name: str) -> None:
+    """Regression: with a field named like one of the payload's ids in the allow-list, the document's value (an
+    ObjectId's hex digits, a string that reads as one) replaced the id's text, naming another post or user."""
+    cfg = MappingConfig(post_fields=("text", name), comment_fields=("text", name))
+    post = {"_id": HEX, "authorId": HEX, "text": "t", "id": OID, "postId": OID, "userId": "5"}
+    created = map_change(change("insert", "posts", HEX, full=post), 0, cfg)
+    extra = {} if name in ("id", "authorId") else {name: json_safe(post[name], max_string=99, max_depth=3)}
+    assert created.events[0].data == {"id": "~" + HEX, "authorId": "~" + HEX, "text": "t", **extra}
+    comment = {"_id": "c1", "postId": HEX, "userId": "5", "text": "t", "id": OID, "authorId": OID}
+    added = map_change(change("insert", "comments", "c1", full=comment), 0, cfg, PostInfo("u1", True))
+    extra = {} if name in ("id", "postId", "userId") else {name: HEX}
+    assert added.events[0].data == {"id": "c1", "postId": "~" + HEX, "userId": "~5", "text": "t", **extra}
+
+
 # -- comments ----------------------------------------------------------------------------------------------
 
 COMMENT = {"_id": "c1", "postId": "p1", "userId": "u2", "text": "Nice!", "createdAt": dt.datetime(2024, 3, 1, 12),
@@ -1148,8 +1211,8 @@ def test_room_grammar() -> None:
     for bad in ("", "Public", "public ", "post:", "post:a b", "post:" + "x" * 81, "hashtag:_x", "hashtag:-x",
                 "hashtag:" + "t" * 65, "user:\u00e9", "group:x", "*", "post:p1\n", None, 5, ["public"]):
         assert not ev.valid_room(bad), bad
-    assert ev.id_part(True) is None and ev.id_part(1.0) is None and ev.id_part(OID) == HEX
-    assert ev.id_part(-5) == "-5" and ev.id_part(10**81) is None
+    assert id_text(True) is None and id_text(1.5) is None and id_text(OID) == HEX and id_text(HEX) == "~" + HEX
+    assert id_text(-5) == "-5" and id_text(1.0) == "1" and id_text(10**81) is None
     assert ev.normalise_tag(" ##Caf\u00e9 ") == "caf\u00e9" and ev.normalise_tag("a b") is None
 
 
@@ -1256,13 +1319,13 @@ def test_map_change_never_raises_and_routes_only_to_valid_rooms(
         # public: its id only, in rooms of the post as it was before
         prior = post_info(before, cfg) if isinstance(before, dict) else known
         was = set() if prior is None or prior.public is not True else {
-            ev.post_room(str(ev.id_part(key))), ev.PUBLIC, *(ev.hashtag_room(t) for t in prior.tags or ()),
+            ev.post_room(str(id_text(key))), ev.PUBLIC, *(ev.hashtag_room(t) for t in prior.tags or ()),
             *([ev.author_room(prior.author_id)] if prior.author_id else [])}
         for e in mapped.events:
             if all(r.startswith("user:") for r in e.rooms):
                 continue
             assert op in ("update", "replace") and e.type == ev.POST_DELETED, (e.type, e.rooms)
-            assert e.data == {"id": ev.id_part(key)} and set(e.rooms) <= was, (e.data, e.rooms, prior)
+            assert e.data == {"id": id_text(key)} and set(e.rooms) <= was, (e.data, e.rooms, prior)
 
 
 # -- what a replay from the oplog must assume of a change it cannot place ------------------------------------

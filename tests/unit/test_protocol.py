@@ -6,6 +6,9 @@ and a property test: no input makes ``receive`` raise or produce anything but th
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import math
 import time
@@ -20,6 +23,7 @@ from hypothesis import strategies as st
 from realtime.auth import Principal, TokenVerifier
 from realtime.errors import CLOSE_CODES, ERROR_CODES
 from realtime.protocol import (
+    UNHANDLED,
     Action,
     Authenticated,
     Close,
@@ -150,6 +154,103 @@ def test_auth_frame_with_an_infinite_expiry_sends_no_expires() -> None:
     actions = session.receive(msg(op="auth", token=token("alice", exp=10**400)))
     assert actions[0] == Authenticated(Principal("alice", math.inf))
     assert sent(actions[1]) == {"op": "authenticated", "user": "alice"}
+
+
+SAFE = 2**53  # integers below this are exact in every JSON reader (JavaScript's Number included)
+
+
+def hs256_raw(payload_json: str) -> str:
+    """An HS256 token whose payload is this exact JSON text (huge integers, NaN and Infinity included)."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload_json.encode())
+    return head + "." + b64(hmac.new(SECRET.encode(), head.encode(), hashlib.sha256).digest())
+
+
+EXPIRED, REFUSED = ("close", 4003), ("close", 4001)
+
+
+@pytest.mark.parametrize(("claims", "outcome"), [
+    # exp: accepted tokens say when they end, as a safe integer, or not at all
+    ('"exp": 1e30', None), (f'"exp": {2**64}', None), (f'"exp": {2**63}', None), (f'"exp": {SAFE}', None),
+    (f'"exp": {SAFE - 1}', SAFE - 1), ('"exp": 1' + "0" * 400, None), ('"exp": 1e300', None),
+    ('"exp": {now}.5', "now"),
+    # refused, with the documented error and close
+    ('"exp": -1', EXPIRED), ('"exp": -1e30', EXPIRED), (f'"exp": -{2**64}', EXPIRED), ('"exp": 1e400', REFUSED),
+    ('"exp": Infinity', REFUSED), ('"exp": -Infinity', REFUSED), ('"exp": NaN', REFUSED),
+    ('"exp": "99999999999"', REFUSED), ('"exp": null', REFUSED), ('"exp": [1e30]', REFUSED),
+    # nbf and iat, with a good exp
+    ('"exp": {exp}, "nbf": 1e30', REFUSED), ('"exp": {exp}, "nbf": -1e30', "exp"),
+    ('"exp": {exp}, "nbf": -1' + "0" * 400, "exp"), ('"exp": {exp}, "nbf": Infinity', REFUSED),
+    ('"exp": {exp}, "nbf": "0"', REFUSED), ('"exp": {exp}, "iat": 1e30', REFUSED),
+    ('"exp": {exp}, "iat": -1e30', "exp"), ('"exp": {exp}, "iat": NaN', REFUSED),
+    (f'"exp": {{exp}}, "iat": {2**64}', REFUSED), ('"exp": {exp}, "iat": {{}}', REFUSED),
+])
+def test_hostile_time_claims_get_an_answer_never_an_exception(claims: str, outcome: Any) -> None:
+    """Regression: a signed token with ``exp`` of 2**64 or more (1e30) made the ``authenticated`` reply fail in
+    orjson (integer out of range), and the exception escaped ``receive``."""
+    session, _ = make()
+    payload = '{"sub": "alice", ' + claims.format(now=int(T0) + 100, exp=EXP) + "}"
+    actions = session.receive(msg(op="auth", token=hs256_raw(payload), ref="r"))
+    _check(actions)
+    if isinstance(outcome, tuple):
+        assert len(actions) == 2 and isinstance(actions[1], Close) and actions[1].code == outcome[1], actions
+        assert sent(actions[0])["code"] == ("token_expired" if outcome == EXPIRED else "unauthorized")
+        return
+    assert isinstance(actions[0], Authenticated), actions
+    reply = sent(actions[1])
+    expected = {"now": int(T0) + 100, "exp": EXP}[outcome] if isinstance(outcome, str) else outcome
+    assert reply.get("expires") == expected, reply
+    assert "expires" not in reply or (type(reply["expires"]) is int and 0 <= reply["expires"] < SAFE), reply
+
+
+time_claims = st.one_of(
+    st.integers(min_value=-(2**80), max_value=2**80), st.integers(min_value=-(10**500), max_value=10**500),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12), st.booleans(), st.none(),
+    st.lists(st.integers(), max_size=2), st.just({}),
+    st.integers(min_value=-3600, max_value=3600).map(lambda d: EXP + d),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(claims=st.fixed_dictionaries({}, optional={"exp": time_claims, "nbf": time_claims, "iat": time_claims}),
+       header=st.booleans())
+def test_receive_and_start_never_raise_on_signed_tokens_with_any_time_claims(claims: dict[str, Any],
+                                                                             header: bool) -> None:
+    """Any exp, nbf and iat, in a token signed with the right secret: a documented answer, never an exception
+    (and an ``expires`` that every client reads exactly)."""
+    payload = json.dumps({"sub": "alice", **claims})  # the stdlib: huge integers, NaN and Infinity as they come
+    session, _ = make()
+    if header:
+        actions = session.start(hs256_raw(payload))
+    else:
+        actions = session.receive(msg(op="auth", token=hs256_raw(payload)))
+    _check(actions)
+    assert actions and isinstance(actions[0], (Authenticated, Send, Close)), actions
+    for action in actions:
+        if isinstance(action, Send):
+            reply = sent(action)
+            expires = reply.get("expires")
+            assert expires is None or (type(expires) is int and 0 <= expires < SAFE), reply
+
+
+class BrokenVerifier(TokenVerifier):
+    """A verifier with a bug: it raises what no check foresaw."""
+
+    def verify(self, token: object) -> Principal:
+        raise RuntimeError("a bug")
+
+
+def test_a_failure_nobody_foresaw_is_an_error_frame_never_an_exception(caplog: pytest.LogCaptureFixture) -> None:
+    """``receive`` and ``start`` never raise: what no check foresaw is refused (and logged, to be fixed)."""
+    broken = BrokenVerifier(secret=SECRET)
+    session, _ = make(verifier=broken)
+    assert_error(session.receive(msg(op="auth", token="x.y.z", ref="r")), "bad_frame", "r", UNHANDLED)
+    assert not session.closed and session.receive(msg(op="ping")) == [Send(b'{"op":"pong"}')]
+    session, _ = make(verifier=broken)
+    assert_close(session.start("x.y.z"), 4001)
+    assert session.closed
+    assert caplog.text.count("RuntimeError: a bug") == 2
 
 
 def test_auth_refresh_same_user_updates_expiry() -> None:
@@ -285,6 +386,19 @@ def test_subscribe_with_null_since_is_a_plain_subscribe() -> None:
 def test_subscribe_own_user_room() -> None:
     session, _ = authed("alice")
     assert session.receive(msg(op="subscribe", rooms=["user:alice"])) == [Subscribe(("user:alice",), None)]
+
+
+@pytest.mark.parametrize(("sub", "other"), [("65a1b2c3d4e5f60718293a4b", "~65a1b2c3d4e5f60718293a4b"),
+                                            ("~65a1b2c3d4e5f60718293a4b", "65a1b2c3d4e5f60718293a4b"),
+                                            ("42", "~42"), ("~42", "42")])
+def test_a_subject_reads_its_own_user_room_only_never_the_room_of_an_id_of_another_type(sub: str, other: str) -> None:
+    """A token's subject is a user id's text: the ObjectId user 65a1... and the string user "65a1..." (written
+    ~65a1...), or the users 42 and "42", are different users with different rooms."""
+    session, _ = authed(sub)
+    assert session.receive(msg(op="subscribe", rooms=[f"user:{sub}"])) == [Subscribe((f"user:{sub}",), None)]
+    assert_error(session.receive(msg(op="subscribe", rooms=[f"user:{other}"], ref="f")), "forbidden_room",
+                 ref="f", message=f"not allowed to read user:{other}")
+    assert session.rooms == {f"user:{sub}"}
 
 
 def test_subscribe_another_users_room_is_forbidden_and_changes_nothing() -> None:
@@ -712,6 +826,7 @@ def _check(actions: list[Action]) -> None:
             assert isinstance(value, dict) and isinstance(value.get("op"), str), value
             if value["op"] == "error":
                 assert value["code"] in ERROR_CODES
+                assert value["message"] != UNHANDLED, "an input reached the last-resort guard: a check is missing"
         elif isinstance(action, Close):
             assert action.code in known_closes
 

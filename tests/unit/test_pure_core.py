@@ -13,8 +13,8 @@ import pytest
 from realtime.metrics import Counter, Gauge, Registry
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE_MODULES = ["realtime.events", "watchers.mapping", "watchers.payload", "watchers.config", "realtime.config",
-                "realtime.backoff", "watchers.outage",
+PURE_MODULES = ["realtime.events", "realtime.ids", "watchers.mapping", "watchers.payload", "watchers.config",
+                "realtime.config", "realtime.backoff", "watchers.outage",
                 "realtime.metrics", "realtime.server.addresses"]
 IO_LIBRARIES = ["pymongo", "redis", "sanic", "motor", "websockets"]
 
