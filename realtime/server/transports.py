@@ -478,10 +478,12 @@ class SseStream:
             # An id without data moves EventSource's Last-Event-ID past the reset, without an event: a reconnect
             # then goes on from here rather than being told the same reset again.
             self._write(b"id: %d-%d\n\n" % max(got.head, upto), 1)
-        self.live(upto)
+        self.live(max(got.head, upto))  # the replay covered the rooms up to the head: live goes on after it
 
     def live(self, upto: tuple[int, int] = (0, 0)) -> None:
-        """Write what was kept aside (after ``upto``, the last event replayed); write live events at once."""
+        """Write what was kept aside (after ``upto``, where the replay ended); write live events at once, but
+        none at or before ``upto`` (a stream reader behind the replay hands those over late)."""
+        self.last = max(self.last, upto)
         held, self.held, self.held_size = self.held, None, 0
         for key, data in held or ():
             if self.ended:

@@ -149,6 +149,19 @@ def test_live_events_kept_aside_during_the_replay_are_bounded_and_merged_after_i
     assert s2.ended == "slow", "what is kept aside is bounded too"
 
 
+def test_a_reader_behind_the_replay_does_not_send_again_what_the_replay_covered() -> None:
+    """Regression (chaos seed 30): a server's stream reader in reconnect backoff handed over, after the replay
+    had ended, events the replay had sent (or that were at or before the client's position): they went out
+    twice. The replay covers everything up to the stream's head when it began; live events start after it."""
+    s, t, _ = stream(sends=1 << 20)
+    got = Collected(events=[((2, 0), "public", payload(2)), ((3, 0), "public", payload(3))], head=(5, 0))
+    s.replayed(got)
+    for i in (1, 2, 3, 4, 5, 6):  # the reader catching up from before the client's position
+        s.feed((i, 0), "public", payload(i))
+    texts = b"".join(chunks(t.sent)[0])
+    assert [line for line in texts.split(b"\n") if line.startswith(b"id:")] == [b"id: 2-0", b"id: 3-0", b"id: 6-0"]
+
+
 def test_nothing_is_written_after_the_token_expires() -> None:
     """Pins: an SSE stream opened with a 3 s token delivered a user:{id} event 7 s later."""
     s, t, hub = stream(expires=time.time() + 0.05, sends=1 << 20)
