@@ -72,6 +72,10 @@ class Gauge(Metric):
         return super().render()
 
 
+# The family of the per-stage latencies of a change's way to clients: the watcher and the servers each observe
+# their stages in it (label ``stage``), so that one query covers them all (docs/metrics.md).
+STAGE_LATENCY = "realtime_stage_latency_seconds"
+
 # Latency buckets in seconds, 100 µs to 30 s in steps of 1-2-5: fine enough below 10 ms (a fan-out's floor) for
 # histogram_quantile to tell 1 ms from 2 ms, wide enough for a backlog of seconds.
 LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
