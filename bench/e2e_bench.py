@@ -5,11 +5,11 @@ Not a test: it measures. Everything runs on this machine, each part in a process
 stand-in (``python -m realtime mongo``), a private ``redis-server``, the watcher (``python -m watchers``), the
 server (``python -m realtime serve``, anonymous, one worker), one process holding ``--clients`` WebSocket
 connections subscribed to ``public`` (a lean asyncio client: the upgrade and the frames by hand), and
-``--producers`` producer processes.
+``--producers`` producer processes of ``--threads`` writer threads each.
 
 For each offered rate (``--rates``, changes per second; default 200, 1000, 5000), for ``--seconds`` (10):
 
-* the producers insert public posts with PyMongo, together at the offered rate on an absolute schedule (a late
+* the writers insert public posts with PyMongo, taking turns at the offered rate on an absolute schedule (a late
   write is not dropped: the next ones follow at once; writes not made by the end of the period are not made),
   each post carrying in its ``text`` the producer's ``time.time_ns()`` taken just before its ``insert_one``;
 * every client records, for each ``post:created`` event, its receipt time (``time.time_ns()`` when the bytes
@@ -49,6 +49,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
@@ -272,52 +273,76 @@ class Clients:
 
 # -- the producers ------------------------------------------------------------------------------------------
 
-def producer_main(uri: str, phase: str, k: int, rate: float, seconds: float,
+def producer_main(uri: str, phase: str, k: int, writers: int, threads: int, rate: float, seconds: float,
                   pipe: multiprocessing.connection.Connection) -> None:
-    """In its own process: insert public posts at ``rate`` a second for ``seconds``, on an absolute schedule."""
+    """In its own process: ``threads`` writers, each inserting public posts for ``seconds``, all of the run's
+    ``writers`` taking turns on one absolute schedule of ``rate`` a second (writer w makes writes w, w + writers,
+    w + 2 writers...)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000, maxPoolSize=threads + 2)
     try:
         posts = client[DB].posts
         client.admin.command("ping")
         pipe.send("ready")
         if not pipe.poll(60) or pipe.recv() != "go":
             return
-        writes: array[float] = array("d")  # each insert_one's round trip, ms
         cpu0 = time.process_time()
         start = time.monotonic()
         end = start + seconds
-        behind = 0.0
-        i = 0
-        while True:
-            due = start + i / rate
-            now = time.monotonic()
-            if due >= end or now >= end:
-                break
-            if due > now:
-                time.sleep(due - now)
-            else:
-                behind = max(behind, now - due)
-            t = time.time_ns()
-            posts.insert_one({"_id": f"{phase}.{k}.{i}", "authorId": f"producer{k}", "visibility": "public",
-                              "title": f"post {i}", "text": str(t)})
-            writes.append((time.time_ns() - t) / 1e6)
-            i += 1
-        pipe.send(("done", {"writes": i, "seconds": time.monotonic() - start, "behind_s": behind,
-                            "write_ms": writes.tobytes(), "cpu_s": time.process_time() - cpu0}))
+        results: list[tuple[int, float, array[float]]] = []
+        failures: list[BaseException] = []
+
+        def writer(j: int) -> None:
+            w = k * threads + j
+            writes: array[float] = array("d")  # each insert_one's round trip, ms
+            behind = 0.0
+            n = 0
+            try:
+                while True:
+                    due = start + (n * writers + w) / rate
+                    now = time.monotonic()
+                    if due >= end or now >= end:
+                        break
+                    if due > now:
+                        time.sleep(due - now)
+                    else:
+                        behind = max(behind, now - due)
+                    t = time.time_ns()
+                    posts.insert_one({"_id": f"{phase}.{w}.{n}", "authorId": f"producer{w}", "visibility": "public",
+                                      "title": f"post {n}", "text": str(t)})
+                    writes.append((time.time_ns() - t) / 1e6)
+                    n += 1
+            except BaseException as exc:
+                failures.append(exc)
+            results.append((n, behind, writes))
+
+        pool = [threading.Thread(target=writer, args=(j,), name=f"writer{j}") for j in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(seconds + 30)
+        if failures or any(t.is_alive() for t in pool):
+            pipe.send(("failed", repr(failures[:1]) if failures else "a writer did not finish"))
+            return
+        write_ms: array[float] = array("d")
+        for _, _, writes in results:
+            write_ms.extend(writes)
+        pipe.send(("done", {"writes": sum(n for n, _, _ in results), "seconds": time.monotonic() - start,
+                            "behind_s": max(b for _, b, _ in results), "write_ms": write_ms.tobytes(),
+                            "cpu_s": time.process_time() - cpu0}))
     finally:
         client.close()
 
 
 class Producers:
-    def __init__(self, uri: str, phase: str, n: int, rate: float, seconds: float) -> None:
+    def __init__(self, uri: str, phase: str, n: int, threads: int, rate: float, seconds: float) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[multiprocessing.connection.Connection] = []
         self.processes = []
         for k in range(n):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=producer_main, args=(uri, phase, k, rate / n, seconds, child), daemon=True,
-                            name=f"e2e-producer{k}")
+            p = ctx.Process(target=producer_main, args=(uri, phase, k, n * threads, threads, rate, seconds, child),
+                            daemon=True, name=f"e2e-producer{k}")
             p.start()
             child.close()
             self.conns.append(parent)
@@ -340,7 +365,8 @@ class Producers:
                 kind, result = c.recv()
             except EOFError:
                 raise BenchError("a producer exited without its results") from None
-            assert kind == "done"
+            if kind != "done":
+                raise BenchError(f"a producer failed: {result}")
             out.append(result)
         return out
 
@@ -492,7 +518,7 @@ def cpu_of(procs: dict[str, list[int]]) -> dict[str, float]:
 def run_phase(args: argparse.Namespace, rate: float, mongo_uri: str, clients: Clients, watcher_port: int,
               server_port: int, procs: dict[str, list[int]], deadline: float) -> dict[str, Any]:
     phase = f"r{rate:g}"
-    producers = Producers(mongo_uri, phase, args.producers, rate, args.seconds)
+    producers = Producers(mongo_uri, phase, args.producers, args.threads, rate, args.seconds)
     try:
         watcher_before, server_before = scrape(watcher_port), scrape(server_port)
         cpu_before, box_before = cpu_of(procs), machine_times()
@@ -593,7 +619,8 @@ def run(args: argparse.Namespace, stack: Stack, deadline: float) -> list[dict[st
                 busy = wait_quiet(args.quiet_max)
                 if busy > 10:
                     log(f"the machine is still {busy:.0f}% busy after {args.quiet_max:g}s; going on")
-            log(f"offering {rate:g} changes/s for {args.seconds:g}s ({args.producers} producers)")
+            log(f"offering {rate:g} changes/s for {args.seconds:g}s ({args.producers} producers of "
+                f"{args.threads} writers)")
             result = run_phase(args, rate, mongo_uri, clients, watcher_port, server_port, procs, deadline)
             lat, backlog = result["latency_ms"], result["backlog"]
             log(f"  written {result['written']} ({result['achieved']:.0f}/s), received {result['received']}/"
@@ -661,14 +688,26 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{ms(p['write_ms']['p99'])} | {p['producer_behind_s']:.2f} |" for p in phases]
     header = " | ".join(f"{p['offered']:g}/s" for p in phases)
     verdict = "\n".join(f"- {v}" for v in verdicts(phases)) or "- (no targeted rate measured)"
+    shares = []
+    for p in phases:
+        means = {st: p["stages"][st]["mean_ms"] for st in STAGES if not math.isnan(p["stages"][st]["mean_ms"])}
+        if means:
+            top = max(means, key=lambda st: means[st])
+            shares.append(f"{p['offered']:g}/s: `{top}`, {100 * means[top] / sum(means.values()):.0f}% of the "
+                          "sum of the means")
+    where = "The largest stage: " + "; ".join(shares) + "." if shares else ""
+    other = max((p["other_cpu_s"] for p in phases), default=0.0)
+    disturbed = (f"\n**Disturbed:** other programs used up to {other:.1f} CPU s during a rate's period and drain "
+                 "(`other CPU s` below): the latencies include the waits for the CPUs it took.\n" if other > 1 else "")
     return f"""{SECTION}
 
 `python bench/e2e_bench.py` (`bench/e2e_bench.py`; raw results in `bench/results/e2e.json`). The MongoDB
 stand-in, redis-server, the watcher, the server (anonymous, one worker), a process holding {cfg['clients']}
-WebSocket clients subscribed to `public`, and {cfg['producers']} producer processes each run in a process of
-their own. For {cfg['seconds']:g} s per rate the producers insert public posts with PyMongo, together at the
-offered rate on an absolute schedule, each post carrying the producer's `time.time_ns()` taken just before
-its `insert_one`; latency is each client's receipt time minus that stamp (same clock), per delivery.
+WebSocket clients subscribed to `public`, and {cfg['producers']} producer processes ({cfg['threads']} writer threads
+each) run in processes of their own. For {cfg['seconds']:g} s per rate the writers insert public posts with
+PyMongo, taking turns at the offered rate on an absolute schedule, each post carrying the writer's
+`time.time_ns()` taken just before its `insert_one`; latency is each client's receipt time minus that stamp
+(same clock), per delivery.
 
 Backlog: when the producers stop, the changes written that the watcher has not read yet, and the deliveries
 not received yet; then the run waits for the rest (at most {cfg['drain_max']:g} s). The watcher's lag
@@ -685,7 +724,7 @@ Measured {result['date']} on {m['cpus']} CPUs ({m['cpu'] or 'unknown CPU'}), Pyt
 redis-server {m['redis_server']}, PyMongo {m['pymongo']}, commit {source}.
 MongoDB is the stand-in, not `mongod`: its costs are part of these numbers, and every process shares the
 machine's CPUs with the producers and the clients.
-
+{disturbed}
 {TABLE_HEAD}
 |---:|---:|---:|---:|---|---:|---:|---:|---|---|
 {chr(10).join(rows)}
@@ -696,6 +735,8 @@ Where the time goes, per stage: mean / p50 / p99 (ms).
 |---|{'---|' * len(phases)}
 {chr(10).join(stage_rows)}
 | sum of the means | {sums} |
+
+{where}
 
 Producers: what they wrote, the `insert_one` round trip, and how far behind their schedule they fell at most
 (a write is never dropped for being late, but none is made after the period):
@@ -724,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of producing per rate (10)")
     parser.add_argument("--clients", type=int, default=4, help="WebSocket clients subscribed to public (4)")
     parser.add_argument("--producers", type=int, default=4, help="producer processes (4)")
+    parser.add_argument("--threads", type=int, default=4, help="writer threads per producer process (4)")
     parser.add_argument("--drain-idle", type=float, default=5.0, help="stop draining after this long idle (5 s)")
     parser.add_argument("--drain-max", type=float, default=120.0, help="drain at most this long (120 s)")
     parser.add_argument("--quiet-max", type=float, default=60.0,
@@ -731,8 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds-max", type=float, default=900.0, help="overall safety timeout (900 s)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if any(r <= 0 for r in args.rates) or args.seconds <= 0 or args.clients < 1 or args.producers < 1:
-        parser.error("rates and --seconds must be positive, --clients and --producers at least 1")
+    if any(r <= 0 for r in args.rates) or args.seconds <= 0 or args.clients < 1 or args.producers < 1 \
+            or args.threads < 1:
+        parser.error("rates and --seconds must be positive, --clients, --producers and --threads at least 1")
     started = time.monotonic()
     deadline = started + args.seconds_max
 
@@ -759,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "e2e", "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {**benchkit.machine(), "pymongo": pymongo.version, "redis_py": redis.__version__},
         "config": {"rates": args.rates, "seconds": args.seconds, "clients": args.clients, "producers": args.producers,
+                   "threads": args.threads,
                    "drain_idle": args.drain_idle, "drain_max": args.drain_max,
                    "quiet_max": args.quiet_max, **source_state()},
         "wall_seconds": time.monotonic() - started, "phases": phases, "logs": logs,
