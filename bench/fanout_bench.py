@@ -12,7 +12,8 @@ Not a test: it measures. Everything runs on this machine, each part in a process
 * The publisher XADDs ``-e`` events a second for ``-t`` seconds to ``{rt}:events``, round robin over the rooms,
   on an absolute schedule. Each event's ``data`` is ``{"t": <time.time_ns() just before the XADD>, "seq":
   <per-room sequence>, "pad": "xx…"}``, padded so that ``data`` is ``-s`` bytes of JSON; ``ts`` is the same
-  time in milliseconds.
+  time in milliseconds. The entry has the fields of the watcher's: the envelope ``e``, a token ``t`` and the
+  append time ``w`` (that time in microseconds, which the server observes as its ``redis_to_server`` stage).
 * Then it drains until every expected delivery arrived, nothing arrived for 5 s, or 30 s passed.
 
 Measured: deliveries per second (received / (last receipt - first XADD)), the share received, latency (the
@@ -728,7 +729,8 @@ def publisher_main(cfg: dict[str, Any], pipe: multiprocessing.connection.Connect
         entry_id = f"{last_hi}-0"
         body = orjson.dumps({"id": entry_id, "type": EVENT_TYPE, "rooms": [names[r]], "data": data,
                              "ts": t // 1_000_000})
-        xadd("XADD", EVENTS_KEY, "MAXLEN", "~", 100_000, entry_id, "e", body)
+        # the fields of the watcher's entries: the envelope, a token, the append time (µs; this clock for Redis's)
+        xadd("XADD", EVENTS_KEY, "MAXLEN", "~", 100_000, entry_id, "e", body, "t", "bench", "w", t // 1000)
         per_room[r] = seq + 1
         if not first_ns:
             first_ns = t

@@ -9,7 +9,7 @@ copies it to a temporary folder and adds to the copy what it needs to drive real
 * an adapter for ``load.py``: connection ``i`` subscribes to ``hashtag:r<i % R>`` and is ready at
   ``subscribed``; events are realtime's ``event`` frames, whose ``data`` is the harness's event body;
 * a publisher mode: XADD to ``{rt}:events`` an envelope like the watcher's (``id``, ``type``, ``rooms``,
-  ``data`` = the body, ``ts``);
+  ``data`` = the body, ``ts``), in an entry like the watcher's (with a token ``t`` and the append time ``w``);
 * a target line: ``python -m realtime serve`` (this interpreter, anonymous access, one worker).
 
 Everything after ``--`` goes to the harness's ``run.sh`` (``-w fanout``, ``-n 2``, ``--targets "sanic-fast
@@ -88,7 +88,8 @@ async def mode_realtime(a) -> dict:
         eid = f"{last[0]}-0"
         body = orjson.dumps({"id": eid, "type": "post:created", "rooms": ["hashtag:" + room],
                              "data": make_event(room, seq, pad), "ts": t // 1_000_000})
-        await r.execute_command("XADD", "{rt}:events", "MAXLEN", "~", a.maxlen, eid, "e", body)
+        await r.execute_command("XADD", "{rt}:events", "MAXLEN", "~", a.maxlen, eid, "e", body, "t", "bench",
+                                "w", t // 1000)
 
     res = await paced(a.rate, a.duration, a.rooms, emit)
     await r.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable
 
 
@@ -71,6 +72,72 @@ class Gauge(Metric):
         return super().render()
 
 
+# The family of the per-stage latencies of a change's way to clients: the watcher and the servers each observe
+# their stages in it (label ``stage``), so that one query covers them all (docs/metrics.md).
+STAGE_LATENCY = "realtime_stage_latency_seconds"
+
+# Latency buckets in seconds, 100 µs to 30 s in steps of 1-2-5: fine enough below 10 ms (a fan-out's floor) for
+# histogram_quantile to tell 1 ms from 2 ms, wide enough for a backlog of seconds.
+LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+                   10.0, 30.0)
+
+
+class Series:
+    """One labelled series of a histogram: a count per bucket and the sum of what was observed.
+
+    :meth:`observe` is made for hot paths: one bisection over the bounds, an increment and an addition, no
+    lookup by label and nothing allocated but the numbers themselves (about 0.2 µs). A negative value (a stage
+    measured across two hosts' clocks, one behind the other) counts as 0, so that the sum never decreases."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        if value < 0.0:
+            value = 0.0
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class Histogram(Metric):
+    """A histogram family: one :class:`Series` per set of labels, taken once with :meth:`labels` and kept by the
+    code that observes (the lookup is not on the hot path). Buckets are cumulative only when rendered."""
+
+    def __init__(self, name: str, help_: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        super().__init__(name, help_, "histogram")
+        if not buckets or list(buckets) != sorted(set(buckets)) or math.isinf(buckets[-1]):
+            raise ValueError(f"{name}: buckets must be finite, distinct and increasing: {buckets}")
+        self.bounds = tuple(float(b) for b in buckets)
+        self.series: dict[tuple[tuple[str, str], ...], Series] = {}
+
+    def labels(self, **labels: str) -> Series:
+        key = self._key(labels)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = Series(self.bounds)
+        return series
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, series in sorted(self.series.items()):
+            labels = dict(key)
+            cumulative = 0
+            for bound, n in zip((*self.bounds, math.inf), series.counts, strict=True):
+                cumulative += n
+                lines.append(f"{self.name}_bucket{_labels({**labels, 'le': _number(bound)})} {cumulative}")
+            lines.append(f"{self.name}_sum{_labels(labels)} {_number(series.sum)}")
+            lines.append(f"{self.name}_count{_labels(labels)} {cumulative}")
+        return lines
+
+
 class Registry:
     def __init__(self) -> None:
         self.metrics: list[Metric] = []
@@ -82,6 +149,11 @@ class Registry:
 
     def gauge(self, name: str, help_: str, read: Callable[[], float] | None = None) -> Gauge:
         metric = Gauge(name, help_, read)
+        self.metrics.append(metric)
+        return metric
+
+    def histogram(self, name: str, help_: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+        metric = Histogram(name, help_, buckets)
         self.metrics.append(metric)
         return metric
 

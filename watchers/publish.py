@@ -6,7 +6,9 @@ caller's lease value must still be the leader key's), refuses to publish on top 
 the one the caller expects (Redis restarted from older data: what it lost must be published first), keeps
 like counts next to the stream, and appends each event to the global stream and to the history stream of
 each of its rooms, with the same id. In the same call it updates the indexes routing needs later (likes' and
-comments' posts, posts' author and visibility), so they always match the last change published.
+comments' posts, posts' author and visibility), so they always match the last change published. Each entry
+of the global stream also carries, in its field ``w``, Redis's clock when it went in (microseconds since the
+epoch), from which the servers measure how long an event took to reach them.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ for e = 1, n do
 end
 local gmax, rmax = ARGV[4], ARGV[5]
 local failed = 0
+local stamp = '' -- when the events went in (Redis's clock, microseconds): the servers measure their wait from it
+if n > 0 then
+  local now = redis.call('TIME')
+  stamp = now[1] .. string.format('%06d', tonumber(now[2]))
+end
 for e = 1, n do
   local ev = parsed[e]
   local env = ev.env
@@ -81,7 +88,7 @@ for e = 1, n do
       env = string.sub(env, 1, f - 1) .. string.format('%d', count) .. string.sub(env, f + 1)
     end
   end
-  redis.call('XADD', events, 'MAXLEN', '~', gmax, ev.id, 'e', env, 't', token)
+  redis.call('XADD', events, 'MAXLEN', '~', gmax, ev.id, 'e', env, 't', token, 'w', stamp)
   for r = 1, ev.nrooms do
     local ok = redis.pcall('XADD', ev.rooms[r], 'MAXLEN', '~', rmax, ev.id, 'e', env)
     if type(ok) == 'table' and ok.err then failed = failed + 1 end

@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from realtime import events as ev
 from realtime.backoff import backoff
 from realtime.events import Event
-from realtime.metrics import Registry
+from realtime.metrics import STAGE_LATENCY, Registry
 from watchers import mapping
 from watchers.checkpoint import Checkpoint, MongoCheckpoints
 from watchers.config import WatcherConfig
@@ -122,6 +122,14 @@ def _first_time(point: ResumePoint, stream: Any) -> int:
     return ev.time_part(*token_time(token))
 
 
+def wall_seconds(change: dict[str, Any]) -> float | None:
+    """A change's ``wallTime`` (MongoDB 6.0+; naive UTC from PyMongo by default) in seconds since the epoch."""
+    wall = change.get("wallTime")
+    if not isinstance(wall, dt.datetime):
+        return None
+    return (wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)).timestamp()
+
+
 def _at(at: str) -> tuple[int, int]:
     head, _, tail = at.partition(":")
     return (int(head), int(tail)) if head.isdigit() and tail.isdigit() else (-1, -1)
@@ -153,6 +161,16 @@ class WatcherMetrics:
         self.last_poll = r.gauge("realtime_watcher_last_poll_age_seconds",
                                  "seconds since the change stream last answered")
         self.stream_length = r.gauge("realtime_watcher_stream_length", "entries in the global event stream")
+        # The first two stages of a change's way to clients (the servers measure the other two, see docs/metrics.md)
+        stages = r.histogram(STAGE_LATENCY, "seconds each stage of a change's way to clients took, by stage")
+        self.from_mongodb = stages.labels(stage="mongodb_to_watcher")  # the change's wallTime to its read (wall)
+        self.to_redis = stages.labels(stage="watcher_to_redis")  # its read to its publish script's answer
+
+    def read(self, change: dict[str, Any]) -> None:
+        """A change was read from the stream now: how long after its commit (its ``wallTime``, ms precision)."""
+        wall = wall_seconds(change)
+        if wall is not None:
+            self.from_mongodb.observe(time.time() - wall)
 
 
 class Watcher:
@@ -474,7 +492,10 @@ class Watcher:
                 self.caught_up = True
             else:
                 self.caught_up = False
+                read = time.monotonic()
+                self.metrics.read(change)
                 nxt = await self._handle(lease, change)
+                self.metrics.to_redis.observe(time.monotonic() - read)
                 if nxt is not None:
                     return nxt
             await self._checkpoint(stream)

@@ -24,7 +24,7 @@ from websockets.protocol import State
 
 from realtime import events as ev
 from realtime.errors import CLOSE_CODES
-from realtime.metrics import Registry
+from realtime.metrics import STAGE_LATENCY, Registry
 from realtime.protocol import Session, frame
 from realtime.tasks import cancel_all
 
@@ -180,6 +180,10 @@ class ServerMetrics:
         self.sse_streams = r.counter("realtime_sse_streams_total", "SSE streams opened")
         self.listeners = r.gauge("realtime_http_listeners", "long-poll and SSE clients waiting",
                                  read=lambda: len(hub.listeners))
+        # The last two stages of a change's way to clients (the watcher measures the first two, see docs/metrics.md)
+        stages = r.histogram(STAGE_LATENCY, "seconds each stage of a change's way to clients took, by stage")
+        self.from_redis = stages.labels(stage="redis_to_server")  # appended to the stream -> read here (wall)
+        self.to_socket = stages.labels(stage="server_to_socket")  # read here -> written to a room's subscribers
 
 
 class Hub:
@@ -420,8 +424,15 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------------------------
     def on_entries(self, entries: list[tuple[bytes, list[bytes]]]) -> None:
-        """A batch of the global stream: each event to the local subscribers of its rooms."""
+        """A batch of the global stream: each event to the local subscribers of its rooms.
+
+        Two stages of latency are observed here: from each entry's append to Redis (its field ``w``, Redis's
+        clock in microseconds) to this batch's read, and from this batch's read to the moment an event's frame
+        was written to the last of a room's subscribers (once per event and room, not per delivery: the time
+        taken twice per delivery would be a few per cent of the fan-out's cost)."""
         metrics = self.metrics
+        now, read = time.time(), time.monotonic()
+        from_redis, to_socket, monotonic = metrics.from_redis, metrics.to_socket, time.monotonic
         delivered = 0
         oswrite = os.write
         for entry_id, fields in entries:
@@ -433,7 +444,10 @@ class Hub:
             except Exception:
                 log.warning("skipping malformed stream entry %r", entry_id)
                 continue
-            metrics.lag.set(max(time.time() - envelope.get("ts", 0) / 1000, 0.0))
+            stamp = fields[5] if len(fields) > 5 and fields[4] == b"w" else b""
+            if stamp.isdigit():
+                from_redis.observe(now - int(stamp) / 1_000_000)
+            metrics.lag.set(max(now - envelope.get("ts", 0) / 1000, 0.0))
             if kind == ev.RESET:
                 self.reset_all(envelope, entry_id)
                 continue
@@ -487,6 +501,7 @@ class Hub:
                         continue
                     if conn.send(data):
                         delivered += 1
+                to_socket.observe(monotonic() - read)
         metrics.events.inc(len(entries))
         metrics.deliveries.inc(delivered)
 

@@ -52,3 +52,18 @@ async def test_publishing_on_top_of_another_last_token_is_refused(publisher: Pub
     assert [entry_id for entry_id, _ in await publisher.redis.xrange(publisher.keys.events)] == \
         [f"{ev.time_part(100, 1)}-0".encode()]
     assert (await publisher.state())["token"] == token(100)
+
+
+async def test_each_entry_of_the_global_stream_carries_the_time_redis_appended_it(publisher: Publisher) -> None:
+    """The servers measure an event's wait for them (stage redis_to_server) from the entry's field ``w``: Redis's
+    own clock at the append, in microseconds, between its clock before and after the publish."""
+    def micros(time: tuple[int, int]) -> int:
+        return time[0] * 1_000_000 + time[1]
+
+    before = micros(await publisher.redis.time())
+    assert (await publish(publisher, 100, previous="")).published
+    after = micros(await publisher.redis.time())
+    [(_, fields)] = await publisher.redis.xrange(publisher.keys.events)
+    assert before <= int(fields[b"w"]) <= after
+    [(_, room_fields)] = await publisher.redis.xrange(publisher.keys.room("public"))
+    assert set(room_fields) == {b"e"}  # the room histories, replayed to clients, do without it

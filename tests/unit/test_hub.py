@@ -269,3 +269,36 @@ async def test_a_connection_catching_up_gets_nothing_it_has_and_everything_else(
     assert conn.catch is not None
     hub.on_entries([entry(7, ["public"]), entry(8, ["public"])])
     assert ids(transport) == ["1-5", "1-7", "1-8"] and conn.catch is None  # past its position: live again
+
+
+def stamped(n: int, rooms: list[str], stamp: bytes) -> tuple[bytes, list[bytes]]:
+    """A stream entry as the publish script writes it: envelope, token, and Redis's clock in microseconds."""
+    entry_id, fields = entry(n, rooms)
+    return entry_id, [*fields, b"t", b"token", b"w", stamp]
+
+
+async def test_the_wait_in_redis_is_observed_per_event_from_the_entrys_append_time() -> None:
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    connection(hub, ["public"])
+    hour_ago = str(int((time.time() - 3600) * 1_000_000)).encode()
+    hub.on_entries([stamped(1, ["public"], hour_ago), stamped(2, ["post:nobody"], hour_ago),
+                    entry(3, ["public"]),  # a reset marker, or an entry of an older watcher: no time, no sample
+                    stamped(4, ["public"], b"garbage")])
+    waited = hub.metrics.from_redis
+    assert waited.count == 2  # every stamped event, read whether anyone here subscribes to its rooms or not
+    assert 2 * 3600 <= waited.sum < 2 * 3600 + 60
+    assert hub.metrics.events.value() == 4  # a bad stamp costs the event nothing
+
+
+async def test_the_time_to_the_sockets_is_observed_once_per_event_and_room_with_subscribers_here() -> None:
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    _, a = connection(hub, ["public"])
+    _, b = connection(hub, ["public", "post:x"])
+    hub.on_entries([entry(1, ["public"]), entry(2, ["public", "post:x", "post:nobody"]), entry(3, ["post:nobody"])])
+    assert ids(a) == ["1-1", "1-2"] and ids(b) == ["1-1", "1-2"]
+    written = hub.metrics.to_socket
+    assert written.count == 3  # 1-1 in public; 1-2 in public and post:x; nothing where nobody listens
+    assert written.sum > 0
+    text = hub.metrics.registry.render()
+    assert 'realtime_stage_latency_seconds_count{stage="server_to_socket"} 3' in text.splitlines()
+    assert 'realtime_stage_latency_seconds_count{stage="redis_to_server"} 0' in text.splitlines()
