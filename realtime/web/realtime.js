@@ -173,6 +173,7 @@ export class RealtimeClient extends EventTarget {
     this._pollErrors = 0;
     this._roomsWaiter = null;
     this._roomSince = new Map(); // room -> since, for rooms whose replay is not confirmed yet
+    this._roomFloor = new Map(); // room -> since, for replayed rooms whose since is past the position (or none)
     this._presence = new Map(); // room -> Set of users
     this._noPresence = new Set(); // rooms the server does not track presence in
     this._typing = new Map(); // room -> Map user -> timer
@@ -272,7 +273,10 @@ export class RealtimeClient extends EventTarget {
   /** Unsubscribes from rooms. */
   unsubscribe(rooms) {
     const gone = [].concat(rooms).filter((r) => this._rooms.delete(r));
-    for (const room of gone) this._roomSince.delete(room);
+    for (const room of gone) {
+      this._roomSince.delete(room);
+      this._roomFloor.delete(room);
+    }
     if (!gone.length) return this;
     const link = this._link;
     if (link?.opened) {
@@ -438,7 +442,34 @@ export class RealtimeClient extends EventTarget {
   }
 
   _advance(id) {
-    if (validId(id) && (this._lastId == null || compareIds(id, this._lastId) > 0)) this._lastId = id;
+    if (!validId(id) || (this._lastId != null && compareIds(id, this._lastId) <= 0)) return;
+    this._lastId = id;
+    for (const [room, floor] of this._roomFloor) {
+      if (compareIds(floor, id) <= 0) this._roomFloor.delete(room); // the position has passed it
+    }
+  }
+
+  /**
+   * A room's replay from `since` is done: from now on it goes on from the position, unless the position is
+   * none yet or older than `since` (nothing came since): then from `since`, until the position passes it.
+   * (Resuming such a room from the position would miss what came while away, or replay what its state has.)
+   */
+  _replayed(room, since) {
+    this._roomSince.delete(room);
+    if (validId(since) && (this._lastId == null || compareIds(since, this._lastId) > 0)) {
+      this._roomFloor.set(room, since);
+    }
+  }
+
+  /** Where a reconnect resumes a room whose replay is done: the later of its floor and the position. */
+  _roomPosition(room) {
+    return this._roomFloor.get(room) ?? this._lastId;
+  }
+
+  /** Where the main poll goes on from: the position; before any, the oldest floor (more, never a gap). */
+  _pollPosition() {
+    if (this._lastId != null || !this._roomFloor.size) return this._lastId;
+    return [...this._roomFloor.values()].reduce((a, b) => (compareIds(a, b) <= 0 ? a : b));
   }
 
   _onEvent(msg) {
@@ -565,7 +596,7 @@ export class RealtimeClient extends EventTarget {
       // Every room from the position; rooms whose replay was not confirmed from their own `since`.
       const groups = new Map();
       for (const room of this._rooms) {
-        const since = this._roomSince.get(room) ?? this._lastId;
+        const since = this._roomSince.get(room) ?? this._roomPosition(room);
         if (!groups.has(since)) groups.set(since, []);
         groups.get(since).push(room);
       }
@@ -644,7 +675,7 @@ export class RealtimeClient extends EventTarget {
         const sub = this._pendingRefs.get(msg.ref);
         this._pendingRefs.delete(msg.ref);
         for (const room of sub?.rooms ?? []) {
-          if (this._roomSince.get(room) === sub.since) this._roomSince.delete(room); // replayed: done
+          if (this._roomSince.get(room) === sub.since) this._replayed(room, sub.since);
         }
         break;
       }
@@ -812,7 +843,7 @@ export class RealtimeClient extends EventTarget {
       const timer = setTimeout(() => ctrl.abort(), (this.pollWait + 15) * 1000);
       let body;
       try {
-        body = await this._pollOnce(rooms, this._lastId, this.pollWait, ctrl.signal);
+        body = await this._pollOnce(rooms, this._pollPosition(), this.pollWait, ctrl.signal);
       } catch (err) {
         clearTimeout(timer);
         if (!this._pollActive(gen)) return;
@@ -857,7 +888,7 @@ export class RealtimeClient extends EventTarget {
         if (!more.events.length) break;
         since = more.next;
       }
-      this._roomSince.delete(room);
+      this._replayed(room, since);
     }
   }
 
