@@ -43,6 +43,8 @@ function splitId(id) {
   return [BigInt(m[1]), BigInt(m[2])];
 }
 
+const clock = () => (globalThis.performance ? globalThis.performance.now() : Date.now());
+
 function validId(id) {
   return typeof id === 'string' && /^\d+-\d+$/.test(id);
 }
@@ -103,6 +105,7 @@ class HttpError extends Error {
  *   `reconnecting`, `polling` or `closed`
  * - `presence`: `{room, users}` (the users online in the room, sorted) whenever that set changes
  * - `typing`: `{room, users}` (the users typing in the room) whenever that set changes
+ * - `rtt`: `{ms}`, the round trip of a ping over the WebSocket (heartbeats and `ping()`)
  * - `authenticated`: `{user, expires}`; `error`: `{code, message, rooms?}`; `closed`: `{code, reason}`
  */
 export class RealtimeClient extends EventTarget {
@@ -181,6 +184,8 @@ export class RealtimeClient extends EventTarget {
     this._refs = 0;
     this._pendingRefs = new Map(); // ref -> {kind, rooms|room}
     this._ops = new Map(); // key -> optimistic operation in flight
+    this._pings = new Map(); // ref -> {at, link, done}: pings whose round trip is measured
+    this._rtt = null;
     this._onOnline = () => this._nudge();
 
     if (o.since != null) {
@@ -207,11 +212,35 @@ export class RealtimeClient extends EventTarget {
 
   get rooms() { return [...this._rooms]; }
 
+  /** The last round trip measured over the WebSocket (ms; heartbeats and `ping()`), or null. */
+  get rtt() { return this._rtt; }
+
   /** Users online in `room` (sorted), as the server last told. */
   presence(room) { return [...(this._presence.get(room) ?? [])].sort(); }
 
   /** Users typing in `room` (sorted). */
   typingUsers(room) { return [...(this._typing.get(room)?.keys() ?? [])].sort(); }
+
+  /**
+   * Measures the round trip to the server: a `ping` frame, timed until its `pong`. Resolves to milliseconds
+   * (also kept in `rtt` and told by an `rtt` event, `{ms}`), or null when no WebSocket is connected (polling,
+   * reconnecting) or no pong comes within `timeout` ms.
+   */
+  ping(timeout = 5000) {
+    const link = this._link;
+    if (!link?.ready) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const ref = `rtt${++this._refs}`;
+      const timer = setTimeout(() => done(null), timeout);
+      const done = (ms) => {
+        clearTimeout(timer);
+        this._pings.delete(ref);
+        resolve(ms);
+      };
+      this._pings.set(ref, { at: clock(), link, done });
+      if (!this._send(link, { op: 'ping', ref })) done(null);
+    });
+  }
 
   /** Starts connecting (once). Returns the client. */
   connect() {
@@ -243,6 +272,7 @@ export class RealtimeClient extends EventTarget {
       this._dropLink(link, 1000, 'client closed');
     }
     this._clearEphemeral([...this._presence.keys(), ...this._typing.keys()]);
+    for (const ping of [...this._pings.values()]) ping.done(null);
     this._setState('closed');
     this.dispatchEvent(new CustomEvent('closed', { detail: { code, reason } }));
   }
@@ -647,7 +677,10 @@ export class RealtimeClient extends EventTarget {
           this._dropLink(link, 4000, 'no answer to heartbeats');
           this._linkClosed(link, 1006, 'no answer to heartbeats');
         } else if (Date.now() - link.lastIn >= this.heartbeat) {
-          this._send(link, { op: 'ping', ref: 'hb' });
+          const ref = `hb${++this._refs}`;
+          const timer = setTimeout(() => this._pings.delete(ref), this.heartbeat * 2);
+          this._pings.set(ref, { at: clock(), link, done: () => { clearTimeout(timer); this._pings.delete(ref); } });
+          this._send(link, { op: 'ping', ref });
         }
       }, Math.max(250, this.heartbeat / 2));
     }
@@ -659,9 +692,17 @@ export class RealtimeClient extends EventTarget {
       case 'event':
         this._onEvent(msg);
         break;
-      case 'pong':
+      case 'pong': {
         if (msg.ref === `ready${link.serial}` && !link.ready) this._onReady(link);
+        const ping = this._pings.get(msg.ref);
+        if (ping?.link === link) {
+          const ms = Math.round((clock() - ping.at) * 10) / 10;
+          this._rtt = ms;
+          ping.done(ms);
+          this.dispatchEvent(new CustomEvent('rtt', { detail: { ms } }));
+        }
         break;
+      }
       case 'authenticated':
         if (typeof msg.user === 'string') this._user = msg.user;
         this._scheduleRefresh(link, msg.expires);
@@ -736,6 +777,7 @@ export class RealtimeClient extends EventTarget {
   }
 
   _linkClosed(link, code, reason) {
+    for (const ping of [...this._pings.values()]) if (ping.link === link) ping.done(null);
     link.timers.forEach(clearTimeout);
     clearTimeout(link.refreshTimer);
     clearInterval(link.heartbeatTimer);

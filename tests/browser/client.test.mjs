@@ -422,6 +422,38 @@ test('polling: a room caught up from its since, before any event, is polled from
   c.close();
 });
 
+test('ping measures the round trip over the WebSocket; heartbeats too; null without a WebSocket', async () => {
+  const { FakeWebSocket, sockets } = fakeSockets();
+  const { c } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'], heartbeat: 500 });
+  const told = [];
+  c.addEventListener('rtt', (e) => told.push(e.detail.ms));
+  assert.equal(await c.ping(), null); // not connected
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 3, 'the first frames');
+  const ws = sockets[0];
+  ws.ready();
+  assert.equal(c.rtt, null);
+  const measured = c.ping();
+  const ping = ws.sent.at(-1);
+  assert.equal(ping.op, 'ping');
+  await sleep(20);
+  ws.message({ op: 'pong', ref: ping.ref });
+  const ms = await measured;
+  assert.ok(ms >= 15 && ms < 1000, String(ms));
+  assert.equal(c.rtt, ms);
+  assert.deepEqual(told, [ms]);
+  // an idle connection's heartbeat is timed as well
+  await until(() => ws.sent.filter((m) => m.op === 'ping').length >= 3, 'a heartbeat');
+  const heartbeat = ws.sent.filter((m) => m.op === 'ping').at(-1);
+  ws.message({ op: 'pong', ref: heartbeat.ref });
+  assert.equal(told.length, 2);
+  // a ping still in flight when the connection drops gives null
+  const lost = c.ping();
+  ws.serverClose(1006);
+  assert.equal(await lost, null);
+  c.close();
+});
+
 // -- optimistic likes -------------------------------------------------------------------------------------------
 
 async function connected(user = 'me') {
