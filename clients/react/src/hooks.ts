@@ -143,18 +143,26 @@ export function useTyping(room: string | null | undefined): Typing {
   return { users, typing };
 }
 
+export interface NewPost<P> {
+  /** The post: the `data` of its `post:created` (with the edits that came while it waited). */
+  readonly post: P;
+  /** The id of its `post:created`: its room (`post:{id}`) is to be replayed from there. */
+  readonly since: string;
+}
+
 export interface NewPosts<P> {
   /** How many new posts wait (what the "N new posts" notice shows). */
   readonly count: number;
   /** The waiting posts, newest first. */
-  readonly posts: readonly P[];
+  readonly posts: readonly NewPost<P>[];
   /** Hands over the waiting posts (newest first) and empties the list. */
-  readonly flush: () => P[];
+  readonly flush: () => NewPost<P>[];
 }
 
 export interface NewPostsOptions {
-  /** Posts the page already shows (a replay after its snapshot may announce them again): not counted. */
-  known?: (postId: string) => boolean;
+  /** Posts not to count: those the page already shows (a replay after its snapshot may announce them
+   * again), the user's own (which the page shows at once). */
+  known?: (postId: string, post: Record<string, unknown>) => boolean;
   /** The event id the page's feed was read at. */
   since?: string | null;
 }
@@ -172,9 +180,9 @@ export function useNewPosts<P extends { id: string } = { id: string } & Record<s
   useEffect(() => {
     known.current = options.known;
   });
-  const [posts, setPosts] = useState<readonly P[]>([]);
-  const waiting = useRef<readonly P[]>(posts);
-  const set = (next: readonly P[]) => {
+  const [posts, setPosts] = useState<readonly NewPost<P>[]>([]);
+  const waiting = useRef<readonly NewPost<P>[]>(posts);
+  const set = (next: readonly NewPost<P>[]) => {
     waiting.current = next;
     setPosts(next);
   };
@@ -183,15 +191,14 @@ export function useNewPosts<P extends { id: string } = { id: string } & Record<s
     const data = event.data as unknown as P;
     const id = typeof data?.id === 'string' ? data.id : null;
     if (id === null) return;
+    const waits = waiting.current.some((p) => p.post.id === id);
     if (event.type === 'post:created') {
-      if (known.current?.(id) || waiting.current.some((p) => p.id === id)) return;
-      set([data, ...waiting.current]);
-    } else if (event.type === 'post:deleted') {
-      if (waiting.current.some((p) => p.id === id)) set(waiting.current.filter((p) => p.id !== id));
-    } else if (event.type === 'post:updated') {
-      if (waiting.current.some((p) => p.id === id)) {
-        set(waiting.current.map((p) => (p.id === id ? { ...p, ...data } : p)));
-      }
+      if (waits || known.current?.(id, event.data)) return;
+      set([{ post: data, since: event.id }, ...waiting.current]);
+    } else if (event.type === 'post:deleted' && waits) {
+      set(waiting.current.filter((p) => p.post.id !== id));
+    } else if (event.type === 'post:updated' && waits) {
+      set(waiting.current.map((p) => (p.post.id === id ? { ...p, post: { ...p.post, ...data } } : p)));
     }
   });
   const flush = useCallback(() => {

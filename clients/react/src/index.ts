@@ -5,7 +5,7 @@
 export { RealtimeProvider, useRealtime, useRealtimeContext } from './provider.js';
 export type { ProviderOptions, Realtime, RealtimeContextValue, RealtimeProviderProps } from './provider.js';
 export { useConnection, useEvent, useNewPosts, usePresence, useRoom, useTyping } from './hooks.js';
-export type { Connection, NewPosts, NewPostsOptions, Typing } from './hooks.js';
+export type { Connection, NewPost, NewPosts, NewPostsOptions, Typing } from './hooks.js';
 export { useLikeButton, useOptimisticUpdate } from './optimistic.js';
 export type { LikeButton, LikeButtonOptions, Optimistic, OptimisticOptions } from './optimistic.js';
 export type { ConnectionSnapshot } from './store.js';

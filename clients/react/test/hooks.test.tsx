@@ -242,7 +242,8 @@ describe('useOptimisticUpdate', () => {
 
 describe('useNewPosts', () => {
   it('counts new posts until flushed; known, deleted and edited ones are handled', async () => {
-    const { result } = renderHook(() => useNewPosts('public', { known: (id) => id === 'old' }), { wrapper: provider() });
+    const known = (id: string, post: Record<string, unknown>) => id === 'old' || post.authorId === 'me';
+    const { result } = renderHook(() => useNewPosts('public', { known }), { wrapper: provider() });
     const ws = await connected();
     expect(ws.frames('subscribe').map((f) => f.rooms)).toEqual([['public']]);
     act(() => {
@@ -253,11 +254,15 @@ describe('useNewPosts', () => {
       ws.message(ev('9-0', 'post:deleted', 'public', { id: 'b' }));
       ws.message(ev('10-0', 'post:updated', 'public', { id: 'a', text: 'edited' }));
       ws.message(ev('11-0', 'post:created', 'post:x', { id: 'elsewhere' }));
+      ws.message(ev('12-0', 'post:created', 'public', { id: 'mine', authorId: 'me' }));
     });
     expect(result.current.count).toBe(2);
     let taken: unknown[] = [];
     act(() => { taken = result.current.flush(); });
-    expect(taken).toEqual([{ id: 'c', text: 'third' }, { id: 'a', text: 'edited' }]);
+    expect(taken).toEqual([
+      { post: { id: 'c', text: 'third' }, since: '8-0' },
+      { post: { id: 'a', text: 'edited' }, since: '6-0' },
+    ]);
     expect(result.current.count).toBe(0);
   });
 });
