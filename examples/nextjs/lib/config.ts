@@ -1,4 +1,4 @@
-// Where things are, from the environment (see README.md).
+// Where things are, from the environment (docs/react.md lists the variables).
 
 /** The realtime server's WebSocket URL, as the browser reaches it. */
 export const WEBSOCKET_URL = process.env.NEXT_PUBLIC_WEBSOCKET_URL || 'ws://127.0.0.1:8000/ws';
