@@ -2,7 +2,6 @@
 const nextConfig = {
   reactStrictMode: true, // effects run twice in development: the provider still connects once
   eslint: { ignoreDuringBuilds: true },
-  distDir: process.env.NEXT_DIST_DIR || '.next',
 };
 
 export default nextConfig;

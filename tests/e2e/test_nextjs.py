@@ -143,8 +143,7 @@ def nextjs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         running.dev_line("kill -USR1")
         # The build inlines NEXT_PUBLIC_ variables: it is made for this server's address.
         build_env = dict(os.environ, NEXT_PUBLIC_WEBSOCKET_URL=f"ws://127.0.0.1:{port}/ws",
-                         NEXT_PUBLIC_REALTIME_WS_RETRY_MS="1500", NEXT_TELEMETRY_DISABLED="1",
-                         NEXT_DIST_DIR=".next-e2e")
+                         NEXT_PUBLIC_REALTIME_WS_RETRY_MS="1500", NEXT_TELEMETRY_DISABLED="1")
         for command, cwd in ((["node", "build.mjs"], PACKAGE), (["node", "node_modules/next/dist/bin/next", "build"],
                                                               EXAMPLE)):
             built = subprocess.run(command, cwd=cwd, env=build_env, capture_output=True, text=True,
