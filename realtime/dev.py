@@ -2,7 +2,9 @@
 
 Starts the MongoDB stand-in, a private ``redis-server`` (or uses ``REDIS_URL``), a watcher, a server and a
 demo producer (simulated users posting, liking and commenting), prints where everything is, and stops it
-all on Ctrl-C. Child processes die with it even if it is killed.
+all on Ctrl-C. Child processes die with it even if it is killed. SIGUSR1 stops the server, and the next one
+starts it again: to watch clients ride out an outage and resume. ``REALTIME_JWT_SECRET``, when set, is the
+secret its tokens are signed with (an app beside it, such as examples/nextjs, mints its own with it).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Dev:
     log_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="realtime-dev-"))
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     standin: Any = None
+    server_env: dict[str, str] = field(default_factory=dict)
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")  # noqa: SIM115 - the child owns it
@@ -98,7 +101,7 @@ class Dev:
             _wait_port(redis_port, 10, self.procs[-1][1])
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
         port = free_port(self.port)
-        secret = secrets.token_urlsafe(32)
+        secret = os.environ.get("REALTIME_JWT_SECRET") or secrets.token_urlsafe(32)
         env = dict(os.environ, MONGODB_URI=mongo_uri, REDIS_URL=redis_url, REALTIME_JWT_SECRET=secret,
                    REALTIME_ALLOW_ANONYMOUS="true", REALTIME_LISTEN=f"127.0.0.1:{port}",
                    REALTIME_WATCHER_HTTP=f"127.0.0.1:{free_port()}", REALTIME_PRESENCE_ROOMS="post:,public",
@@ -106,8 +109,9 @@ class Dev:
         watched = config.load(env)
         asyncio.run(self._setup(mongo_uri, env))
         self.spawn("watcher", [sys.executable, "-m", "watchers"], env)
-        server = self.spawn("server", [sys.executable, "-m", "realtime", "serve"], env)
-        _wait_port(port, 20, server)
+        self.port = port
+        self.server_env = env
+        self.start_server()
         token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 7 * 86400}, secret, algorithm="HS256")
         db = watched.database
         base, _, query = mongo_uri.partition("?")
@@ -122,6 +126,25 @@ class Dev:
         from watchers.main import setup_collections
 
         await setup_collections(config.load(env))
+
+    def start_server(self) -> None:
+        server = self.spawn("server", [sys.executable, "-m", "realtime", "serve"], self.server_env)
+        _wait_port(self.port, 20, server)
+
+    def stop_server(self) -> bool:
+        """Stops the server as a deployment would (SIGTERM: its clients are told 1001 and resume elsewhere, or
+        here once it is back); False when it was not running."""
+        for i, (name, proc) in enumerate(self.procs):
+            if name == "server":
+                del self.procs[i]
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                return True
+        return False
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -201,18 +224,45 @@ def main(port: int, mongo_port: int, rate: float) -> int:
           f"mongosh '{where['mongodb_db']}'", flush=True)
     print(f"realtime dev: a token for user u1: {where['token']} (anonymous clients may read public rooms)",
           flush=True)
-    print("realtime dev: Ctrl-C stops everything", flush=True)
+    print(f"realtime dev: Ctrl-C stops everything; kill -USR1 {os.getpid()} stops the server, and the next "
+          "one starts it again", flush=True)
 
     async def run() -> None:
         stop = asyncio.Event()
+        poke = asyncio.Event()  # a signal came: stop, or SIGUSR1
+        toggles = 0
         loop = asyncio.get_running_loop()
+
+        def ended() -> None:
+            stop.set()
+            poke.set()
+
+        def toggle() -> None:
+            nonlocal toggles
+            toggles += 1
+            poke.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, ended)
+        loop.add_signal_handler(signal.SIGUSR1, toggle)
         producer = (loop.create_task(produce(where["mongodb"], rate, stop, database=where["database"]))
                     if rate > 0 else None)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(poke.wait(), 1.0)
+            poke.clear()
+            while toggles and not stop.is_set():
+                toggles -= 1
+                if await asyncio.to_thread(dev.stop_server):
+                    print("realtime dev: server stopped (SIGUSR1 starts it again)", flush=True)
+                    continue
+                try:
+                    await asyncio.to_thread(dev.start_server)
+                except DevError as exc:
+                    print(f"realtime dev: the server did not start again: {exc}; stopping", file=sys.stderr)
+                    stop.set()
+                    break
+                print(f"realtime dev: server started again at {where['url']}", flush=True)
             dead = [name for name, proc in dev.procs if proc.poll() is not None]
             if dead:
                 print(f"realtime dev: {', '.join(dead)} stopped; see {where['logs']}; stopping", file=sys.stderr)

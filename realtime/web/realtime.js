@@ -45,6 +45,8 @@ function splitId(id) {
   return [BigInt(m[1]), BigInt(m[2])];
 }
 
+const clock = () => (globalThis.performance ? globalThis.performance.now() : Date.now());
+
 function validId(id) {
   return typeof id === 'string' && /^\d+-\d+$/.test(id);
 }
@@ -105,6 +107,7 @@ class HttpError extends Error {
  *   `reconnecting`, `polling` or `closed`
  * - `presence`: `{room, users}` (the users online in the room, sorted) whenever that set changes
  * - `typing`: `{room, users}` (the users typing in the room) whenever that set changes
+ * - `rtt`: `{ms}`, the round trip of a ping over the WebSocket (heartbeats and `ping()`)
  * - `authenticated`: `{user, expires}`; `error`: `{code, message, rooms?}`; `closed`: `{code, reason}`
  */
 export class RealtimeClient extends EventTarget {
@@ -175,6 +178,7 @@ export class RealtimeClient extends EventTarget {
     this._pollErrors = 0;
     this._roomsWaiter = null;
     this._roomSince = new Map(); // room -> since, for rooms whose replay is not confirmed yet
+    this._roomFloor = new Map(); // room -> since, for replayed rooms whose since is past the position (or none)
     this._presence = new Map(); // room -> Set of users
     this._noPresence = new Set(); // rooms the server does not track presence in
     this._typing = new Map(); // room -> Map user -> timer
@@ -182,6 +186,8 @@ export class RealtimeClient extends EventTarget {
     this._refs = 0;
     this._pendingRefs = new Map(); // ref -> {kind, rooms|room}
     this._ops = new Map(); // key -> optimistic operation in flight
+    this._pings = new Map(); // ref -> {at, link, done}: pings whose round trip is measured
+    this._rtt = null;
     this._onOnline = () => this._nudge();
 
     if (o.since != null) {
@@ -208,11 +214,35 @@ export class RealtimeClient extends EventTarget {
 
   get rooms() { return [...this._rooms]; }
 
+  /** The last round trip measured over the WebSocket (ms; heartbeats and `ping()`), or null. */
+  get rtt() { return this._rtt; }
+
   /** Users online in `room` (sorted), as the server last told. */
   presence(room) { return [...(this._presence.get(room) ?? [])].sort(); }
 
   /** Users typing in `room` (sorted). */
   typingUsers(room) { return [...(this._typing.get(room)?.keys() ?? [])].sort(); }
+
+  /**
+   * Measures the round trip to the server: a `ping` frame, timed until its `pong`. Resolves to milliseconds
+   * (also kept in `rtt` and told by an `rtt` event, `{ms}`), or null when no WebSocket is connected (polling,
+   * reconnecting) or no pong comes within `timeout` ms.
+   */
+  ping(timeout = 5000) {
+    const link = this._link;
+    if (!link?.ready) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const ref = `rtt${++this._refs}`;
+      const timer = setTimeout(() => done(null), timeout);
+      const done = (ms) => {
+        clearTimeout(timer);
+        this._pings.delete(ref);
+        resolve(ms);
+      };
+      this._pings.set(ref, { at: clock(), link, done });
+      if (!this._send(link, { op: 'ping', ref })) done(null);
+    });
+  }
 
   /** Starts connecting (once). Returns the client. */
   connect() {
@@ -244,6 +274,7 @@ export class RealtimeClient extends EventTarget {
       this._dropLink(link, 1000, 'client closed');
     }
     this._clearEphemeral([...this._presence.keys(), ...this._typing.keys()]);
+    for (const ping of [...this._pings.values()]) ping.done(null);
     this._setState('closed');
     this.dispatchEvent(new CustomEvent('closed', { detail: { code, reason } }));
   }
@@ -274,7 +305,10 @@ export class RealtimeClient extends EventTarget {
   /** Unsubscribes from rooms. */
   unsubscribe(rooms) {
     const gone = [].concat(rooms).filter((r) => this._rooms.delete(r));
-    for (const room of gone) this._roomSince.delete(room);
+    for (const room of gone) {
+      this._roomSince.delete(room);
+      this._roomFloor.delete(room);
+    }
     if (!gone.length) return this;
     const link = this._link;
     if (link?.opened) {
@@ -440,7 +474,34 @@ export class RealtimeClient extends EventTarget {
   }
 
   _advance(id) {
-    if (validId(id) && (this._lastId == null || compareIds(id, this._lastId) > 0)) this._lastId = id;
+    if (!validId(id) || (this._lastId != null && compareIds(id, this._lastId) <= 0)) return;
+    this._lastId = id;
+    for (const [room, floor] of this._roomFloor) {
+      if (compareIds(floor, id) <= 0) this._roomFloor.delete(room); // the position has passed it
+    }
+  }
+
+  /**
+   * A room's replay from `since` is done: from now on it goes on from the position, unless the position is
+   * none yet or older than `since` (nothing came since): then from `since`, until the position passes it.
+   * (Resuming such a room from the position would miss what came while away, or replay what its state has.)
+   */
+  _replayed(room, since) {
+    this._roomSince.delete(room);
+    if (validId(since) && (this._lastId == null || compareIds(since, this._lastId) > 0)) {
+      this._roomFloor.set(room, since);
+    }
+  }
+
+  /** Where a reconnect resumes a room whose replay is done: the later of its floor and the position. */
+  _roomPosition(room) {
+    return this._roomFloor.get(room) ?? this._lastId;
+  }
+
+  /** Where the main poll goes on from: the position; before any, the oldest floor (more, never a gap). */
+  _pollPosition() {
+    if (this._lastId != null || !this._roomFloor.size) return this._lastId;
+    return [...this._roomFloor.values()].reduce((a, b) => (compareIds(a, b) <= 0 ? a : b));
   }
 
   _onEvent(msg) {
@@ -567,7 +628,7 @@ export class RealtimeClient extends EventTarget {
       // Every room from the position; rooms whose replay was not confirmed from their own `since`.
       const groups = new Map();
       for (const room of this._rooms) {
-        const since = this._roomSince.get(room) ?? this._lastId;
+        const since = this._roomSince.get(room) ?? this._roomPosition(room);
         if (!groups.has(since)) groups.set(since, []);
         groups.get(since).push(room);
       }
@@ -618,7 +679,10 @@ export class RealtimeClient extends EventTarget {
           this._dropLink(link, 4000, 'no answer to heartbeats');
           this._linkClosed(link, 1006, 'no answer to heartbeats');
         } else if (Date.now() - link.lastIn >= this.heartbeat) {
-          this._send(link, { op: 'ping', ref: 'hb' });
+          const ref = `hb${++this._refs}`;
+          const timer = setTimeout(() => this._pings.delete(ref), this.heartbeat * 2);
+          this._pings.set(ref, { at: clock(), link, done: () => { clearTimeout(timer); this._pings.delete(ref); } });
+          this._send(link, { op: 'ping', ref });
         }
       }, Math.max(250, this.heartbeat / 2));
     }
@@ -630,9 +694,17 @@ export class RealtimeClient extends EventTarget {
       case 'event':
         this._onEvent(msg);
         break;
-      case 'pong':
+      case 'pong': {
         if (msg.ref === `ready${link.serial}` && !link.ready) this._onReady(link);
+        const ping = this._pings.get(msg.ref);
+        if (ping?.link === link) {
+          const ms = Math.round((clock() - ping.at) * 10) / 10;
+          this._rtt = ms;
+          ping.done(ms);
+          this.dispatchEvent(new CustomEvent('rtt', { detail: { ms } }));
+        }
         break;
+      }
       case 'authenticated':
         if (typeof msg.user === 'string') this._user = msg.user;
         this._scheduleRefresh(link, msg.expires);
@@ -646,7 +718,7 @@ export class RealtimeClient extends EventTarget {
         const sub = this._pendingRefs.get(msg.ref);
         this._pendingRefs.delete(msg.ref);
         for (const room of sub?.rooms ?? []) {
-          if (this._roomSince.get(room) === sub.since) this._roomSince.delete(room); // replayed: done
+          if (this._roomSince.get(room) === sub.since) this._replayed(room, sub.since);
         }
         break;
       }
@@ -707,6 +779,7 @@ export class RealtimeClient extends EventTarget {
   }
 
   _linkClosed(link, code, reason) {
+    for (const ping of [...this._pings.values()]) if (ping.link === link) ping.done(null);
     link.timers.forEach(clearTimeout);
     clearTimeout(link.refreshTimer);
     clearInterval(link.heartbeatTimer);
@@ -814,7 +887,7 @@ export class RealtimeClient extends EventTarget {
       const timer = setTimeout(() => ctrl.abort(), (this.pollWait + 15) * 1000);
       let body;
       try {
-        body = await this._pollOnce(rooms, this._lastId, this.pollWait, ctrl.signal);
+        body = await this._pollOnce(rooms, this._pollPosition(), this.pollWait, ctrl.signal);
       } catch (err) {
         clearTimeout(timer);
         if (!this._pollActive(gen)) return;
@@ -859,7 +932,7 @@ export class RealtimeClient extends EventTarget {
         if (!more.events.length) break;
         since = more.next;
       }
-      this._roomSince.delete(room);
+      this._replayed(room, since);
     }
   }
 

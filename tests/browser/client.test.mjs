@@ -362,6 +362,100 @@ test('a room whose replay was cut short by a reconnect is replayed again from it
   c.close();
 });
 
+test('a room subscribed with since keeps that position across a reconnect when no event came yet', async () => {
+  // Regression: once its replay was confirmed (synced, with nothing replayed), the room went back to the
+  // connection's position, which was none (no event yet) or older than the room's since: a reconnect
+  // subscribed it from now (missing what came while away) or from before its state (applying events twice).
+  const { FakeWebSocket, sockets } = fakeSockets();
+  const { c } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'] });
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 3, 'the first frames');
+  sockets[0].ready();
+  c.subscribe('post:p1', { since: '4-0' });
+  const sub = sockets[0].sent.filter((m) => m.op === 'subscribe').at(-1);
+  sockets[0].message({ op: 'subscribed', ref: sub.ref, rooms: ['post:p1'] });
+  sockets[0].message({ op: 'synced', ref: sub.ref, rooms: ['post:p1'] }); // nothing to replay: no `last`
+  sockets[0].serverClose(1006);
+  await until(() => sockets[1]?.sent.length >= 3, 'a reconnect');
+  sockets[1].ready();
+  let again = sockets[1].sent.filter((m) => m.op === 'subscribe').map((m) => [m.rooms, m.since]);
+  assert.deepEqual(again.find(([rooms]) => rooms.includes('post:p1')), [['post:p1'], '4-0']);
+  // once an event moves the position past it, the room goes on from the position like the others
+  sockets[1].message(ev('6-0'));
+  sockets[1].serverClose(1006);
+  await until(() => sockets[2]?.sent.length >= 3, 'another reconnect');
+  again = sockets[2].sent.filter((m) => m.op === 'subscribe').map((m) => [m.rooms, m.since]);
+  assert.deepEqual(again, [[['public', 'post:p1'], '6-0']]);
+  c.close();
+});
+
+test('a room subscribed with a since newer than the position is not replayed from the older position', async () => {
+  const { FakeWebSocket, sockets } = fakeSockets();
+  const { c } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'], since: '1-0' });
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 3, 'the first frames');
+  sockets[0].ready();
+  c.subscribe('post:p1', { since: '5-0' });
+  const sub = sockets[0].sent.filter((m) => m.op === 'subscribe').at(-1);
+  sockets[0].message({ op: 'synced', ref: sub.ref, rooms: ['post:p1'] });
+  sockets[0].serverClose(1006);
+  await until(() => sockets[1]?.sent.length >= 3, 'a reconnect');
+  const again = sockets[1].sent.filter((m) => m.op === 'subscribe').map((m) => [m.rooms, m.since]);
+  assert.deepEqual(again, [[['public'], '1-0'], [['post:p1'], '5-0']]);
+  c.close();
+});
+
+test('polling: a room caught up from its since, before any event, is polled from there, not from now', async () => {
+  const polls = [];
+  const fetch = async (url, { signal }) => {
+    const q = new URL(url).searchParams;
+    polls.push([q.get('rooms'), q.get('since'), q.get('wait')]);
+    if (q.get('wait') !== '0') { // the main poll waits until the client stops
+      await new Promise((_, no) => signal.addEventListener('abort', () => no(new Error('aborted'))));
+    }
+    return { ok: true, status: 200, json: async () => ({ events: [], next: q.get('since') }) };
+  };
+  const { c } = client({ transport: 'polling', fetch, token: 'tok', rooms: [] });
+  c.subscribe('post:p1', { since: '4-0' });
+  c.connect();
+  await until(() => polls.length >= 2, 'the catch-up and the main poll');
+  assert.deepEqual(polls[0], ['post:p1', '4-0', '0']);
+  assert.deepEqual(polls[1], ['post:p1', '4-0', '25']);
+  c.close();
+});
+
+test('ping measures the round trip over the WebSocket; heartbeats too; null without a WebSocket', async () => {
+  const { FakeWebSocket, sockets } = fakeSockets();
+  const { c } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'], heartbeat: 500 });
+  const told = [];
+  c.addEventListener('rtt', (e) => told.push(e.detail.ms));
+  assert.equal(await c.ping(), null); // not connected
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 3, 'the first frames');
+  const ws = sockets[0];
+  ws.ready();
+  assert.equal(c.rtt, null);
+  const measured = c.ping();
+  const ping = ws.sent.at(-1);
+  assert.equal(ping.op, 'ping');
+  await sleep(20);
+  ws.message({ op: 'pong', ref: ping.ref });
+  const ms = await measured;
+  assert.ok(ms >= 15 && ms < 1000, String(ms));
+  assert.equal(c.rtt, ms);
+  assert.deepEqual(told, [ms]);
+  // an idle connection's heartbeat is timed as well
+  await until(() => ws.sent.filter((m) => m.op === 'ping').length >= 3, 'a heartbeat');
+  const heartbeat = ws.sent.filter((m) => m.op === 'ping').at(-1);
+  ws.message({ op: 'pong', ref: heartbeat.ref });
+  assert.equal(told.length, 2);
+  // a ping still in flight when the connection drops gives null
+  const lost = c.ping();
+  ws.serverClose(1006);
+  assert.equal(await lost, null);
+  c.close();
+});
+
 // -- optimistic likes -------------------------------------------------------------------------------------------
 
 async function connected(user = 'me') {

@@ -118,3 +118,52 @@ def test_dev_without_redis_server_says_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "redis-server is not installed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_dev_stops_and_starts_the_server_on_sigusr1_with_the_secret_it_was_given(tmp_path: Path) -> None:
+    """An app beside ``realtime dev`` (examples/nextjs) mints tokens with REALTIME_JWT_SECRET; SIGUSR1 makes an
+    outage of the server alone, and the next one ends it, with the rest (MongoDB, Redis, the watcher) running."""
+    import jwt
+
+    port = free_port()
+    secret = "s" * 40
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"REALTIME_JWT_SECRET": secret}
+    errors = (tmp_path / "stderr").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "realtime", "dev", "--port", str(port), "--mongo-port",  # noqa: ASYNC220
+                             str(free_port()), "--rate", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=errors, text=True)
+
+    async def line(expected: str) -> str:
+        assert proc.stdout is not None
+        while True:
+            text = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), TIMEOUT * 3)
+            assert text, (tmp_path / "stderr").read_text()
+            if expected in text:
+                return text
+
+    async def authenticated() -> str:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            minted = jwt.encode({"sub": "eve", "exp": int(time.time()) + 600}, secret)
+            await ws.send(orjson.dumps({"op": "auth", "token": minted}).decode())
+            reply = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            return str(reply.get("user"))
+
+    try:
+        await line(f"kill -USR1 {proc.pid} stops the server")
+        assert await authenticated() == "eve"  # a token signed with the secret it was given
+        proc.send_signal(signal.SIGUSR1)
+        await line("server stopped")
+        with pytest.raises(OSError):
+            await websockets.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=TIMEOUT)
+        proc.send_signal(signal.SIGUSR1)
+        await line("server started again")
+        assert await authenticated() == "eve"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), TIMEOUT * 2) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        errors.close()

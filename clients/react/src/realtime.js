@@ -1,0 +1,1 @@
+../../../realtime/web/realtime.js

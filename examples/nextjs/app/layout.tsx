@@ -1,0 +1,13 @@
+import type { ReactNode } from 'react';
+
+import './globals.css';
+
+export const metadata = { title: 'realtime · Next.js feed' };
+
+export default function RootLayout({ children }: { children: ReactNode }) {
+  return (
+    <html lang="en">
+      <body>{children}</body>
+    </html>
+  );
+}
