@@ -23,7 +23,7 @@ from typing import Any
 
 from bson import Binary, Int64, ObjectId, Timestamp
 
-from realtime.standin import arguments, changestream, limits, validate, writeconcern
+from realtime.standin import arguments, changestream, idl, limits, validate, writeconcern
 from realtime.standin.changestream import ChangeStreamCursor
 from realtime.standin.errors import (
     CommandError,
@@ -187,7 +187,7 @@ class Engine:
             handler = self.handlers.get(name)
             if handler is None:
                 raise CommandError(59, f"no such command: '{name}'")
-            cmd = arguments.parse(cmd)
+            cmd = idl.parse(cmd)
             action = self.failpoints.check(name, app_name)
             write_concern_error = None
             if action is not None:
@@ -641,14 +641,10 @@ class Engine:
     async def update(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "update")
         validate.check_writable(db, coll)
-        for stmt in cmd["updates"]:
-            if "sort" in stmt:  # MongoDB 8.0's; 7.0's parser knows no such field
-                raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
 
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
                 raise CommandError(40414, "BSON field 'update.updates.q' and 'u' are required")
-            _reject_unsupported(stmt, ("c",), "update")
             self._check_hint(db, coll, stmt.get("hint"))
             validate.check_filter(stmt["q"])
             return self.store.update(db, coll, stmt["q"], stmt["u"], upsert=bool(stmt.get("upsert")),
@@ -801,7 +797,6 @@ class Engine:
 
     async def find(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "find")
-        _reject_unsupported(cmd, ("min", "max", "tailable", "awaitData"), "find")
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("filter"))
         filter_ = cmd.get("filter") or {}
@@ -1155,22 +1150,13 @@ WRITE_CONCERN_COMMANDS = frozenset({
     "renameCollection", "createIndexes", "dropIndexes", "commitTransaction", "abortTransaction",
 })
 
-_GENERIC_FIELDS = frozenset({
-    "$db", "lsid", "txnNumber", "autocommit", "startTransaction", "$clusterTime", "$readPreference",
-    "writeConcern", "readConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict", "apiDeprecationErrors",
-})
+_GENERIC_FIELDS = idl.GENERIC_ARGUMENTS
 
 
 def _is_change_stream(cmd: dict[str, Any]) -> bool:
     pipeline = cmd.get("pipeline")
     return (isinstance(pipeline, list) and bool(pipeline) and isinstance(pipeline[0], dict)
             and "$changeStream" in pipeline[0])
-
-
-def _reject_unsupported(cmd: dict[str, Any], keys: tuple[str, ...], command: str) -> None:
-    for key in keys:
-        if key in cmd and cmd[key] not in (None, {}, False):
-            raise unsupported(f"the {command} option '{key}'")
 
 
 def _index_entry(name: str, index: dict[str, Any]) -> dict[str, Any]:
