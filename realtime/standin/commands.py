@@ -679,6 +679,7 @@ class Engine:
         validate.check_writable(db, coll)
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("query"))
+        validate.check_projection(cmd.get("fields"))
         session, retry_number = self._retryable_write(cmd)
         if session is not None and retry_number in session.retried:
             return copy.deepcopy(session.retried[retry_number])
@@ -808,6 +809,7 @@ class Engine:
         db, coll = cmd["$db"], _coll_arg(cmd, "find")
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("filter"))
+        validate.check_projection(cmd.get("projection"))
         filter_ = cmd.get("filter") or {}
         docs: list[dict[str, Any]] = []
         if (db, coll) == ("local", "system.replset"):  # what rs.conf() reads where replSetGetConfig is not used

@@ -199,3 +199,20 @@ def test_a_statement_of_a_transaction_takes_no_write_concern(client: MongoClient
     assert (error.code, error.details and error.details["errmsg"]) == (
         72, "writeConcern is not allowed within a multi-statement transaction")
     assert db["items"].find_one({"_id": 4}) is None
+
+
+@pytest.mark.parametrize(("projection", "code", "message"), [
+    ({"x": 1, "y": 0}, 31254, "Cannot do exclusion on field y in inclusion projection"),
+    ({"y": 0, "x": 1}, 31253, "Cannot do inclusion on field x in exclusion projection"),
+])
+def test_a_find_projection_mixing_inclusion_and_exclusion_is_refused(db: Database[Doc], projection: Doc, code: int,
+                                                                     message: str) -> None:
+    """Pins: mongomock's own message ("You cannot currently mix including and excluding fields.") with code 2."""
+    error = refusal(db, {"find": "items", "projection": projection})
+    assert (error.code, error.details and error.details["errmsg"]) == (code, message)
+
+
+def test_a_find_projection_of_one_kind_is_taken(db: Database[Doc]) -> None:
+    assert db.command({"find": "items", "projection": {"_id": 0, "x": 1}})["cursor"]["firstBatch"] == [{"x": 1}]
+    assert db.command({"find": "items", "projection": {"x": 0, "s": {"$slice": 1}}})["cursor"]["firstBatch"] == [
+        {"_id": 0}]
