@@ -20,20 +20,23 @@ import datetime as dt
 import decimal
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import bson
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from bson.datetime_ms import DatetimeMS
 
-from realtime.standin.errors import CommandError
+from realtime.standin.errors import CommandError, unsupported
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MAX = 2**31 - 1
 NUMBER = ("long", "int", "decimal", "double")  # IDL safeInt64: any numeric type
 BOOLISH = ("bool", "long", "int", "decimal", "double")  # IDL safeBool / optionalBool
+ALL_TYPES = ("double", "string", "object", "array", "binData", "undefined", "objectId", "bool", "date", "null",
+             "regex", "dbPointer", "javascript", "symbol", "javascriptWithScope", "int", "timestamp", "long",
+             "decimal", "minKey", "maxKey")
 
 
 def bson_type(value: Any) -> str:
@@ -102,6 +105,7 @@ class Arg:
     fields: Mapping[str, Arg] = field(default_factory=dict)  # an object's arguments
     items: Arg | None = None  # an array's elements
     check: Callable[[str, Any], None] | None = None  # a further check of the value, given its path
+    strict: bool = False  # an object whose fields are all in ``fields``: any other is 40415
 
 
 def wrong_type(path: str, value: Any, types: tuple[str, ...]) -> CommandError:
@@ -113,14 +117,20 @@ def missing(path: str) -> CommandError:
     return CommandError(40414, f"BSON field '{path}' is missing but a required field")
 
 
-def _parse(path: str, value: Any, arg: Arg) -> Any:
+def unknown(path: str) -> CommandError:
+    return CommandError(40415, f"BSON field '{path}' is an unknown field.")
+
+
+def _parse(path: str, value: Any, arg: Arg, context: str | None = None) -> Any:
+    """``value`` checked against ``arg``; ``path`` names it in a type error, ``context`` (the array's path, for an
+    element of one) names its own fields, as the server's IDL parser names them (``update.updates.q``)."""
     if bson_type(value) not in arg.types:
         raise wrong_type(path, value, arg.types)
-    if arg.fields and isinstance(value, Mapping):
-        value = parse_object(path, dict(value), arg.fields)
+    if (arg.fields or arg.strict) and isinstance(value, Mapping):
+        value = parse_object(context or path, dict(value), arg.fields, strict=arg.strict)
     if arg.items is not None and isinstance(value, list):
         # Null elements are skipped, as the server's IDL parser skips them.
-        value = [_parse(f"{path}.{i}", item, arg.items) for i, item in enumerate(value) if item is not None]
+        value = [_parse(f"{path}.{i}", item, arg.items, path) for i, item in enumerate(value) if item is not None]
     if arg.convert is not None:
         value = arg.convert(value)
     if arg.gte is not None and value < arg.gte:
@@ -131,16 +141,28 @@ def _parse(path: str, value: Any, arg: Arg) -> Any:
     return value
 
 
-def parse_object(path: str, doc: dict[str, Any], fields: Mapping[str, Arg]) -> dict[str, Any]:
-    """``doc`` with each argument in ``fields`` checked and normalised (a copy; other keys are kept as they are)."""
-    for name, arg in fields.items():
-        value = doc.get(name)
-        if value is None:
-            if arg.required:
-                raise missing(f"{path}.{name}" if path else name)
-            doc.pop(name, None)
+def parse_object(path: str, doc: dict[str, Any], fields: Mapping[str, Arg], *, strict: bool = False,
+                 known: Collection[str] = ()) -> dict[str, Any]:
+    """``doc`` (a copy) with each argument in ``fields`` checked and normalised, in the document's order, as the
+    server's IDL parser goes through it; then a required argument missing is 40414.
+
+    ``strict`` (a strict IDL struct): a field neither in ``fields`` nor in ``known`` is 40415 ("BSON field
+    'find.foo' is an unknown field."). Otherwise other fields are kept as they are."""
+    for name in list(doc):
+        where = f"{path}.{name}" if path else name
+        arg = fields.get(name)
+        if arg is None:
+            if strict and name not in known:
+                raise unknown(where)
             continue
-        doc[name] = _parse(f"{path}.{name}" if path else name, value, arg)
+        value = doc[name]
+        if value is None:
+            del doc[name]
+            continue
+        doc[name] = _parse(where, value, arg)
+    for name, arg in fields.items():
+        if arg.required and name not in doc:
+            raise missing(f"{path}.{name}" if path else name)
     return doc
 
 
@@ -234,7 +256,8 @@ SAFE_BOOL = Arg(BOOLISH, convert=_true_value)
 INT = Arg(NUMBER, convert=number_long)
 NON_NEGATIVE = Arg(NUMBER, convert=number_long, gte=0)
 LONG = Arg(("long",), convert=int)
-UUID = Arg(("binData",), required=True, check=_uuid)
+AN_UUID = Arg(("binData",), check=_uuid)
+UUID = replace(AN_UUID, required=True)
 OBJECTS = Arg(("array",), items=OBJECT)
 STRINGS = Arg(("array",), items=STRING)
 CURSOR = Arg(("object",), fields={"batchSize": NON_NEGATIVE})
@@ -243,94 +266,35 @@ COLLATION = Arg(("object",), check=_collation)
 LET = Arg(("object",), check=_let)  # an index name or key pattern
 UPDATE = Arg(("object", "array"))  # a modification: operators or a replacement, or a pipeline
 IMAGES = Arg(("object",), fields={"enabled": Arg(("bool",), required=True)})
+MAX_TIME_MS = Arg(NUMBER, convert=_max_time_ms)
+READ_CONCERN = Arg(("object",), fields={"level": Arg(("string",), check=_read_concern_level),
+                                        "atClusterTime": Arg(("timestamp",))})
+WRITE_CONCERN = Arg(("object",), fields={"j": Arg(BOOLISH, convert=_true_value),
+                                         "fsync": Arg(BOOLISH, convert=_true_value),
+                                         "wtimeout": Arg(NUMBER, convert=number_long)},
+                    check=_write_concern)
+DELETE_LIMIT = Arg(NUMBER, required=True, convert=number_long, check=_delete_limit)
+SECONDS = Arg(NUMBER, convert=number_double, gte=0, check=_finite)
 
 
 def required(arg: Arg) -> Arg:
-    return Arg(arg.types, True, arg.convert, arg.gte, arg.fields, arg.items, arg.check)
+    return replace(arg, required=True)
 
 
-# Arguments every command may carry. The session's are parsed as the server's OperationSessionInfo.
-SESSION: Mapping[str, Arg] = {
-    "lsid": Arg(("object",), fields={"id": UUID, "uid": Arg(("binData",))}),
-    "txnNumber": LONG,
-    "autocommit": BOOL,
-    "startTransaction": BOOL,
-}
-GENERIC: Mapping[str, Arg] = {
-    "readConcern": Arg(("object",), fields={"level": Arg(("string",), check=_read_concern_level),
-                                            "atClusterTime": Arg(("timestamp",))}),
-    "writeConcern": Arg(("object",), fields={"j": Arg(BOOLISH, convert=_true_value),
-                                             "fsync": Arg(BOOLISH, convert=_true_value),
-                                             "wtimeout": Arg(NUMBER, convert=number_long)},
-                        check=_write_concern),
-    "$readPreference": OBJECT,
-    "maxTimeMS": Arg(NUMBER, convert=_max_time_ms),
-}
+def refused(path: str, value: Any) -> None:
+    """The check of an argument MongoDB knows but the stand-in does not implement: refused when it asks for
+    something (a true flag, a non-empty document, any other value), never ignored."""
+    if isinstance(value, (Mapping, list)) and not value:
+        return
+    if bson_type(value) in BOOLISH and not _true_value(value):
+        return
+    command, _, name = path.partition(".")
+    raise unsupported(f"the {command} option '{name}'")
 
-_HELLO = {"client": Arg(("object",), fields={"application": Arg(("object",), fields={"name": STRING})}),
-          "helloOk": SAFE_BOOL}
-_FIND_AND_MODIFY = {
-    "query": OBJECT, "sort": OBJECT, "remove": SAFE_BOOL, "update": UPDATE, "new": SAFE_BOOL, "fields": OBJECT,
-    "upsert": SAFE_BOOL, "arrayFilters": OBJECTS, "bypassDocumentValidation": SAFE_BOOL, "collation": COLLATION,
-    "let": LET, "hint": HINT,
-}
-_COLLECTION_OPTIONS = {"changeStreamPreAndPostImages": IMAGES, "validator": OBJECT, "validationLevel": STRING,
-                       "validationAction": STRING}
 
-# The arguments each command reads (beyond its first field, the collection name, which the handler checks).
-COMMANDS: Mapping[str, Mapping[str, Arg]] = {
-    "hello": _HELLO, "isMaster": _HELLO, "ismaster": _HELLO,
-    "endSessions": {"endSessions": Arg(("array",), required=True,
-                                       items=Arg(("object",), fields={"id": UUID}))},
-    "killCursors": {"cursors": Arg(("array",), required=True, items=LONG)},
-    "getMore": {"getMore": required(LONG), "collection": required(STRING), "batchSize": NON_NEGATIVE},
-    "insert": {"documents": required(OBJECTS), "ordered": BOOL, "bypassDocumentValidation": SAFE_BOOL},
-    "update": {
-        "updates": Arg(("array",), required=True, items=Arg(("object",), fields={
-            "q": required(OBJECT), "u": required(UPDATE), "multi": BOOL, "upsert": BOOL, "arrayFilters": OBJECTS,
-            "collation": COLLATION, "c": OBJECT, "hint": HINT})),
-        "ordered": BOOL, "let": LET, "bypassDocumentValidation": SAFE_BOOL},
-    "delete": {
-        "deletes": Arg(("array",), required=True, items=Arg(("object",), fields={
-            "q": required(OBJECT), "limit": Arg(NUMBER, required=True, convert=number_long, check=_delete_limit),
-            "collation": COLLATION, "hint": HINT})),
-        "ordered": BOOL, "let": LET},
-    "findAndModify": _FIND_AND_MODIFY, "findandmodify": _FIND_AND_MODIFY,
-    "find": {
-        "filter": OBJECT, "projection": OBJECT, "sort": OBJECT, "skip": NON_NEGATIVE, "limit": NON_NEGATIVE,
-        "batchSize": NON_NEGATIVE, "singleBatch": SAFE_BOOL, "allowDiskUse": SAFE_BOOL, "min": OBJECT,
-        "max": OBJECT, "collation": COLLATION, "let": LET, "tailable": SAFE_BOOL, "awaitData": SAFE_BOOL,
-        "noCursorTimeout": SAFE_BOOL, "returnKey": SAFE_BOOL, "showRecordId": SAFE_BOOL,
-        "allowPartialResults": SAFE_BOOL, "hint": HINT},
-    "count": {"query": OBJECT, "limit": INT, "skip": NON_NEGATIVE, "collation": COLLATION, "hint": HINT},
-    "distinct": {"key": required(STRING), "query": OBJECT, "collation": COLLATION},
-    "aggregate": {"pipeline": Arg(("array",), required=True, items=OBJECT), "cursor": CURSOR, "explain": BOOL,
-                  "allowDiskUse": BOOL, "let": LET, "collation": COLLATION, "bypassDocumentValidation": SAFE_BOOL,
-                  "hint": HINT},
-    "create": {**_COLLECTION_OPTIONS, "collation": COLLATION, "capped": SAFE_BOOL, "size": INT, "max": INT,
-               "timeseries": OBJECT, "viewOn": STRING, "pipeline": OBJECTS, "expireAfterSeconds": INT},
-    "collMod": _COLLECTION_OPTIONS,
-    "renameCollection": {"renameCollection": required(STRING), "to": required(STRING), "dropTarget": SAFE_BOOL},
-    "listCollections": {"filter": OBJECT, "nameOnly": SAFE_BOOL, "authorizedCollections": SAFE_BOOL,
-                        "cursor": CURSOR},
-    "listDatabases": {"filter": OBJECT, "nameOnly": SAFE_BOOL, "authorizedDatabases": SAFE_BOOL},
-    "createIndexes": {"indexes": Arg(("array",), required=True, items=Arg(("object",), fields={
-        "key": required(OBJECT), "name": required(STRING), "unique": SAFE_BOOL, "sparse": SAFE_BOOL,
-        "partialFilterExpression": OBJECT, "expireAfterSeconds": INT, "background": SAFE_BOOL, "v": INT,
-        "collation": COLLATION}))},
-    "listIndexes": {"cursor": CURSOR},
-    "dropIndexes": {"index": Arg(("string", "array", "object"), required=True, items=STRING)},
-    "configureFailPoint": {
-        "configureFailPoint": required(STRING),
-        "mode": Arg(("string", "object"), required=True, fields={"times": NON_NEGATIVE, "skip": NON_NEGATIVE}),
-        "data": Arg(("object",), fields={
-            "failCommands": STRINGS, "errorCode": Arg(NUMBER, convert=number_long), "errorLabels": STRINGS,
-            "closeConnection": SAFE_BOOL, "blockConnection": SAFE_BOOL, "blockTimeMS": NON_NEGATIVE,
-            "appName": STRING})},
-    "getLog": {"getLog": required(STRING)},
-    "realtimeStandIn": {"realtimeStandIn": required(STRING), "keepLast": NON_NEGATIVE,
-                        "seconds": Arg(NUMBER, convert=number_double, gte=0, check=_finite)},
-}
+def refuse(arg: Arg) -> Arg:
+    """``arg``, refused when it asks for something (:func:`refused`)."""
+    return replace(arg, check=refused)
 
 
 # The $changeStream stage's own arguments.
@@ -339,37 +303,3 @@ CHANGE_STREAM: Mapping[str, Arg] = {
     "startAtOperationTime": Arg(("timestamp",)), "showExpandedEvents": BOOL, "allChangesForCluster": BOOL,
     "allowToRunOnConfigDB": BOOL, "allowToRunOnSystemNS": BOOL,
 }
-
-
-def parse(cmd: dict[str, Any]) -> dict[str, Any]:
-    """The command with its arguments checked and normalised; :class:`CommandError` when they do not fit."""
-    name = next(iter(cmd), "")
-    db = cmd.get("$db")
-    if db is None:
-        raise CommandError(40571, "OP_MSG requests require a $db argument")
-    if bson_type(db) != "string":
-        raise wrong_type("$db", db, ("string",))
-    if not db or any(c in db for c in '/\\. "\x00'):
-        raise CommandError(73, f"Invalid database name: '{db}'")
-    out = parse_object("OperationSessionInfo", dict(cmd), SESSION)
-    _check_session_info(out)
-    out = parse_object("", out, GENERIC)
-    return parse_object(name, out, COMMANDS.get(name, {}))
-
-
-def _check_session_info(cmd: dict[str, Any]) -> None:
-    """How the session fields go together, as the server requires (initialize_operation_session_info.cpp): a
-    txnNumber needs an lsid, autocommit a txnNumber (and may only be false), startTransaction autocommit (and may
-    only be true). Each is InvalidOptions (72)."""
-    if "txnNumber" in cmd and "lsid" not in cmd:
-        raise CommandError(72, "Transaction number requires a session ID to also be specified")
-    if "txnNumber" in cmd and cmd["txnNumber"] < 0:
-        raise CommandError(72, "Transaction number cannot be negative")
-    if "autocommit" in cmd and "txnNumber" not in cmd:
-        raise CommandError(72, "'autocommit' field requires a transaction number to also be specified")
-    if cmd.get("autocommit") is True:
-        raise CommandError(72, "Specifying autocommit=true is not allowed.")
-    if "startTransaction" in cmd and "autocommit" not in cmd:
-        raise CommandError(72, "'startTransaction' field requires 'autocommit' field to also be specified")
-    if cmd.get("startTransaction") is False:
-        raise CommandError(72, "Specifying startTransaction=false is not allowed.")

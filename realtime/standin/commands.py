@@ -23,8 +23,9 @@ from typing import Any
 
 from bson import Binary, Int64, ObjectId, Timestamp
 
-from realtime.standin import arguments, changestream, limits, validate, writeconcern
+from realtime.standin import arguments, changestream, idl, limits, validate, writeconcern
 from realtime.standin.changestream import ChangeStreamCursor
+from realtime.standin.deadline import Deadline, exceeded
 from realtime.standin.errors import (
     CommandError,
     bad_value,
@@ -70,6 +71,7 @@ class ListCursor:
     ns: str
     docs: list[dict[str, Any]]
     pos: int = 0
+    time_left: float | None = None  # seconds left of its command's maxTimeMS (None: no limit)
 
     def take(self, limit: int | None) -> list[dict[str, Any]]:
         """The next batch: at most ``limit`` documents, cut by bytes (:class:`limits.Batch`)."""
@@ -187,7 +189,7 @@ class Engine:
             handler = self.handlers.get(name)
             if handler is None:
                 raise CommandError(59, f"no such command: '{name}'")
-            cmd = arguments.parse(cmd)
+            cmd = idl.parse(cmd)
             action = self.failpoints.check(name, app_name)
             write_concern_error = None
             if action is not None:
@@ -199,6 +201,8 @@ class Engine:
                 if action.error is not None:
                     raise action.error
                 write_concern_error = action.write_concern_error
+            if name in TIMED_COMMANDS and cmd.get("maxTimeMS") and self.failpoints.time_out():
+                raise exceeded()
             reply = await handler(cmd)
             reply.setdefault("ok", 1.0)
             if name in WRITE_CONCERN_COMMANDS:
@@ -641,14 +645,10 @@ class Engine:
     async def update(self, cmd: dict[str, Any]) -> dict[str, Any]:
         db, coll = cmd["$db"], _coll_arg(cmd, "update")
         validate.check_writable(db, coll)
-        for stmt in cmd["updates"]:
-            if "sort" in stmt:  # MongoDB 8.0's; 7.0's parser knows no such field
-                raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
 
         def one(stmt: Any, txn: Transaction | None) -> WriteResult:
             if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
                 raise CommandError(40414, "BSON field 'update.updates.q' and 'u' are required")
-            _reject_unsupported(stmt, ("c",), "update")
             self._check_hint(db, coll, stmt.get("hint"))
             validate.check_filter(stmt["q"])
             return self.store.update(db, coll, stmt["q"], stmt["u"], upsert=bool(stmt.get("upsert")),
@@ -679,6 +679,7 @@ class Engine:
         validate.check_writable(db, coll)
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("query"))
+        validate.check_projection(cmd.get("fields"))
         session, retry_number = self._retryable_write(cmd)
         if session is not None and retry_number in session.retried:
             return copy.deepcopy(session.retried[retry_number])
@@ -746,9 +747,13 @@ class Engine:
 
     # -- reads ------------------------------------------------------------------------------------------
     def _new_cursor(self, ns: str, docs: list[dict[str, Any]], first: int | None,
-                    single_batch: bool = False, read_at: Timestamp | None = None) -> dict[str, Any]:
+                    single_batch: bool = False, read_at: Timestamp | None = None,
+                    time_limit: Deadline | None = None) -> dict[str, Any]:
         cursor = ListCursor(next(self._cursor_ids), ns, docs)
         batch = cursor.take(DEFAULT_BATCH if first is None else first)
+        if time_limit is not None:
+            time_limit.check()
+            cursor.time_left = time_limit.left()
         cursor_id = 0
         if not cursor.exhausted and not single_batch:
             cursor_id = cursor.id
@@ -800,10 +805,11 @@ class Engine:
         return session.txn if session is not None else None
 
     async def find(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        time_limit = Deadline.of(cmd.get("maxTimeMS"))
         db, coll = cmd["$db"], _coll_arg(cmd, "find")
-        _reject_unsupported(cmd, ("min", "max", "tailable", "awaitData"), "find")
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("filter"))
+        validate.check_projection(cmd.get("projection"))
         filter_ = cmd.get("filter") or {}
         docs: list[dict[str, Any]] = []
         if (db, coll) == ("local", "system.replset"):  # what rs.conf() reads where replSetGetConfig is not used
@@ -819,9 +825,11 @@ class Engine:
             if limit:
                 cursor = cursor.limit(abs(limit))
             docs = [dict(d) for d in self.store._read(lambda: materialize(cursor))]
-        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")), read_at)
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")), read_at,
+                                time_limit)
 
     async def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        time_limit = Deadline.of(cmd.get("maxTimeMS"))
         db, coll = cmd["$db"], _coll_arg(cmd, "count")
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("query"))
@@ -832,9 +840,11 @@ class Engine:
         n = max(n - int(cmd.get("skip") or 0), 0)
         if cmd.get("limit"):
             n = min(n, abs(int(cmd["limit"])))
+        time_limit.check()
         return {"n": n}
 
     async def distinct(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        time_limit = Deadline.of(cmd.get("maxTimeMS"))
         db, coll = cmd["$db"], _coll_arg(cmd, "distinct")
         validate.check_filter(cmd.get("query"))
         key = cmd.get("key")
@@ -843,11 +853,13 @@ class Engine:
         mc, read_at = self._source(cmd, db, coll, cmd.get("query"))
         values = [] if mc is None else self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))
         reply: dict[str, Any] = {"values": sort_values(values)}
+        time_limit.check()
         if read_at is not None:
             reply["atClusterTime"] = read_at
         return reply
 
     async def aggregate(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        time_limit = Deadline.of(cmd.get("maxTimeMS"))
         db, coll = cmd["$db"], _collection_or_1(cmd, "aggregate")
         pipeline: list[dict[str, Any]] = cmd["pipeline"]
         for stage in pipeline:
@@ -875,13 +887,14 @@ class Engine:
         if pipeline and next(iter(pipeline[0])) == "$collStats":
             stats = self._coll_stats_stage(db, coll, pipeline[0]["$collStats"])
             return self._new_cursor(f"{db}.{coll}", aggregate_docs(stats, pipeline[1:]),
-                                    cmd.get("cursor", {}).get("batchSize"))
+                                    cmd.get("cursor", {}).get("batchSize"), time_limit=time_limit)
         docs: list[dict[str, Any]] = []
         first = pipeline[0] if pipeline else {}
         mc, read_at = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
         if mc is not None:
             docs = [_id_first(dict(d)) for d in self.store._read(lambda: aggregate(mc, pipeline))]
-        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"), read_at=read_at)
+        return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"), read_at=read_at,
+                                time_limit=time_limit)
 
     async def _open_change_stream(self, cmd: dict[str, Any], coll: str | None) -> dict[str, Any]:
         if cmd.get("autocommit") is False:
@@ -911,11 +924,18 @@ class Engine:
             error.labels = error_labels("getMore", cmd, error.code, None, isinstance(cursor, ChangeStreamCursor))
             raise error
         if isinstance(cursor, ListCursor):
+            if "maxTimeMS" in cmd:  # its limit is its command's (getmore_cmd.cpp)
+                raise CommandError(2, "cannot set maxTimeMS on getMore command for a non-awaitData cursor")
+            time_limit = Deadline.after(cursor.time_left)
             try:
+                if time_limit.limited and self.failpoints.time_out():
+                    raise exceeded()
                 batch = cursor.take(cmd.get("batchSize") or None)
+                time_limit.check()
             except CommandError:
                 del self.cursors[cursor_id]  # an error ends a cursor, as on the server
                 raise
+            cursor.time_left = time_limit.left()
             if cursor.exhausted:
                 del self.cursors[cursor_id]
             return {"cursor": {"nextBatch": batch, "id": Int64(0 if cursor.exhausted else cursor_id),
@@ -1149,28 +1169,27 @@ class Engine:
                           "oldest": self.oplog.oldest_ts, "latest": self.oplog.latest_ts}}
 
 
+# The commands whose maxTimeMS bounds their work (and that maxTimeAlwaysTimeOut therefore fails): those that read
+# or write data. A getMore spends what its cursor has left (ListCursor.time_left).
+TIMED_COMMANDS = frozenset({
+    "find", "aggregate", "count", "distinct", "insert", "update", "delete", "findAndModify", "findandmodify",
+    "create", "drop", "dropDatabase", "collMod", "renameCollection", "listCollections", "listDatabases",
+    "createIndexes", "listIndexes", "dropIndexes", "dbStats", "collStats", "explain",
+})
+
 # The commands that take a writeConcern, and answer writeConcernError when it cannot be satisfied.
 WRITE_CONCERN_COMMANDS = frozenset({
     "insert", "update", "delete", "findAndModify", "findandmodify", "create", "drop", "dropDatabase", "collMod",
     "renameCollection", "createIndexes", "dropIndexes", "commitTransaction", "abortTransaction",
 })
 
-_GENERIC_FIELDS = frozenset({
-    "$db", "lsid", "txnNumber", "autocommit", "startTransaction", "$clusterTime", "$readPreference",
-    "writeConcern", "readConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict", "apiDeprecationErrors",
-})
+_GENERIC_FIELDS = idl.GENERIC_ARGUMENTS
 
 
 def _is_change_stream(cmd: dict[str, Any]) -> bool:
     pipeline = cmd.get("pipeline")
     return (isinstance(pipeline, list) and bool(pipeline) and isinstance(pipeline[0], dict)
             and "$changeStream" in pipeline[0])
-
-
-def _reject_unsupported(cmd: dict[str, Any], keys: tuple[str, ...], command: str) -> None:
-    for key in keys:
-        if key in cmd and cmd[key] not in (None, {}, False):
-            raise unsupported(f"the {command} option '{key}'")
 
 
 def _index_entry(name: str, index: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,9 @@ run against both. ``mode`` is ``"alwaysOn"``, ``"off"``, ``{times: n}`` or ``{sk
 - ``failGetMoreAfterCursorCheckout`` (``data: {errorCode}``) fails the next getMore once its cursor is found:
   the error then gets the labels a real error of that cursor gets (``ResumableChangeStreamError`` on a change
   stream, for the resumable codes), as the drivers' change-stream specs expect.
+- ``maxTimeAlwaysTimeOut`` (no data) makes every operation that has a time limit (``maxTimeMS``, or a getMore
+  on the cursor of a find or aggregate that had one) exceed it at once: ``MaxTimeMSExpired`` (50), as the
+  server's fail point of that name does (operation_context.cpp, ``hasDeadlineExpired``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from realtime.standin.errors import CommandError, bad_value
 NEVER_FAILED = frozenset({"hello", "isMaster", "ismaster", "configureFailPoint", "realtimeStandIn"})
 FAIL_COMMAND = "failCommand"
 FAIL_GET_MORE = "failGetMoreAfterCursorCheckout"
+MAX_TIME_ALWAYS_TIME_OUT = "maxTimeAlwaysTimeOut"
+FAIL_POINTS = (FAIL_COMMAND, FAIL_GET_MORE, MAX_TIME_ALWAYS_TIME_OUT)
 
 
 @dataclass
@@ -66,9 +71,9 @@ class FailPoints:
 
     def configure(self, cmd: dict[str, Any]) -> None:
         name = cmd.get("configureFailPoint")
-        if name not in (FAIL_COMMAND, FAIL_GET_MORE):
-            raise bad_value(f"unknown fail point: {name!r}; the stand-in implements '{FAIL_COMMAND}' and "
-                            f"'{FAIL_GET_MORE}'")
+        if name not in FAIL_POINTS:
+            raise bad_value(f"unknown fail point: {name!r}; the stand-in implements "
+                            + ", ".join(f"'{point}'" for point in FAIL_POINTS))
         mode = cmd.get("mode")
         if mode == "off":
             self.faults.pop(name, None)
@@ -88,10 +93,12 @@ class FailPoints:
             commands = data.get("failCommands")
             if not isinstance(commands, list) or not commands:
                 raise bad_value("failCommand needs data.failCommands, a non-empty array of command names")
-        else:
+        elif name == FAIL_GET_MORE:
             commands = ["getMore"]
             if data.get("errorCode") is None:
                 raise bad_value(f"{FAIL_GET_MORE} needs data.errorCode")
+        else:
+            commands = []
         code = data.get("errorCode")
         wce = data.get("writeConcernError")
         if wce is not None and (not isinstance(wce, dict) or not isinstance(wce.get("code"), int)):
@@ -115,17 +122,8 @@ class FailPoints:
             return None
         if fault.app_name is not None and fault.app_name != app_name:
             return None
-        if fault.skip > 0:
-            fault.skip -= 1
+        if not self._fires(point, fault):
             return None
-        if fault.times is not None:
-            if fault.times <= 0:
-                self.faults.pop(point, None)
-                return None
-            fault.times -= 1
-            if fault.times == 0:
-                self.faults.pop(point, None)
-        fault.fired += 1
         error = None
         if fault.error_code is not None:
             error = CommandError(fault.error_code, f"Failing command {name} via '{point}' failpoint",
@@ -133,3 +131,23 @@ class FailPoints:
         labels = None if fault.error_labels is None else list(fault.error_labels)
         return Action(fault.block_ms, fault.close_connection, error, labels,
                       None if error is not None else fault.write_concern_error)
+
+    def time_out(self) -> bool:
+        """Whether ``maxTimeAlwaysTimeOut`` makes an operation with a time limit exceed it now."""
+        fault = self.faults.get(MAX_TIME_ALWAYS_TIME_OUT)
+        return fault is not None and self._fires(MAX_TIME_ALWAYS_TIME_OUT, fault)
+
+    def _fires(self, point: str, fault: Fault) -> bool:
+        """Whether ``fault`` fires this time, by its mode (``skip`` first, then ``times``); counts it."""
+        if fault.skip > 0:
+            fault.skip -= 1
+            return False
+        if fault.times is not None:
+            if fault.times <= 0:
+                self.faults.pop(point, None)
+                return False
+            fault.times -= 1
+            if fault.times == 0:
+                self.faults.pop(point, None)
+        fault.fired += 1
+        return True

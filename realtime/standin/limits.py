@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,4 +118,17 @@ def _show(value: Any) -> str:
         return f"new Date({int(value.timestamp() * 1000)})"
     if isinstance(value, (bytes, bson.Binary)):
         return f"BinData({getattr(value, 'subtype', 0)}, ...)"
+    if isinstance(value, bson.Decimal128):
+        return f'NumberDecimal("{value}")'
+    if isinstance(value, bson.Regex):
+        return f"/{value.pattern}/{_regex_flags(value.flags)}"
+    if isinstance(value, (bson.MinKey, bson.MaxKey)):
+        return type(value).__name__
     return str(value)
+
+
+def _regex_flags(flags: int | str) -> str:
+    if isinstance(flags, str):
+        return flags
+    letters = (("i", re.IGNORECASE), ("m", re.MULTILINE), ("s", re.DOTALL), ("x", re.VERBOSE))
+    return "".join(letter for letter, bit in letters if flags & bit)

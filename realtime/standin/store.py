@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import mongomock.store
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
-from realtime.standin import arrayfilters, numbers, positional, validate
+from realtime.standin import arrayfilters, arrayops, bsonorder, numbers, positional, validate
 from realtime.standin.arguments import NUMBER, bson_type
 from realtime.standin.errors import CommandError, bad_value, unsupported
 from realtime.standin.limits import (
@@ -48,6 +49,8 @@ from realtime.standin.limits import (
 )
 from realtime.standin.oplog import Change, Oplog
 from realtime.standin.updatedesc import describe, same_document
+
+log = logging.getLogger("realtime.standin")
 
 SYSTEM_DBS = ("admin", "local", "config")
 ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
@@ -347,7 +350,7 @@ class Store:
                     self._write(lambda new=new, spec=spec: mc.replace_one(spec, new), db, coll, new)
                 else:
                     concrete = arrayfilters.concrete(positional.resolve(update, before, query), before, filters)
-                    ops = self._lower(concrete, before)
+                    ops = self._lower(concrete, before, insert=False)
                     if ops:  # empty when every operator was lowered to nothing (a $rename of a missing field)
                         self._write(lambda ops=ops, spec=spec: mc.update_one(spec, ops), db, coll, before, ops)
                 changed = self._raw(db, coll, key)
@@ -409,9 +412,10 @@ class Store:
             key = doc["_id"]
         else:
             base = self._upsert_base(query)
-            ops = self._lower(arrayfilters.concrete(positional.resolve(update, base, None), base, filters), base)
+            concrete = arrayfilters.concrete(positional.resolve(update, base, None), base, filters)
+            ops = self._lower(concrete, base, insert=True)
             ops = ops or {"$set": {}}
-            if "_id" not in base and any(path == "_id" for op in ("$push", "$addToSet") for path in ops.get(op, {})):
+            if "_id" not in base and isinstance(ops.get("$set", {}).get("_id"), list):
                 # The server applies the operators first and adds an _id after; an array made there is refused.
                 raise CommandError(53, "The '_id' value cannot be of type array")
             res = self._write(lambda: mc.update_one(query, ops, upsert=True), db, coll, base, ops)
@@ -434,7 +438,7 @@ class Store:
     def _run_update_pipeline(self, doc: dict[str, Any], pipeline: list[dict[str, Any]]) -> dict[str, Any]:
         """A pipeline-style update applied to one document: the document the pipeline makes of it."""
         out = self._read(lambda: list(mongomock.aggregate.process_pipeline(
-            [copy.deepcopy(doc)], None, lower_pipeline(pipeline), None)))
+            [copy.deepcopy(doc)], None, lower_pipeline(pipeline), None)), update=True)
         if len(out) != 1 or not isinstance(out[0], dict):
             raise CommandError(2, "an update pipeline must produce exactly one document")
         return dict(out[0])
@@ -443,8 +447,11 @@ class Store:
         """The document an upsert starts from: the query's equality conditions on plain fields."""
         scratch: Any = mongomock.MongoClient()["scratch"]["scratch"]
         self._write(lambda: scratch.update_one(query, {"$set": {}}, upsert=True), "scratch", "scratch", query)
-        base = scratch.find_one({})
-        return dict(base) if base is not None else {}
+        found = scratch.find_one({})
+        base = dict(found) if found is not None else {}
+        if isinstance(base.get("_id"), bson.ObjectId) and not _holds(query, base["_id"]):
+            del base["_id"]  # mongomock's own, not the query's: the server adds an _id after the operators
+        return base
 
     def delete(self, db: str, coll: str, query: dict[str, Any], *, limit: int, txn: Transaction | None,
                locks: dict[tuple[str, str, Any], Transaction], sort: Any = None) -> WriteResult:
@@ -463,11 +470,17 @@ class Store:
             self._record(txn, Change("delete", db, coll, key, {}, pre=before if images else None, before=before))
         return result
 
-    def _lower(self, update: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    def _lower(self, update: dict[str, Any], doc: dict[str, Any], insert: bool) -> dict[str, Any]:
         """Refuse the operands the server refuses (before mongomock half-applies them), and rewrite the
-        operators mongomock lacks or gets wrong into ones it has."""
-        _check_operands(update, doc)
-        ops = dict(update)
+        operators mongomock lacks or gets wrong into ones it has. ``insert``: ``doc`` is an upsert's new document
+        (``$setOnInsert`` applies to it only)."""
+        ops = _viable(update if insert else {op: spec for op, spec in update.items() if op != "$setOnInsert"}, doc)
+        _check_operands(ops, doc)
+        for op in ("$min", "$max"):
+            if op in ops:
+                sets = _extremes(op, ops.pop(op), doc)
+                if sets:
+                    ops["$set"] = {**ops.get("$set", {}), **sets}
         for op in ("$inc", "$mul"):
             if op in ops:
                 sets, kept = _arithmetic(op, ops.pop(op), doc)
@@ -475,9 +488,12 @@ class Store:
                     ops["$set"] = {**ops.get("$set", {}), **sets}
                 if kept:
                     ops[op] = kept
-        if "$addToSet" in ops:  # the server adds each value of $each once, duplicates in $each too
-            ops["$addToSet"] = {path: {**arg, "$each": _distinct(arg["$each"])} if _is_each(arg) else arg
-                                for path, arg in ops["$addToSet"].items()}
+        for op in arrayops.OPERATORS & set(ops):  # computed here, written as the $set of the array they make
+            for path, arg in ops.pop(op).items():
+                current = _value_at(doc, path)  # (an array or missing: _check_operands refused the rest)
+                made = arrayops.apply(op, None if current is _MISSING else current, arg)
+                if made is not None:
+                    ops["$set"] = {**ops.get("$set", {}), path: made}
         if "$rename" in ops:  # a $set of the destination and an $unset of the source; mongomock has no dots
             keep: dict[str, Any] = {}
             for source, target in ops.pop("$rename").items():
@@ -495,6 +511,21 @@ class Store:
                     ops["$set"] = {**ops.get("$set", {}), target: value}
             if keep:
                 ops["$rename"] = keep
+        if "$currentDate" in ops:  # the time now, as a $set: mongomock sets no array element
+            ops["$set"] = {**ops.get("$set", {}), **{path: _now(arg) for path, arg in ops.pop("$currentDate").items()}}
+        for op in ("$unset", "$pull"):  # nothing to remove from a missing field (mongomock may fail past an array)
+            if op in ops:
+                ops[op] = {path: arg for path, arg in ops[op].items() if _value_at(doc, path) is not _MISSING}
+                if not ops[op]:
+                    del ops[op]
+        if "$unset" in ops:  # an array element is unset to null, as on the server; mongomock leaves it
+            elements = {path for path in ops["$unset"] if _is_element(doc, path)}
+            ops["$set"] = {**ops.get("$set", {}), **dict.fromkeys(elements)}
+            ops["$unset"] = {path: arg for path, arg in ops["$unset"].items() if path not in elements}
+            if not ops["$unset"]:
+                del ops["$unset"]
+        if "$set" in ops:
+            ops["$set"] = _grow_arrays(ops["$set"], doc)
         return ops
 
     def _matching_keys(self, db: str, coll: str, query: Any, multi: bool, sort: Any) -> list[Any]:
@@ -527,17 +558,22 @@ class Store:
             raise expression_error(exc) from None
         except NotImplementedError as exc:
             raise unsupported(str(exc).split("\n")[0] or "this update") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise CommandError(2, str(exc)) from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise _not_applied("this update" if ops is not None else "this write") from None
 
-    def _read(self, fn: Any) -> Any:
+    def _read(self, fn: Any, update: bool = False) -> Any:
+        """Run a mongomock read; its errors as the server's. ``update``: the read is an update's (a pipeline-style
+        update run as an aggregation), whose answer never carries a Python exception's text (:func:`_not_applied`);
+        a query's keeps mongomock's message."""
         try:
             return fn()
         except pymongo.errors.OperationFailure as exc:
             raise expression_error(exc) from None
         except NotImplementedError as exc:
             raise unsupported(str(exc).split("\n")[0] or "this query") from None
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            if update:
+                raise _not_applied("this update") from None
             raise CommandError(2, str(exc)) from None
 
     def _duplicate_key(self, db: str, coll: str, doc: dict[str, Any], updating: bool = False) -> CommandError:
@@ -831,6 +867,146 @@ def _arithmetic(op: str, spec: dict[str, Any], doc: dict[str, Any]) -> tuple[dic
     return sets, kept
 
 
+def _holds(value: Any, wanted: Any) -> bool:
+    """Whether ``wanted`` is ``value`` or one of the values it holds, at any depth."""
+    if isinstance(value, dict):
+        return any(_holds(v, wanted) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds(v, wanted) for v in value)
+    return type(value) is type(wanted) and value == wanted
+
+
+def _now(arg: Any) -> Any:
+    """The value $currentDate sets: the date now, or a timestamp for {$type: "timestamp"}."""
+    if isinstance(arg, dict) and arg.get("$type") == "timestamp":
+        return mongomock.helpers.get_current_timestamp()
+    return _utcnow()
+
+
+def _is_element(doc: dict[str, Any], path: str) -> bool:
+    """Whether ``path`` names an existing element of an array."""
+    parent, _, last = path.rpartition(".")
+    container = _value_at(doc, parent) if parent else doc
+    return isinstance(container, list) and last.isdigit() and int(last) < len(container)
+
+
+def _grow_arrays(sets: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    """``$set`` paths that go past the end of an array, padded with nulls as on the server (``{a: []}`` set
+    ``a.1.b`` is ``{a: [null, {b: ...}]}``), as the ``$set`` of the whole array, which mongomock applies; with them
+    any other path into that array."""
+    ends = {at for at in (_past_the_end(doc, path) for path in sets) if at is not None}
+    outermost = sorted(at for at in ends if not any(at.startswith(other + ".") for other in ends))
+    if not outermost:
+        return sets
+    grown: dict[str, list[Any]] = {at: copy.deepcopy(_value_at(doc, at)) for at in outermost}
+    out: dict[str, Any] = {}
+    for path, value in sets.items():
+        into = next((g for g in grown if path.startswith(g + ".")), None)
+        if into is None:
+            out[path] = value
+        else:
+            _set_into(grown[into], path[len(into) + 1:].split("."), value)
+    return {**out, **grown}
+
+
+def _past_the_end(doc: dict[str, Any], path: str) -> str | None:
+    """The path of the array ``path`` goes past the end of, if any."""
+    value: Any = doc
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        if isinstance(value, list) and part.isdigit():
+            if int(part) >= len(value):
+                return ".".join(parts[:depth])
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return None
+    return None
+
+
+def _set_into(node: Any, parts: list[str], value: Any) -> None:
+    """Set ``value`` at ``parts`` under ``node``, creating documents and padding arrays with nulls on the way."""
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            index = int(part)
+            node.extend([None] * (index + 1 - len(node)))
+            if last:
+                node[index] = value
+                return
+            if not isinstance(node[index], (dict, list)):
+                node[index] = {}
+            node = node[index]
+        else:
+            if last:
+                node[part] = value
+                return
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+
+
+def _extremes(op: str, spec: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    """``$min`` or ``$max`` on ``doc`` as the ``$set`` it amounts to: a field is set to the operand when it is
+    missing or when the operand is below it (above it, for ``$max``) in BSON's order, whatever their types
+    (compare_node.cpp); an equal value is left as it is."""
+    sets: dict[str, Any] = {}
+    for path, operand in spec.items():
+        current = _value_at(doc, path)
+        order = 0 if current is _MISSING else bsonorder.compare(operand, current)
+        if current is _MISSING or (order < 0 if op == "$min" else order > 0):
+            sets[path] = operand
+    return sets
+
+
+def _blocked(doc: dict[str, Any], path: str) -> tuple[str, str, Any] | None:
+    """Where ``path`` cannot go in ``doc``: the field that cannot be created, and the name and value of the element
+    it would have to go in (a scalar, or an array for a field that is no index); None when the path exists or
+    can be created."""
+    value: Any = doc
+    taken = ""
+    for part in path.split("."):
+        if isinstance(value, dict):
+            if part not in value:
+                return None
+            taken, value = part, value[part]
+        elif isinstance(value, list) and part.isdigit():
+            if int(part) >= len(value):
+                return None
+            taken, value = part, value[int(part)]
+        else:
+            return part, taken, value
+    return None
+
+
+def _viable(update: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    """``update`` without what cannot apply to ``doc``: a path through a scalar (or through an array by a name
+    that is no index) is PathNotViable (28) for an operator that would create it, and for the source of a
+    $rename (rename_node.cpp); a no-op for one that only removes ($unset, $pull, $pullAll, $pop), as on the
+    server (update_leaf_node.cpp, checkViability)."""
+    out: dict[str, Any] = {}
+    for op, spec in update.items():
+        kept: dict[str, Any] = {}
+        for path, arg in spec.items():
+            creates = [arg] if op == "$rename" else [path] if op in _CREATING_OPERATORS else []
+            for target in creates:
+                where = _blocked(doc, target)
+                if where is not None:
+                    part, taken, value = where
+                    raise CommandError(28, f"Cannot create field '{part}' in element {{{taken}: {show(value)}}}")
+            where = _blocked(doc, path)
+            if where is not None and op == "$rename":  # (rename_node.cpp: as most updates, for consistency)
+                _, taken, value = where
+                raise CommandError(28, f"cannot use the part ({taken} of {path}) to traverse the element "
+                                       f"({{{taken}: {show(value)}}})")
+            if where is None:
+                kept[path] = arg
+        if kept:
+            out[op] = kept
+    return out
+
+
 def _earliest_date(value: Any) -> dt.datetime | None:
     """The date a TTL index reads in a value: the value if it is a date, the earliest date of an array."""
     if isinstance(value, dt.datetime):
@@ -848,14 +1024,7 @@ def _naive(value: dt.datetime) -> dt.datetime:
 
 def _type_name(value: Any) -> str:
     """The server's name for a value's BSON type."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, Int64) or (isinstance(value, int) and not -(2**31) <= value < 2**31):
-        return "long"
-    names = ((int, "int"), (float, "double"), (str, "string"), (dict, "object"), (list, "array"),
-             (type(None), "null"), (Decimal128, "decimal"), (bson.ObjectId, "objectId"),
-             (dt.datetime, "date"), (bson.Timestamp, "timestamp"), (bytes, "binData"))
-    return next((name for cls, name in names if isinstance(value, cls)), type(value).__name__)
+    return bson_type(value)
 
 
 # The operators that can create the field they name (a $-prefixed one would then be stored).
@@ -907,14 +1076,20 @@ def _check_operators(update: dict[str, Any]) -> None:
             if op in _CREATING_OPERATORS:
                 _check_storable(path)
             if op == "$rename":
-                if not isinstance(arg, str):
+                if bson_type(arg) != "string":
                     raise CommandError(2, f"The 'to' field for $rename must be a string: {path}: {_show(arg)}")
                 _check_path(arg)
                 _check_storable(arg)
             if op in ("$inc", "$mul") and _number(arg) is None:
                 verb = "increment" if op == "$inc" else "multiply"
                 raise CommandError(14, f"Cannot {verb} with non-numeric argument: {{{path}: {_show(arg)}}}")
-            if op == "$rename" and isinstance(arg, str):
+            if op in arrayops.OPERATORS:
+                arrayops.check(op, path, arg)
+            if op == "$currentDate":
+                _check_current_date(arg)
+            if op == "$pull" and isinstance(arg, dict):  # a condition on the elements: parsed as a filter is
+                validate.check_filter({"x": arg} if arg and next(iter(arg)).startswith("$") else arg)
+            if op == "$rename" and bson_type(arg) == "string":
                 for which, name in (("source", path), ("destination", arg)):
                     if positional.has_positional(name) or "$[" in name:
                         raise CommandError(2, f"The {which} field for $rename may not be dynamic: {name}")
@@ -931,6 +1106,21 @@ def _check_operators(update: dict[str, Any]) -> None:
                 raise CommandError(40, f"Updating the path '{path}' would create a conflict at "
                                        f"'{'.'.join(parts[:common])}'")
         seen.append(parts)
+
+
+def _check_current_date(arg: Any) -> None:
+    """$currentDate takes a boolean or {$type: "date" | "timestamp"} (current_date_node.cpp): else BadValue."""
+    if isinstance(arg, bool):
+        return
+    if not isinstance(arg, dict):
+        raise CommandError(2, f"{bson_type(arg)} is not valid type for $currentDate. Please use a boolean ('true') or "
+                              "a $type expression ({$type: 'timestamp/date'}).")
+    for option in arg:
+        if option != "$type":
+            raise CommandError(2, f"Unrecognized $currentDate option: {option}")
+    if arg.get("$type") not in ("date", "timestamp"):
+        raise CommandError(2, "The '$type' string field is required to be 'date' or 'timestamp': "
+                              "{$currentDate: {field : {$type: 'date'}}}")
 
 
 def _check_operands(update: dict[str, Any], doc: dict[str, Any]) -> None:
@@ -956,18 +1146,6 @@ def _check_operands(update: dict[str, Any], doc: dict[str, Any]) -> None:
                 if op == "$pop":
                     raise CommandError(14, f"Path '{path}' contains an element of non-array type '{kind}'")
                 raise CommandError(2, "Cannot apply $pull to a non-array value")
-
-
-def _is_each(arg: Any) -> bool:
-    return isinstance(arg, dict) and next(iter(arg), None) == "$each" and isinstance(arg["$each"], list)
-
-
-def _distinct(values: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for value in values:
-        if not any(same_document({"v": value}, {"v": seen}) for seen in out):
-            out.append(value)
-    return out
 
 
 def materialize(cursor: Any) -> list[dict[str, Any]]:
@@ -1023,6 +1201,13 @@ def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str,
 def aggregate_docs(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the rest of a pipeline over documents a first stage produced."""
     return list(mongomock.aggregate.process_pipeline(docs, None, pipeline, None)) if pipeline else docs
+
+
+def _not_applied(what: str) -> CommandError:
+    """What mongomock failed at with a Python exception: a gap of the stand-in's, logged with its traceback, and
+    answered as not supported (BadValue); the exception's text is never a client's answer."""
+    log.warning("mongomock could not run %s", what, exc_info=True)
+    return unsupported(what)
 
 
 def expression_error(exc: pymongo.errors.OperationFailure) -> CommandError:
@@ -1082,7 +1267,7 @@ def _key_of(doc: dict[str, Any], key: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    return show(value)
 
 
 def _spec_for(key: Any, query: dict[str, Any]) -> dict[str, Any]:

@@ -255,6 +255,22 @@ def _project(name: str, spec: Any) -> None:
     if not spec:
         raise CommandError(51272, "Invalid $project :: caused by :: projection specification must have at least "
                                   "one field")
+    _one_kind(spec, "Invalid $project :: caused by :: ")
+
+
+# The projection operators of find that neither include nor exclude (projection_ast: they go with either kind).
+_FIND_PROJECTION_OPERATORS = frozenset({"$slice", "$elemMatch", "$meta"})
+
+
+def check_projection(spec: Any) -> None:
+    """A find's projection (or findAndModify's fields) as the server parses it: inclusions and exclusions (but of
+    _id) do not mix (31254, 31253)."""
+    if isinstance(spec, Mapping):
+        _one_kind({path: value for path, value in spec.items()
+                   if not (isinstance(value, Mapping) and set(value) & _FIND_PROJECTION_OPERATORS)}, "")
+
+
+def _one_kind(spec: Mapping[str, Any], prefix: str) -> None:
     included: str | None = None
     excluded: str | None = None
     for path, value in _projection_leaves(spec):
@@ -269,10 +285,8 @@ def _project(name: str, spec: Any) -> None:
             included = included or path  # a computed field: an inclusion projection
         if included is not None and excluded is not None:
             if path == excluded:
-                raise CommandError(31254, f"Invalid $project :: caused by :: Cannot do exclusion on field {excluded} "
-                                          "in inclusion projection")
-            raise CommandError(31253, f"Invalid $project :: caused by :: Cannot do inclusion on field {included} in "
-                                      "exclusion projection")
+                raise CommandError(31254, f"{prefix}Cannot do exclusion on field {excluded} in inclusion projection")
+            raise CommandError(31253, f"{prefix}Cannot do inclusion on field {included} in exclusion projection")
 
 
 def _projection_leaves(spec: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
