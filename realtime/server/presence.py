@@ -42,6 +42,8 @@ log = logging.getLogger("realtime.server")
 # (room, frame payload, a user whose connections do not get it) to the local members of a room
 Deliver = Callable[[str, bytes, str | None], None]
 
+STOP_BUDGET = 1.0  # seconds a stopping server spends taking its entries out of Redis
+
 SWEEP_LUA = """
 local gone = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -89,6 +91,7 @@ class Presence:
         self.announced: set[tuple[str, str]] = set()  # written to Redis (the entry, and user:online if first)
         self.dirty: set[tuple[str, str]] = set()  # whose local count and Redis differ: for the writer
         self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
         self.typing: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._sweep = redis.register_script(SWEEP_LUA)
         self._tasks: list[asyncio.Task[None]] = []
@@ -107,9 +110,11 @@ class Presence:
         await cancel_all(self._tasks)
         for handle in self.typing.values():
             handle.cancel()
-        with contextlib.suppress(RedisError, OSError):  # leave at once rather than after the ttl
-            for room, user in list(self.announced):
-                await self._remove(room, user)
+        # Leave at once rather than after the ttl, but not at any cost: with Redis hung, the entries expire.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(STOP_BUDGET):
+                for room, user in list(self.announced):
+                    await self._remove(room, user)
 
     # -- presence ----------------------------------------------------------------------------------------
     def joined(self, user: str, rooms: tuple[str, ...] | list[str]) -> None:
@@ -142,21 +147,29 @@ class Presence:
             self._wake.clear()
             await self._reconcile()
 
+    def writing_idle(self) -> bool:
+        """Nothing is on its way to Redis now."""
+        return not self._writing.locked()
+
     async def _reconcile(self) -> None:
-        for pair in list(self.dirty):
-            room, user = pair
-            present = pair in self.local
-            try:
-                if present and pair not in self.announced:
-                    await self._add(room, user)
-                    self.announced.add(pair)
-                elif not present and pair in self.announced:
-                    await self._remove(room, user)
-                    self.announced.discard(pair)
-            except (RedisError, OSError) as exc:
-                self._failed("join" if present else "leave", exc)
-                return  # Redis is failing: the refresh tries again
-            self.dirty.discard(pair)
+        # One writer at a time (the writer task and the refresh both call this), and a pair is taken off
+        # ``dirty`` before its write: a join or leave that comes while the write awaits Redis marks it again.
+        async with self._writing:
+            while self.dirty:
+                pair = self.dirty.pop()
+                room, user = pair
+                present = pair in self.local
+                try:
+                    if present and pair not in self.announced:
+                        await self._add(room, user)
+                        self.announced.add(pair)
+                    elif not present and pair in self.announced:
+                        await self._remove(room, user)
+                        self.announced.discard(pair)
+                except (RedisError, OSError) as exc:
+                    self.dirty.add(pair)
+                    self._failed("join" if present else "leave", exc)
+                    return  # Redis is failing: the refresh tries again
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.on_error(what)
@@ -171,7 +184,10 @@ class Presence:
             pipe.zadd(key, {f"{user}|{self.instance}": now + self.ttl})
             pipe.sadd(self.rooms_key, room)
             before, _, _ = await pipe.execute()
-        if not any(_user(m) == user for m in before):
+        # This instance's own entry does not make the user present already: it may be there from an earlier
+        # try whose answer was lost (Redis ran it, the timeout came first), and that try announced nothing.
+        mine = f"{user}|{self.instance}"
+        if not any(_user(m) == user and _text(m) != mine for m in before):
             await self._publish(ev.USER_ONLINE, room, user)
 
     async def _remove(self, room: str, user: str) -> None:
@@ -194,10 +210,13 @@ class Presence:
             try:
                 await self._reconcile()
                 expires = time.time() + self.ttl
-                if self.local:
+                written = [pair for pair in self.announced if pair in self.local]  # (the others: the writer's)
+                if written:
                     async with self.redis.pipeline(transaction=False) as pipe:
-                        for room, user in list(self.local):
+                        for room, user in written:
                             pipe.zadd(self.key(room), {f"{user}|{self.instance}": expires})
+                        # the rooms' list too: the sweep walks it, and Redis may have lost it (a restart)
+                        pipe.sadd(self.rooms_key, *{room for room, _ in written})
                         await pipe.execute()
                 for raw in await self.redis.smembers(self.rooms_key):
                     room = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -268,9 +287,12 @@ class Presence:
             self.deliver(room, ephemeral(kind, room, user), None)
 
 
+def _text(member: Any) -> str:
+    return member.decode() if isinstance(member, bytes) else str(member)
+
+
 def _user(member: Any) -> str:
-    text = member.decode() if isinstance(member, bytes) else str(member)
-    return text.rsplit("|", 1)[0]
+    return _text(member).rsplit("|", 1)[0]
 
 
 async def _aclose(pubsub: Any) -> None:
