@@ -75,6 +75,10 @@ class TokenVerifier:
                 claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name], audience=self.audience,
                                     issuer=self.issuer, leeway=self.leeway, options=cast(Any, options))
         except jwt.ExpiredSignatureError:
+            # (the signature checked out first) PyJWT reads ``"exp": true`` as 1, long past: not a number, not
+            # an expiry that a fresh token would cure
+            if not _numeric_date(jwt.decode(token, options={"verify_signature": False}).get("exp")):
+                raise ClientError("unauthorized", "the token's exp is not a number") from None
             raise ClientError("token_expired", "the token has expired") from None
         except jwt.PyJWTError:
             raise ClientError("unauthorized", "invalid token") from None
