@@ -372,8 +372,8 @@ class Engine:
         return [out]
 
     async def explain(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """A plan for find, count, distinct, aggregate, update, delete or findAndModify: a collection scan (the
-        stand-in has no query planner); ``executionStats`` counts what the command returns, without running a
+        """A plan for find, count, distinct, aggregate, update, delete or findAndModify: the index the stand-in reads
+        (``IXSCAN``) or a collection scan; ``executionStats`` counts what the command returns, without running a
         write."""
         inner = cmd.get("explain")
         if not isinstance(inner, dict) or not inner:
@@ -396,8 +396,15 @@ class Engine:
             query = (inner.get("updates") or [{}])[0].get("q") or {}
         elif name == "delete":
             query = (inner.get("deletes") or [{}])[0].get("q") or {}
+        elif name == "aggregate":
+            first = (inner.get("pipeline") or [{}])[0]
+            query = first.get("$match") or {} if isinstance(first, dict) else {}
         validate.check_filter(query)
-        plan = {"stage": "COLLSCAN", "filter": query, "direction": "forward"}
+        access = self.store.access_plan(db, coll, query) if isinstance(query, dict) else None
+        if access is None:
+            plan: dict[str, Any] = {"stage": "COLLSCAN", "filter": query, "direction": "forward"}
+        else:
+            plan = {"stage": "FETCH", "filter": query, "inputStage": access[0]}
         reply: dict[str, Any] = {
             "explainVersion": "1",
             "queryPlanner": {"namespace": f"{db}.{coll}", "indexFilterSet": False, "parsedQuery": query,
@@ -409,14 +416,14 @@ class Engine:
                            "gitVersion": "realtime-standin"},
         }
         if verbosity != "queryPlanner":
-            examined = sum(1 for _ in self.store.documents(db, coll)) if self.store.exists(db, coll) else 0
+            size = sum(1 for _ in self.store.documents(db, coll)) if self.store.exists(db, coll) else 0
+            keys, examined = (0, size) if access is None else access[1:]
             matched = 0
-            if examined and name in ("find", "count", "distinct", "update", "delete", "findAndModify",
-                                     "findandmodify"):
+            if size and name in ("find", "count", "distinct", "update", "delete", "findAndModify", "findandmodify"):
                 mc = self._mcoll(db, coll)
-                matched = len(self.store._read(lambda: materialize(mc.find(query, {"_id": 1}))))
+                matched = self.store._read(lambda: mc.count_documents(query))
             reply["executionStats"] = {"executionSuccess": True, "nReturned": matched, "executionTimeMillis": 0,
-                                       "totalKeysExamined": 0, "totalDocsExamined": examined,
+                                       "totalKeysExamined": keys, "totalDocsExamined": examined,
                                        "executionStages": {**plan, "nReturned": matched, "docsExamined": examined}}
         return reply
 
@@ -782,7 +789,7 @@ class Engine:
         mc, _ = self._source(cmd, db, coll, cmd.get("query"))
         if mc is None:
             return {"n": 0}
-        n = len(self.store._read(lambda: materialize(mc.find(cmd.get("query") or {}, {"_id": 1}))))
+        n = self.store._read(lambda: mc.count_documents(cmd.get("query") or {}))
         n = max(n - int(cmd.get("skip") or 0), 0)
         if cmd.get("limit"):
             n = min(n, abs(int(cmd["limit"])))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +32,14 @@ import mongomock.aggregate
 import mongomock.collection
 import mongomock.filtering
 import mongomock.helpers
+import mongomock.store
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
 
 from realtime.standin import arrayfilters, validate
 from realtime.standin.arguments import NUMBER, bson_type
 from realtime.standin.errors import CommandError, bad_value, unsupported
+from realtime.standin.indexes import IndexedStore
 from realtime.standin.limits import (
     MAX_BSON_SIZE,
     bson_size,
@@ -48,35 +51,53 @@ from realtime.standin.limits import (
 from realtime.standin.oplog import Change, Oplog
 from realtime.standin.updatedesc import describe, same_document
 
+log = logging.getLogger("realtime.standin")
+
 SYSTEM_DBS = ("admin", "local", "config")
 ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 
-# -- a fast path for mongomock ---------------------------------------------------------------------
-# mongomock scans every document for every filter. Filters that name an ``_id`` by value are the most
-# common ones producers send (updates and deletes by key), so they are answered by a dictionary look-up
-# and the rest of the filter is then applied to that one document. Results are the same.
-_original_iter_documents = mongomock.collection.Collection._iter_documents
-
-
-def _is_plain_id(value: Any) -> bool:
-    return not isinstance(value, (dict, list)) and not hasattr(value, "pattern")
+# -- indexes for mongomock -------------------------------------------------------------------------
+# mongomock scans every document for every filter. Its collections are kept in IndexedStores instead
+# (indexes.py), whose indexes name the few documents a filter may match; mongomock then applies the filter to
+# those only. Results are the same documents, in the same order. mongomock's updates change a stored document
+# in place, without telling the store: its indexes are told here.
+mongomock.store.CollectionStore = IndexedStore
+_scan = mongomock.collection.Collection._iter_documents
 
 
 def _iter_documents(self: Any, filter: Any) -> Any:
-    if isinstance(filter, dict) and _is_plain_id(filter.get("_id", {})):
-        store = self._store
-        key = filter["_id"]
+    store = self._store
+    if isinstance(filter, dict) and isinstance(store, IndexedStore):
         try:
-            doc = store[key] if key in store else None  # noqa: SIM401 - not a dict
-        except TypeError:  # unhashable
-            return _original_iter_documents(self, filter)
-        if doc is None:
-            return iter(())
-        return iter([doc] if mongomock.filtering.filter_applies(filter, doc) else [])
-    return _original_iter_documents(self, filter)
+            plan = store.plan(filter)
+        except Exception:  # a scan answers the same
+            log.exception("could not plan the filter %r; scanning", filter)
+            plan = None
+        if plan is not None:
+            keys = store.candidates(plan)
+            if not keys:  # the filter is still checked, as mongomock checks it on an empty collection
+                mongomock.filtering.filter_applies(filter, {})
+            docs = store._documents
+            return (doc for doc in [docs[k] for k in keys] if mongomock.filtering.filter_applies(filter, doc))
+    return _scan(self, filter)
+
+
+def _reindexing(apply: Any) -> Any:
+    def in_place(self: Any, existing_document: Any, *args: Any) -> Any:
+        store = self._store
+        held = store.holding(existing_document) if isinstance(store, IndexedStore) else None
+        try:
+            return apply(self, existing_document, *args)
+        finally:
+            if held is not None:
+                store.updated(existing_document, held)
+
+    return in_place
 
 
 mongomock.collection.Collection._iter_documents = _iter_documents
+for _name in ("_apply_update_document", "_apply_update_pipeline"):
+    setattr(mongomock.collection.Collection, _name, _reindexing(getattr(mongomock.collection.Collection, _name)))
 
 
 # -- mongomock's aggregation, corrected ------------------------------------------------------------
@@ -524,6 +545,20 @@ class Store:
             cursor = cursor.limit(1)
         return [d["_id"] for d in self._read(lambda: materialize(cursor))]
 
+    def access_plan(self, db: str, coll: str, query: dict[str, Any]) -> tuple[dict[str, Any], int, int] | None:
+        """How a read of ``query`` finds its documents through the indexes: the ``explain`` stage, the index entries
+        it reads and the documents it fetches; None when it scans the collection."""
+        if not self.exists(db, coll):
+            return None
+        store = self._mcoll(db, coll)._store
+        try:
+            plan = store.plan(mongomock.helpers.patch_datetime_awareness_in_document(query))
+        except Exception:  # what the read itself would say (it scans)
+            return None
+        if plan is None:
+            return None
+        return plan.describe(store.indexes), plan.cost, len(store.candidates(plan))
+
     def _write(self, fn: Any, db: str, coll: str, doc: dict[str, Any], ops: dict[str, Any] | None = None) -> Any:
         """Run a mongomock write; its errors as the server's. ``ops``: the update operators applied to ``doc``."""
         try:
@@ -923,6 +958,10 @@ def _applied(doc: dict[str, Any], ops: dict[str, Any]) -> dict[str, Any]:
     scratch.insert_one(copy.deepcopy(doc))
     scratch.update_one({"_id": doc["_id"]}, ops)
     return cast(dict[str, Any], scratch.find_one({"_id": doc["_id"]}))
+
+
+def _is_plain_id(value: Any) -> bool:
+    return not isinstance(value, (dict, list)) and not hasattr(value, "pattern")
 
 
 def _store_key(key: Any) -> Any:
