@@ -409,23 +409,24 @@ class Store:
                 # server's updates of one document are all or nothing.
                 mc._store[_store_key(key)] = copy.deepcopy(before)
                 raise
-            after = self._raw(db, coll, key)
+            # The change's own copy: later updates change the stored document's arrays and sub-documents in place,
+            # and the event (its fullDocument, its updatedFields' values, its post-image) must not follow them.
+            after = copy.deepcopy(self._raw(db, coll, key))
             assert after is not None
             result.n += 1
             if result.before is None:
-                result.before, result.after = before, copy.deepcopy(after)
+                result.before, result.after = before, after
             if same_document(before, after):
                 continue
             result.modified += 1
             self._undo(txn, db, coll, key, before)
             images = self._images(db, coll)
             if replacement:
-                change = Change("replace", db, coll, key, {"fullDocument": copy.deepcopy(after)},
+                change = Change("replace", db, coll, key, {"fullDocument": after},
                                 pre=before if images else None, before=before)
             else:
                 change = Change("update", db, coll, key, {"updateDescription": describe(before, after)},
-                                pre=before if images else None, post=copy.deepcopy(after) if images else None,
-                                before=before)
+                                pre=before if images else None, post=after if images else None, before=before)
             self._record(txn, change)
         if not keys and upsert:
             result.upserted = self._upsert(db, coll, query, update, replacement, filters, txn, locks)
