@@ -9,7 +9,6 @@ token advances even when nothing matches.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +20,7 @@ from bson import Timestamp
 from realtime.standin import arguments, limits, tokens, validate
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
-from realtime.standin.store import SYSTEM_DBS, Store, expression_error, lower_pipeline
+from realtime.standin.store import SYSTEM_DBS, Store, clone, expression_error, lower_pipeline
 
 COLLECTION, DATABASE, CLUSTER = "collection", "database", "cluster"
 
@@ -194,7 +193,7 @@ def _invalidates(cursor: ChangeStreamCursor, entry: Entry) -> bool:
 def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, Any]:
     """The event document this cursor shows for an entry, before the user's pipeline stages."""
     assert entry.event is not None
-    event = copy.deepcopy(entry.event)
+    event = clone(entry.event)
     op = event["operationType"]
     out: dict[str, Any] = {"_id": dict(entry.token), "operationType": op, "clusterTime": entry.ts,
                            "wallTime": event.pop("wallTime")}
@@ -205,12 +204,12 @@ def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, 
             db, coll = _ns_of(entry)
             current = store._raw(db, coll, event["documentKey"]["_id"]) if coll and store.exists(db, coll) \
                 else None
-            out["fullDocument"] = copy.deepcopy(current)
+            out["fullDocument"] = clone(current)
         elif mode in ("whenAvailable", "required"):
             if entry.post is None and mode == "required":
                 raise CommandError(47, "Change stream was configured to require a post-image for all update "
                                        f"events, but the post-image was not found for event: {entry.data}")
-            out["fullDocument"] = copy.deepcopy(entry.post)
+            out["fullDocument"] = clone(entry.post)
     if not cursor.expanded:
         event.pop("collectionUUID", None)
         event.pop("operationDescription", None)
@@ -223,7 +222,7 @@ def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, 
         if entry.pre is None and cursor.before_change == "required":
             raise CommandError(47, "Change stream was configured to require a pre-image for all update, delete "
                                    f"and replace events, but the pre-image was not found for event: {entry.data}")
-        out["fullDocumentBeforeChange"] = copy.deepcopy(entry.pre)
+        out["fullDocumentBeforeChange"] = clone(entry.pre)
     return out
 
 

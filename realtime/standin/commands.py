@@ -8,7 +8,6 @@ Each handler takes the command document and returns the reply document (without 
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import functools
 import hashlib
@@ -20,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from bson import Binary, Int64, ObjectId, Timestamp
+from bson.raw_bson import RawBSONDocument
 
 from realtime.standin import arguments, changestream, limits, validate, writeconcern
 from realtime.standin.changestream import ChangeStreamCursor
@@ -40,6 +41,7 @@ from realtime.standin.store import (
     aggregate,
     aggregate_docs,
     check_namespace,
+    clone,
     first_duplicate,
     materialize,
     sort_list,
@@ -54,6 +56,7 @@ DEFAULT_BATCH = 101  # documents in the first batch of a cursor when the command
 MAX_WRITE_BATCH = 100_000  # maxWriteBatchSize
 TRANSACTION_LIFETIME = 60.0  # transactionLifetimeLimitSeconds
 _NO_USER_UID = Binary(hashlib.sha256(b"").digest(), 0)
+_NO_SIGNATURE = RawBSONDocument(bson.encode({"hash": Binary(b"\0" * 20), "keyId": Int64(0)}))  # (never changed)
 
 
 class HangUp(Exception):
@@ -203,8 +206,7 @@ class Engine:
         """Add what every reply carries: ``operationTime`` and ``$clusterTime``."""
         now = self.oplog.latest_ts
         reply["operationTime"] = now
-        reply["$clusterTime"] = {"clusterTime": now,
-                                 "signature": {"hash": Binary(b"\0" * 20), "keyId": Int64(0)}}
+        reply["$clusterTime"] = {"clusterTime": now, "signature": _NO_SIGNATURE}
         return reply
 
     # -- handshake and server info -----------------------------------------------------------------
@@ -537,7 +539,7 @@ class Engine:
         if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
             retry_number = int(cmd["txnNumber"])
             if retry_number in session.retried:
-                return copy.deepcopy(session.retried[retry_number])
+                return clone(session.retried[retry_number])
         txn = self._transaction(cmd)
         items = cmd[items_key]
         if not 0 < len(items) <= MAX_WRITE_BATCH:
@@ -581,7 +583,7 @@ class Engine:
         if errors:
             reply["writeErrors"] = errors
         if retry_number is not None and session is not None:
-            session.retried = {retry_number: copy.deepcopy(reply)}
+            session.retried = {retry_number: clone(reply)}
         return reply
 
     async def _with_locks(self, fn: Callable[[], WriteResult | None]) -> WriteResult | None:
@@ -642,7 +644,7 @@ class Engine:
         if session is not None and "txnNumber" in cmd and cmd.get("autocommit") is not False:
             retry_number = int(cmd["txnNumber"])
             if retry_number in session.retried:
-                return copy.deepcopy(session.retried[retry_number])
+                return clone(session.retried[retry_number])
         txn = self._transaction(cmd)
         query = cmd.get("query") or {}
         remove = bool(cmd.get("remove"))
@@ -677,7 +679,7 @@ class Engine:
                 last["upserted"] = result.upserted
         reply = {"lastErrorObject": last, "value": value}
         if retry_number is not None and session is not None:
-            session.retried = {retry_number: copy.deepcopy(reply)}
+            session.retried = {retry_number: clone(reply)}
         return reply
 
     def _check_hint(self, db: str, coll: str, hint: Any) -> None:
@@ -701,7 +703,7 @@ class Engine:
         import mongomock
 
         scratch: Any = mongomock.MongoClient()["p"]["p"]
-        scratch.insert_one(copy.deepcopy(doc))
+        scratch.insert_one(clone(doc))
         found = self.store._read(lambda: scratch.find_one({}, projection))
         return dict(found) if found is not None else {}
 
@@ -967,7 +969,7 @@ class Engine:
             if not self.store.visible(db, name, own):
                 continue
             meta = self.store.info(db, name)
-            entry = {"name": name, "type": "collection", "options": copy.deepcopy(meta.options),
+            entry = {"name": name, "type": "collection", "options": clone(meta.options),
                      "info": {"readOnly": False, "uuid": meta.uuid},
                      "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
             import mongomock.filtering

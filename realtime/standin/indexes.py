@@ -244,11 +244,27 @@ class Index:
     paths: tuple[str, ...]
     entries: SortedList = field(default_factory=SortedList)
     multikey: list[bool] = field(default_factory=list)
+    flat: bool = field(init=False, default=False)  # top-level fields only
 
     def __post_init__(self) -> None:
         self.multikey = [False] * len(self.paths)
+        self.flat = not any("." in path for path in self.paths)
 
     def entries_of(self, doc: dict[str, Any], seq: int, key: Any) -> set[Key]:
+        if self.flat:  # top-level fields holding no array: one entry, quickly
+            if len(self.paths) == 1:
+                value = doc.get(self.paths[0], NOTHING)
+                if not isinstance(value, (list, tuple)):
+                    return {(*key_of(value), seq, key)}
+            else:
+                flat: list[Any] = []
+                for path in self.paths:
+                    value = doc.get(path, NOTHING)
+                    if isinstance(value, (list, tuple)):
+                        break
+                    flat.extend(key_of(value))
+                else:
+                    return {(*flat, seq, key)}
         per_path = []
         for i, path in enumerate(self.paths):
             keys, multi = _path_keys(doc, path)
@@ -309,6 +325,18 @@ class IndexedStore(mongomock.store.CollectionStore):
         self.by_pattern: dict[tuple[str, ...], Index] = {}
 
     # -- what mongomock calls -------------------------------------------------------------------------
+    # Without mongomock's reader-writer lock: the stand-in reads and changes its stores from one thread, its event
+    # loop's, and the lock (three locks and a generator each time) cost more than the rest of an insert's look-ups.
+    def __contains__(self, key: Any) -> bool:
+        if self._ttl_indexes:
+            self._remove_expired_documents()
+        return key in self._documents
+
+    def __getitem__(self, key: Any) -> Any:
+        if self._ttl_indexes:
+            self._remove_expired_documents()
+        return self._documents[key]
+
     def __setitem__(self, key: Any, doc: Any) -> None:
         old = self._documents.get(key)
         if old is None:
@@ -318,14 +346,14 @@ class IndexedStore(mongomock.store.CollectionStore):
             seq = self.seq[key]
             for index in self.by_pattern.values():
                 index.remove(old, seq, key)
-        super().__setitem__(key, doc)
+        self._documents[key] = doc  # (without the writer lock: the stand-in changes its stores from one thread)
         self.seq[key] = seq
         for index in self.by_pattern.values():
             index.add(doc, seq, key)
 
     def __delitem__(self, key: Any) -> None:
         old = self._documents.get(key)
-        super().__delitem__(key)
+        del self._documents[key]
         seq = self.seq.pop(key, None)
         if old is not None and seq is not None:
             for index in self.by_pattern.values():

@@ -18,13 +18,12 @@ server, a read outside the transaction can see its uncommitted writes.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import bson
 import mongomock
@@ -52,6 +51,7 @@ from realtime.standin.oplog import Change, Oplog
 from realtime.standin.updatedesc import describe, same_document
 
 log = logging.getLogger("realtime.standin")
+T = TypeVar("T")
 
 SYSTEM_DBS = ("admin", "local", "config")
 ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
@@ -178,6 +178,17 @@ def _lock_key(value: Any) -> Any:
         return bson.encode({"k": value})
 
 
+def clone(value: T) -> T:
+    """A copy of a document in which every sub-document and array is new (what mongomock changes in place) and
+    the other values are shared (BSON's scalars: nothing changes them): ``copy.deepcopy`` of a BSON document,
+    several times faster."""
+    if isinstance(value, dict):
+        return cast(T, {k: clone(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return cast(T, [clone(v) for v in value])
+    return value
+
+
 def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
     if "_id" in doc and next(iter(doc)) != "_id":
         return {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
@@ -234,10 +245,14 @@ class Store:
         self.oplog = oplog
         self.client: Any = mongomock.MongoClient()
         self.collections: dict[tuple[str, str], CollectionInfo] = {}
+        self._mcolls: dict[tuple[str, str], Any] = {}
 
     # -- namespaces -----------------------------------------------------------------------------
     def _mcoll(self, db: str, coll: str) -> Any:
-        return self.client[db][coll]
+        found = self._mcolls.get((db, coll))
+        if found is None:  # (mongomock makes a new Collection object at every look-up)
+            found = self._mcolls[(db, coll)] = self.client[db][coll]
+        return found
 
     def exists(self, db: str, coll: str) -> bool:
         return (db, coll) in self.collections
@@ -253,9 +268,9 @@ class Store:
 
     def ensure(self, db: str, coll: str, txn: Transaction | None = None) -> CollectionInfo:
         """Create a collection implicitly, as a first insert or upsert does; inside a transaction, as part of it."""
-        check_namespace(db, coll)
         meta = self.collections.get((db, coll))
         if meta is None:
+            check_namespace(db, coll)
             self._mcoll(db, coll)._store.create()
             meta = CollectionInfo(txn=txn)
             self.collections[(db, coll)] = meta
@@ -317,7 +332,7 @@ class Store:
     def _undo(self, txn: Transaction | None, db: str, coll: str, key: Any,
               before: dict[str, Any] | None) -> None:
         if txn is not None:
-            txn.undo.append((db, coll, key, copy.deepcopy(before)))
+            txn.undo.append((db, coll, key, clone(before)))
 
     # -- writes ---------------------------------------------------------------------------------
     def insert(self, db: str, coll: str, doc: dict[str, Any], txn: Transaction | None,
@@ -335,11 +350,9 @@ class Store:
         self.ensure(db, coll, txn)
         self._claim(txn, db, coll, doc["_id"], locks)
         mc = self._mcoll(db, coll)
-        self._write(lambda: mc.insert_one(doc), db, coll, doc)
-        stored = self._raw(db, coll, doc["_id"])
-        assert stored is not None
+        stored = self._write(lambda: _insert_one(mc, doc), db, coll, doc)
         self._undo(txn, db, coll, doc["_id"], None)
-        self._record(txn, Change("insert", db, coll, doc["_id"], {"fullDocument": copy.deepcopy(stored)},
+        self._record(txn, Change("insert", db, coll, doc["_id"], {"fullDocument": clone(stored)},
                                  post=None))
 
     def update(self, db: str, coll: str, query: dict[str, Any], update: Any, *, upsert: bool, multi: bool,
@@ -379,7 +392,7 @@ class Store:
         mc = self._mcoll(db, coll) if self.exists(db, coll) else None
         for key in keys:
             assert mc is not None
-            before = copy.deepcopy(self._raw(db, coll, key))
+            before = clone(self._raw(db, coll, key))
             assert before is not None
             spec = _spec_for(key, query)
             try:
@@ -407,11 +420,11 @@ class Store:
             except CommandError:
                 # mongomock applies operators in place and leaves a failed update half done; the
                 # server's updates of one document are all or nothing.
-                mc._store[_store_key(key)] = copy.deepcopy(before)
+                mc._store[_store_key(key)] = clone(before)
                 raise
             # The change's own copy: later updates change the stored document's arrays and sub-documents in place,
             # and the event (its fullDocument, its updatedFields' values, its post-image) must not follow them.
-            after = copy.deepcopy(self._raw(db, coll, key))
+            after = clone(self._raw(db, coll, key))
             assert after is not None
             result.n += 1
             if result.before is None:
@@ -430,7 +443,7 @@ class Store:
             self._record(txn, change)
         if not keys and upsert:
             result.upserted = self._upsert(db, coll, query, update, replacement, filters, txn, locks)
-            result.after = copy.deepcopy(self._raw(db, coll, result.upserted))
+            result.after = clone(self._raw(db, coll, result.upserted))
         return result
 
     def _upsert(self, db: str, coll: str, query: dict[str, Any], update: dict[str, Any], replacement: bool,
@@ -470,18 +483,18 @@ class Store:
                 raise upsert_too_large()
             self._claim(txn, db, coll, key, locks)
             if next(iter(stored)) != "_id":  # real MongoDB puts _id first
-                fixed = _id_first(copy.deepcopy(stored))
+                fixed = _id_first(clone(stored))
                 mc.replace_one({"_id": key}, fixed)
         stored = self._raw(db, coll, key)
         assert stored is not None
         self._undo(txn, db, coll, key, None)
-        self._record(txn, Change("insert", db, coll, key, {"fullDocument": copy.deepcopy(stored)}))
+        self._record(txn, Change("insert", db, coll, key, {"fullDocument": clone(stored)}))
         return key
 
     def _run_update_pipeline(self, doc: dict[str, Any], pipeline: list[dict[str, Any]]) -> dict[str, Any]:
         """A pipeline-style update applied to one document: the document the pipeline makes of it."""
         out = self._read(lambda: list(mongomock.aggregate.process_pipeline(
-            [copy.deepcopy(doc)], None, lower_pipeline(pipeline), None)))
+            [clone(doc)], None, lower_pipeline(pipeline), None)))
         if len(out) != 1 or not isinstance(out[0], dict):
             raise CommandError(2, "an update pipeline must produce exactly one document")
         return dict(out[0])
@@ -501,7 +514,7 @@ class Store:
         result = WriteResult()
         images = self._images(db, coll)
         for key in keys:
-            before = copy.deepcopy(self._raw(db, coll, key))
+            before = clone(self._raw(db, coll, key))
             self._mcoll(db, coll).delete_one({"_id": key})
             result.n += 1
             if result.before is None:
@@ -657,7 +670,7 @@ class Store:
         for _, before in undone.values():
             if before is not None and (not query or self._read(
                     lambda before=before: mongomock.filtering.filter_applies(query, before))):
-                out.append(copy.deepcopy(before))
+                out.append(clone(before))
         return out
 
     # -- transactions -----------------------------------------------------------------------------
@@ -753,7 +766,7 @@ class Store:
             description["dropTarget"] = self.collections[(db, target)].uuid
             self._mcoll(db, target).drop()
             del self.collections[(db, target)]
-        docs = [copy.deepcopy(d) for d in self._mcoll(db, source)._store.documents]
+        docs = [clone(d) for d in self._mcoll(db, source)._store.documents]
         indexes = dict(self._mcoll(db, source)._store.indexes)
         meta = self.collections.pop((db, source))
         self._mcoll(db, source).drop()
@@ -956,13 +969,53 @@ def expression_error(exc: pymongo.errors.OperationFailure) -> CommandError:
 def _applied(doc: dict[str, Any], ops: dict[str, Any]) -> dict[str, Any]:
     """``doc`` with update operators applied, on a scratch collection (no indexes to collide with)."""
     scratch: Any = mongomock.MongoClient()["scratch"]["scratch"]
-    scratch.insert_one(copy.deepcopy(doc))
+    scratch.insert_one(clone(doc))
     scratch.update_one({"_id": doc["_id"]}, ops)
     return cast(dict[str, Any], scratch.find_one({"_id": doc["_id"]}))
 
 
 def _is_plain_id(value: Any) -> bool:
     return not isinstance(value, (dict, list)) and not hasattr(value, "pattern")
+
+
+def _as_stored(value: Any) -> Any:
+    """What mongomock stores for a value (``patch_datetime_awareness_in_document``: datetimes as naive UTC to the
+    millisecond, an empty Timestamp as now), copying only the containers it changes."""
+    if isinstance(value, dict):
+        changed: Any = None
+        for k, v in value.items():
+            new = _as_stored(v)
+            if new is not v:
+                changed = dict(value) if changed is None else changed
+                changed[k] = new
+        return value if changed is None else changed
+    if isinstance(value, list):
+        items = [_as_stored(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo is None and value.microsecond % 1000 == 0 else \
+            mongomock.helpers.patch_datetime_awareness_in_document(value)
+    if isinstance(value, bson.Timestamp) and not value.time and not value.inc:
+        return mongomock.helpers.patch_datetime_awareness_in_document(value)
+    return value
+
+
+def _insert_one(mc: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """mongomock's ``insert_one`` of a document the stand-in has checked already (it encodes as BSON, it has an
+    ``_id``): the document as stored."""
+    mongomock.collection._validate_data_fields(doc)
+    key = _store_key(doc["_id"])
+    store = mc._store
+    if key in store:
+        raise pymongo.errors.DuplicateKeyError("E11000 Duplicate Key Error", 11000)
+    stored: dict[str, Any] = _as_stored(doc)
+    store[key] = stored
+    try:
+        mc._ensure_uniques(stored)
+    except pymongo.errors.DuplicateKeyError:
+        del store[key]
+        raise
+    return stored
 
 
 def _store_key(key: Any) -> Any:
