@@ -15,7 +15,7 @@ import itertools
 import logging
 import platform
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ class ListCursor:
     docs: list[dict[str, Any]]
     pos: int = 0
 
-    def take(self, limit: int | None) -> list[dict[str, Any]]:
+    def take(self, limit: int | None) -> list[Mapping[str, Any]]:
         """The next batch: at most ``limit`` documents, cut by bytes (:class:`limits.Batch`)."""
         batch = limits.Batch(limit)
         while self.pos < len(self.docs) and batch.offer(self.docs[self.pos]):

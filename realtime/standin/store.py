@@ -34,6 +34,8 @@ import mongomock.helpers
 import mongomock.store
 import pymongo.errors
 from bson import Binary, Decimal128, Int64
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.raw_bson import RawBSONDocument
 
 from realtime.standin import arrayfilters, validate
 from realtime.standin.arguments import NUMBER, bson_type
@@ -187,6 +189,20 @@ def clone(value: T) -> T:
     if isinstance(value, list):
         return cast(T, [clone(v) for v in value])
     return value
+
+
+def frozen(doc: dict[str, Any]) -> RawBSONDocument:
+    """A document as it is now, encoded: what an event keeps of a whole document. It costs about what
+    :func:`clone` does, takes a quarter of the memory, and goes into a reply as it is."""
+    return RawBSONDocument(bson.encode(doc))
+
+
+def thawed(value: Any) -> Any:
+    """A :func:`frozen` document as the dictionary it was (naive UTC datetimes, as stored); anything else as it is."""
+    return bson.decode(value.raw, _STORED) if isinstance(value, RawBSONDocument) else value
+
+
+_STORED: CodecOptions[dict[str, Any]] = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
 def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +368,7 @@ class Store:
         mc = self._mcoll(db, coll)
         stored = self._write(lambda: _insert_one(mc, doc), db, coll, doc)
         self._undo(txn, db, coll, doc["_id"], None)
-        self._record(txn, Change("insert", db, coll, doc["_id"], {"fullDocument": clone(stored)},
+        self._record(txn, Change("insert", db, coll, doc["_id"], {"fullDocument": frozen(stored)},
                                  post=None))
 
     def update(self, db: str, coll: str, query: dict[str, Any], update: Any, *, upsert: bool, multi: bool,
@@ -435,7 +451,7 @@ class Store:
             self._undo(txn, db, coll, key, before)
             images = self._images(db, coll)
             if replacement:
-                change = Change("replace", db, coll, key, {"fullDocument": after},
+                change = Change("replace", db, coll, key, {"fullDocument": frozen(after)},
                                 pre=before if images else None, before=before)
             else:
                 change = Change("update", db, coll, key, {"updateDescription": describe(before, after)},
@@ -488,7 +504,7 @@ class Store:
         stored = self._raw(db, coll, key)
         assert stored is not None
         self._undo(txn, db, coll, key, None)
-        self._record(txn, Change("insert", db, coll, key, {"fullDocument": clone(stored)}))
+        self._record(txn, Change("insert", db, coll, key, {"fullDocument": frozen(stored)}))
         return key
 
     def _run_update_pipeline(self, doc: dict[str, Any], pipeline: list[dict[str, Any]]) -> dict[str, Any]:
