@@ -323,6 +323,13 @@ class IndexedStore(mongomock.store.CollectionStore):
         self.seq: dict[Any, int] = {}  # store key -> insertion number: the order a scan reads documents in
         self._next_seq = 0
         self.by_pattern: dict[tuple[str, ...], Index] = {}
+        # The oplog's history of the documents, for snapshot reads (see record): each document's oplog entries,
+        # oldest first (one entry, or a list), and, per key pattern, the documents as they were before each change
+        # the oplog holds (entries keyed by the change's oplog sequence number), complete from versions_from on.
+        self.changes: dict[Any, Any] = {}
+        self.versions: dict[tuple[str, ...], Index] = {}
+        self.versions_from: dict[tuple[str, ...], int] = {}
+        self.recorded = -1  # the sequence number of the last oplog entry recorded
 
     # -- what mongomock calls -------------------------------------------------------------------------
     # Without mongomock's reader-writer lock: the stand-in reads and changes its stores from one thread, its event
@@ -363,6 +370,9 @@ class IndexedStore(mongomock.store.CollectionStore):
         super().drop()
         self.seq.clear()
         self.by_pattern.clear()
+        self.changes.clear()
+        self.versions.clear()
+        self.versions_from.clear()
 
     def create_index(self, index_name: str, index_dict: dict[str, Any]) -> None:
         super().create_index(index_name, index_dict)
@@ -373,6 +383,8 @@ class IndexedStore(mongomock.store.CollectionStore):
         super().drop_index(index_name)
         if pattern is not None and pattern not in {self._pattern(ix) for ix in self.indexes.values()}:
             self.by_pattern.pop(pattern, None)
+            self.versions.pop(pattern, None)
+            self.versions_from.pop(pattern, None)
 
     # -- in-place updates -----------------------------------------------------------------------------
     def holding(self, doc: Any) -> tuple[Any, list[tuple[Index, set[Key]]]] | None:
@@ -400,12 +412,76 @@ class IndexedStore(mongomock.store.CollectionStore):
             for entry in new - old:
                 index.entries.add(entry)
 
+    # -- history --------------------------------------------------------------------------------------
+    def record(self, entry: Any, key: Any) -> None:
+        """An oplog entry (an ``Entry``) of a change to the document of store key ``key``."""
+        kept = self.changes.get(key)
+        if kept is None:
+            self.changes[key] = entry
+        elif isinstance(kept, list):
+            kept.append(entry)
+        else:
+            self.changes[key] = [kept, entry]
+        if entry.before is not None:
+            for versions in self.versions.values():
+                versions.add(entry.before, entry.seq, key)
+        self.recorded = entry.seq
+
+    def forget(self, entry: Any, key: Any) -> None:
+        """An oplog entry that fell off the oplog (the oldest of its document's)."""
+        kept = self.changes.get(key)
+        if kept is entry:
+            del self.changes[key]
+        elif isinstance(kept, list) and kept and kept[0] is entry:
+            kept.pop(0)
+            if len(kept) == 1:
+                self.changes[key] = kept[0]
+        if entry.before is not None:
+            for versions in self.versions.values():
+                versions.remove(entry.before, entry.seq, key)
+
+    def changes_of(self, key: Any) -> list[Any]:
+        """The oplog entries of a document's changes, oldest first."""
+        kept = self.changes.get(key)
+        return [] if kept is None else kept if isinstance(kept, list) else [kept]
+
+    def history_candidates(self, plan: Plan, start: int) -> set[Any] | None:
+        """The store keys of the documents a plan names now, or named as they were before a change from oplog
+        sequence number ``start`` on: every document that may have matched the plan's filter at that point. None
+        when the history of an index the plan reads does not reach back that far."""
+        if plan.union:
+            out: set[Any] = set()
+            for part in plan.union:
+                found = self.history_candidates(part, start)
+                if found is None:
+                    return None
+                out |= found
+            return out
+        if plan.index is None:
+            keys = set()
+            for value in plan.ids:
+                try:
+                    keys.add(_store_key(value))
+                except TypeError:  # an unhashable _id value: no document has it
+                    continue
+            return keys
+        pattern = self._pattern(self.indexes[plan.index])
+        versions = self.versions.get(pattern)
+        if versions is None or self.versions_from[pattern] > start:
+            return None
+        live = self.by_pattern[pattern]
+        keys = {entry[-1] for lo, hi in plan.ranges for entry in live.read(lo, hi)}
+        keys.update(entry[-1] for lo, hi in plan.ranges for entry in versions.read(lo, hi) if entry[-2] >= start)
+        return keys
+
     # -- planning -------------------------------------------------------------------------------------
-    def plan(self, filter: dict[str, Any]) -> Plan | None:
-        """The cheapest way to find the documents ``filter`` may match, or None when a scan is as cheap."""
+    def plan(self, filter: dict[str, Any], *, scan_share: float | None = None) -> Plan | None:
+        """The cheapest way to find the documents ``filter`` may match, or None when a scan is as cheap (or, with
+        ``scan_share``, when the plan reads more than that share of the documents)."""
         self._remove_expired_documents()
         best = self._plan(filter)
-        if best is None or best.cost > SCAN_SHARE * len(self._documents):
+        share = SCAN_SHARE if scan_share is None else scan_share
+        if best is None or best.cost > share * len(self._documents):
             return None
         return best
 
@@ -468,6 +544,8 @@ class IndexedStore(mongomock.store.CollectionStore):
     def _build(self, pattern: tuple[str, ...]) -> None:
         if pattern in self.by_pattern:
             return
+        self.versions[pattern] = Index(pattern)  # (of the changes recorded from now on)
+        self.versions_from[pattern] = self.recorded + 1
         index = Index(pattern)
         entries: list[Key] = []
         for key, doc in self._documents.items():

@@ -130,6 +130,7 @@ class Oplog:
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("the oplog must hold at least one entry")
         self.encode = encode
+        self.on_drop: Callable[[Entry], None] | None = None  # told of every entry that falls off
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.clock = clock or ClusterClock()
@@ -197,10 +198,14 @@ class Oplog:
         entry = self.get(seq)
         return entry if entry is not None and entry.data == data else None
 
+    def first_seq_after_time(self, ts: Timestamp) -> int:
+        """The sequence number of the first entry after cluster time ``ts``."""
+        return self.first_seq_at_or_after(Timestamp(ts.time, ts.inc + 1) if ts.inc < 0xFFFFFFFF
+                                          else Timestamp(ts.time + 1, 0))
+
     def since(self, ts: Timestamp) -> list[Entry]:
         """The entries after ``ts``, oldest first."""
-        start = self.first_seq_at_or_after(Timestamp(ts.time, ts.inc + 1) if ts.inc < 0xFFFFFFFF
-                                           else Timestamp(ts.time + 1, 0))
+        start = self.first_seq_after_time(ts)
         return [self._entries[i - self.first_seq] for i in range(start, self._next_seq)]
 
     async def wait(self, seconds: float) -> None:
@@ -264,7 +269,10 @@ class Oplog:
         """Drop the oldest oplog entry; a transaction's events go together, as one applyOps entry."""
         ts = self._entries[0].ts
         while len(self._entries) > 1 and self._entries[0].ts == ts:
-            self._bytes -= self._entries.popleft().size
+            entry = self._entries.popleft()
+            self._bytes -= entry.size
+            if self.on_drop is not None:
+                self.on_drop(entry)
         self.truncations += 1
 
     def truncate(self, keep_last: int = 0) -> None:

@@ -18,8 +18,10 @@ server, a read outside the transaction can see its uncommitted writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ from realtime.standin.limits import (
     update_too_large,
     upsert_too_large,
 )
-from realtime.standin.oplog import Change, Oplog
+from realtime.standin.oplog import Change, Entry, Oplog
 from realtime.standin.updatedesc import describe, same_document
 
 log = logging.getLogger("realtime.standin")
@@ -172,6 +174,11 @@ class WriteResult:
     after: dict[str, Any] | None = None
 
 
+def _snapshot_unavailable() -> CommandError:
+    return CommandError(239, "Unable to read from a snapshot due to pending collection catalog changes",
+                        code_name="SnapshotUnavailable")
+
+
 def _lock_key(value: Any) -> Any:
     try:
         hash(value)
@@ -262,6 +269,8 @@ class Store:
         self.client: Any = mongomock.MongoClient()
         self.collections: dict[tuple[str, str], CollectionInfo] = {}
         self._mcolls: dict[tuple[str, str], Any] = {}
+        self._catalog: list[Entry] = []  # the oplog's drops and renames, oldest first (snapshot reads check them)
+        oplog.on_drop = self._forget
 
     # -- namespaces -----------------------------------------------------------------------------
     def _mcoll(self, db: str, coll: str) -> Any:
@@ -322,9 +331,35 @@ class Store:
         if meta is not None:  # shown with showExpandedEvents
             change.fields.setdefault("collectionUUID", meta.uuid)
         if txn is None:
-            self.oplog.append([change])
+            self._append([change])
         else:
             txn.changes.append(change)
+
+    def _append(self, changes: list[Change], txn: dict[str, Any] | None = None) -> None:
+        """Append to the oplog, and keep each change in its collection's history (for snapshot reads)."""
+        for entry in self.oplog.append(changes, txn):
+            assert entry.event is not None
+            if entry.op in ("drop", "rename", "dropDatabase"):
+                self._catalog.append(entry)
+            elif "documentKey" in entry.event:
+                store = self._history(entry)
+                if store is not None:
+                    store.record(entry, _store_key(entry.event["documentKey"]["_id"]))
+
+    def _forget(self, entry: Entry) -> None:
+        """An entry fell off the oplog: its collection's history lets it go."""
+        if entry.event is not None and "documentKey" in entry.event:
+            store = self._history(entry)
+            if store is not None:
+                store.forget(entry, _store_key(entry.event["documentKey"]["_id"]))
+
+    def _history(self, entry: Entry) -> IndexedStore | None:
+        assert entry.event is not None
+        ns = entry.event["ns"]
+        if (ns["db"], ns.get("coll")) not in self.collections:
+            return None
+        store = self._mcoll(ns["db"], ns["coll"])._store
+        return store if isinstance(store, IndexedStore) else None
 
     def _raw(self, db: str, coll: str, key: Any) -> dict[str, Any] | None:
         store = self._mcoll(db, coll)._store
@@ -660,25 +695,16 @@ class Store:
         if ts is not None and ts > self.oplog.latest_ts:
             raise CommandError(2, f"atClusterTime {ts} is in the future")
         undone: dict[Any, tuple[Any, dict[str, Any] | None]] = {}  # key -> (_id, document at ts or None)
-
-        def undo(key: Any, before: dict[str, Any] | None) -> None:
-            undone[_lock_key(key)] = (key, before)
-
         for txn in hide:
             for tdb, tcoll, key, before in reversed(txn.undo):
                 if (tdb, tcoll) == (db, coll):
-                    undo(key, before)
-        for entry in reversed(self.oplog.since(ts)) if ts is not None else ():
-            event = entry.event
-            if event is None or event["ns"].get("db") != db:
-                continue
-            op = event["operationType"]
-            if op in ("drop", "rename", "dropDatabase") and (op == "dropDatabase" or event["ns"].get("coll") == coll
-                                                              or (event.get("to") or {}).get("coll") == coll):
-                raise CommandError(239, "Unable to read from a snapshot due to pending collection catalog changes",
-                                   code_name="SnapshotUnavailable")
-            if event["ns"].get("coll") == coll and "documentKey" in event:
-                undo(event["documentKey"]["_id"], None if op == "insert" else entry.before)
+                    undone[_lock_key(key)] = (key, before)
+        if ts is not None:
+            hidden = [key for key, _ in undone.values()]
+            changed = self._changed_since(db, coll, self.oplog.first_seq_after_time(ts), query, hidden)
+            if changed is None:
+                changed = self._walk_since(db, coll, ts)
+            undone.update(changed)
         out = []
         if self.exists(db, coll):
             current = self._read(lambda: materialize(self._mcoll(db, coll).find(query or {})))
@@ -689,10 +715,69 @@ class Store:
                 out.append(clone(before))
         return out
 
+    def _changed_since(self, db: str, coll: str, start: int, query: dict[str, Any] | None, also: list[Any]
+                       ) -> dict[Any, tuple[Any, dict[str, Any] | None]] | None:
+        """The documents that may match ``query`` (and those with the ``_id`` values in ``also``) and changed from
+        oplog sequence number ``start`` on, each with what it was before its first such change (None: it did not
+        exist), newest change first; found through the collection's indexes and their history. None when they
+        cannot say (no index for the query, or an index younger than ``start``): :meth:`_walk_since` then reads
+        the oplog."""
+        for entry in reversed(self._catalog):
+            if entry.seq < start:
+                break
+            event = entry.event
+            assert event is not None
+            if event["ns"]["db"] == db and (entry.op == "dropDatabase" or event["ns"].get("coll") == coll
+                                             or (event.get("to") or {}).get("coll") == coll):
+                raise _snapshot_unavailable()
+        while self._catalog and self._catalog[0].seq < self.oplog.first_seq:
+            self._catalog.pop(0)
+        if not query or not self.exists(db, coll):
+            return None
+        store = self._mcoll(db, coll)._store
+        try:
+            plan = store.plan(mongomock.helpers.patch_datetime_awareness_in_document(query), scan_share=math.inf)
+        except Exception:  # the walk then says what is wrong with the query, if anything
+            return None
+        keys = store.history_candidates(plan, start) if plan is not None else None
+        if keys is None:
+            return None
+        for doc_key in also:
+            with contextlib.suppress(TypeError):
+                keys.add(_store_key(doc_key))
+        found = []
+        for key in keys:
+            since = [entry for entry in store.changes_of(key) if entry.seq >= start]
+            if since:
+                found.append((since[-1].seq, since[0]))
+        found.sort(key=lambda item: -item[0])  # the order a walk from the newest entry meets them in
+        out: dict[Any, tuple[Any, dict[str, Any] | None]] = {}
+        for _, first in found:
+            doc_key = first.event["documentKey"]["_id"]
+            out[_lock_key(doc_key)] = (doc_key, None if first.op == "insert" else first.before)
+        return out
+
+    def _walk_since(self, db: str, coll: str, ts: Any) -> dict[Any, tuple[Any, dict[str, Any] | None]]:
+        """What :meth:`_changed_since` finds, for every document of the collection: the oplog after ``ts``,
+        newest first."""
+        out: dict[Any, tuple[Any, dict[str, Any] | None]] = {}
+        for entry in reversed(self.oplog.since(ts)):
+            event = entry.event
+            if event is None or event["ns"].get("db") != db:
+                continue
+            op = event["operationType"]
+            if op in ("drop", "rename", "dropDatabase") and (op == "dropDatabase" or event["ns"].get("coll") == coll
+                                                              or (event.get("to") or {}).get("coll") == coll):
+                raise _snapshot_unavailable()
+            if event["ns"].get("coll") == coll and "documentKey" in event:
+                key = event["documentKey"]["_id"]
+                out[_lock_key(key)] = (key, None if op == "insert" else entry.before)
+        return out
+
     # -- transactions -----------------------------------------------------------------------------
     def commit(self, txn: Transaction, locks: dict[tuple[str, str, Any], Transaction]) -> None:
         info = {"lsid": txn.lsid, "txnNumber": Int64(txn.number)}
-        self.oplog.append(txn.changes, txn=info)
+        self._append(txn.changes, txn=info)
         self._end(txn, "committed", locks)
 
     def abort(self, txn: Transaction, locks: dict[tuple[str, str, Any], Transaction]) -> None:
@@ -768,7 +853,7 @@ class Store:
             self._mcoll(db, name).drop()
             del self.collections[(db, name)]
         if names:
-            self.oplog.append([Change("dropDatabase", db, None)])
+            self._append([Change("dropDatabase", db, None)])
         self.client.drop_database(db)
 
     def rename(self, db: str, source: str, target: str, drop_target: bool) -> None:
@@ -793,7 +878,7 @@ class Store:
             tgt._store.create_index(name, index)
         for d in docs:
             tgt._store[_store_key(d["_id"])] = d
-        self.oplog.append([Change("rename", db, source, None, {"to": {"db": db, "coll": target},
+        self._append([Change("rename", db, source, None, {"to": {"db": db, "coll": target},
                                                                "operationDescription": description,
                                                                "collectionUUID": meta.uuid})])
 
