@@ -106,6 +106,13 @@ class StandinProcess:
                 buffer += chunk
         return match.group(1)
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the stand-in has used so far."""
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{self.target_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return float("nan")
+
     def rss_mib(self) -> float:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.target_pid}/status").read_text().splitlines():
@@ -267,12 +274,13 @@ def run_inserts(coll: Collection[dict[str, Any]], size: int, threads: int, secon
 
 
 def run_change_stream(client: MongoClient[dict[str, Any]], coll: Collection[dict[str, Any]], size: int,
-                      events: int, deadline: float) -> dict[str, Any]:
+                      events: int, deadline: float, proc: StandinProcess) -> dict[str, Any]:
     start_at = coll.database.command("ping")["operationTime"]
     base = 10 * size + 10_000_000
     for first in range(0, events, 5000):
         coll.insert_many([like(base + i, size) for i in range(first, min(first + 5000, events))], ordered=False)
     seen = 0
+    cpu = proc.cpu_seconds()
     started = time.perf_counter()
     with coll.watch(start_at_operation_time=start_at) as stream:
         for _change in stream:
@@ -282,7 +290,8 @@ def run_change_stream(client: MongoClient[dict[str, Any]], coll: Collection[dict
             if seen % 1000 == 0 and time.monotonic() > deadline:
                 raise BenchTimeout("reading the change stream")
     elapsed = time.perf_counter() - started
-    return {"events": seen, "seconds": elapsed, "rate": seen / elapsed}
+    return {"events": seen, "seconds": elapsed, "rate": seen / elapsed,
+            "standin_cpu_us": (proc.cpu_seconds() - cpu) / max(seen, 1) * 1e6}
 
 
 def run_wakeups(coll: Collection[dict[str, Any]], size: int, samples: int) -> dict[str, Any]:
@@ -327,6 +336,7 @@ def run_wakeups(coll: Collection[dict[str, Any]], size: int, samples: int) -> di
 # -- one size ---------------------------------------------------------------------------------------------------
 
 def run_size(args: argparse.Namespace, workdir: Path, size: int, deadline: float) -> dict[str, Any]:
+    load = os.getloadavg()[0]
     proc = StandinProcess(workdir, f"standin-{size}", args.profile)
     client: MongoClient[dict[str, Any]] = MongoClient(proc.uri, maxPoolSize=args.threads + 4)
     try:
@@ -337,13 +347,16 @@ def run_size(args: argparse.Namespace, workdir: Path, size: int, deadline: float
             f"{proc.rss_mib():.0f} MiB")
         queries = run_queries(client, coll, size, args.queries, args.query_seconds, deadline)
         log(f"{size} documents: inserts, {args.threads} threads for {args.insert_seconds:.0f} s")
+        cpu = proc.cpu_seconds()
         inserts = run_inserts(coll, size, args.threads, args.insert_seconds)
-        log(f"  {inserts['rate']:.0f} inserts/s")
-        stream = run_change_stream(client, coll, size, args.events, deadline)
-        log(f"  change stream: {stream['rate']:.0f} events/s")
+        inserts["standin_cpu_us"] = (proc.cpu_seconds() - cpu) / max(inserts["inserts"], 1) * 1e6
+        log(f"  {inserts['rate']:.0f} inserts/s, stand-in CPU {inserts['standin_cpu_us']:.0f} µs per insert")
+        stream = run_change_stream(client, coll, size, args.events, deadline, proc)
+        log(f"  change stream: {stream['rate']:.0f} events/s, stand-in CPU {stream['standin_cpu_us']:.1f} µs per event")
         wake = run_wakeups(coll, size, args.wakeups)
         log(f"  wake-up: p50 {wake['p50_ms']:.2f} ms (insert round trip p50 {wake['insert_p50_ms']:.2f} ms)")
-        return {"size": size, "fill_seconds": fill_seconds, "fill_rate": size / fill_seconds,
+        loads = sorted((load, os.getloadavg()[0]))
+        return {"size": size, "load": loads, "fill_seconds": fill_seconds, "fill_rate": size / fill_seconds,
                 "rss_mib": proc.rss_mib(), "queries": queries, "inserts": inserts, "change_stream": stream,
                 "wake": wake}
     finally:
@@ -386,19 +399,26 @@ def source_state() -> dict[str, Any]:
             "uncommitted_changes": git("status", "--porcelain", "--", "realtime").splitlines()}
 
 
+def _cpu(part: dict[str, Any]) -> str:
+    return f"{part['standin_cpu_us']:.1f}" if "standin_cpu_us" in part else "-"
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, cfg, runs = result["machine"], result["config"], result["runs"]
     source = (cfg.get("commit") or "?") + (" with uncommitted changes to the code measured"
                                            if cfg.get("uncommitted_changes") else "")
     sizes = [f"{r['size']:,}" for r in runs]
+    loads = ", ".join(f"{r['load'][0]:.1f}-{r['load'][1]:.1f} at {r['size']:,} documents" for r in runs)
     head = "| | " + " | ".join(f"{s} documents" for s in sizes) + " |\n|---|" + "---:|" * len(runs) + "\n"
     rows = [
         ("documents loaded (`insert_many`, per s)", [f"{r['fill_rate']:.0f}" for r in runs]),
         ("stand-in RSS after the run (MiB)", [f"{r['rss_mib']:.0f}" for r in runs]),
         (f"`insert_one`, {cfg['threads']} threads (per s; target ≥ {TARGETS['insert_rate']:,})",
          [f"{r['inserts']['rate']:.0f}" for r in runs]),
+        ("... the stand-in's CPU per insert (µs)", [_cpu(r["inserts"]) for r in runs]),
         (f"change stream to a bare cursor (events/s; target ≥ {TARGETS['change_stream_rate']:,})",
          [f"{r['change_stream']['rate']:.0f}" for r in runs]),
+        ("... the stand-in's CPU per event (µs)", [_cpu(r["change_stream"]) for r in runs]),
         ("getMore wake-up: insert to event, p50 / p99 (ms)",
          [f"{r['wake']['p50_ms']:.2f} / {r['wake']['p99_ms']:.2f}" for r in runs]),
         ("... the insert's own round trip, p50 (ms)", [f"{r['wake']['insert_p50_ms']:.2f}" for r in runs]),
@@ -418,7 +438,9 @@ matches as many documents at every size. Queries: {cfg['queries']} calls of each
 than {cfg['query_seconds']:.0f} s), round trips timed. Inserts: {cfg['threads']} threads calling `insert_one` for
 {cfg['insert_seconds']:.0f} s. Change stream: {cfg['events']:,} documents inserted, then read by a `watch()`
 cursor opened at the time before them. Wake-up: a change stream waits in `getMore` while a document is inserted
-every 20 ms ({cfg['wakeups']} samples), timed from just before the insert to the event's arrival.
+every 20 ms ({cfg['wakeups']} samples), timed from just before the insert to the event's arrival. The stand-in's CPU
+per insert or event (its process's user and system time over the phase, divided by the operations) moves less
+than the rates when other work shares the machine (load average over the run: {loads}).
 
 Measured {result['date']} on {m['cpus']} CPUs ({m['cpu'] or 'unknown CPU'}), Python {m['python']},
 PyMongo {m['pymongo']}, commit {source}.
