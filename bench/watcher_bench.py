@@ -491,6 +491,8 @@ def prepare(client: MongoClient[dict[str, Any]], rng: random.Random) -> None:
     client.drop_database(DB)
     for name in ("posts", "likes", "comments"):
         db.create_collection(name, changeStreamPreAndPostImages={"enabled": True})
+    for name in ("likes", "comments"):  # as `realtime mongo-setup` makes them
+        db[name].create_index("postId")
     db.posts.insert_many([post_doc(rng, f"p{i}", f"u{rng.randrange(USERS)}") for i in range(PRE_POSTS)])
     db.comments.insert_many([{"_id": f"c{i}", "postId": f"p{rng.randrange(PRE_POSTS)}",
                               "userId": f"u{rng.randrange(USERS)}", "text": _text(rng, 12),

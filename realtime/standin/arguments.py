@@ -39,8 +39,21 @@ ALL_TYPES = ("double", "string", "object", "array", "binData", "undefined", "obj
              "decimal", "minKey", "maxKey")
 
 
+_EXACT_TYPES: dict[type, str] = {
+    str: "string", float: "double", bool: "bool", type(None): "null", dict: "object", list: "array",
+    Int64: "long", ObjectId: "objectId", bytes: "binData", Binary: "binData", dt.datetime: "date",
+    Timestamp: "timestamp", Decimal128: "decimal",
+}
+
+
 def bson_type(value: Any) -> str:
     """The server's name for a value's BSON type, as its error messages give it."""
+    kind = type(value)
+    if kind is int:
+        return "int" if -(2**31) <= value < 2**31 else "long"
+    exact = _EXACT_TYPES.get(kind)
+    if exact is not None:
+        return exact
     if value is None:
         return "null"
     if isinstance(value, bool):

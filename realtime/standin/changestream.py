@@ -9,19 +9,21 @@ token advances even when nothing matches.
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import mongomock.aggregate
 import mongomock.filtering
 import pymongo.errors
 from bson import Timestamp
+from bson.raw_bson import RawBSONDocument
 
 from realtime.standin import arguments, limits, tokens, validate
 from realtime.standin.errors import CommandError, bad_value, history_lost, unsupported
 from realtime.standin.oplog import Entry, Oplog
-from realtime.standin.store import SYSTEM_DBS, Store, expression_error, lower_pipeline
+from realtime.standin.store import SYSTEM_DBS, Store, clone, expression_error, lower_pipeline, thawed
 
 COLLECTION, DATABASE, CLUSTER = "collection", "database", "cluster"
 
@@ -57,7 +59,7 @@ class ChangeStreamCursor:
     expect: str | None = None  # a resume token not yet seen in the oplog; the next later entry fails
     floor: str | None = None  # the client's own resume token: no PBRT sorts before it
     closed: bool = False
-    stash: list[dict[str, Any]] = field(default_factory=list)  # events read but left out of a full batch
+    stash: list[Mapping[str, Any]] = field(default_factory=list)  # events read but left out of a full batch
     ending: str | None = None  # the invalidate token, once the invalidating entry is read
     expanded: bool = False  # showExpandedEvents: DDL events, collectionUUID, operationDescription, disambiguatedPaths
 
@@ -191,10 +193,11 @@ def _invalidates(cursor: ChangeStreamCursor, entry: Entry) -> bool:
     return False
 
 
-def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, Any]:
-    """The event document this cursor shows for an entry, before the user's pipeline stages."""
+def render(cursor: ChangeStreamCursor, entry: Entry, store: Store | None) -> dict[str, Any]:
+    """The event document this cursor shows for an entry, before the user's pipeline stages. It shares its
+    sub-documents with the oplog entry: encode it, or :func:`clone` it before changing it."""
     assert entry.event is not None
-    event = copy.deepcopy(entry.event)
+    event = dict(entry.event)
     op = event["operationType"]
     out: dict[str, Any] = {"_id": dict(entry.token), "operationType": op, "clusterTime": entry.ts,
                            "wallTime": event.pop("wallTime")}
@@ -202,15 +205,16 @@ def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, 
     if op == "update":
         mode = cursor.full_document
         if mode == "updateLookup":
+            assert store is not None
             db, coll = _ns_of(entry)
             current = store._raw(db, coll, event["documentKey"]["_id"]) if coll and store.exists(db, coll) \
                 else None
-            out["fullDocument"] = copy.deepcopy(current)
+            out["fullDocument"] = current
         elif mode in ("whenAvailable", "required"):
             if entry.post is None and mode == "required":
                 raise CommandError(47, "Change stream was configured to require a post-image for all update "
                                        f"events, but the post-image was not found for event: {entry.data}")
-            out["fullDocument"] = copy.deepcopy(entry.post)
+            out["fullDocument"] = entry.post
     if not cursor.expanded:
         event.pop("collectionUUID", None)
         event.pop("operationDescription", None)
@@ -223,8 +227,44 @@ def render(cursor: ChangeStreamCursor, entry: Entry, store: Store) -> dict[str, 
         if entry.pre is None and cursor.before_change == "required":
             raise CommandError(47, "Change stream was configured to require a pre-image for all update, delete "
                                    f"and replace events, but the pre-image was not found for event: {entry.data}")
-        out["fullDocumentBeforeChange"] = copy.deepcopy(entry.pre)
+        out["fullDocumentBeforeChange"] = entry.pre
     return out
+
+
+def _shown_as(cursor: ChangeStreamCursor, entry: Entry) -> tuple[Any, ...] | None:
+    """What decides how a cursor shows an entry (cursors that agree show the same bytes), or None when the event
+    is read afresh each time (an update's ``fullDocument: updateLookup``, the document as it is now)."""
+    op = entry.op
+    full = cursor.full_document if op == "update" else None
+    if full == "updateLookup":
+        return None
+    before = cursor.before_change if op in ("update", "replace", "delete") else None
+    return full, before, cursor.expanded
+
+
+# A cursor with no options: how most cursors show an event, and how the oplog measures it.
+_PLAIN = ChangeStreamCursor(0, CLUSTER, "", None, "", "default", "off", [], pos=0)
+
+
+def encode_plain(entry: Entry) -> RawBSONDocument:
+    """An entry as a change stream without options shows it, encoded as it is appended to the oplog (once, for
+    every cursor that shows it so)."""
+    return rendered(_PLAIN, entry, None)
+
+
+def rendered(cursor: ChangeStreamCursor, entry: Entry, store: Store | None) -> RawBSONDocument:
+    """The event this cursor shows for an entry, encoded once for every cursor that shows it alike."""
+    kind = _shown_as(cursor, entry)
+    if kind is not None:
+        kept = entry.rendered
+        for i in range(0, len(kept), 2):
+            if kept[i] == kind:
+                raw: RawBSONDocument = kept[i + 1]
+                return raw
+    raw = RawBSONDocument(bson.encode(render(cursor, entry, store)))
+    if kind is not None:
+        entry.rendered = (*entry.rendered, kind, raw)
+    return raw
 
 
 def disambiguated_paths(description: dict[str, Any], before: dict[str, Any]) -> dict[str, list[Any]]:
@@ -286,7 +326,7 @@ def apply_pipeline(cursor: ChangeStreamCursor, doc: dict[str, Any]) -> dict[str,
 
 
 def scan(cursor: ChangeStreamCursor, oplog: Oplog, store: Store, batch_size: int | None
-         ) -> tuple[list[dict[str, Any]], bool]:
+         ) -> tuple[list[Mapping[str, Any]], bool]:
     """Read what the oplog holds past the cursor. Returns the events and whether the batch filled up.
 
     A batch is cut by ``batch_size`` and by encoded bytes (:class:`limits.Batch`); events rendered but left
@@ -329,19 +369,24 @@ def _read_next(cursor: ChangeStreamCursor, oplog: Oplog, store: Store) -> None:
     cursor.pos += 1
     if entry.event is None or not _sees(cursor, entry):
         return
-    docs = [render(cursor, entry, store)]
     invalidated = _invalidates(cursor, entry)
+    if not cursor.pipeline and not invalidated:  # the common case: the event as every such cursor shows it
+        cursor.stash.append(rendered(cursor, entry, store))
+        return
+    docs = [{k: thawed(v) for k, v in render(cursor, entry, store).items()}]  # what stages read: dictionaries
     if invalidated:
         docs.append(invalidate_event(entry, docs[0]["wallTime"]))
-    for doc in docs:
-        shown = apply_pipeline(cursor, doc)
+    matching_only = all(next(iter(stage)) == "$match" for stage in cursor.pipeline)
+    for i, doc in enumerate(docs):
+        # $match reads the event; other stages change it, so they get a copy of their own.
+        shown = apply_pipeline(cursor, doc if matching_only else clone(doc))
         if shown is not None:
-            cursor.stash.append(shown)
+            cursor.stash.append(rendered(cursor, entry, store) if i == 0 and matching_only else shown)
     if invalidated:
         cursor.ending = docs[-1]["_id"]["_data"]
 
 
-def post_batch_resume_token(cursor: ChangeStreamCursor, oplog: Oplog, batch: list[dict[str, Any]],
+def post_batch_resume_token(cursor: ChangeStreamCursor, oplog: Oplog, batch: list[Mapping[str, Any]],
                             filled: bool) -> dict[str, str]:
     if cursor.closed and cursor.floor is not None:
         return {"_data": cursor.floor}

@@ -8,7 +8,6 @@ Each handler takes the command document and returns the reply document (without 
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import functools
 import hashlib
@@ -17,11 +16,13 @@ import logging
 import platform
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from bson import Binary, Int64, ObjectId, Timestamp
+from bson.raw_bson import RawBSONDocument
 
 from realtime.standin import arguments, changestream, idl, limits, validate, writeconcern
 from realtime.standin.changestream import ChangeStreamCursor
@@ -42,6 +43,7 @@ from realtime.standin.store import (
     aggregate,
     aggregate_docs,
     check_namespace,
+    clone,
     first_duplicate,
     materialize,
     sort_list,
@@ -57,6 +59,7 @@ MAX_WRITE_BATCH = 100_000  # maxWriteBatchSize
 TRANSACTION_LIFETIME = 60.0  # transactionLifetimeLimitSeconds
 TTL_MONITOR_INTERVAL = 60.0  # ttlMonitorSleepSecs: how often expired documents are deleted
 _NO_USER_UID = Binary(hashlib.sha256(b"").digest(), 0)
+_NO_SIGNATURE = RawBSONDocument(bson.encode({"hash": Binary(b"\0" * 20), "keyId": Int64(0)}))  # (never changed)
 
 
 class HangUp(Exception):
@@ -73,7 +76,7 @@ class ListCursor:
     pos: int = 0
     time_left: float | None = None  # seconds left of its command's maxTimeMS (None: no limit)
 
-    def take(self, limit: int | None) -> list[dict[str, Any]]:
+    def take(self, limit: int | None) -> list[Mapping[str, Any]]:
         """The next batch: at most ``limit`` documents, cut by bytes (:class:`limits.Batch`)."""
         batch = limits.Batch(limit)
         while self.pos < len(self.docs) and batch.offer(self.docs[self.pos]):
@@ -231,8 +234,7 @@ class Engine:
         """Add what every reply carries: ``operationTime`` and ``$clusterTime``."""
         now = self.oplog.latest_ts
         reply["operationTime"] = now
-        reply["$clusterTime"] = {"clusterTime": now,
-                                 "signature": {"hash": Binary(b"\0" * 20), "keyId": Int64(0)}}
+        reply["$clusterTime"] = {"clusterTime": now, "signature": _NO_SIGNATURE}
         return reply
 
     # -- handshake and server info -----------------------------------------------------------------
@@ -401,8 +403,8 @@ class Engine:
         return [out]
 
     async def explain(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """A plan for find, count, distinct, aggregate, update, delete or findAndModify: a collection scan (the
-        stand-in has no query planner); ``executionStats`` counts what the command returns, without running a
+        """A plan for find, count, distinct, aggregate, update, delete or findAndModify: the index the stand-in reads
+        (``IXSCAN``) or a collection scan; ``executionStats`` counts what the command returns, without running a
         write."""
         inner = cmd.get("explain")
         if not isinstance(inner, dict) or not inner:
@@ -425,8 +427,15 @@ class Engine:
             query = (inner.get("updates") or [{}])[0].get("q") or {}
         elif name == "delete":
             query = (inner.get("deletes") or [{}])[0].get("q") or {}
+        elif name == "aggregate":
+            first = (inner.get("pipeline") or [{}])[0]
+            query = first.get("$match") or {} if isinstance(first, dict) else {}
         validate.check_filter(query)
-        plan = {"stage": "COLLSCAN", "filter": query, "direction": "forward"}
+        access = self.store.access_plan(db, coll, query) if isinstance(query, dict) else None
+        if access is None:
+            plan: dict[str, Any] = {"stage": "COLLSCAN", "filter": query, "direction": "forward"}
+        else:
+            plan = {"stage": "FETCH", "filter": query, "inputStage": access[0]}
         reply: dict[str, Any] = {
             "explainVersion": "1",
             "queryPlanner": {"namespace": f"{db}.{coll}", "indexFilterSet": False, "parsedQuery": query,
@@ -438,14 +447,14 @@ class Engine:
                            "gitVersion": "realtime-standin"},
         }
         if verbosity != "queryPlanner":
-            examined = sum(1 for _ in self.store.documents(db, coll)) if self.store.exists(db, coll) else 0
+            size = sum(1 for _ in self.store.documents(db, coll)) if self.store.exists(db, coll) else 0
+            keys, examined = (0, size) if access is None else access[1:]
             matched = 0
-            if examined and name in ("find", "count", "distinct", "update", "delete", "findAndModify",
-                                     "findandmodify"):
+            if size and name in ("find", "count", "distinct", "update", "delete", "findAndModify", "findandmodify"):
                 mc = self._mcoll(db, coll)
-                matched = len(self.store._read(lambda: materialize(mc.find(query, {"_id": 1}))))
+                matched = self.store._read(lambda: mc.count_documents(query))
             reply["executionStats"] = {"executionSuccess": True, "nReturned": matched, "executionTimeMillis": 0,
-                                       "totalKeysExamined": 0, "totalDocsExamined": examined,
+                                       "totalKeysExamined": keys, "totalDocsExamined": examined,
                                        "executionStages": {**plan, "nReturned": matched, "docsExamined": examined}}
         return reply
 
@@ -576,7 +585,7 @@ class Engine:
         """Run the statements of insert/update/delete, with ordered semantics and retryable writes."""
         session, retry_number = self._retryable_write(cmd)
         if session is not None and retry_number in session.retried:
-            return copy.deepcopy(session.retried[retry_number])
+            return clone(session.retried[retry_number])
         txn = self._transaction(cmd)
         items = cmd[items_key]
         if not 0 < len(items) <= MAX_WRITE_BATCH:
@@ -620,7 +629,7 @@ class Engine:
         if errors:
             reply["writeErrors"] = errors
         if retry_number is not None and session is not None:
-            session.retried = {retry_number: copy.deepcopy(reply)}
+            session.retried = {retry_number: clone(reply)}
         return reply
 
     async def _with_locks(self, fn: Callable[[], WriteResult | None]) -> WriteResult | None:
@@ -682,7 +691,7 @@ class Engine:
         validate.check_projection(cmd.get("fields"))
         session, retry_number = self._retryable_write(cmd)
         if session is not None and retry_number in session.retried:
-            return copy.deepcopy(session.retried[retry_number])
+            return clone(session.retried[retry_number])
         txn = self._transaction(cmd)
         query = cmd.get("query") or {}
         remove = bool(cmd.get("remove"))
@@ -717,7 +726,7 @@ class Engine:
                 last["upserted"] = result.upserted
         reply = {"lastErrorObject": last, "value": value}
         if retry_number is not None and session is not None:
-            session.retried = {retry_number: copy.deepcopy(reply)}
+            session.retried = {retry_number: clone(reply)}
         return reply
 
     def _check_hint(self, db: str, coll: str, hint: Any) -> None:
@@ -741,7 +750,7 @@ class Engine:
         import mongomock
 
         scratch: Any = mongomock.MongoClient()["p"]["p"]
-        scratch.insert_one(copy.deepcopy(doc))
+        scratch.insert_one(clone(doc))
         found = self.store._read(lambda: scratch.find_one({}, projection))
         return dict(found) if found is not None else {}
 
@@ -836,7 +845,7 @@ class Engine:
         mc, _ = self._source(cmd, db, coll, cmd.get("query"))
         if mc is None:
             return {"n": 0}
-        n = len(self.store._read(lambda: materialize(mc.find(cmd.get("query") or {}, {"_id": 1}))))
+        n = self.store._read(lambda: mc.count_documents(cmd.get("query") or {}))
         n = max(n - int(cmd.get("skip") or 0), 0)
         if cmd.get("limit"):
             n = min(n, abs(int(cmd["limit"])))
@@ -1027,7 +1036,7 @@ class Engine:
             if not self.store.visible(db, name, own):
                 continue
             meta = self.store.info(db, name)
-            entry = {"name": name, "type": "collection", "options": copy.deepcopy(meta.options),
+            entry = {"name": name, "type": "collection", "options": clone(meta.options),
                      "info": {"readOnly": False, "uuid": meta.uuid},
                      "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
             import mongomock.filtering

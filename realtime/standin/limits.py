@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import bson
+from bson.raw_bson import RawBSONDocument
 
 from realtime.standin.errors import CommandError
 
@@ -31,7 +32,15 @@ MAX_MESSAGE_SIZE = 48_000_000  # maxMessageSizeBytes
 
 def bson_size(doc: Mapping[str, Any]) -> int:
     """A document's size in bytes, encoded."""
+    if isinstance(doc, RawBSONDocument):
+        return len(doc.raw)
     return len(bson.encode(doc))
+
+
+def encoded(doc: Mapping[str, Any]) -> RawBSONDocument:
+    """A document encoded once, for a reply (which then copies its bytes): its size is known without encoding it
+    again."""
+    return doc if isinstance(doc, RawBSONDocument) else RawBSONDocument(bson.encode(doc))
 
 
 def too_large(size: int, doc: Mapping[str, Any]) -> CommandError:
@@ -44,7 +53,7 @@ def too_large(size: int, doc: Mapping[str, Any]) -> CommandError:
 
 def check_document(doc: Mapping[str, Any]) -> int:
     """The size of a document about to go on the wire; ``BSONObjectTooLarge`` when it is too big to."""
-    size = bson_size(doc)
+    size = len(doc.raw) if isinstance(doc, RawBSONDocument) else bson_size(doc)
     if size > MAX_INTERNAL_SIZE:
         raise too_large(size, doc)
     return size
@@ -67,7 +76,7 @@ class Batch:
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
-        self.docs: list[dict[str, Any]] = []
+        self.docs: list[Mapping[str, Any]] = []  # encoded (RawBSONDocument), ready for the reply
         self.bytes = 4  # the BSON array's length prefix
 
     @property
@@ -75,17 +84,18 @@ class Batch:
         """Whether ``batchSize`` documents are in."""
         return self.limit is not None and len(self.docs) >= self.limit
 
-    def offer(self, doc: dict[str, Any]) -> bool:
+    def offer(self, doc: Mapping[str, Any]) -> bool:
         """Take ``doc`` if it fits; False (and ``doc`` left out) when the batch is full. A document too big for
         the wire raises ``BSONObjectTooLarge``."""
         if self.full:
             return False
-        size = check_document(doc)
+        raw = encoded(doc)
+        size = check_document(raw)
         if self.docs and self.bytes + size > MAX_BSON_SIZE:
             return False
         # An array element: a type byte, the index as a C string, the document.
         self.bytes += 1 + len(str(len(self.docs))) + 1 + size
-        self.docs.append(doc)
+        self.docs.append(raw)
         return True
 
 

@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 from bson import Timestamp
+from bson.raw_bson import RawBSONDocument
 
 from realtime.standin import tokens
 
@@ -44,7 +44,7 @@ class ClusterClock:
         return self._last
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One oplog entry: a change event (or a no-op) at a cluster time.
 
@@ -62,6 +62,7 @@ class Entry:
     post: dict[str, Any] | None = None
     size: int = 0
     before: dict[str, Any] | None = None  # internal: the document before the write, for snapshot reads
+    rendered: tuple[Any, ...] = ()  # the event as cursors of each kind show it, encoded: kind, raw, kind, raw, ...
 
     @property
     def data(self) -> str:
@@ -90,15 +91,50 @@ def _wall_time() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class _Entries:
+    """The oplog's entries, oldest first: a list read by position in constant time (a deque takes time in
+    proportion to the distance from its ends), whose front is dropped by moving a start index, and compacted once
+    the dropped part is as long as the rest."""
+
+    def __init__(self) -> None:
+        self._items: list[Entry | None] = []
+        self._start = 0
+
+    def __len__(self) -> int:
+        return len(self._items) - self._start
+
+    def __getitem__(self, i: int) -> Entry:
+        item = self._items[self._start + i] if i >= 0 else self._items[i]
+        assert item is not None
+        return item
+
+    def append(self, entry: Entry) -> None:
+        self._items.append(entry)
+
+    def popleft(self) -> Entry:
+        entry = self[0]
+        self._items[self._start] = None
+        self._start += 1
+        if self._start >= 1024 and self._start * 2 >= len(self._items):
+            del self._items[: self._start]
+            self._start = 0
+        return entry
+
+
 class Oplog:
     def __init__(self, max_entries: int = 1_000_000, max_bytes: int = 1 << 30,
-                 clock: ClusterClock | None = None) -> None:
+                 clock: ClusterClock | None = None,
+                 encode: Callable[[Entry], RawBSONDocument] | None = None) -> None:
+        """``encode``: an entry as change streams show it (and remember it), which then measures it; without it
+        the entry's fields are measured."""
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("the oplog must hold at least one entry")
+        self.encode = encode
+        self.on_drop: Callable[[Entry], None] | None = None  # told of every entry that falls off
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.clock = clock or ClusterClock()
-        self._entries: deque[Entry] = deque()
+        self._entries = _Entries()
         self._next_seq = 0
         self._bytes = 0
         self._changed = asyncio.Event()
@@ -162,10 +198,14 @@ class Oplog:
         entry = self.get(seq)
         return entry if entry is not None and entry.data == data else None
 
+    def first_seq_after_time(self, ts: Timestamp) -> int:
+        """The sequence number of the first entry after cluster time ``ts``."""
+        return self.first_seq_at_or_after(Timestamp(ts.time, ts.inc + 1) if ts.inc < 0xFFFFFFFF
+                                          else Timestamp(ts.time + 1, 0))
+
     def since(self, ts: Timestamp) -> list[Entry]:
         """The entries after ``ts``, oldest first."""
-        start = self.first_seq_at_or_after(Timestamp(ts.time, ts.inc + 1) if ts.inc < 0xFFFFFFFF
-                                           else Timestamp(ts.time + 1, 0))
+        start = self.first_seq_after_time(ts)
         return [self._entries[i - self.first_seq] for i in range(start, self._next_seq)]
 
     async def wait(self, seconds: float) -> None:
@@ -195,10 +235,11 @@ class Oplog:
                 event.update(txn)
             identity = [change.db, change.coll, change.op, change.key]
             token = tokens.make_token(ts, tokens.EVENT, index if txn is not None else 0, identity)
-            size = len(bson.encode(event)) + (len(bson.encode(change.pre)) if change.pre else 0) + (
+            entry = Entry(self._next_seq, ts, token, event, change.pre, change.post, 0, change.before)
+            shown = len(self.encode(entry).raw) if self.encode is not None else len(bson.encode(event))
+            entry.size = shown + (len(bson.encode(change.pre)) if change.pre else 0) + (
                 len(bson.encode(change.post)) if change.post else 0
             )
-            entry = Entry(self._next_seq, ts, token, event, change.pre, change.post, size, change.before)
             added.append(entry)
             self._push(entry)
         self._trim()
@@ -228,7 +269,10 @@ class Oplog:
         """Drop the oldest oplog entry; a transaction's events go together, as one applyOps entry."""
         ts = self._entries[0].ts
         while len(self._entries) > 1 and self._entries[0].ts == ts:
-            self._bytes -= self._entries.popleft().size
+            entry = self._entries.popleft()
+            self._bytes -= entry.size
+            if self.on_drop is not None:
+                self.on_drop(entry)
         self.truncations += 1
 
     def truncate(self, keep_last: int = 0) -> None:

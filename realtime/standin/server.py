@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from realtime.standin import limits, wire
+from realtime.standin import changestream, limits, wire
 from realtime.standin.commands import TTL_MONITOR_INTERVAL, Engine, HangUp
 from realtime.standin.oplog import Oplog
 from realtime.standin.store import Store
@@ -34,7 +34,7 @@ class Server:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, oplog_max_entries: int = 1_000_000,
                  oplog_max_bytes: int = 1 << 30, noop_interval: float = DEFAULT_NOOP_INTERVAL) -> None:
         self.bind_host, self.bind_port = host, port
-        self.oplog = Oplog(oplog_max_entries, oplog_max_bytes)
+        self.oplog = Oplog(oplog_max_entries, oplog_max_bytes, encode=changestream.encode_plain)
         self.store = Store(self.oplog)
         self.engine: Engine | None = None
         self.noop_interval = noop_interval

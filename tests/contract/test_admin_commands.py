@@ -116,6 +116,27 @@ def test_explain_describes_the_plan(db: Database[Doc], coll: Collection[Doc]) ->
     assert stats["executionStats"]["nReturned"] == 1
 
 
+def _stages(plan: Any, stage: str) -> list[dict[str, Any]]:
+    """The stages named ``stage`` anywhere in a plan (MongoDB nests them differently by engine and version)."""
+    if isinstance(plan, dict):
+        found = [plan] if plan.get("stage") == stage else []
+        return found + [s for value in plan.values() for s in _stages(value, stage)]
+    if isinstance(plan, list):
+        return [s for value in plan for s in _stages(value, stage)]
+    return []
+
+
+def test_explain_names_the_index_a_find_reads(db: Database[Doc], coll: Collection[Doc]) -> None:
+    """A find on an indexed field reads the index and fetches only the documents it names."""
+    coll.insert_many([{"x": i % 50, "y": i} for i in range(500)])
+    coll.create_index("x")
+    [scan] = _stages(coll.find({"x": 7}).explain()["queryPlanner"]["winningPlan"], "IXSCAN")
+    assert scan["indexName"] == "x_1"
+    stats = db.command({"explain": {"find": coll.name, "filter": {"x": 7}}, "verbosity": "executionStats"})
+    assert stats["executionStats"]["nReturned"] == stats["executionStats"]["totalDocsExamined"] == 10
+    assert _stages(coll.find({"y": 7}).explain()["queryPlanner"]["winningPlan"], "COLLSCAN")
+
+
 def test_profile_reports_the_level(db: Database[Doc]) -> None:
     reply = db.command({"profile": -1})
     assert reply["was"] == 0 and "slowms" in reply

@@ -194,6 +194,43 @@ async def test_no_op_update_produces_no_event(aclient: Client, db_name: str) -> 
     await stream.close()
 
 
+async def test_an_event_read_late_shows_the_change_as_it_was_made(aclient: Client, db_name: str) -> None:
+    """Pins: an update's updatedFields and an insert's or a replace's fullDocument showed what later updates did
+    to the same arrays and sub-documents, when the event was read after them."""
+    db = aclient[db_name]
+    await db.posts.insert_one({"_id": 0})
+    stream = await db.posts.watch(max_await_time_ms=100)  # read only once all the writes are made
+    await db.posts.insert_one({"_id": 1, "tags": ["a"], "sub": {"x": 1}})
+    await db.posts.update_one({"_id": 1}, {"$set": {"more": ["m"], "other": {"o": 1}}})
+    await db.posts.replace_one({"_id": 0}, {"list": [1]})
+    await db.posts.update_one({"_id": 1}, {"$push": {"tags": "b", "more": "n"}, "$set": {"sub.y": 2, "other.p": 2}})
+    await db.posts.update_one({"_id": 0}, {"$push": {"list": 2}})
+    insert, update, replace, _, _ = await take(stream, 5)
+    assert insert["fullDocument"] == {"_id": 1, "tags": ["a"], "sub": {"x": 1}}
+    assert update["updateDescription"]["updatedFields"] == {"more": ["m"], "other": {"o": 1}}
+    assert replace["fullDocument"] == {"_id": 0, "list": [1]}
+    await stream.close()
+
+
+async def test_stages_read_and_reshape_the_whole_document(aclient: Client, db_name: str) -> None:
+    """$match and $addFields reach into fullDocument, and reshaping one stream leaves another's events alone."""
+    db = aclient[db_name]
+    matching = await db.posts.watch([{"$match": {"fullDocument.kind": "a", "fullDocument.n": {"$gte": 2}}}],
+                                    max_await_time_ms=100)
+    reshaping = await db.posts.watch([{"$addFields": {"fullDocument.extra": "$fullDocument.n"}}],
+                                     max_await_time_ms=100)
+    plain = await db.posts.watch(max_await_time_ms=100)
+    for i, kind in enumerate(["a", "b", "a"], 1):
+        await db.posts.insert_one({"_id": i, "kind": kind, "n": i})
+    [only] = await take(matching, 1)
+    assert only["fullDocument"] == {"_id": 3, "kind": "a", "n": 3}
+    assert [e["fullDocument"]["extra"] for e in await take(reshaping, 3)] == [1, 2, 3]
+    assert [e["fullDocument"] for e in await take(plain, 3)] == [{"_id": i, "kind": k, "n": i}
+                                                                  for i, k in enumerate(["a", "b", "a"], 1)]
+    for stream in (matching, reshaping, plain):
+        await stream.close()
+
+
 async def test_update_lookup_gives_current_document_or_null_after_delete(aclient: Client, db_name: str) -> None:
     db = aclient[db_name]
     await db.posts.insert_one({"_id": 1, "n": 0})
