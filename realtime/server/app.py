@@ -324,9 +324,10 @@ class Inbox:
     the replay memory), a client may have at most REALTIME_BURST + REALTIME_FLOOD_CLOSE_AFTER messages, and
     REALTIME_QUEUE_BYTES of text (at least REALTIME_MAX_FRAME), waiting behind it. Past either bound the
     connection is closed with 4009 (``flood``: as many messages at once would end it all the same once handled)
-    and what waits is dropped."""
+    and what waits is dropped. The messages of one read from the socket, before the task has begun, are not
+    held to it (one read is bounded): they are handled as ever, rate limits and flood close included."""
 
-    __slots__ = ("conn", "messages", "size", "state", "worker")
+    __slots__ = ("busy", "conn", "messages", "size", "state", "worker")
 
     def __init__(self, state: State, conn: Conn) -> None:
         self.state = state
@@ -334,6 +335,7 @@ class Inbox:
         self.messages: list[bytes | str] | None = None
         self.size = 0  # the length of the messages waiting
         self.worker: asyncio.Task[None] | None = None
+        self.busy = False  # the task has begun: what arrives now waits behind a message being handled
 
     def receive(self, message: bytes | str) -> None:
         if not self.conn.alive or self.conn.session.closed:
@@ -343,8 +345,8 @@ class Inbox:
         self.messages.append(message)
         self.size += len(message)
         cfg = self.state.cfg
-        if len(self.messages) > cfg.session.burst + cfg.session.flood_close_after \
-                or self.size > max(cfg.queue_bytes, cfg.max_frame):
+        if self.busy and (len(self.messages) > cfg.session.burst + cfg.session.flood_close_after
+                          or self.size > max(cfg.queue_bytes, cfg.max_frame)):
             self._flooded()
             return
         if self.worker is None:
@@ -362,13 +364,14 @@ class Inbox:
 
     async def _work(self) -> None:
         conn = self.conn
+        self.busy = True
         try:
             while self.messages and conn.alive:
                 message = self.messages.pop(0)
                 self.size -= len(message)
                 await _handle(self.state, conn, functools.partial(conn.session.receive, message))
         finally:
-            self.worker = None
+            self.worker, self.busy = None, False
             if not self.messages:
                 self.messages, self.size = None, 0
 

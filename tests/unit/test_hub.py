@@ -224,6 +224,34 @@ async def test_client_frames_waiting_behind_a_slow_one_are_bounded_4009(monkeypa
     assert transport.written == []  # not even the slow frame's answer: the connection is closed
 
 
+async def test_the_frames_of_one_read_are_answered_and_rate_limited_as_a_flood_not_dropped() -> None:
+    """Regression: a client's burst that arrived in one read from the socket (400 pings, as a loaded server
+    reads them) was past the bound of what may wait before the worker had begun, so the connection was closed
+    with nothing answered: no pong for the burst, no rate_limited before the flood close."""
+    from realtime.server import app
+
+    hub = Hub(queue_bytes=1 << 20, queue_messages=1000)
+    conn, transport = connection(hub, ["public"])
+    closed: list[tuple[int, str]] = []
+
+    async def close(code: int, reason: str) -> None:
+        closed.append((code, reason))
+
+    conn.ws.close = close
+    state: Any = SimpleNamespace(hub=hub, closing=set(), cfg=SimpleNamespace(
+        session=SessionConfig(allow_anonymous=True, burst=4, flood_close_after=6), queue_bytes=1 << 20,
+        max_frame=1024))
+    conn.session = Session(state.cfg.session, None, time.time)
+    inbox = app.Inbox(state, conn)
+    for i in range(400):  # one read: all before the worker runs
+        inbox.receive(orjson.dumps({"op": "ping", "ref": i}).decode())
+    assert not closed and inbox.worker is not None
+    await asyncio.wait([inbox.worker, *state.closing])
+    ops = [f.get("code", f["op"]) for f in frames(transport) if f.get("op") in ("pong", "error")]
+    assert ops[:4] == ["pong"] * 4 and "rate_limited" in ops, ops
+    assert closed == [(4009, "flood")]
+
+
 def frames(transport: FakeTransport) -> list[dict[str, Any]]:
     return [orjson.loads(data[data.index(b"{"):]) for data in transport.written]
 
