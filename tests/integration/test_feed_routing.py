@@ -5,7 +5,6 @@ says what it changed."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,27 +13,10 @@ from pymongo import MongoClient
 
 from realtime import events as ev
 from realtime.standin import StandIn
-from tests.conftest import RedisServer
 from tests.integration.test_private_routing import about, client_for, lead, settle
 from tests.integration.watcherkit import WatcherProcess, stream
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture
-def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    mongo = StandIn(noop_interval=0.5)
-    mongo.start()
-    yield mongo
-    mongo.stop()
 
 
 @pytest.fixture(params=[True, False], ids=["pre-images", "no-pre-images"])
@@ -42,13 +24,6 @@ def mongo_client(request: pytest.FixtureRequest, standin: StandIn) -> Iterator[M
     client = client_for(standin, request.param)
     yield client
     client.close()
-
-
-@pytest.fixture
-def watcher(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Iterator[WatcherProcess]:
-    w = WatcherProcess(standin.uri, redis_server.url, tmp_path, "w")
-    yield w
-    w.stop()
 
 
 def room(r: redis.Redis, name: str, post_id: str) -> list[tuple[str, dict[str, Any]]]:

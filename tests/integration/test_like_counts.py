@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -51,22 +51,6 @@ class CrashingPublisher(Publisher):
         if self.left is not None:
             self.left -= 1
         return outcome
-
-
-@pytest.fixture
-def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    mongo = StandIn(noop_interval=0.5)
-    mongo.start()
-    yield mongo
-    mongo.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ events never reach the room of the public post whose id has the same digits."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,7 +20,12 @@ from realtime.ids import id_text
 from realtime.server.deep import DeepReplay
 from realtime.standin import StandIn
 from tests.conftest import RedisServer
-from tests.integration.watcherkit import COLLECTIONS, WatcherProcess, leader, stream, streaming, wait_for
+from tests.integration.watcherkit import (
+    WatcherProcess,
+    client_for,
+    lead,
+    settle,
+)
 from watchers.config import MappingConfig
 from watchers.keys import Keys
 
@@ -33,58 +37,11 @@ PAIRS: list[tuple[Any, Any]] = [(ObjectId(HEX), HEX), (5, "5")]
 SECRETS = ("secret post", "secret comment", "secret edit")
 
 
-@pytest.fixture
-def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    mongo = StandIn(noop_interval=0.5)
-    mongo.start()
-    yield mongo
-    mongo.stop()
-
-
-def client_for(standin: StandIn, pre_images: bool) -> MongoClient[dict[str, Any]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(standin.uri)
-    for name in COLLECTIONS:
-        client.app.create_collection(name, changeStreamPreAndPostImages={"enabled": pre_images})
-    return client
-
-
 @pytest.fixture(params=[True, False], ids=["pre-images", "no-pre-images"])
 def mongo_client(request: pytest.FixtureRequest, standin: StandIn) -> Iterator[MongoClient[dict[str, Any]]]:
     client = client_for(standin, request.param)
     yield client
     client.close()
-
-
-@pytest.fixture
-def watcher(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Iterator[WatcherProcess]:
-    w = WatcherProcess(standin.uri, redis_server.url, tmp_path, "w")
-    yield w
-    w.stop()
-
-
-def lead(r: redis.Redis, w: WatcherProcess) -> None:
-    w.start()
-    wait_for(lambda: leader(r) == "w" and streaming(w), "the watcher to lead")
-
-
-def settle(r: redis.Redis, client: MongoClient[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    """Insert a public post and wait for its event: every change before it is then published."""
-    client.app.posts.insert_one({"_id": name, "authorId": "sentinel", "text": "the end"})
-
-    def seen() -> list[dict[str, Any]] | None:
-        events = stream(r)
-        return events if any(e["type"] == ev.POST_CREATED and e["data"]["id"] == name for e in events) else None
-
-    events: list[dict[str, Any]] = wait_for(seen, f"the watcher to publish {name}")
-    return events
 
 
 def text(value: Any) -> str:

@@ -275,6 +275,32 @@ def stream(r: redis.Redis, key: str = "{rt}:events") -> list[dict[str, Any]]:
     return out
 
 
+def client_for(standin: Any, pre_images: bool) -> MongoClient[dict[str, Any]]:
+    """A client of ``standin`` with the watched collections of ``app`` made, pre-images on or off."""
+    client: MongoClient[dict[str, Any]] = MongoClient(standin.uri)
+    for name in COLLECTIONS:
+        client.app.create_collection(name, changeStreamPreAndPostImages={"enabled": pre_images})
+    return client
+
+
+def lead(r: redis.Redis, w: WatcherProcess) -> None:
+    """Start the watcher ``w`` and wait until it leads and streams."""
+    w.start()
+    wait_for(lambda: leader(r) == "w" and streaming(w), "the watcher to lead")
+
+
+def settle(r: redis.Redis, client: MongoClient[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Insert a public post and wait for its event: every change before it is then published."""
+    client.app.posts.insert_one({"_id": name, "authorId": "sentinel", "text": "the end"})
+
+    def seen() -> list[dict[str, Any]] | None:
+        events = stream(r)
+        return events if any(e["type"] == ev.POST_CREATED and e["data"]["id"] == name for e in events) else None
+
+    events: list[dict[str, Any]] = wait_for(seen, f"the watcher to publish {name}")
+    return events
+
+
 def setup_collections(client: MongoClient[dict[str, Any]], db: str) -> None:
     for name in COLLECTIONS:
         client[db].create_collection(name, changeStreamPreAndPostImages={"enabled": True})
