@@ -55,6 +55,7 @@ from realtime.tasks import cancel_all
 from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
+REPLAY_CHUNK = 64 * 1024  # bytes of replayed frames written at a time (each frame still counts as one message)
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
 
 
@@ -525,11 +526,19 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         merged = heapq.merge(((key, text_frame(payload)) for key, _, payload in got.events), live,
                              key=lambda item: item[0])
         after: list[bytes] = []
+        chunk: list[bytes] = []  # written REPLAY_CHUNK bytes at a time: one system call, not one per event
+        size = 0
         for key, data in merged:
             if last is None or key > last:
                 after.append(data)
-            else:
-                conn.send(data)
+                continue
+            chunk.append(data)
+            size += len(data)
+            if size >= REPLAY_CHUNK:
+                conn.send(b"".join(chunk), len(chunk))
+                chunk, size = [], 0
+        if chunk:
+            conn.send(b"".join(chunk), len(chunk))
         hub.metrics.replayed.inc(len(got.events))
     conn.send(text_frame(frame("synced", ref=ref, rooms=list(rooms),
                                last=f"{last[0]}-{last[1]}" if last is not None else None)))

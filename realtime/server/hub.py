@@ -81,9 +81,10 @@ class Conn:
         self.last_typing = 0.0
         self.fd = -1  # fast path: our duplicate of the socket's descriptor, while its transport holds nothing
 
-    def send(self, data: bytes) -> bool:
-        """Write one or more whole frames; close the connection as slow past its bounds. False when the
-        connection is gone and nothing was written."""
+    def send(self, data: bytes, frames: int = 1) -> bool:
+        """Write one or more whole frames (``frames`` of them, each counted against the connection's bound of
+        unsent messages); close the connection as slow past its bounds. False when the connection is gone and
+        nothing was written."""
         if not self.alive:
             return False
         if not self.hub.fast and self.proto.state is not OPEN:
@@ -97,7 +98,7 @@ class Conn:
         t.write(data)
         queued = t.get_write_buffer_size()
         if queued:
-            self.backlog += 1
+            self.backlog += frames
             if queued > self.hub.queue_bytes or self.backlog > self.hub.queue_messages:
                 self.hub.slow(self)
         else:

@@ -73,6 +73,13 @@ def _label(event_rooms: Any, wanted: set[str], default: str) -> str:
     return default
 
 
+def _entry_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry's id as Redis gives it (always ``<ms>-<seq>``), as a pair of integers: what
+    :func:`realtime.events.parse_id` gives, without the checks a client's text needs."""
+    head, _, tail = entry_id.partition(b"-")
+    return int(head), int(tail)
+
+
 # -- the replay -----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -141,7 +148,7 @@ async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int,
             entries.reverse()
             while entries:  # each envelope goes as its payload comes
                 entry_id, raw_envelope = entries.pop()
-                key = ev.parse_id(entry_id.decode())
+                key = _entry_key(entry_id)
                 if key not in merged:
                     envelope = orjson.loads(raw_envelope)
                     label = _label(envelope.get("rooms"), wanted, room)

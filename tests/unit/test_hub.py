@@ -252,8 +252,23 @@ async def test_the_frames_of_one_read_are_answered_and_rate_limited_as_a_flood_n
     assert closed == [(4009, "flood")]
 
 
+def split(data: bytes) -> list[bytes]:
+    """The payloads of the server's (unmasked) text frames in one write."""
+    out, pos = [], 0
+    while pos < len(data):
+        size, head = data[pos + 1] & 0x7F, 2
+        if size == 126:
+            size, head = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
+        if data[pos] & 0x0F == 0x1:
+            out.append(data[pos + head:pos + head + size])
+        pos += head + size
+    return out
+
+
 def frames(transport: FakeTransport) -> list[dict[str, Any]]:
-    return [orjson.loads(data[data.index(b"{"):]) for data in transport.written]
+    return [orjson.loads(payload) for data in transport.written for payload in split(data)]
 
 
 async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,6 +299,51 @@ async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkey
     assert sent == [("subscribed", None), ("event", "1-2"), ("event", "1-3"), ("event", "1-4"), ("event", "1-5"),
                     ("synced", None), ("event", "1-6")]
     assert frames(transport)[5]["last"] == "1-5"
+
+
+class QueuingTransport(FakeTransport):
+    """A transport that keeps everything written to it unsent (a client that does not read)."""
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.written))
+
+
+@pytest.mark.parametrize(("events", "slow"), [(40, False), (60, True)])
+async def test_replayed_frames_go_in_few_writes_and_count_one_by_one(monkeypatch: pytest.MonkeyPatch, events: int,
+                                                                      slow: bool) -> None:
+    """A replay writes its frames many at a time (one system call for many events, not one each), in id order,
+    and each frame still counts against REALTIME_QUEUE_MESSAGES: a client that reads nothing is closed as slow
+    past it, as when the frames went one by one."""
+    from realtime.server import app
+    from realtime.server.transports import Collected
+
+    hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
+    transport = QueuingTransport()
+    ws = SimpleNamespace(ws_proto=SimpleNamespace(state=State.OPEN), io_proto=SimpleNamespace(transport=transport))
+    conn = Conn(hub, ws, Session(SessionConfig(allow_anonymous=True), None, time.time), "127.0.0.1")
+    hub.add(conn)
+
+    async def collect(*args: Any, **kwargs: Any) -> Collected:
+        got = Collected()
+        for n in range(2, 2 + events):
+            got.events.append(((1, n), "public", orjson.dumps({"op": "event", "id": f"1-{n}", "room": "public",
+                                                                "data": {"text": "x" * 100}})))
+        got.replayed.add("public")
+        return got
+
+    monkeypatch.setattr(app, "collect", collect)
+    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
+                                 reader=SimpleNamespace(last=b"1-999"),
+                                 cfg=SimpleNamespace(replay_limit=1000, retry_seconds=1.0, presence_rooms=("post:",)))
+    conn.session.rooms.add("public")
+    monkeypatch.setattr(app, "REPLAY_CHUNK", 1024)
+    await app._replay(state, conn, ("public",), "1-1", "r", join=True)
+    sent = [f.get("id") for f in frames(transport) if f["op"] == "event"]
+    expected = [f"1-{n}" for n in range(2, 2 + events)]
+    assert sent == expected if not slow else sent == expected[:len(sent)] and len(sent) > 50  # then cut
+    assert len(transport.written) < events // 4  # subscribed, the replay in chunks of about 1 KiB, synced
+    assert (conn in hub.conns) is not slow
+    assert transport.closed is slow
 
 
 async def test_a_connection_catching_up_gets_nothing_it_has_and_everything_else() -> None:
