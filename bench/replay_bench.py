@@ -74,6 +74,9 @@ ROOM_KEY = "{" + PREFIX + "}:room:" + ROOM
 EVENTS_KEY = "{" + PREFIX + "}:events"
 TARGET_S = 0.5  # a client that missed 10,000 events of its rooms gets them from Redis in less than this
 BATCH = 1000  # posts per insert_many
+TABLE_HEAD = ("| replay | events | seconds to the last event | seconds to the history read | events/s | server CPU s | "
+              "server µs/event | redis CPU s | stand-in CPU s | client CPU s | other CPU s | load | reconnects | "
+              "checks passed |")
 _ = cProfile  # the server runs under ``python -m cProfile`` with --profile
 
 
@@ -178,11 +181,11 @@ class WsReplay(asyncio.Protocol):
             got.subscribed = got.subscribed or time.perf_counter()
         elif op == "synced":
             got.synced = time.perf_counter()
-            if got.last:
+            if got.last or got.resets:  # all replayed, or a reset instead
+                got.last = got.last or got.synced
                 self.finish(0)
         elif op == "reset":
             got.resets.append(msg)
-            got.synced = got.synced or time.perf_counter()
         elif op == "error":
             got.errors.append(f"error: {payload[:200]!r}")
             self.finish(-1)
@@ -192,20 +195,21 @@ class WsReplay(asyncio.Protocol):
             self.done.set_result(1006)
 
 
-async def ws_replay(port: int, since: str, until: str, timeout: float, expect_reset: bool = False) -> Got:
+async def ws_replay(port: int, since: str, until: str, seconds: float, expect_reset: bool = False) -> Got:
     """One client's replay; on a transient close (4008 slow, 1011, 1006) it reconnects and resumes from the
     last event it received, as a client does."""
     loop = asyncio.get_running_loop()
     got = Got(started=time.perf_counter())
     position = since
-    deadline = got.started + timeout
+    deadline = got.started + seconds
     while True:
         done: asyncio.Future[int] = loop.create_future()
-        transport, _ = await loop.create_connection(lambda: WsReplay(got, position, until, done), "127.0.0.1", port)
+        transport, _ = await loop.create_connection(lambda p=position, d=done: WsReplay(got, p, until, d),
+                                                    "127.0.0.1", port)
         try:
             code = await asyncio.wait_for(done, max(deadline - time.perf_counter(), 0.01))
         except TimeoutError:
-            got.errors.append(f"timed out after {timeout:.0f}s with {len(got.ids)} events")
+            got.errors.append(f"timed out after {seconds:.0f}s with {len(got.ids)} events")
             return got
         finally:
             transport.close()
@@ -220,11 +224,11 @@ async def ws_replay(port: int, since: str, until: str, timeout: float, expect_re
         got.synced = 0.0
 
 
-async def poll_replay(port: int, since: str, until: str, timeout: float) -> Got:
+async def poll_replay(port: int, since: str, until: str, seconds: float) -> Got:
     """Long-polls from ``since`` (each from the last ``next``) until the last expected event came."""
     got = Got(started=time.perf_counter())
     position = since
-    while time.perf_counter() - got.started < timeout:
+    while time.perf_counter() - got.started < seconds:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 26)
         try:
             writer.write(f"GET /poll?rooms={ROOM}&since={position}&wait=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -261,12 +265,12 @@ def _unchunk(body: bytes) -> bytes:
         pos = end + 2 + size + 2
 
 
-async def sse_replay(port: int, since: str, until: str, timeout: float) -> Got:
+async def sse_replay(port: int, since: str, until: str, seconds: float) -> Got:
     """An SSE stream from ``since`` (reopened with ``Last-Event-ID`` if it ends) until the last expected event."""
     got = Got(started=time.perf_counter())
     position = since
     target = until.encode()
-    while time.perf_counter() - got.started < timeout:
+    while time.perf_counter() - got.started < seconds:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 26)
         try:
             writer.write(f"GET /sse?rooms={ROOM} HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: {position}\r\n"
@@ -279,7 +283,7 @@ async def sse_replay(port: int, since: str, until: str, timeout: float) -> Got:
             pending = b""
             while True:
                 data = await asyncio.wait_for(reader.read(1 << 20),
-                                              max(got.started + timeout - time.perf_counter(), 0.01))
+                                              max(got.started + seconds - time.perf_counter(), 0.01))
                 if not data:
                     break
                 pending += data
@@ -403,11 +407,11 @@ def load() -> dict[str, float]:
     return {"load1": one, "load5": five}
 
 
-def measure(kind: str, port: int, server: Proc, others: list[int], since: str, expected: list[str],
+def measure(kind: str, port: int, server: Proc, others: dict[str, list[int]], since: str, expected: list[str],
             timeout: float, expect_reset: bool = False) -> dict[str, Any]:
     pid = server.target_pid or server.popen.pid
     cpu0, box0, own0, load0 = cpu_times([pid]), machine_times(), time.process_time(), load()
-    others0 = sum(cpu_times(others))
+    others0 = {name: sum(cpu_times(pids)) for name, pids in others.items()}
     if kind == "ws":
         got = asyncio.run(ws_replay(port, since, expected[-1] if expected else "", timeout, expect_reset))
     elif kind == "poll":
@@ -419,19 +423,22 @@ def measure(kind: str, port: int, server: Proc, others: list[int], since: str, e
     busy = wall - (box1["idle"] + box1["iowait"] - box0["idle"] - box0["iowait"])
     server_cpu = sum(cpu1) - sum(cpu0)
     client_cpu = own1 - own0
-    others_cpu = sum(cpu_times(others)) - others0
+    stack_cpu = {name: sum(cpu_times(pids)) - others0[name] for name, pids in others.items()}
+    others_cpu = sum(stack_cpu.values())
     end = got.last or time.perf_counter()
     result = {
         "transport": kind, "seconds": end - got.started,
         "to_subscribed_s": got.subscribed - got.started if got.subscribed else None,
         "to_synced_s": got.synced - got.started if got.synced else None,
         "server_cpu_s": server_cpu, "server_user_s": cpu1[0] - cpu0[0], "server_sys_s": cpu1[1] - cpu0[1],
-        "client_cpu_s": client_cpu, "stack_cpu_s": others_cpu,
+        "client_cpu_s": client_cpu, "stack_cpu_s": stack_cpu,
         "other_cpu_s": busy - server_cpu - client_cpu - others_cpu,
         "load": load0, "reconnects": got.reconnects, "closes": got.closes, "errors": got.errors[:5],
         "resets": got.resets[:3],
-        **({} if expect_reset else check(got, expected)),
+        **check(got, expected),
     }
+    if expect_reset:
+        result["ok"] = any(r.get("reason") == "too_far_behind" for r in got.resets) and not got.errors
     result["events_per_s"] = len(expected) / result["seconds"] if result["seconds"] > 0 else 0.0
     return result
 
@@ -459,9 +466,9 @@ def run(args: argparse.Namespace, stack: Stack, workdir: Path) -> dict[str, Any]
         for name in ("posts", "likes", "comments"):
             mongo[DB].create_collection(name, changeStreamPreAndPostImages={"enabled": True})
         watcher = start_watcher(stack, "watcher", mongo_uri, redis_url, free_port(), profile=False)
-        stand_pids = [p.popen.pid for p in stack.procs if p.name in ("standin", "redis")] + [watcher.popen.pid]
+        stand_pids = {p.name: [p.popen.pid] for p in stack.procs if p.name in ("standin", "redis", "watcher")}
         warm_up(mongo, r, watcher)
-        profile = workdir / "server.prof" if args.profile else None
+        profile = args.profile.resolve() if args.profile is not None else None
         server, port = start_server(stack, "server", redis_url, mongo_uri, {
             "REALTIME_REPLAY_LIMIT": str(max(args.deep_events * 2, 10_000)),
             "REALTIME_DEEP_REPLAY_SECONDS": "600"}, profile)
@@ -529,22 +536,113 @@ def run(args: argparse.Namespace, stack: Stack, workdir: Path) -> dict[str, Any]
         mongo.close()
 
 
-def profile_top(path: Path, top: int = 25) -> list[str]:
+def profile_top(path: Path, top: int = 30) -> list[str]:
+    """The server's functions of this project and its libraries by cumulative time (the event loop's own wait,
+    which cProfile charges to the loop, left out)."""
     stats = pstats.Stats(str(path))
-    lines = []
     table: dict[Any, Any] = getattr(stats, "stats")  # noqa: B009 (not in pstats' stubs)
-    rows = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
-    total = sum(v[2] for v in table.values())
-    for (file, line, func), (_cc, nc, tt, ct, _callers) in rows:
-        lines.append(f"{100 * tt / total:5.1f}% self {tt:6.2f}s cum {ct:6.2f}s {nc:>9} calls  "
-                     f"{func} ({Path(file).name}:{line})")
-    return lines
+    skip = ("_run_server_forever", "handle_request", "run_until_complete", "serve_single", "<module>", "run",
+            "_run_module_as_main", "_run_code", "main", "serve", "exec", "runctx")
+    rows = sorted(((k, v) for k, v in table.items() if k[2] not in skip), key=lambda kv: kv[1][3], reverse=True)
+    return [f"cum {ct:7.2f}s self {tt:6.2f}s {nc:>9} calls  {func} ({Path(file).name}:{line})"
+            for (file, line, func), (_cc, nc, tt, ct, _callers) in rows[:top]]
 
 
 # -- the report ---------------------------------------------------------------------------------------------
 
+def _spread(runs: list[dict[str, Any]], key: str, fmt: str = "{:.3f}") -> str:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    if not values:
+        return "-"
+    med = fmt.format(statistics.median(values))
+    return med if len(values) == 1 else f"{med} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def _cpu(runs: list[dict[str, Any]], name: str) -> str:
+    values = [r["stack_cpu_s"].get(name, 0.0) for r in runs]
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def _row(label: str, events: int, runs: list[dict[str, Any]]) -> str:
+    per_event = [1e6 * r["server_cpu_s"] / events for r in runs]
+    checks = sum(bool(r.get("ok")) for r in runs)
+    reconnects = sum(r["reconnects"] for r in runs)
+    return (f"| {label} | {events} | {_spread(runs, 'seconds')} | {_spread(runs, 'to_subscribed_s')} | "
+            f"{_spread(runs, 'events_per_s', '{:.0f}')} | {_spread(runs, 'server_cpu_s', '{:.2f}')} | "
+            f"{statistics.median(per_event):.1f} | {_cpu(runs, 'redis')} | {_cpu(runs, 'standin')} | "
+            f"{statistics.median(r['client_cpu_s'] for r in runs):.2f} | "
+            f"{statistics.median(r['other_cpu_s'] for r in runs):.2f} | "
+            f"{statistics.median(r['load']['load1'] for r in runs):.1f} | {reconnects} | "
+            f"{checks} of {len(runs)} |")
+
+
 def markdown(result: dict[str, Any]) -> str:
-    return f"{SECTION}\n\n(to be written)\n"
+    m, cfg = result["machine"], result["config"]
+    source = (cfg.get("commit") or "?") + (" with uncommitted changes to the code measured"
+                                           if cfg.get("uncommitted_changes") else "")
+    rows = []
+    redis_phase = result.get("redis")
+    verdict = ""
+    if redis_phase:
+        for kind, runs in redis_phase["runs"].items():
+            rows.append(_row({"ws": "Redis, WebSocket", "poll": "Redis, long-poll", "sse": "Redis, SSE"}[kind],
+                             redis_phase["events"], runs))
+        ws = redis_phase["summary"].get("ws")
+        if ws:
+            met = ws["max_s"] < TARGET_S and ws["all_ok"]
+            verdict = (f"- {redis_phase['events']} events from Redis over a WebSocket in less than {TARGET_S:g} s: "
+                       f"median {ws['median_s']:.3f} s, slowest {ws['max_s']:.3f} s of {ws['n']}: "
+                       f"{'met' if met else '**missed**'}")
+    deep = result.get("deep")
+    if deep:
+        rows.append(_row(f"oplog ({deep['oplog_only']}) + Redis, WebSocket", deep["events"], deep["runs"]))
+        d = deep["summary"]
+        verdict += (f"\n- {deep['events']} events, {deep['oplog_only']} of them from the oplog: median "
+                    f"{d['median_s']:.2f} s ({deep['events'] / d['median_s']:.0f} events/s), every event once and "
+                    f"in order in {sum(bool(r.get('ok')) for r in deep['runs'])} of {d['n']}")
+    defaults = result.get("deep_defaults")
+    if defaults:
+        reasons = sorted({str(r.get("reason")) for r in defaults["resets"]})
+        verdict += (f"\n- the same resume from a server with the default limits (`REALTIME_REPLAY_LIMIT` 10000, "
+                    f"`REALTIME_DEEP_REPLAY_SECONDS` 10): `reset` ({', '.join(reasons) or 'none'}) after "
+                    f"{defaults['seconds']:.2f} s, {defaults['received']} events: "
+                    f"{'as documented' if defaults.get('ok') else '**not the documented reset**'}")
+    sc = result.get("server_config", {})
+    return f"""{SECTION}
+
+`python bench/replay_bench.py` (`bench/replay_bench.py`; raw results in `bench/results/replay.json`). The MongoDB
+stand-in, redis-server, the watcher and the server (anonymous, one worker, `MONGODB_URI` set so that it replays
+what Redis trimmed from the oplog; `REALTIME_REPLAY_LIMIT` {sc.get('REALTIME_REPLAY_LIMIT')},
+`REALTIME_DEEP_REPLAY_SECONDS` {sc.get('REALTIME_DEEP_REPLAY_SECONDS')}, the rest default) run in processes of
+their own; the clients, written for the benchmark, run in the benchmark's process, which does nothing else
+meanwhile.
+
+- **Redis**: {cfg['events']} public posts are inserted (`insert_many`) and published by the watcher: each a
+  `post:created` of about {result.get('event_bytes', 0):.0f} bytes in `public`. A fresh client then resumes
+  `public` from the id before them: `subscribe` with `since` on a WebSocket, `GET /poll?since=` (one answer),
+  `GET /sse` with `Last-Event-ID`.
+- **Oplog**: {cfg['deep_events']} more posts are inserted and published, then `public`'s history is trimmed
+  to about {cfg['keep']} entries (`XTRIM MAXLEN ~`, what the watcher's `XADD MAXLEN ~ REALTIME_ROOM_HISTORY`
+  does to a busy room), and a client resumes from the id before them: the server reads the trimmed part back
+  from the oplog (a change stream from `since`, mapped by the watcher's code), the rest from Redis.
+
+Time: from the client's request to the last event's arrival (history read: to `subscribed`, which the server
+sends once it has read the history). Each event is checked against what the watcher published (the room's
+history in Redis, or the global stream for the oplog phase): every id once, in order, nothing else. CPU s:
+user + system of each process over the measurement; `other`: what the rest of the machine used meanwhile
+(other programs); load: the 1-minute load average at the start. Median over {cfg['repeat']} runs, the range
+in brackets. A client closed as slow would reconnect and resume from its last event, as clients do (counted).
+
+Measured {result['date']} on {m['cpus']} CPUs ({m['cpu'] or 'unknown CPU'}), Python {m['python']},
+redis-server {m['redis_server']}, PyMongo {m['pymongo']}, commit {source}.
+MongoDB is the stand-in, not `mongod`: its costs are part of the oplog numbers.
+
+{TABLE_HEAD}
+|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|
+{chr(10).join(rows)}
+
+{verdict.strip()}
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -556,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transports", type=lambda s: s.split(","), default=["ws", "poll", "sse"],
                         help="transports of the Redis phase (ws,poll,sse)")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between measurements (1)")
-    parser.add_argument("--profile", action="store_true", help="run the server under cProfile")
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                        help="run the server under cProfile, its statistics written to FILE")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or docs/benchmarks.md")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -578,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "replay", "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {**benchkit.machine(), "pymongo": pymongo.version, "redis_py": redis.__version__},
         "config": {"events": args.events, "deep_events": args.deep_events, "keep": args.keep, "repeat": args.repeat,
-                   "transports": args.transports, "profile": args.profile, **source_state()},
+                   "transports": args.transports, "profile": str(args.profile or ""), **source_state()},
         "wall_seconds": time.monotonic() - started, **measured, "logs": logs,
     }
     for line in measured.get("profile", []):
