@@ -642,6 +642,27 @@ MongoDB is the stand-in, not `mongod`: its costs are part of the oplog numbers.
 {chr(10).join(rows)}
 
 {verdict.strip()}
+
+What limits each (cProfile of the server, `--profile FILE`, and a replay of 10,000 events read in a process of
+its own against a private Redis, at commit 57face3 and after it):
+
+- **From Redis** the history read (to `subscribed`) takes most of the time. The room's history is read in
+  rounds of 128 KiB (the replay memory's page, `PAGE` in `realtime/server/transports.py`): about 26 round trips
+  of the paging script for 10,000 events, about 30 ms of Redis CPU. In the server, each event's envelope is
+  parsed (`orjson.loads`) and its payload encoded again with the room it is labelled with (`orjson.dumps`):
+  about 5 µs an event, with the bookkeeping around it; the id of each entry went through the parser of client
+  input (3 µs an event) and each replayed frame was written with a system call of its own, both removed since
+  (65 ms of server CPU for the read instead of 100 ms, the frames written 64 KiB at a time). What is left of
+  the time is waiting for the CPUs: the server, Redis and the client share 2 cores with the other programs of
+  the machine (`other CPU s`, load).
+- **From the oplog** one change stream reads the changes one after the other and each goes through PyMongo's
+  change stream (a BSON document with its full document) and the watcher's mapping and routing
+  (`watchers/routing.py`, `watchers/mapping.py`): about 80 µs of server CPU an event, the mapping 40-45% of
+  it, the change stream's reads about 10%; one core's worth. A replay of 100,000 events (about 25 MB) is
+  written at once, more than the kernel's buffers and `REALTIME_QUEUE_BYTES` (1 MiB) hold while the client
+  reads: the connection is closed as slow (4008) and the client resumes from its last event, which starts
+  another replay from the oplog from there (`reconnects`). Nothing is lost or repeated (the checks), but the
+  history read runs again for what is left.
 """
 
 
