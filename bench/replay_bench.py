@@ -32,7 +32,8 @@ load average and the CPU other programs used meanwhile. ``--profile`` runs the s
 where its time went. Results: ``bench/results/replay.json`` and the ``## Replay`` section of
 ``docs/benchmarks.md`` (the other sections are kept).
 
-    python bench/replay_bench.py [--events 10000] [--deep-events 100000] [--repeat 3] [--profile]
+    python bench/replay_bench.py [--events 10000] [--deep-events 100000] [--repeat 3] [--profile FILE]
+    python bench/replay_bench.py --report-only      # the docs section again from bench/results/replay.json
 """
 
 from __future__ import annotations
@@ -657,8 +658,9 @@ its own against a private Redis, at commit 57face3 and after it):
   the machine (`other CPU s`, load).
 - **From the oplog** one change stream reads the changes one after the other and each goes through PyMongo's
   change stream (a BSON document with its full document) and the watcher's mapping and routing
-  (`watchers/routing.py`, `watchers/mapping.py`): about 80 µs of server CPU an event, the mapping 40-45% of
-  it, the change stream's reads about 10%; one core's worth. A replay of 100,000 events (about 25 MB) is
+  (`watchers/routing.py`, `watchers/mapping.py`): 80-100 µs of server CPU an event (the replays started again
+  after slow closes included), the mapping 40-45% of it, the change stream's reads about 10%; one core's worth,
+  and the stand-in's CPU besides. A replay of 100,000 events (about 25 MB) is
   written at once, more than the kernel's buffers and `REALTIME_QUEUE_BYTES` (1 MiB) hold while the client
   reads: the connection is closed as slow (4008) and the client resumes from its last event, which starts
   another replay from the oplog from there (`reconnects`). Nothing is lost or repeated (the checks), but the
@@ -678,7 +680,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
                         help="run the server under cProfile, its statistics written to FILE")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or docs/benchmarks.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write docs/benchmarks.md's section again from bench/results/replay.json, measure nothing")
     args = parser.parse_args(argv)
+    if args.report_only:
+        replace_section(SECTION, markdown(json.loads(RESULTS.read_text())))
+        print(f"wrote {DOCS.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")
+        return 0
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp:
