@@ -526,17 +526,21 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         merged = heapq.merge(((key, text_frame(payload)) for key, _, payload in got.events), live,
                              key=lambda item: item[0])
         after: list[bytes] = []
-        chunk: list[bytes] = []  # written REPLAY_CHUNK bytes at a time: one system call, not one per event
-        size = 0
+        # Written REPLAY_CHUNK bytes (or half the bound of unsent frames) at a time: one system call, not one
+        # per event; the next chunk when the client has taken the last.
+        chunk: list[bytes] = []
+        size, most = 0, max(1, hub.queue_messages // 2)
         for key, data in merged:
             if last is None or key > last:
                 after.append(data)
                 continue
             chunk.append(data)
             size += len(data)
-            if size >= REPLAY_CHUNK:
+            if size >= REPLAY_CHUNK or len(chunk) >= most:
                 conn.send(b"".join(chunk), len(chunk))
                 chunk, size = [], 0
+                if not await _drained(conn, state.cfg.heartbeat_timeout):
+                    break  # gone, or closed as slow
         if chunk:
             conn.send(b"".join(chunk), len(chunk))
         hub.metrics.replayed.inc(len(got.events))
@@ -544,6 +548,34 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
                                last=f"{last[0]}-{last[1]}" if last is not None else None)))
     for data in after:
         conn.send(data)
+
+
+async def _drained(conn: Conn, stall: float) -> bool:
+    """Wait until the connection's transport has handed the kernel what it holds, for as long as the client
+    keeps reading: a replay goes at the client's pace, so a long one is not cut as slow (4008) for being
+    long. A client that takes nothing for ``stall`` seconds (REALTIME_HEARTBEAT_TIMEOUT) is closed as slow.
+    False when the connection is gone or was closed."""
+    t = conn.transport
+    queued = t.get_write_buffer_size()
+    if not queued:
+        return conn.alive
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + stall
+    pause = 0.001
+    while conn.alive:
+        await asyncio.sleep(pause)
+        now = t.get_write_buffer_size()
+        if not now:
+            conn.backlog = 0  # nothing unsent: the frames written so far no longer count against the bound
+            return conn.alive
+        if now < queued:
+            queued, deadline, pause = now, loop.time() + stall, 0.001
+        elif loop.time() >= deadline:
+            conn.hub.slow(conn)
+            return False
+        else:
+            pause = min(pause * 2, 0.05)
+    return False
 
 
 def _reader_position(state: State) -> tuple[int, int]:

@@ -827,3 +827,39 @@ async def test_slow_client_is_closed_and_the_others_get_everything(slow: Stack) 
         sock.close()
         await asyncio.gather(*(asyncio.wait_for(ws.close(), TIMEOUT) for ws in conns), return_exceptions=True)
     assert time.monotonic() - started < 90
+
+
+async def test_a_replay_longer_than_the_queue_goes_at_the_clients_pace(slow: Stack) -> None:
+    """A resume whose replay is far larger than REALTIME_QUEUE_BYTES (64 KiB here, with a 16 KiB socket buffer)
+    to a client that reads, slowly: the replay waits for the client to take each part, so the client gets it
+    whole, in order, and is not closed as slow (it was closed 4008, to resume and be closed again)."""
+    server = slow.servers[1]
+    room, count = "hashtag:replay-pace", 300
+    base = int(time.time() * 1000)
+    ids = [f"{base}-{i + 1}" for i in range(count)]
+    with slow.r.pipeline(transaction=False) as pipe:
+        for i, event_id in enumerate(ids):
+            envelope = orjson.dumps({"id": event_id, "type": "post:created", "rooms": [room],
+                                     "data": {"id": f"pace{i}", "authorId": "pace", "text": "y" * 2000},
+                                     "ts": base})
+            pipe.xadd(slow.events_key, {"e": envelope}, id=event_id)
+            pipe.xadd("{" + slow.prefix + "}:room:" + room, {"e": envelope}, id=event_id)
+        pipe.execute()
+    slow_before = server.metric("realtime_slow_closes_total")
+    async with connect(server.url, additional_headers={"Authorization": f"Bearer {token('pace')}"},
+                       open_timeout=TIMEOUT, max_queue=4, max_size=2**20) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "rooms": [room], "since": f"{base}-0"}).decode())
+        got: list[str] = []
+        while True:
+            f = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT * 3))
+            if f["op"] == "event":
+                got.append(f["id"])
+                if len(got) % 20 == 0:
+                    await asyncio.sleep(0.02)  # a client slower than the server's writes
+            elif f["op"] == "synced":
+                break
+            else:
+                assert f["op"] == "subscribed", f
+        assert got == ids
+        assert f["last"] == ids[-1]
+    assert server.metric("realtime_slow_closes_total") == slow_before

@@ -302,23 +302,26 @@ async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkey
 
 
 class QueuingTransport(FakeTransport):
-    """A transport that keeps everything written to it unsent (a client that does not read)."""
+    """A transport whose client reads ``reads`` bytes each time the loop looks (0: a client that reads
+    nothing); what it has not read stays unsent."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        self.reads = reads
+        self.taken = 0
 
     def get_write_buffer_size(self) -> int:
-        return sum(map(len, self.written))
+        self.taken = min(self.taken + self.reads, sum(map(len, self.written)))
+        return sum(map(len, self.written)) - self.taken
 
 
-@pytest.mark.parametrize(("events", "slow"), [(40, False), (60, True)])
-async def test_replayed_frames_go_in_few_writes_and_count_one_by_one(monkeypatch: pytest.MonkeyPatch, events: int,
-                                                                      slow: bool) -> None:
-    """A replay writes its frames many at a time (one system call for many events, not one each), in id order,
-    and each frame still counts against REALTIME_QUEUE_MESSAGES: a client that reads nothing is closed as slow
-    past it, as when the frames went one by one."""
+async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, events: int) -> tuple[Hub, Conn]:
+    """A replay of ``events`` events of ``public`` (each about 150 bytes) to a connection on ``transport``,
+    with a bound of 50 unsent frames and a stall bound of 0.2 s."""
     from realtime.server import app
     from realtime.server.transports import Collected
 
     hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
-    transport = QueuingTransport()
     ws = SimpleNamespace(ws_proto=SimpleNamespace(state=State.OPEN), io_proto=SimpleNamespace(transport=transport))
     conn = Conn(hub, ws, Session(SessionConfig(allow_anonymous=True), None, time.time), "127.0.0.1")
     hub.add(conn)
@@ -334,16 +337,51 @@ async def test_replayed_frames_go_in_few_writes_and_count_one_by_one(monkeypatch
     monkeypatch.setattr(app, "collect", collect)
     state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
                                  reader=SimpleNamespace(last=b"1-999"),
-                                 cfg=SimpleNamespace(replay_limit=1000, retry_seconds=1.0, presence_rooms=("post:",)))
+                                 cfg=SimpleNamespace(replay_limit=1000, retry_seconds=1.0, presence_rooms=("post:",),
+                                                     heartbeat_timeout=0.2))
     conn.session.rooms.add("public")
     monkeypatch.setattr(app, "REPLAY_CHUNK", 1024)
     await app._replay(state, conn, ("public",), "1-1", "r", join=True)
-    sent = [f.get("id") for f in frames(transport) if f["op"] == "event"]
-    expected = [f"1-{n}" for n in range(2, 2 + events)]
-    assert sent == expected if not slow else sent == expected[:len(sent)] and len(sent) > 50  # then cut
-    assert len(transport.written) < events // 4  # subscribed, the replay in chunks of about 1 KiB, synced
-    assert (conn in hub.conns) is not slow
-    assert transport.closed is slow
+    return hub, conn
+
+
+def replayed(transport: FakeTransport) -> list[str]:
+    return [f["id"] for f in frames(transport) if f["op"] == "event"]
+
+
+async def test_replayed_frames_go_in_few_writes() -> None:
+    """A replay writes its frames many at a time (one system call for many events, not one each), in id order."""
+    transport = FakeTransport()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        hub, conn = await replay_to(monkeypatch, transport, 40)
+    assert replayed(transport) == [f"1-{n}" for n in range(2, 42)]
+    assert len(transport.written) < 10  # subscribed, the replay in chunks of about 1 KiB, synced
+    assert conn in hub.conns and not transport.closed
+
+
+async def test_a_long_replay_goes_at_the_pace_of_a_client_that_reads() -> None:
+    """A replay of many more frames than the bound of unsent ones (50) to a client that reads slowly: each
+    chunk waits for the client to take the last, so the client gets it whole and is not closed as slow."""
+    transport = QueuingTransport(reads=300)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        hub, conn = await replay_to(monkeypatch, transport, 400)
+    assert replayed(transport) == [f"1-{n}" for n in range(2, 402)]
+    assert frames(transport)[-1]["op"] == "synced"
+    assert conn in hub.conns and not transport.closed
+    assert hub.metrics.slow.value() == 0
+
+
+async def test_a_replay_to_a_client_that_reads_nothing_is_closed_as_slow() -> None:
+    """A client that takes nothing of a replay for REALTIME_HEARTBEAT_TIMEOUT is closed as slow (4008): the
+    replay stops after the chunk it did not take."""
+    transport = QueuingTransport(reads=0)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        hub, conn = await replay_to(monkeypatch, transport, 400)
+    sent = replayed(transport)
+    assert 0 < len(sent) <= 25 and sent == [f"1-{n}" for n in range(2, 2 + len(sent))]
+    assert conn not in hub.conns and transport.closed
+    assert hub.metrics.slow.value() == 1
+    assert transport.written[-1][:2] == bytes([0x88, 0x06]) and int.from_bytes(transport.written[-1][2:4]) == 4008
 
 
 async def test_a_connection_catching_up_gets_nothing_it_has_and_everything_else() -> None:
