@@ -512,10 +512,15 @@ class Hub:
                 else:
                     frames.append(data)
         single = len(by_room) == 1  # then no member can get an event of the run through another room
+        # Who is written how, as it stands before the first write: a connection whose write falls short moves to
+        # its transport (queued) meanwhile, and must not get the same frames again as one of the others.
+        ways: dict[Room, tuple[Conn, ...]] = {}
         delivered = 0
-        for room, frames in by_room.items():
+        for room in by_room:
             if room.snap is None:
                 room.split()
+            ways[room] = room.rest if single else room.others
+        for room, frames in by_room.items():
             fds = room.fds if single else room.solo
             if fds:
                 blob = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -524,9 +529,7 @@ class Hub:
         for key, rooms, targets in run:
             seen: set[Conn] | None = set() if len(targets) > 1 else None
             for room, name, data in targets:
-                if room.snap is None:
-                    room.split()
-                for conn in room.rest if single else room.others:
+                for conn in ways[room]:
                     if seen is not None:
                         if conn in seen:
                             continue

@@ -475,3 +475,34 @@ async def test_joining_a_second_room_takes_a_connection_off_its_first_rooms_batc
     finally:
         for sock in pairs:
             sock.close()
+
+
+async def test_a_short_direct_write_sends_the_rest_once_through_the_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a connection whose direct write fell short (its transport took the rest and paused: queued)
+    was then taken for one written through its transport, and got the read's frames a second time."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100, fast=True)
+    pairs: list[socket.socket] = []
+    try:
+        conn, peer = fast_connection(hub, ["public"], pairs)
+        transport = conn.transport
+        assert isinstance(transport, SocketTransport)
+
+        def pausing(data: bytes) -> None:  # as uvloop's transport with both water marks at 0
+            FakeTransport.write(transport, data)
+            hub.queued(conn)
+
+        monkeypatch.setattr(transport, "write", pausing)
+        write = os.write
+        monkeypatch.setattr(os, "write", lambda fd, data: write(fd, data[:100]) if fd == conn.fd else write(fd, data))
+        hub.on_entries([entry(1, ["public"]), entry(2, ["public"])])
+        sock = socket.socket(fileno=os.dup(peer.fileno()))
+        pairs.append(sock)
+        sock.setblocking(False)
+        head = sock.recv(1 << 16)
+        assert len(head) == 100
+        whole = head + b"".join(transport.writes)
+        assert [orjson.loads(f[f.index(b"{"):])["id"] for f in split_frames(whole)] == ["1-1", "1-2"]
+        assert hub.metrics.deliveries.value() == 2
+    finally:
+        for sock in pairs:
+            sock.close()
