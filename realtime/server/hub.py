@@ -60,8 +60,8 @@ def _id_key(raw: bytes | str) -> tuple[int, int]:
 class Conn:
     """One WebSocket connection: its transport, its session, and its replay state."""
 
-    __slots__ = ("address", "alive", "backlog", "catch", "fd", "hub", "last_typing", "pending", "pending_bytes",
-                 "proto", "session", "transport", "user", "ws")
+    __slots__ = ("address", "alive", "backlog", "catch", "fd", "hub", "last_typing", "nrooms", "pending",
+                 "pending_bytes", "proto", "session", "transport", "user", "ws")
 
     def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
         self.hub = hub
@@ -80,6 +80,7 @@ class Conn:
         self.catch: tuple[tuple[int, int], frozenset[str]] | None = None
         self.last_typing = 0.0
         self.fd = -1  # fast path: our duplicate of the socket's descriptor, while its transport holds nothing
+        self.nrooms = 0  # the hub's rooms it is a member of
 
     def send(self, data: bytes, frames: int = 1) -> bool:
         """Write one or more whole frames (``frames`` of them, each counted against the connection's bound of
@@ -128,26 +129,33 @@ class Hold:
 
 
 class Room:
-    __slots__ = ("fds", "listeners", "members", "rest", "snap")
+    __slots__ = ("fds", "listeners", "members", "others", "rest", "snap", "solo")
 
     def __init__(self) -> None:
         self.members: dict[Conn, None] = {}
         # Snapshots of the members, rebuilt after any change (snap None means stale): all of them; the
-        # descriptors of those written directly; the others (held for a replay, or writing through their
-        # transport).
+        # descriptors of those written directly (fds), and of those among them that are in no other room (solo);
+        # the members not in fds (rest: held for a replay, catching up, or writing through their transport); the
+        # members not in solo (others).
         self.snap: tuple[Conn, ...] | None = None
         self.fds: tuple[int, ...] = ()
+        self.solo: tuple[int, ...] = ()
         self.rest: tuple[Conn, ...] = ()
+        self.others: tuple[Conn, ...] = ()
         self.listeners: dict[Any, None] = {}  # long-poll and SSE clients (transports.PollWait, SseStream)
 
     def split(self) -> tuple[Conn, ...]:
-        fds, rest = [], []
+        fds, solo, rest, others = [], [], [], []
         for conn in self.members:
             if conn.fd >= 0 and conn.pending is None and conn.catch is None and conn.alive:
                 fds.append(conn.fd)
+                if conn.nrooms == 1:
+                    solo.append(conn.fd)
+                    continue
             else:
                 rest.append(conn)
-        self.fds, self.rest = tuple(fds), tuple(rest)
+            others.append(conn)
+        self.fds, self.solo, self.rest, self.others = tuple(fds), tuple(solo), tuple(rest), tuple(others)
         snap = self.snap = tuple(self.members)
         return snap
 
@@ -313,6 +321,7 @@ class Hub:
         self.by_user[user] = self.by_user.get(user, 0) + 1
 
     def join(self, conn: Conn, rooms: tuple[str, ...] | list[str]) -> None:
+        n = conn.nrooms
         for name in rooms:
             room = self.rooms.get(name)
             if room is None:
@@ -320,14 +329,21 @@ class Hub:
             if conn not in room.members:
                 room.members[conn] = None
                 room.snap = None
+                conn.nrooms += 1
+        if conn.nrooms != n:
+            self.touch(conn)  # alone in a room or not: how its other rooms write to it (see on_entries)
 
     def leave(self, conn: Conn, rooms: tuple[str, ...] | list[str] | set[str]) -> None:
+        n = conn.nrooms
         for name in rooms:
             room = self.rooms.get(name)
             if room is not None and room.members.pop(conn, 0) is None:
                 room.snap = None
+                conn.nrooms -= 1
                 if not room.members and not room.listeners:
                     del self.rooms[name]
+        if conn.nrooms != n:
+            self.touch(conn)
 
     def listen(self, listener: Any) -> None:
         self.listeners.add(listener)
@@ -425,7 +441,12 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------------------------
     def on_entries(self, entries: list[tuple[bytes, list[bytes]]]) -> None:
-        """A batch of the global stream: each event to the local subscribers of its rooms.
+        """A batch of the global stream (one read): each event to the local subscribers of its rooms.
+
+        The events of a read (between two resets) are written together: a connection gets all of its frames of
+        the batch in one write, in id order, so that a server behind the stream catches up with fewer, larger
+        writes instead of staying behind at one write per event and connection. Resets are handed over in their
+        place among the events.
 
         Two stages of latency are observed here: from each entry's append to Redis (its field ``w``, Redis's
         clock in microseconds) to this batch's read, and from this batch's read to the moment an event's frame
@@ -433,9 +454,9 @@ class Hub:
         taken twice per delivery would be a few per cent of the fan-out's cost)."""
         metrics = self.metrics
         now, read = time.time(), time.monotonic()
-        from_redis, to_socket, monotonic = metrics.from_redis, metrics.to_socket, time.monotonic
+        from_redis = metrics.from_redis
         delivered = 0
-        oswrite = os.write
+        run: list[tuple[tuple[int, int], list[str], list[tuple[Room, str, bytes]]]] = []
         for entry_id, fields in entries:
             try:
                 raw = fields[1] if fields[0] == b"e" else dict(zip(fields[::2], fields[1::2], strict=False))[b"e"]
@@ -450,49 +471,66 @@ class Hub:
                 from_redis.observe(now - int(stamp) / 1_000_000)
             metrics.lag.set(max(now - envelope.get("ts", 0) / 1000, 0.0))
             if kind == ev.RESET:
+                delivered += self._fan_out(run, read)
+                run = []
                 self.reset_all(envelope, entry_id)
                 continue
             key = _id_key(entry_id)
-            seen: set[Conn] | None = set() if len(rooms) > 1 else None
+            targets = []
             for name in rooms:
                 room = self.rooms.get(name)
                 if room is None:
                     continue
-                snap = room.snap
-                if snap is None:
-                    snap = room.split()
                 payload = orjson.dumps({"op": "event", "id": envelope["id"], "type": kind, "room": name,
                                         "data": envelope.get("data"), "ts": envelope.get("ts")})
                 if room.listeners:
                     for listener in tuple(room.listeners):
                         listener.feed(key, name, payload)
-                data = text_frame(payload)
-                n = len(data)
-                if seen is None:  # one room: the descriptors first, in one tight loop, then the others
-                    short = None
-                    for fd in room.fds:
-                        try:
-                            k = oswrite(fd, data)
-                        except BlockingIOError:
-                            k = 0
-                        except OSError:
-                            k = -1
-                        if k != n:
-                            if short is None:
-                                short = []
-                            short.append((fd, k))
-                    delivered += len(room.fds)
-                    for fd, k in short or ():
-                        conn = self.by_fd.get(fd)
-                        if conn is None:
-                            continue
-                        if k < 0:  # the peer is gone; the transport will notice and close
-                            self.forget(conn)
-                            delivered -= 1
-                        else:  # the rest through the transport, which then pauses: queued mode
-                            conn.transport.write(data[k:])
-                    snap = room.rest
-                for conn in snap:
+                targets.append((room, name, text_frame(payload)))
+            if targets:
+                run.append((key, rooms, targets))
+        delivered += self._fan_out(run, read)
+        metrics.events.inc(len(entries))
+        metrics.deliveries.inc(delivered)
+
+    def _fan_out(self, run: list[tuple[tuple[int, int], list[str], list[tuple[Room, str, bytes]]]],
+                 read: float) -> int:
+        """Write a run of events (id order, each with its rooms here and its frame for each) to the rooms' WebSocket
+        members; the number of event frames written.
+
+        Each room's frames of the run, joined, go to the descriptors of its members in no other room, one
+        write each (when the run concerns a single room here, to every member written directly). Every other
+        member gets its frames of the run, each event once (labelled with the first of its rooms the member is
+        in), in id order, in one write; while held by a replay or catching up, they are kept one by one."""
+        if not run:
+            return 0
+        by_room: dict[Room, list[bytes]] = {}
+        for _, _, targets in run:
+            for room, _, data in targets:
+                frames = by_room.get(room)
+                if frames is None:
+                    by_room[room] = [data]
+                else:
+                    frames.append(data)
+        single = len(by_room) == 1  # then no member can get an event of the run through another room
+        # Who is written how, as it stands before the first write: a connection whose write falls short moves to
+        # its transport (queued) meanwhile, and must not get the same frames again as one of the others.
+        ways: dict[Room, tuple[Conn, ...]] = {}
+        delivered = 0
+        for room in by_room:
+            if room.snap is None:
+                room.split()
+            ways[room] = room.rest if single else room.others
+        for room, frames in by_room.items():
+            fds = room.fds if single else room.solo
+            if fds:
+                blob = frames[0] if len(frames) == 1 else b"".join(frames)
+                delivered += self._write_all(fds, blob) * len(frames)
+        batched: dict[Conn, list[bytes]] = {}
+        for key, rooms, targets in run:
+            seen: set[Conn] | None = set() if len(targets) > 1 else None
+            for room, name, data in targets:
+                for conn in ways[room]:
                     if seen is not None:
                         if conn in seen:
                             continue
@@ -500,11 +538,49 @@ class Hub:
                     if conn.pending is not None or conn.catch is not None:
                         self.keep(conn, (key, name, data, rooms))
                         continue
-                    if conn.send(data):
-                        delivered += 1
-                to_socket.observe(monotonic() - read)
-        metrics.events.inc(len(entries))
-        metrics.deliveries.inc(delivered)
+                    frames = batched.get(conn)
+                    if frames is None:
+                        batched[conn] = [data]
+                    else:
+                        frames.append(data)
+        for conn, frames in batched.items():
+            if conn.send(frames[0] if len(frames) == 1 else b"".join(frames), len(frames)):
+                delivered += len(frames)
+        taken = time.monotonic() - read
+        observe = self.metrics.to_socket.observe
+        for _, _, targets in run:
+            for _ in targets:
+                observe(taken)
+        return delivered
+
+    def _write_all(self, fds: tuple[int, ...], data: bytes) -> int:
+        """``data`` to each descriptor, in one tight loop; how many took it (the rest of a short write goes
+        through the connection's transport, which then pauses: queued mode)."""
+        n = len(data)
+        oswrite = os.write
+        short = None
+        for fd in fds:
+            try:
+                k = oswrite(fd, data)
+            except BlockingIOError:
+                k = 0
+            except OSError:
+                k = -1
+            if k != n:
+                if short is None:
+                    short = []
+                short.append((fd, k))
+        delivered = len(fds)
+        for fd, k in short or ():
+            conn = self.by_fd.get(fd)
+            if conn is None:
+                continue
+            if k < 0:  # the peer is gone; the transport will notice and close
+                self.forget(conn)
+                delivered -= 1
+            else:
+                conn.transport.write(data[k:])
+        return delivered
 
     def reset_all(self, envelope: dict[str, Any], entry_id: bytes) -> None:
         reason = str((envelope.get("data") or {}).get("reason", "history_reset"))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import time
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,13 +19,29 @@ from realtime.protocol import Session, SessionConfig
 from realtime.server.hub import Conn, Hub
 
 
+def split_frames(data: bytes) -> list[bytes]:
+    """The unmasked frames of one write (the fan-out writes several events' frames at once)."""
+    out, i = [], 0
+    while i < len(data):
+        n, head = data[i + 1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(data[i + 2:i + 4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(data[i + 2:i + 10], "big"), 10
+        out.append(data[i:i + head + n])
+        i += head + n
+    return out
+
+
 class FakeTransport:
     def __init__(self) -> None:
-        self.written: list[bytes] = []
+        self.writes: list[bytes] = []  # what each write() got
+        self.written: list[bytes] = []  # the frames of those writes, one by one
         self.closed = False
 
     def write(self, data: bytes) -> None:
-        self.written.append(data)
+        self.writes.append(data)
+        self.written.extend(split_frames(data))
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -311,8 +331,8 @@ class QueuingTransport(FakeTransport):
         self.taken = 0
 
     def get_write_buffer_size(self) -> int:
-        self.taken = min(self.taken + self.reads, sum(map(len, self.written)))
-        return sum(map(len, self.written)) - self.taken
+        self.taken = min(self.taken + self.reads, sum(map(len, self.writes)))
+        return sum(map(len, self.writes)) - self.taken
 
 
 async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, events: int) -> tuple[Hub, Conn]:
@@ -355,7 +375,7 @@ async def test_replayed_frames_go_in_few_writes() -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         hub, conn = await replay_to(monkeypatch, transport, 40)
     assert replayed(transport) == [f"1-{n}" for n in range(2, 42)]
-    assert len(transport.written) < 10  # subscribed, the replay in chunks of about 1 KiB, synced
+    assert len(transport.writes) < 10  # subscribed, the replay in chunks of about 1 KiB, synced
     assert conn in hub.conns and not transport.closed
 
 
@@ -428,3 +448,159 @@ async def test_the_time_to_the_sockets_is_observed_once_per_event_and_room_with_
     text = hub.metrics.registry.render()
     assert 'realtime_stage_latency_seconds_count{stage="server_to_socket"} 3' in text.splitlines()
     assert 'realtime_stage_latency_seconds_count{stage="redis_to_server"} 0' in text.splitlines()
+
+
+def labelled(transport: FakeTransport) -> list[tuple[str, str]]:
+    return [(f["id"], f["room"]) for f in frames(transport) if f["op"] == "event"]
+
+
+async def test_a_read_of_several_events_goes_to_each_connection_in_one_write_in_id_order() -> None:
+    """A server behind the stream catches up: the events of one read reach a connection in one write (they went
+    one write per event and connection, so a server behind stayed behind), each once, in id order across its
+    rooms."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    _, a = connection(hub, ["public"])
+    _, b = connection(hub, ["public", "post:x"])
+    _, c = connection(hub, ["post:x"])
+    hub.on_entries([entry(1, ["public"]), entry(2, ["post:x"]), entry(3, ["public", "post:x"]), entry(4, ["public"])])
+    assert labelled(a) == [("1-1", "public"), ("1-3", "public"), ("1-4", "public")]
+    assert labelled(b) == [("1-1", "public"), ("1-2", "post:x"), ("1-3", "public"), ("1-4", "public")]
+    assert labelled(c) == [("1-2", "post:x"), ("1-3", "post:x")]
+    assert [len(t.writes) for t in (a, b, c)] == [1, 1, 1]
+    assert hub.metrics.deliveries.value() == 9
+    assert hub.metrics.to_socket.count == 5  # once per event and room, as when they came one by one
+
+
+async def test_a_reset_in_a_read_comes_between_the_events_around_it() -> None:
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    _, a = connection(hub, ["public"])
+    reset = {"id": "1-2", "type": "reset", "rooms": ["*"], "data": {"reason": "history_lost"}, "ts": 1}
+    hub.on_entries([entry(1, ["public"]), (b"1-2", [b"e", orjson.dumps(reset)]), entry(3, ["public"])])
+    assert [(f["op"], f.get("id")) for f in frames(a)] == [("event", "1-1"), ("reset", "1-2"), ("event", "1-3")]
+
+
+class SocketTransport(FakeTransport):
+    """A transport over one end of a socket pair, as the fast path sees it (its descriptor is written directly)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+
+def fast_connection(hub: Hub, rooms: list[str], pairs: list[socket.socket]) -> tuple[Conn, socket.socket]:
+    ours, theirs = socket.socketpair()
+    pairs += [ours, theirs]
+    transport = SocketTransport(ours)
+    ws = SimpleNamespace(ws_proto=SimpleNamespace(state=State.OPEN),
+                         io_proto=SimpleNamespace(transport=transport, conn=None))
+    session = Session(SessionConfig(allow_anonymous=True), None, time.time)
+    session.rooms.update(rooms)
+    conn = Conn(hub, ws, session, "127.0.0.1")
+    hub.add(conn)
+    hub.join(conn, rooms)
+    return conn, theirs
+
+
+def received(sock: socket.socket) -> list[tuple[str, str]]:
+    sock.setblocking(False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    out = []
+    for f in split_frames(data):
+        msg = orjson.loads(f[f.index(b"{"):])
+        out.append((msg["id"], msg["room"]))
+    return out
+
+
+async def test_the_fast_path_writes_a_read_once_per_connection_in_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Descriptors written directly: one write per connection for a read of several events, whether it is in one
+    room or several, a replay's hold or not."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100, fast=True)
+    pairs: list[socket.socket] = []
+    try:
+        alone, alone_peer = fast_connection(hub, ["public"], pairs)
+        both, both_peer = fast_connection(hub, ["public", "post:x"], pairs)
+        held, held_peer = fast_connection(hub, ["public"], pairs)
+        assert alone.fd >= 0 and both.fd >= 0
+        writes: Counter[int] = Counter()
+        write = os.write
+
+        def counted(fd: int, data: bytes) -> int:
+            writes[fd] += 1
+            return write(fd, data)
+
+        monkeypatch.setattr(os, "write", counted)
+        with hub.holding(held) as hold:
+            hub.on_entries([entry(1, ["public"]), entry(2, ["public"])])  # one room: every descriptor at once
+            hub.on_entries([entry(3, ["post:x"]), entry(4, ["public", "post:x"]), entry(5, ["public"])])
+            kept = hold.release()
+        assert received(alone_peer) == [("1-1", "public"), ("1-2", "public"), ("1-4", "public"), ("1-5", "public")]
+        assert received(both_peer) == [("1-1", "public"), ("1-2", "public"), ("1-3", "post:x"), ("1-4", "public"),
+                                       ("1-5", "public")]
+        assert writes[alone.fd] == 2 and writes[both.fd] == 2
+        assert [key for key, *_ in kept] == [(1, 1), (1, 2), (1, 4), (1, 5)] and received(held_peer) == []
+        assert hub.metrics.deliveries.value() == 9
+    finally:
+        for sock in pairs:
+            sock.close()
+
+
+async def test_joining_a_second_room_takes_a_connection_off_its_first_rooms_batch() -> None:
+    """A connection alone in a room gets that room's frames of a read in one write; once in a second room too,
+    its frames of both rooms come in id order (the first room's batch would put them out of order)."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100, fast=True)
+    pairs: list[socket.socket] = []
+    try:
+        conn, peer = fast_connection(hub, ["public"], pairs)
+        fast_connection(hub, ["post:x"], pairs)
+        hub.on_entries([entry(1, ["public"]), entry(2, ["post:x"]), entry(3, ["public"])])
+        conn.session.rooms.add("post:x")
+        hub.join(conn, ["post:x"])
+        hub.on_entries([entry(4, ["public"]), entry(5, ["post:x"]), entry(6, ["public"])])
+        assert [i for i, _ in received(peer)] == ["1-1", "1-3", "1-4", "1-5", "1-6"]
+        conn.session.rooms.discard("public")
+        hub.leave(conn, ["public"])
+        hub.on_entries([entry(7, ["public"]), entry(8, ["post:x"])])
+        assert received(peer) == [("1-8", "post:x")]
+    finally:
+        for sock in pairs:
+            sock.close()
+
+
+async def test_a_short_direct_write_sends_the_rest_once_through_the_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a connection whose direct write fell short (its transport took the rest and paused: queued)
+    was then taken for one written through its transport, and got the read's frames a second time."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100, fast=True)
+    pairs: list[socket.socket] = []
+    try:
+        conn, peer = fast_connection(hub, ["public"], pairs)
+        transport = conn.transport
+        assert isinstance(transport, SocketTransport)
+
+        def pausing(data: bytes) -> None:  # as uvloop's transport with both water marks at 0
+            FakeTransport.write(transport, data)
+            hub.queued(conn)
+
+        monkeypatch.setattr(transport, "write", pausing)
+        write = os.write
+        monkeypatch.setattr(os, "write", lambda fd, data: write(fd, data[:100]) if fd == conn.fd else write(fd, data))
+        hub.on_entries([entry(1, ["public"]), entry(2, ["public"])])
+        sock = socket.socket(fileno=os.dup(peer.fileno()))
+        pairs.append(sock)
+        sock.setblocking(False)
+        head = sock.recv(1 << 16)
+        assert len(head) == 100
+        whole = head + b"".join(transport.writes)
+        assert [orjson.loads(f[f.index(b"{"):])["id"] for f in split_frames(whole)] == ["1-1", "1-2"]
+        assert hub.metrics.deliveries.value() == 2
+    finally:
+        for sock in pairs:
+            sock.close()
