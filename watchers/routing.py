@@ -16,6 +16,11 @@ author and visibility (and, for a post's own changes, its hashtags) as they were
 3. where MongoDB cannot read that far back, in the post as it is now, of which only the author is trusted:
    the change then goes to the author alone (counted as ``visibility_as_of_now``).
 
+The watcher maps a read's changes before it publishes them: :meth:`Router.prefetch` reads the index entries
+of the read's posts with one MGET, and until :meth:`Router.settle` (everything mapped is published) the
+router keeps what the changes mapped so far write to the indexes (posts, likes and comments), which Redis
+does not hold yet, and looks there first.
+
 Nothing found: the mapping publishes nothing public (see watchers/mapping.py). A comment update's document
 is the comment as it is now (``updateLookup``), so its post must also be public now for it to go to
 ``post:{id}``.
@@ -52,6 +57,8 @@ class Memory(Protocol):
 
     async def post(self, post_id: str) -> PostInfo | None: ...
 
+    async def posts(self, post_ids: list[str]) -> dict[str, PostInfo | None]: ...
+
     async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None: ...
 
 
@@ -73,6 +80,12 @@ class RedisMemory:
         raw = await self.redis.get(self.keys.post(post_id))
         return mapping.from_entry(_json(raw)) if raw else None
 
+    async def posts(self, post_ids: list[str]) -> dict[str, PostInfo | None]:
+        """Several posts' entries with one MGET."""
+        raws = await self.redis.mget([self.keys.post(post_id) for post_id in post_ids])
+        return {post_id: mapping.from_entry(_json(raw)) if raw else None
+                for post_id, raw in zip(post_ids, raws, strict=True)}
+
     async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None:
         raw = await self.redis.hget(self.keys.index(kind), ident)
         entry = _json(raw) if raw else None
@@ -90,6 +103,9 @@ class ReplayMemory:
 
     async def post(self, post_id: str) -> PostInfo | None:
         return await self.base.post(post_id)
+
+    async def posts(self, post_ids: list[str]) -> dict[str, PostInfo | None]:
+        return await self.base.posts(post_ids)
 
     async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None:
         if (kind, ident) in self.reactions:
@@ -152,18 +168,41 @@ class Router:
         self.cache_size = cache_size
         self.on_as_of_now = on_as_of_now
         self.cache: OrderedDict[str, PostInfo] = OrderedDict()
+        # Until settle(): the post index entries read ahead (None: none) and written by the changes mapped, and
+        # the like and comment index entries those changes wrote (None: removed)
+        self.posts: dict[str, PostInfo | None] = {}
+        self.reactions: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     def clear(self) -> None:
         """Forget the cache: call it whenever the stream may resume elsewhere than after the last change
         this router mapped (a new stream, another leader meanwhile)."""
         self.cache.clear()
+        self.settle()
+
+    def settle(self) -> None:
+        """Everything mapped so far is published: Redis holds what it wrote to the indexes."""
+        self.posts.clear()
+        self.reactions.clear()
+
+    async def prefetch(self, changes: list[dict[str, Any]]) -> None:
+        """Read ahead, with one MGET, the post index entries that mapping ``changes`` may look up."""
+        wanted = []
+        for change in changes:
+            ref = mapping.post_ref(change, self.cfg)
+            if ref is not None and ref[0] not in self.cache and ref[0] not in self.posts:
+                wanted.append(ref[0])
+        if wanted:
+            self.posts.update(await self.memory.posts(list(dict.fromkeys(wanted))))
 
     async def map(self, change: dict[str, Any], position: int) -> Mapped:
         cfg = self.cfg
         remembered = None
         sub = mapping.subject(change, cfg)
         if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
-            remembered = await self.memory.reaction(sub.kind, sub.id)
+            if (sub.kind, sub.id) in self.reactions:
+                remembered = self.reactions[(sub.kind, sub.id)]
+            else:
+                remembered = await self.memory.reaction(sub.kind, sub.id)
         ref = mapping.post_ref(change, cfg, remembered)
         post: PostInfo | None = None
         learned = False
@@ -180,6 +219,12 @@ class Router:
             mapped.post_info = (ref[0], post)
         if mapped.post_info is not None:
             self._cache(*mapped.post_info)
+            self.posts[mapped.post_info[0]] = mapped.post_info[1]
+        if mapped.index_set is not None:
+            kind, ident, entry = mapped.index_set
+            self.reactions[(kind, ident)] = entry
+        if mapped.index_del is not None:
+            self.reactions[mapped.index_del] = None
         return mapped
 
     def writes(self, mapped: Mapped) -> list[tuple[str, bytes | None, int]]:
@@ -198,7 +243,7 @@ class Router:
         at = ev.time_part(ct.time, ct.inc)
         entry = self.cache.get(post_id)
         if entry is None:
-            entry = await self.memory.post(post_id)
+            entry = self.posts[post_id] if post_id in self.posts else await self.memory.post(post_id)
             if entry is not None:
                 self._cache(post_id, entry)
         else:
