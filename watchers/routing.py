@@ -39,7 +39,7 @@ from pymongo.errors import OperationFailure
 from redis.asyncio import Redis
 
 from realtime import events as ev
-from realtime.ids import id_value
+from realtime.ids import id_text, id_value
 from watchers import mapping
 from watchers.config import MappingConfig
 from watchers.keys import Keys
@@ -68,6 +68,10 @@ class Documents(Protocol):
     async def post(self, post_id: str, at: Timestamp | None) -> dict[str, Any] | None:
         """The post (its author, visibility and hashtags at least) as of cluster time ``at``, or now when None.
         Raises :class:`SnapshotUnavailable` when it cannot be read as of ``at``."""
+        ...
+
+    async def posts_now(self, post_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Several posts as they are now, with one query (None: no such post)."""
         ...
 
 
@@ -148,6 +152,17 @@ class MongoDocuments:
         batch = reply["cursor"]["firstBatch"]
         return dict(batch[0]) if batch else None
 
+    async def posts_now(self, post_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        f = self.cfg.fields
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(post_ids)
+        cursor = self.db[self.cfg.posts].find({"_id": {"$in": [id_value(p) for p in post_ids]}},
+                                              {f.author_id: 1, f.visibility: 1, f.hashtags: 1})
+        async for doc in cursor:
+            text = id_text(doc.get("_id"))
+            if text in found:
+                found[text] = doc
+        return found
+
 
 def just_before(ct: Timestamp) -> Timestamp:
     """The cluster time right before ``ct``: what a change at ``ct`` saw."""
@@ -172,6 +187,7 @@ class Router:
         # the like and comment index entries those changes wrote (None: removed)
         self.posts: dict[str, PostInfo | None] = {}
         self.reactions: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.now: dict[str, dict[str, Any] | None] = {}  # posts as they are now, read ahead for comment updates
 
     def clear(self) -> None:
         """Forget the cache: call it whenever the stream may resume elsewhere than after the last change
@@ -183,16 +199,31 @@ class Router:
         """Everything mapped so far is published: Redis holds what it wrote to the indexes."""
         self.posts.clear()
         self.reactions.clear()
+        self.now.clear()
 
     async def prefetch(self, changes: list[dict[str, Any]]) -> None:
-        """Read ahead, with one MGET, the post index entries that mapping ``changes`` may look up."""
-        wanted = []
+        """Read ahead, with one MGET, the post index entries that mapping ``changes`` may look up, and with one
+        query the posts as they are now that comment updates may need."""
+        wanted, now = [], []
         for change in changes:
             ref = mapping.post_ref(change, self.cfg)
-            if ref is not None and ref[0] not in self.cache and ref[0] not in self.posts:
+            if ref is None:
+                continue
+            if ref[0] not in self.cache and ref[0] not in self.posts:
                 wanted.append(ref[0])
+            if self._as_of_now(change) and ref[0] not in self.now:
+                now.append(ref[0])
         if wanted:
             self.posts.update(await self.memory.posts(list(dict.fromkeys(wanted))))
+        if now:
+            self.now.update(await self.documents.posts_now(list(dict.fromkeys(now))))
+
+    def _as_of_now(self, change: dict[str, Any]) -> bool:
+        """Whether a change carries a document as it is now, whose post must be public now too (a comment's
+        update read with updateLookup)."""
+        return (self.lookup_documents and change.get("operationType") == "update"
+                and (change.get("ns") or {}).get("coll") == self.cfg.comments
+                and isinstance(change.get("fullDocument"), dict))
 
     async def map(self, change: dict[str, Any], position: int) -> Mapped:
         cfg = self.cfg
@@ -209,11 +240,11 @@ class Router:
         if ref is not None:
             post, learned = await self._post(ref[0], change["clusterTime"], lookup=ref[1], tags=sub is None)
         routing = post
-        if (ref is not None and self.lookup_documents and sub is not None and sub.kind == "comment"
-                and change.get("operationType") == "update" and isinstance(change.get("fullDocument"), dict)
-                and post is not None and post.public):
+        if ref is not None and sub is not None and sub.kind == "comment" and post is not None and post.public \
+                and self._as_of_now(change):
             # the comment as it is now goes public only if its post is public now too
-            routing = mapping.combine(post, mapping.post_info(await self.documents.post(ref[0], None), cfg))
+            now = self.now[ref[0]] if ref[0] in self.now else await self.documents.post(ref[0], None)
+            routing = mapping.combine(post, mapping.post_info(now, cfg))
         mapped = mapping.map_change(change, position, cfg, routing, remembered)
         if mapped.post_info is None and learned and ref is not None and post is not None:
             mapped.post_info = (ref[0], post)
