@@ -71,6 +71,12 @@ async def running(standin: StandIn, redis_server: RedisServer, name: str, prefix
         await redis_client.aclose()
 
 
+async def placed(*watchers: Watcher) -> None:
+    """Wait until each watcher has saved a checkpoint: stopped now, it resumes from there, not from a later now."""
+    for w in watchers:
+        await until(lambda w=w: w.metrics.checkpoints.value() >= 1, f"{w.cfg.name} to save a checkpoint", TIMEOUT)
+
+
 def published(r: redis.Redis, prefix: str, post_id: str) -> bool:
     """Whether the post:created of ``post_id`` is in the prefix's global stream."""
     return any(orjson.loads(fields[b"e"])["type"] == ev.POST_CREATED
@@ -199,9 +205,9 @@ async def test_batches_publish_what_one_change_at_a_time_publishes(
     try:
         mix = Mix(mongo, seed)
         await mix.before()
-        async with running(standin, redis_server, "one", "one", **ONE_BY_ONE), \
-                running(standin, redis_server, "many", "many", **batched):
-            pass  # each places its resume point
+        async with running(standin, redis_server, "one", "one", **ONE_BY_ONE) as one, \
+                running(standin, redis_server, "many", "many", **batched) as many:
+            await placed(one, many)
         await mix.write(150)
         await mongo.app.posts.insert_one({"_id": "end", "authorId": "u0", "text": "end"})
         async with running(standin, redis_server, "one", "one", **ONE_BY_ONE) as one, \
@@ -237,8 +243,8 @@ async def test_first_likes_of_one_read_take_one_snapshot_read(r: redis.Redis, st
             await db.posts.insert_one({"_id": f"p{i}", "authorId": "a", "text": "t"})
             await db.likes.insert_many([{"_id": f"old{i}-{k}", "postId": f"p{i}", "userId": f"v{k}"}
                                         for k in range(i % 4)] or [{"_id": f"x{i}", "postId": "none", "userId": "v"}])
-        async with running(standin, redis_server, "w", "rt"):
-            pass
+        async with running(standin, redis_server, "w", "rt") as w:
+            await placed(w)
         for i in range(0, 41, 3):
             async with mongo.start_session() as session, await session.start_transaction():
                 for j in range(i, min(i + 3, 41)):
