@@ -234,7 +234,7 @@ class Router:
                 remembered = self.reactions[(sub.kind, sub.id)]
             else:
                 remembered = await self.memory.reaction(sub.kind, sub.id)
-        ref = mapping.post_ref(change, cfg, remembered)
+        ref = mapping.post_ref(change, cfg, remembered, sub)
         post: PostInfo | None = None
         learned = False
         if ref is not None:
@@ -245,7 +245,7 @@ class Router:
             # the comment as it is now goes public only if its post is public now too
             now = self.now[ref[0]] if ref[0] in self.now else await self.documents.post(ref[0], None)
             routing = mapping.combine(post, mapping.post_info(now, cfg))
-        mapped = mapping.map_change(change, position, cfg, routing, remembered)
+        mapped = mapping.map_change(change, position, cfg, routing, remembered, sub)
         if mapped.post_info is None and learned and ref is not None and post is not None:
             mapped.post_info = (ref[0], post)
         if mapped.post_info is not None:
