@@ -90,6 +90,14 @@ class Item:
     pending: Pending
 
 
+def honour_cancellation() -> None:
+    """Raise CancelledError when this task was cancelled and the cancellation was lost on the way (a client
+    library that caught it while it cleaned up): a loop that checks it at each turn still ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
 def buffered(stream: Any) -> bool:
     """Whether the driver holds more changes of the stream's last batch (taking them costs no round trip)."""
     has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
@@ -326,6 +334,7 @@ class Watcher:
         has lapsed in Redis too: stand by rather than pass for the leader (publishing is fenced anyway)."""
         renewed = self.outages.clock()
         while True:
+            honour_cancellation()
             await asyncio.sleep(self.cfg.lease_seconds / 3)
             try:
                 held = await self.lease.renew(value)
@@ -350,6 +359,7 @@ class Watcher:
         point: ResumePoint | None = None
         delays = self._backoff()
         while True:
+            honour_cancellation()
             polled = self.last_poll
             try:
                 if point is None:
