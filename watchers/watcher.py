@@ -512,6 +512,7 @@ class Watcher:
 
     async def _read(self, lease: str, stream: Any) -> ResumePoint:
         while stream.alive:
+            honour_cancellation()
             try:
                 changes = await self._take(stream)
             except OperationFailure as exc:

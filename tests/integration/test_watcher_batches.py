@@ -263,16 +263,19 @@ async def test_first_likes_of_one_read_take_one_snapshot_read(r: redis.Redis, st
 async def test_a_handover_between_two_watchers_publishes_what_one_watcher_does(r: redis.Redis, standin: StandIn,
                                                                                redis_server: RedisServer) -> None:
     """Watchers x and y share a prefix: x leads, y stands by, x stops while changes are being written and y takes
-    over. Redis then holds what one watcher alone (another prefix) published for the same changes."""
+    over. Redis then holds what one watcher alone (another prefix) published for the same changes. (Post-images
+    as of each change: with updateLookup, an update carries its document as it is when it is read, which a
+    watcher that reads it later finds changed.)"""
     mongo = await mongo_for(standin, True)
+    images = {"REALTIME_FULL_DOCUMENT": "whenAvailable"}
     try:
         mix = Mix(mongo, 9)
         await mix.before()
         async with contextlib.AsyncExitStack() as outer:
-            await outer.enter_async_context(running(standin, redis_server, "alone", "alone"))
+            await outer.enter_async_context(running(standin, redis_server, "alone", "alone", **images))
             async with contextlib.AsyncExitStack() as x_scope:
-                await x_scope.enter_async_context(running(standin, redis_server, "x", "pair"))
-                y = await outer.enter_async_context(running(standin, redis_server, "y", "pair", lead=False))
+                await x_scope.enter_async_context(running(standin, redis_server, "x", "pair", **images))
+                y = await outer.enter_async_context(running(standin, redis_server, "y", "pair", lead=False, **images))
                 await mix.write(60)
                 await mongo.app.posts.insert_one({"_id": "half", "authorId": "u0", "text": "half"})
                 await until_published(r, "half", "alone", "pair")
