@@ -353,8 +353,11 @@ class Tally:
             self.like_inserts += op.kind == "like"
 
 
-def plan(rng: random.Random, phase: str, changes: int, concurrency: int, txn_fraction: float) -> list[list[Op]]:
-    """The operations of each producer thread: about ``changes`` changes in all (a transaction counts 2)."""
+def plan(rng: random.Random, phase: str, changes: int, concurrency: int, txn_fraction: float,
+         newest: float = 0.0) -> list[list[Op]]:
+    """The operations of each producer thread: about ``changes`` changes in all (a transaction counts 2).
+    ``newest``: the share of likes that go to one of the lane's ten newest posts (first likes of a post, whose
+    count the watcher reads from MongoDB)."""
     lanes: list[list[Op]] = [[] for _ in range(concurrency)]
     new_posts: list[list[str]] = [[] for _ in range(concurrency)]
     hot = [f"p{i}" for i in range(PRE_POSTS // 10)]
@@ -366,6 +369,8 @@ def plan(rng: random.Random, phase: str, changes: int, concurrency: int, txn_fra
         roll = rng.random()
         pool = posts + new_posts[lane]  # a lane likes only posts it knows exist already
         post = rng.choice(hot) if rng.random() < 0.4 else rng.choice(pool)
+        if roll < 0.50 and new_posts[lane] and rng.random() < newest:
+            post = rng.choice(new_posts[lane][-10:])
         if roll < 0.50:
             op = Op("like", f"{phase}-l{n}", post, user, txn=rng.random() < txn_fraction)
         elif roll < 0.75:
@@ -591,6 +596,39 @@ Checks: post:liked events = like inserts: {check['liked_events']}; like counters
 """
 
 
+def markdown_backlog(result: dict[str, Any]) -> str:
+    backlog, m, cfg, check = result["backlog"], result["machine"], result["config"], result["check"]
+    source = (cfg.get("commit") or "?") + (" with uncommitted changes to the code measured"
+                                           if cfg.get("uncommitted_changes") else "")
+    return f"""## Watcher
+
+`python bench/watcher_bench.py --mode backlog --changes {cfg['changes']}` (`bench/watcher_bench.py`; raw results in
+`bench/results/watcher.json`). The MongoDB stand-in, redis-server, the watcher, a reader (`XREAD BLOCK`) and
+the producer each run in a process of their own. The watcher starts once (to place its resume point) and
+stops; the producer ({cfg['concurrency']} threads, PyMongo) then writes a mix of like inserts (~50%, 30% of them on
+one of the newest posts, whose first like makes the watcher read the post's count from MongoDB), comments
+(~25%), post edits (~15%) and new posts (~10%); {cfg['txn_fraction']:.0%} of the like and comment inserts are in a
+transaction with a counter update on their post (2 changes). The watcher is started again and drains the
+backlog: its own maximum rate. CPU per change is the watcher process's user + system time (`/proc`) from its
+first event published to the last, divided by the changes.
+
+Measured {result['date']} on {m['cpus']} CPUs ({m['cpu'] or 'unknown CPU'}), Python {m['python']},
+redis-server {m['redis_server']}, PyMongo {m['pymongo']}, commit {source}; load average
+{backlog['load_average_before'][0]} before the drain, {backlog['load_average_after'][0]} after it (the stand-in, Redis
+and the watcher share the 2 CPUs). MongoDB is the stand-in, not `mongod`: its costs are part of these numbers.
+
+| changes | events | watcher (changes/s) | watcher CPU per change (µs) | drain from spawn (s) | startup (s) |
+|---:|---:|---:|---:|---:|---:|
+| {backlog['changes']} | {backlog['events']} | {backlog['throughput']:.0f} | {backlog['cpu_us_per_change']:.1f} | \
+{backlog['drain_seconds']:.2f} | {backlog['startup_seconds']:.2f} |
+
+Publish script calls (batches): {backlog['watcher_metrics'].get('realtime_watcher_batches_total', 0):.0f}; like
+counts read from MongoDB (first like of a post): {backlog['like_count_seeds']}.
+Checks: post:liked events = like inserts: {check['liked_events']}; like counters = `count_documents`:
+{check['like_counters']}.
+"""
+
+
 def profile_summary(path: Path, top: int = 15) -> list[tuple[str, float]]:
     """Self time per function from a py-spy raw (collapsed) profile, as shares of all samples."""
     selfs: Counter[str] = Counter()
@@ -706,6 +744,82 @@ def run(args: argparse.Namespace, stack: Stack, deadline: float) -> dict[str, An
         client.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc/<pid>/stat; clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_backlog(args: argparse.Namespace, stack: Stack, deadline: float) -> dict[str, Any]:
+    """The backlog alone: the watcher starts once (to place its resume point) and stops, ``--changes`` changes
+    are written, the watcher starts again and drains them. Its CPU is read from /proc when its first event is
+    published and when the sentinel's is."""
+    rng = random.Random(args.seed)
+    redis_url = start_redis(stack)
+    mongo_uri = start_standin(stack)
+    log(f"redis {redis_url}, stand-in {mongo_uri}")
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, maxPoolSize=args.concurrency + 4)
+    r = redis.Redis.from_url(redis_url)
+    reader: Reader | None = None
+    stop = threading.Event()
+    try:
+        prepare(client, rng)
+        http_port = free_port()
+        watcher = start_watcher(stack, "watcher-start", mongo_uri, redis_url, http_port, profile=False)
+        reader = Reader(redis_url)
+        wait_streaming(client, r, watcher, deadline)
+        status = watcher.stop(timeout=15)
+        log(f"watcher placed its resume point and stopped (exit {status}); writing {args.changes} changes")
+        tally = produce(client, plan(rng, "backlog", args.changes, args.concurrency, args.txn_fraction,
+                                     newest=0.3), args.seed + 1, stop, deadline)
+        sentinel(client, "backlog", tally)
+        log(f"producer done: {tally.changes} changes in {tally.seconds:.2f}s; starting the watcher")
+        load_before = load_average()
+        before = r.hget(META_KEY, "token")
+        spawned = time.time()
+        watcher = start_watcher(stack, "watcher-backlog", mongo_uri, redis_url, http_port,
+                                profile=args.profile is not None)
+        pid = watcher.target_pid or watcher.popen.pid
+        while r.hget(META_KEY, "token") == before:  # its first publish
+            if watcher.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the watcher published nothing:\n{watcher.tail()}")
+            time.sleep(0.002)
+        cpu_first, first = cpu_seconds(pid), time.time()
+        end = reader.wait_sentinel("sentinel-backlog", deadline, watcher)
+        cpu_end = cpu_seconds(pid)
+        load_after = load_average()
+        metrics = scrape(http_port)
+        seeds = r.hlen(SEEDED_KEY)
+        log(f"backlog drained in {end - spawned:.2f}s")
+        rows = reader.finish()
+        backlog_rows = phase_rows(rows, None, "sentinel-backlog")
+        backlog = {
+            "changes": tally.changes, "events": len(backlog_rows), "ops": dict(tally.ops),
+            "txn_retries": tally.txn_retries, "producer_seconds": tally.seconds,
+            "producer_rate": tally.changes / tally.seconds,
+            "drain_seconds": end - spawned, "startup_seconds": first - spawned, "seconds": end - first,
+            "throughput": tally.changes / (end - first),
+            "throughput_including_startup": tally.changes / (end - spawned),
+            "watcher_cpu_seconds": cpu_end - cpu_first, "watcher_cpu_seconds_from_spawn": cpu_end,
+            "cpu_us_per_change": (cpu_end - cpu_first) / tally.changes * 1e6,
+            "cpu_us_per_change_from_spawn": cpu_end / tally.changes * 1e6,
+            "load_average_before": load_before, "load_average_after": load_after,
+            "like_count_seeds": seeds, "watcher_metrics": metrics,
+        }
+        check = verify(client, r, rows, tally.like_inserts, rng)
+        return {"backlog": backlog, "check": check}
+    finally:
+        stop.set()
+        if reader is not None:
+            reader.kill()
+        r.close()
+        client.close()
+
+
 def verify(client: MongoClient[dict[str, Any]], r: redis.Redis, rows: list[Row],
            like_inserts: int, rng: random.Random) -> dict[str, Any]:
     db = client[DB]
@@ -739,6 +853,9 @@ def verify(client: MongoClient[dict[str, Any]], r: redis.Redis, rows: list[Row],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--mode", choices=("both", "backlog"), default="both",
+                        help="both: a live phase, then a backlog (default); backlog: the backlog alone, with the "
+                        "watcher's CPU per change (use --changes 100000)")
     parser.add_argument("--changes", type=int, default=5000, help="changes written per phase (default 5000)")
     parser.add_argument("--concurrency", type=int, default=4, help="producer threads (default 4)")
     parser.add_argument("--txn-fraction", type=float, default=0.1,
@@ -770,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="watcher-bench-") as tmp:
         stack = Stack(Path(tmp), args.profile)
         try:
-            measured = run(args, stack, deadline)
+            measured = (run_backlog if args.mode == "backlog" else run)(args, stack, deadline)
         except Exception as exc:
             traceback.print_exc()
             what = "timed out" if isinstance(exc, BenchTimeout) else "failed"
@@ -785,13 +902,16 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "watcher", "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "config": {"changes": args.changes, "concurrency": args.concurrency, "txn_fraction": args.txn_fraction,
+        "config": {"mode": args.mode, "changes": args.changes, "concurrency": args.concurrency,
+                   "txn_fraction": args.txn_fraction,
                    "rate": args.rate, "seed": args.seed, "pre_posts": PRE_POSTS, "pre_comments": PRE_COMMENTS,
                    "profiled": args.profile is not None, **source_state()},
         "wall_seconds": time.monotonic() - started,
         **measured,
         "logs": logs,
     }
+    if args.mode == "backlog":
+        return finish_backlog(args, result, logs)
     live, backlog, check = result["live"], result["backlog"], result["check"]
     lat = live["latency_ms"]
     print()
@@ -832,6 +952,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {RESULTS.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
     ok = check["liked_events"] == "OK" and check["like_counters"] == "OK"
     return 0 if ok else 1
+
+
+def finish_backlog(args: argparse.Namespace, result: dict[str, Any], logs: dict[str, Any]) -> int:
+    backlog, check = result["backlog"], result["check"]
+    print()
+    print(table([
+        ("backlog: changes / events", f"{backlog['changes']} / {backlog['events']}"),
+        ("backlog: producer rate", f"{backlog['producer_rate']:.0f} changes/s"),
+        ("backlog: watcher throughput", f"{backlog['throughput']:.0f} changes/s (first to last XADD: "
+                                        f"{backlog['seconds']:.2f}s)"),
+        ("backlog: watcher CPU per change", f"{backlog['cpu_us_per_change']:.1f} us "
+                                            f"({backlog['cpu_us_per_change_from_spawn']:.1f} us from spawn)"),
+        ("backlog: drain from spawn", f"{backlog['drain_seconds']:.2f}s (startup {backlog['startup_seconds']:.2f}s)"),
+        ("load average before / after", f"{backlog['load_average_before']} / {backlog['load_average_after']}"),
+        ("watcher batches", f"{backlog['watcher_metrics'].get('realtime_watcher_batches_total', 0):.0f}"),
+        ("check: post:liked = like inserts", f"{check['liked_events']} ({check['post_liked_events']} events, "
+                                             f"{check['like_inserts']} inserts, {check['likes_in_mongodb']} in "
+                                             "MongoDB)"),
+        ("check: like counters", f"{check['like_counters']} ({', '.join(check['posts_checked'])})"
+                                 + (f" {check['counter_mismatches']}" if check["counter_mismatches"] else "")),
+        ("like counts seeded", f"{backlog['like_count_seeds']}"),
+        *[(f"log: {name}", ", ".join(f"{n} {level}" for level, n in sorted(info["levels"].items())) or "-")
+          for name, info in logs.items()],
+    ]))
+    for name, info in logs.items():
+        for line in info["notable"]:
+            print(f"  {name}: {line}")
+    if args.profile is not None:
+        summary = profile_summary(args.profile / "watcher-backlog.txt")
+        print(f"\nwatcher-backlog: self time, top functions (py-spy, {args.profile / 'watcher-backlog.txt'})")
+        for frame, share in summary:
+            print(f"  {share:6.1%}  {frame}")
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        replace_section("## Watcher", markdown_backlog(result))
+        print(f"\nwrote {RESULTS.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
+    return 0 if check["liked_events"] == "OK" and check["like_counters"] == "OK" else 1
 
 
 if __name__ == "__main__":

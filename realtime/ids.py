@@ -69,19 +69,34 @@ def _whole(value: object) -> int | None:
 
 def id_text(value: object) -> str | None:
     """The text of an id (see the module's docstring), or None when it has none."""
+    if type(value) is str:  # the commonest, and the dearest to check: remembered
+        text = _TEXTS.get(value, "")  # "" is no id's text
+        if text == "":
+            if len(_TEXTS) >= _TEXTS_SIZE:
+                _TEXTS.clear()
+            text = _TEXTS[value] = _string_text(value)
+        return text
     number = _whole(value)
     if number is not None:
         return str(number)
     if isinstance(value, str):
-        if _PLAIN_RE.fullmatch(value) is None:
-            return None
-        if _ambiguous(value):
-            text = MARK + value
-            return text if len(text) <= MAX_LENGTH else None
-        return value
+        return _string_text(value)
     if type(value).__name__ == "ObjectId":
         return str(value)
     return None
+
+
+_TEXTS: dict[str, str | None] = {}  # a string id -> its text, for the last strings seen (up to _TEXTS_SIZE)
+_TEXTS_SIZE: Final = 100_000
+
+
+def _string_text(value: str) -> str | None:
+    if _PLAIN_RE.fullmatch(value) is None:
+        return None
+    if _ambiguous(value):
+        text = MARK + value
+        return text if len(text) <= MAX_LENGTH else None
+    return value
 
 
 def is_id_text(text: object) -> bool:

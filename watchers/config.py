@@ -55,6 +55,8 @@ class WatcherConfig:
     stall_seconds: float = 60.0
     name: str = "watcher"
     tombstone_seconds: float = 7 * 86400.0  # how long the post index remembers a deleted post's routing
+    read_batch: int = 2000  # changes taken from the driver's buffer per read (never waiting for more)
+    publish_batch: int = 500  # changes per publish script call
 
     @property
     def collections(self) -> tuple[str, str, str]:
@@ -122,4 +124,6 @@ def load(environ: Mapping[str, str] | None = None) -> WatcherConfig:
         name=env.text("REALTIME_WATCHER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
         tombstone_seconds=env.number("REALTIME_POST_TOMBSTONE_SECONDS", 7 * 86400.0, minimum=0.0,
                                      maximum=10 * 365 * 86400.0),
+        read_batch=env.integer("REALTIME_READ_BATCH", 2000, minimum=1, maximum=100_000),
+        publish_batch=env.integer("REALTIME_PUBLISH_BATCH", 500, minimum=1, maximum=10_000),
     )

@@ -16,6 +16,12 @@ That count holds at the point "after the first ``p`` changes at ``T``" (:func:`w
 publish script adds this change and every later one to it. Where MongoDB cannot read that far back, the
 count as of now, at the point "after every change up to the read": the changes between then carry that
 count, and every later one is exact again.
+
+The watcher reads changes in batches and needs the counts of several posts at once: :meth:`LikeCounts.seeds`
+reads them all with one snapshot read (an aggregate counting the likes of each of those posts) as of just
+before the first change that needs one, then carries each count forward through the changes between that
+point and the post's own first change, as above (those at the first change's cluster time before the read
+are read back from the change stream, as for a single count).
 """
 
 from __future__ import annotations
@@ -97,6 +103,35 @@ def delta(post_id: str, earlier: Sequence[LikeChange], owners: Mapping[str, str 
     return total
 
 
+def deltas(cuts: Mapping[str, int], earlier: Sequence[LikeChange], owners: Mapping[str, str | None]
+           ) -> dict[str, int]:
+    """For each post in ``cuts``: what the first ``cuts[post]`` changes of ``earlier`` did to its like count, as
+    :func:`delta` tells, in one pass."""
+    at: dict[int, list[str]] = {}
+    for post_id, cut in cuts.items():
+        at.setdefault(cut, []).append(post_id)
+    posts = dict(owners)
+    totals: dict[str, int] = dict.fromkeys(cuts, 0)
+    out: dict[str, int] = {}
+    for i in range(len(earlier) + 1):
+        for post_id in at.get(i, ()):
+            out[post_id] = totals[post_id]
+        if i == len(earlier):
+            break
+        c = earlier[i]
+        if c.insert:
+            posts[c.key] = c.post_id
+            post = c.post_id
+            step = 1
+        else:
+            post = c.post_id if c.post_id is not None else posts.get(c.key)
+            posts.pop(c.key, None)
+            step = -1
+        if post in totals:
+            totals[post] += step
+    return out
+
+
 class LikeCounts:
     """Reads seeds for the publish script (see the module's docstring)."""
 
@@ -127,6 +162,46 @@ class LikeCounts:
             self.on_approximate()
         return await self._now(post_id, ct)
 
+    async def seeds(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int]
+                    ) -> dict[str, Seed]:
+        """The like count of each post in ``first`` right before its first change: ``first[post]`` is the index
+        in ``changes`` (consecutive changes of the stream, in order, each with its position among the changes
+        at its cluster time) of the first one that counts the post's likes. One snapshot read for all of them
+        (two when deletes without a pre-image must be placed), as of just before the earliest."""
+        if not first:
+            return {}
+        start = min(first.values())
+        ct: Timestamp = changes[start][0]["clusterTime"]
+        before = just_before(ct)
+        try:
+            while start > 0 and changes[start - 1][0]["clusterTime"] == ct:
+                start -= 1  # the changes at that cluster time before the first one counted are counted too
+            head, position = changes[start]
+            earlier = like_changes(await self._earlier(head, position), self.cfg) if position else []
+            cut: dict[int, int] = {}  # a change's index -> how many like changes precede it
+            for i in range(start, max(first.values()) + 1):
+                cut[i] = len(earlier)
+                earlier += like_changes((changes[i][0],), self.cfg)
+            owners = await self._owners(unplaced(earlier), before)
+            counts = await self._counts(list(first), before)
+            carried = deltas({post_id: cut[i] for post_id, i in first.items()}, earlier, owners)
+        except (OperationFailure, NotFound) as exc:
+            log.warning("cannot read the like counts of %d posts as of %s (%s); reading the current counts",
+                        len(first), ct, exc)
+            out = {}
+            for post_id, i in first.items():
+                self.on_approximate()
+                out[post_id] = await self._now(post_id, changes[i][0]["clusterTime"])
+            return out
+        out = {}
+        for post_id, i in first.items():
+            change, position = changes[i]
+            at: Timestamp = change["clusterTime"]
+            count = counts.get(post_id, 0) + carried[post_id]
+            out[post_id] = Seed(count, point(ev.time_part(at.time, at.inc), position))
+        log.debug("like counts of %d posts from before change %s", len(out), ct)
+        return out
+
     async def _earlier(self, change: dict[str, Any], position: int) -> list[dict[str, Any]]:
         """The ``position`` changes before ``change`` at its cluster time, in order."""
         ct = change["clusterTime"]
@@ -151,8 +226,10 @@ class LikeCounts:
                 out.append(found)
         raise NotFound("the change stream did not give it back")
 
-    async def _snapshot(self, pipeline: list[dict[str, Any]], at: Timestamp) -> list[dict[str, Any]]:
-        reply = await self.db.command({"aggregate": self.cfg.likes, "pipeline": pipeline, "cursor": {},
+    async def _snapshot(self, pipeline: list[dict[str, Any]], at: Timestamp, most: int = 1) -> list[dict[str, Any]]:
+        """What ``pipeline`` gives as of ``at``: at most ``most`` documents, in one reply."""
+        reply = await self.db.command({"aggregate": self.cfg.likes, "pipeline": pipeline,
+                                       "cursor": {"batchSize": most + 1},
                                        "readConcern": {"level": "snapshot", "atClusterTime": at}})
         return list(reply["cursor"]["firstBatch"])
 
@@ -161,13 +238,26 @@ class LikeCounts:
         batch = await self._snapshot([{"$match": {field: id_value(post_id)}}, {"$count": "n"}], at)
         return int(batch[0]["n"]) if batch else 0
 
+    async def _counts(self, post_ids: list[str], at: Timestamp) -> dict[str, int]:
+        """The like count of each post in ``post_ids`` as of ``at`` (absent: none)."""
+        field = self.cfg.fields.post_id
+        batch = await self._snapshot([{"$match": {field: {"$in": [id_value(p) for p in post_ids]}}},
+                                      {"$group": {"_id": "$" + field, "n": {"$sum": 1}}}], at, len(post_ids))
+        wanted = set(post_ids)
+        out: dict[str, int] = {}
+        for row in batch:
+            text = id_text(row["_id"])  # ids MongoDB takes for the same value (5, 5.0) have one text
+            if text in wanted:
+                out[text] = out.get(text, 0) + int(row["n"])
+        return out
+
     async def _owners(self, deletes: list[LikeChange], at: Timestamp) -> dict[str, str | None]:
         """The post of each deleted like in ``deletes``, as of ``at`` (None: none)."""
         if not deletes:
             return {}
         field = self.cfg.fields.post_id
         batch = await self._snapshot([{"$match": {"_id": {"$in": [c.raw_key for c in deletes]}}},
-                                      {"$project": {field: 1}}], at)
+                                      {"$project": {field: 1}}], at, len(deletes))
         found = {repr(doc["_id"]): id_text(doc.get(field)) for doc in batch}
         return {c.key: found.get(c.key) for c in deletes}
 

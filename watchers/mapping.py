@@ -200,8 +200,8 @@ def from_entry(entry: Any) -> PostInfo | None:
     return PostInfo(author, public, since, deleted, None if tags is None else tuple(tags))
 
 
-def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, Any] | None = None
-             ) -> tuple[str, bool] | None:
+def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, Any] | None = None,
+             sub: Subject | None = None) -> tuple[str, bool] | None:
     """Which post's routing :func:`map_change` wants for this change, and whether it must look as far as
     MongoDB for it (False: what the post index holds is enough). None: no post to look up."""
     op = change.get("operationType")
@@ -215,7 +215,8 @@ def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, A
         # an update, replace or delete is routed by the post as it was before it (where it was public, for a
         # replace too): the pre-image, or what is known
         return post_id, _before(change) is None
-    sub = subject(change, cfg, remembered)
+    if sub is None or remembered is not None:
+        sub = subject(change, cfg, remembered)
     if sub is None or sub.post_id is None:
         return None
     return sub.post_id, True
@@ -289,6 +290,18 @@ def _ts(change: dict[str, Any]) -> int:
     return int(getattr(ct, "time", 0)) * 1000
 
 
+_VALID_ROOMS: dict[str, bool] = {}  # the rooms' names seen last, and whether each is valid
+
+
+def _valid_room(name: str) -> bool:
+    valid = _VALID_ROOMS.get(name)
+    if valid is None:
+        if len(_VALID_ROOMS) >= 100_000:
+            _VALID_ROOMS.clear()
+        valid = _VALID_ROOMS[name] = ev.valid_room(name)
+    return valid
+
+
 class _Builder:
     def __init__(self, change: dict[str, Any], position: int) -> None:
         ct = change["clusterTime"]
@@ -299,7 +312,7 @@ class _Builder:
         self.out: list[Event] = []
 
     def add(self, type_: str, rooms: list[str], data: dict[str, Any], counter: Counter | None = None) -> None:
-        unique = tuple(dict.fromkeys(r for r in rooms if ev.valid_room(r)))
+        unique = tuple(dict.fromkeys(r for r in rooms if _valid_room(r)))
         if not unique:
             return
         event_id = ev.make_id(self.seconds, self.increment, self.position, len(self.out))
@@ -338,13 +351,15 @@ def _public_post_rooms(post_id: str, *infos: PostInfo | None) -> list[str]:
 
 
 def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
-               post: PostInfo | None = None, remembered: dict[str, Any] | None = None) -> Mapped:
+               post: PostInfo | None = None, remembered: dict[str, Any] | None = None,
+               sub: Subject | None = None) -> Mapped:
     """Map one change (insert, update, replace or delete on a watched collection) to its events.
 
     ``position`` is the change's index among the changes sharing its ``clusterTime``. ``post`` is what is
     known of the post a like or comment belongs to (or of the post itself, for an update, replace or
     delete), as of the change; None when nothing is. Knowledge that only holds from after the change is
-    ignored. Raises nothing for bad documents: the result says what was skipped.
+    ignored. ``sub``: the change's :func:`subject` without ``remembered``, when the caller has it already.
+    Raises nothing for bad documents: the result says what was skipped.
     """
     op = change.get("operationType")
     coll = _coll(change)
@@ -355,7 +370,8 @@ def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
     if coll == cfg.posts:
         mapped = _map_post(change, op, builder, cfg, known)
     else:
-        sub = subject(change, cfg, remembered)
+        if sub is None or remembered is not None:
+            sub = subject(change, cfg, remembered)
         assert sub is not None
         mapped = _map_reaction(op, sub, builder, cfg, known)
     mapped.events = builder.out

@@ -1,19 +1,23 @@
-"""Publishing a change's events to Redis: one Lua script per change, atomic and idempotent.
+"""Publishing changes' events to Redis: one Lua script call per batch of changes, atomic and idempotent.
 
-The script refuses a change whose resume token is not newer than the last one published (so a restart,
-a replay or a second watcher never publishes a change twice), refuses a deposed leader (fencing: the
+A call carries a batch of consecutive changes (up to ``REALTIME_PUBLISH_BATCH``) and publishes all of them
+or none. The script skips the changes whose resume token is not newer than the last one published (so a
+restart, a retry after a lost answer, a replay or a second watcher never publishes a change twice), refuses
+a deposed leader (fencing: the
 caller's lease value must still be the leader key's), refuses to publish on top of a last token other than
 the one the caller expects (Redis restarted from older data: what it lost must be published first), keeps
 like counts next to the stream, and appends each event to the global stream and to the history stream of
 each of its rooms, with the same id. In the same call it updates the indexes routing needs later (likes' and
-comments' posts, posts' author and visibility), so they always match the last change published. Each entry
+comments' posts, posts' author and visibility), so they always match the last change published, and records
+the last change's token, the point the watcher resumes after. A like count Redis does not hold, and the call
+brings no seed for, refuses the whole call and names every such post at once. Each entry
 of the global stream also carries, in its field ``w``, Redis's clock when it went in (microseconds since the
 epoch), from which the servers measure how long an event took to reach them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,87 +31,100 @@ MAX_SEQ = 2**64 - 1
 
 PUBLISH_LUA = r"""
 local meta, events, leader, likes, since = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local lease, token = ARGV[1], ARGV[2]
+local lease, previous, gmax, rmax = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if lease ~= '' and redis.call('GET', leader) ~= lease then
   return {'FENCED'}
 end
+-- the changes, in order: {token, at, point, events, ops}; an event: {id, post, delta, seed, seed point, rooms};
+-- an op: {op, key, field, value}; keys and rooms are indexes into KEYS, each event's envelope is an ARGV from 7 on
+local batch = cjson.decode(ARGV[5])
+local n = #batch
 local last = redis.call('HGET', meta, 'token')
-if last and token <= last then
+local skip = 0
+if last then
+  while skip < n and batch[skip + 1][1] <= last do skip = skip + 1 end
+end
+if skip == n then
   return {'DUP', last}
 end
-if (last or '') ~= ARGV[9] then
+if skip == 0 and (last or '') ~= previous then
   return {'DIVERGED', last or ''}
 end
-local change_point = ARGV[7]
-local n = tonumber(ARGV[8])
 -- first pass: every counter must exist or come with a seed
-local i = 10
-local parsed = {}
-for e = 1, n do
-  local ev = {id = ARGV[i], env = ARGV[i + 1], post = ARGV[i + 2], delta = tonumber(ARGV[i + 3]),
-              seed = ARGV[i + 4], seed_point = ARGV[i + 5], nrooms = tonumber(ARGV[i + 6]), rooms = {}}
-  i = i + 7
-  for r = 1, ev.nrooms do
-    ev.rooms[r] = KEYS[tonumber(ARGV[i])]
-    i = i + 1
+local seen, missing = {}, {'SEED'}
+for c = skip + 1, n do
+  for _, ev in ipairs(batch[c][4]) do
+    local post = ev[2]
+    if post ~= '' and not seen[post] then
+      seen[post] = true
+      if ev[4] == '' and redis.call('HEXISTS', likes, post) == 0 then
+        missing[#missing + 1] = post
+      end
+    end
   end
-  if ev.post ~= '' and ev.seed == '' and redis.call('HEXISTS', likes, ev.post) == 0 then
-    return {'SEED', ev.post}
-  end
-  parsed[e] = ev
 end
-local gmax, rmax = ARGV[4], ARGV[5]
+if #missing > 1 then
+  return missing
+end
+local arg = 7
+for c = 1, skip do
+  arg = arg + #batch[c][4]
+end
 local failed = 0
 local stamp = '' -- when the events went in (Redis's clock, microseconds): the servers measure their wait from it
-if n > 0 then
-  local now = redis.call('TIME')
-  stamp = now[1] .. string.format('%06d', tonumber(now[2]))
-end
-for e = 1, n do
-  local ev = parsed[e]
-  local env = ev.env
-  if ev.post ~= '' then
-    local count = redis.call('HGET', likes, ev.post)
-    if not count then
-      count = ev.seed
-      redis.call('HSET', likes, ev.post, count)
-      redis.call('HSET', since, ev.post, ev.seed_point)
+local last_id = nil
+for c = skip + 1, n do
+  local change = batch[c]
+  local token, change_point = change[1], change[3]
+  for _, ev in ipairs(change[4]) do
+    if stamp == '' then
+      local now = redis.call('TIME')
+      stamp = now[1] .. string.format('%06d', tonumber(now[2]))
     end
-    count = tonumber(count)
-    local seeded_at = redis.call('HGET', since, ev.post)
-    if seeded_at and #seeded_at == 20 then
-      seeded_at = seeded_at .. '9999999999' -- written by an earlier release: a count as of every change at that time
+    local env = ARGV[arg]
+    arg = arg + 1
+    local post = ev[2]
+    if post ~= '' then
+      local count = redis.call('HGET', likes, post)
+      if not count then
+        count = ev[4]
+        redis.call('HSET', likes, post, count)
+        redis.call('HSET', since, post, ev[5])
+      end
+      count = tonumber(count)
+      local seeded_at = redis.call('HGET', since, post)
+      if seeded_at and #seeded_at == 20 then
+        seeded_at = seeded_at .. '9999999999' -- written by an earlier release: a count as of every change at that time
+      end
+      if not seeded_at or change_point > seeded_at then
+        count = count + ev[3]
+        if count < 0 then count = 0 end
+        redis.call('HSET', likes, post, count)
+      end
+      local s, f = string.find(env, '"data":{"likes":0', 1, true)
+      if s then
+        env = string.sub(env, 1, f - 1) .. string.format('%d', count) .. string.sub(env, f + 1)
+      end
     end
-    if not seeded_at or change_point > seeded_at then
-      count = count + ev.delta
-      if count < 0 then count = 0 end
-      redis.call('HSET', likes, ev.post, count)
+    redis.call('XADD', events, 'MAXLEN', '~', gmax, ev[1], 'e', env, 't', token, 'w', stamp)
+    for _, room in ipairs(ev[6]) do
+      local ok = redis.pcall('XADD', KEYS[room], 'MAXLEN', '~', rmax, ev[1], 'e', env)
+      if type(ok) == 'table' and ok.err then failed = failed + 1 end
     end
-    local s, f = string.find(env, '"data":{"likes":0', 1, true)
-    if s then
-      env = string.sub(env, 1, f - 1) .. string.format('%d', count) .. string.sub(env, f + 1)
-    end
+    last_id = ev[1]
   end
-  redis.call('XADD', events, 'MAXLEN', '~', gmax, ev.id, 'e', env, 't', token, 'w', stamp)
-  for r = 1, ev.nrooms do
-    local ok = redis.pcall('XADD', ev.rooms[r], 'MAXLEN', '~', rmax, ev.id, 'e', env)
-    if type(ok) == 'table' and ok.err then failed = failed + 1 end
+  for _, o in ipairs(change[5]) do
+    local op, key, field, value = o[1], KEYS[o[2]], o[3], o[4]
+    if op == 'set' then redis.call('HSET', key, field, value)
+    elseif op == 'del' then redis.call('HDEL', key, field)
+    elseif op == 'put' and field == '0' then redis.call('SET', key, value)
+    elseif op == 'put' then redis.call('SET', key, value, 'PX', field)
+    else redis.call('DEL', key) end
   end
 end
-local nops = tonumber(ARGV[i])
-i = i + 1
-for o = 1, nops do
-  local op, key, field, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
-  if op == 'set' then redis.call('HSET', key, field, value)
-  elseif op == 'del' then redis.call('HDEL', key, field)
-  elseif op == 'put' and field == '0' then redis.call('SET', key, value)
-  elseif op == 'put' then redis.call('SET', key, value, 'PX', field)
-  else redis.call('DEL', key) end
-  i = i + 4
-end
-redis.call('HSET', meta, 'token', token, 'token_json', ARGV[3], 'at', ARGV[6])
-if n > 0 then redis.call('HSET', meta, 'last_id', parsed[n].id) end
-return {'OK', tostring(failed)}
+redis.call('HSET', meta, 'token', batch[n][1], 'token_json', ARGV[6], 'at', batch[n][2])
+if last_id then redis.call('HSET', meta, 'last_id', last_id) end
+return {'OK', tostring(failed), tostring(skip)}
 """
 
 RESET_LUA = r"""
@@ -151,11 +168,12 @@ class Diverged(Exception):
 
 
 class NeedSeed(Exception):
-    """A like count is unknown to Redis (first like of a post, or Redis lost its data)."""
+    """Like counts unknown to Redis (first like of a post, or Redis lost the count): every such post of a batch."""
 
-    def __init__(self, post_id: str) -> None:
-        super().__init__(post_id)
-        self.post_id = post_id
+    def __init__(self, post_ids: Sequence[str]) -> None:
+        super().__init__(", ".join(post_ids))
+        self.post_ids = list(post_ids)
+        self.post_id = self.post_ids[0]
 
 
 ALL_CHANGES = 9_999_999_999  # as many changes as any cluster time can hold
@@ -192,8 +210,28 @@ class Outcome:
     last: str = ""  # a duplicate: the token (_data) Redis holds last
 
 
-def _room_keys(keys: Keys, evs: list[Event]) -> list[str]:
-    return list(dict.fromkeys(keys.room(room) for e in evs for room in e.rooms))
+@dataclass(frozen=True)
+class BatchOutcome:
+    skipped: int  # the first changes of the batch, already published (all of them: a duplicate batch)
+    room_failures: int = 0
+    last: str = ""  # the token (_data) Redis holds last now
+
+
+@dataclass
+class Pending:
+    """A change to publish: its resume token, "<time part>:<position>", events and index writes (see
+    :meth:`Publisher.publish`)."""
+
+    token: dict[str, Any]
+    at: str
+    events: list[Event]
+    index_set: Sequence[tuple[str, str, dict[str, Any]]] = ()
+    index_del: Sequence[tuple[str, str]] = ()
+    posts: Sequence[tuple[str, bytes | None, int]] = ()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Publisher:
@@ -216,47 +254,74 @@ class Publisher:
         "<time part>:<position>" (its position among the changes sharing its cluster time). ``posts``: post
         index entries to write, as (post id, JSON, time to live in ms, 0 for none), or (post id, None, 0) to
         forget."""
+        outcome = await self.publish_batch(lease=lease, previous=previous, seeds=seeds,
+                                           changes=[Pending(token, at, events, index_set, index_del, posts)])
+        if outcome.skipped:
+            return Outcome(False, last=outcome.last)
+        return Outcome(True, outcome.room_failures)
+
+    async def publish_batch(self, *, lease: str, previous: str, changes: Sequence[Pending],
+                            seeds: Mapping[str, Seed] | None = None) -> BatchOutcome:
+        """Publish consecutive changes, in stream order, all or none, after ``previous`` (the token Redis should
+        hold last, '' for none). The first changes Redis already holds are skipped (a batch sent again after
+        its answer was lost publishes nothing twice). ``seeds``: the like counts of posts Redis may not hold, as
+        of the first change of the batch that counts their likes. Raises :class:`NeedSeed` (naming every post
+        whose count is missing), :class:`Fenced` or :class:`Diverged`."""
+        assert changes, "a batch holds at least one change"
         k = self.keys
         keys = [k.meta, k.events, k.leader, k.likes, k.likes_since]
-        rooms = _room_keys(k, events)
-        index_keys = list(dict.fromkeys([k.index(kind) for kind, _, _ in index_set] +
-                                        [k.index(kind) for kind, _ in index_del] +
-                                        [k.post(post_id) for post_id, _, _ in posts]))
-        room_base = len(keys) + 1
-        keys += rooms + index_keys
-        room_pos = {key: room_base + i for i, key in enumerate(rooms)}
-        index_pos = {key: room_base + len(rooms) + i for i, key in enumerate(index_keys)}
-        args: list[Any] = [lease, token["_data"], orjson.dumps(token, default=str), self.global_maxlen,
-                           self.room_maxlen, at, change_point(at), len(events), previous]
-        for e in events:
-            counter = e.counter
-            seed = (seeds or {}).get(counter.post_id) if counter else None
-            args += [e.id, orjson.dumps(e.envelope()), counter.post_id if counter else "",
-                     counter.delta if counter else 0, seed.count if seed else "", seed.as_of if seed else "",
-                     len(e.rooms)]
-            args += [room_pos[k.room(room)] for room in e.rooms]
-        ops: list[Any] = []
-        for kind, ident, value in index_set:
-            ops += ["set", index_pos[k.index(kind)], ident, orjson.dumps(value)]
-        for kind, ident in index_del:
-            ops += ["del", index_pos[k.index(kind)], ident, ""]
-        for post_id, entry, ttl_ms in posts:
-            if entry is None:
-                ops += ["forget", index_pos[k.post(post_id)], "", ""]
-            else:
-                ops += ["put", index_pos[k.post(post_id)], str(max(ttl_ms, 0)), entry]
-        args += [len(ops) // 4, *ops]
+        position: dict[str, int] = {}
+
+        def key(name: str) -> int:
+            found = position.get(name)
+            if found is None:
+                keys.append(name)
+                found = position[name] = len(keys)
+            return found
+
+        room_key, index_key, post_key = k.room, k.index, k.post
+        envelopes: list[bytes] = []
+        batch: list[Any] = []
+        for change in changes:
+            evs = []
+            for e in change.events:
+                counter = e.counter
+                post = counter.post_id if counter else ""
+                seed = seeds.get(post) if seeds and counter else None
+                evs.append((e.id, post, counter.delta if counter else 0, str(seed.count) if seed else "",
+                            seed.as_of if seed else "", [key(room_key(room)) for room in e.rooms]))
+                envelopes.append(orjson.dumps(e.envelope()))
+            ops: list[tuple[str, int, str, str]] = []
+            for kind, ident, value in change.index_set:
+                ops.append(("set", key(index_key(kind)), ident, orjson.dumps(value).decode()))
+            for kind, ident in change.index_del:
+                ops.append(("del", key(index_key(kind)), ident, ""))
+            for post_id, entry, ttl_ms in change.posts:
+                if entry is None:
+                    ops.append(("forget", key(post_key(post_id)), "", ""))
+                else:
+                    ops.append(("put", key(post_key(post_id)), str(max(ttl_ms, 0)), entry.decode()))
+            batch.append((change.token["_data"], change.at, change_point(change.at), evs, ops))
+        args: list[Any] = [lease, previous, self.global_maxlen, self.room_maxlen, orjson.dumps(batch),
+                           orjson.dumps(changes[-1].token, default=str), *envelopes]
         reply = await self._publish(keys=keys, args=args)
-        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        status = _text(reply[0])
         if status == "FENCED":
             raise Fenced()
         if status == "SEED":
-            raise NeedSeed(reply[1].decode() if isinstance(reply[1], bytes) else reply[1])
+            raise NeedSeed([_text(post) for post in reply[1:]])
         if status == "DUP":
-            return Outcome(False, last=reply[1].decode() if isinstance(reply[1], bytes) else reply[1])
+            return BatchOutcome(len(changes), last=_text(reply[1]))
         if status == "DIVERGED":
-            raise Diverged(reply[1].decode() if isinstance(reply[1], bytes) else reply[1], previous)
-        return Outcome(True, int(reply[1]))
+            raise Diverged(_text(reply[1]), previous)
+        return BatchOutcome(int(reply[2]), int(reply[1]), changes[-1].token["_data"])
+
+    async def counted(self, post_ids: Sequence[str]) -> set[str]:
+        """Which of ``post_ids`` Redis holds a like count for."""
+        if not post_ids:
+            return set()
+        held = await self.redis.hmget(self.keys.likes, list(post_ids))
+        return {post for post, value in zip(post_ids, held, strict=True) if value is not None}
 
     async def reset(self, *, lease: str, event: Event, forget_token: bool) -> bool:
         """Append a reset marker. False when the id is not newer than the stream's last (nothing written)."""

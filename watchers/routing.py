@@ -16,6 +16,11 @@ author and visibility (and, for a post's own changes, its hashtags) as they were
 3. where MongoDB cannot read that far back, in the post as it is now, of which only the author is trusted:
    the change then goes to the author alone (counted as ``visibility_as_of_now``).
 
+The watcher maps a read's changes before it publishes them: :meth:`Router.prefetch` reads the index entries
+of the read's posts with one MGET, and until :meth:`Router.settle` (everything mapped is published) the
+router keeps what the changes mapped so far write to the indexes (posts, likes and comments), which Redis
+does not hold yet, and looks there first.
+
 Nothing found: the mapping publishes nothing public (see watchers/mapping.py). A comment update's document
 is the comment as it is now (``updateLookup``), so its post must also be public now for it to go to
 ``post:{id}``.
@@ -34,7 +39,7 @@ from pymongo.errors import OperationFailure
 from redis.asyncio import Redis
 
 from realtime import events as ev
-from realtime.ids import id_value
+from realtime.ids import id_text, id_value
 from watchers import mapping
 from watchers.config import MappingConfig
 from watchers.keys import Keys
@@ -52,6 +57,8 @@ class Memory(Protocol):
 
     async def post(self, post_id: str) -> PostInfo | None: ...
 
+    async def posts(self, post_ids: list[str]) -> dict[str, PostInfo | None]: ...
+
     async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None: ...
 
 
@@ -63,6 +70,10 @@ class Documents(Protocol):
         Raises :class:`SnapshotUnavailable` when it cannot be read as of ``at``."""
         ...
 
+    async def posts_now(self, post_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Several posts as they are now, with one query (None: no such post)."""
+        ...
+
 
 class RedisMemory:
     def __init__(self, redis: Redis, keys: Keys) -> None:
@@ -72,6 +83,12 @@ class RedisMemory:
     async def post(self, post_id: str) -> PostInfo | None:
         raw = await self.redis.get(self.keys.post(post_id))
         return mapping.from_entry(_json(raw)) if raw else None
+
+    async def posts(self, post_ids: list[str]) -> dict[str, PostInfo | None]:
+        """Several posts' entries with one MGET."""
+        raws = await self.redis.mget([self.keys.post(post_id) for post_id in post_ids])
+        return {post_id: mapping.from_entry(_json(raw)) if raw else None
+                for post_id, raw in zip(post_ids, raws, strict=True)}
 
     async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None:
         raw = await self.redis.hget(self.keys.index(kind), ident)
@@ -90,6 +107,9 @@ class ReplayMemory:
 
     async def post(self, post_id: str) -> PostInfo | None:
         return await self.base.post(post_id)
+
+    async def posts(self, post_ids: list[str]) -> dict[str, PostInfo | None]:
+        return await self.base.posts(post_ids)
 
     async def reaction(self, kind: str, ident: str) -> dict[str, Any] | None:
         if (kind, ident) in self.reactions:
@@ -132,6 +152,17 @@ class MongoDocuments:
         batch = reply["cursor"]["firstBatch"]
         return dict(batch[0]) if batch else None
 
+    async def posts_now(self, post_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        f = self.cfg.fields
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(post_ids)
+        cursor = self.db[self.cfg.posts].find({"_id": {"$in": [id_value(p) for p in post_ids]}},
+                                              {f.author_id: 1, f.visibility: 1, f.hashtags: 1})
+        async for doc in cursor:
+            text = id_text(doc.get("_id"))
+            if text in found:
+                found[text] = doc
+        return found
+
 
 def just_before(ct: Timestamp) -> Timestamp:
     """The cluster time right before ``ct``: what a change at ``ct`` saw."""
@@ -152,34 +183,79 @@ class Router:
         self.cache_size = cache_size
         self.on_as_of_now = on_as_of_now
         self.cache: OrderedDict[str, PostInfo] = OrderedDict()
+        # Until settle(): the post index entries read ahead (None: none) and written by the changes mapped, and
+        # the like and comment index entries those changes wrote (None: removed)
+        self.posts: dict[str, PostInfo | None] = {}
+        self.reactions: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.now: dict[str, dict[str, Any] | None] = {}  # posts as they are now, read ahead for comment updates
 
     def clear(self) -> None:
         """Forget the cache: call it whenever the stream may resume elsewhere than after the last change
         this router mapped (a new stream, another leader meanwhile)."""
         self.cache.clear()
+        self.settle()
+
+    def settle(self) -> None:
+        """Everything mapped so far is published: Redis holds what it wrote to the indexes."""
+        self.posts.clear()
+        self.reactions.clear()
+        self.now.clear()
+
+    async def prefetch(self, changes: list[dict[str, Any]]) -> None:
+        """Read ahead, with one MGET, the post index entries that mapping ``changes`` may look up, and with one
+        query the posts as they are now that comment updates may need."""
+        wanted, now = [], []
+        for change in changes:
+            ref = mapping.post_ref(change, self.cfg)
+            if ref is None:
+                continue
+            if ref[0] not in self.cache and ref[0] not in self.posts:
+                wanted.append(ref[0])
+            if self._as_of_now(change) and ref[0] not in self.now:
+                now.append(ref[0])
+        if wanted:
+            self.posts.update(await self.memory.posts(list(dict.fromkeys(wanted))))
+        if now:
+            self.now.update(await self.documents.posts_now(list(dict.fromkeys(now))))
+
+    def _as_of_now(self, change: dict[str, Any]) -> bool:
+        """Whether a change carries a document as it is now, whose post must be public now too (a comment's
+        update read with updateLookup)."""
+        return (self.lookup_documents and change.get("operationType") == "update"
+                and (change.get("ns") or {}).get("coll") == self.cfg.comments
+                and isinstance(change.get("fullDocument"), dict))
 
     async def map(self, change: dict[str, Any], position: int) -> Mapped:
         cfg = self.cfg
         remembered = None
         sub = mapping.subject(change, cfg)
         if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
-            remembered = await self.memory.reaction(sub.kind, sub.id)
-        ref = mapping.post_ref(change, cfg, remembered)
+            if (sub.kind, sub.id) in self.reactions:
+                remembered = self.reactions[(sub.kind, sub.id)]
+            else:
+                remembered = await self.memory.reaction(sub.kind, sub.id)
+        ref = mapping.post_ref(change, cfg, remembered, sub)
         post: PostInfo | None = None
         learned = False
         if ref is not None:
             post, learned = await self._post(ref[0], change["clusterTime"], lookup=ref[1], tags=sub is None)
         routing = post
-        if (ref is not None and self.lookup_documents and sub is not None and sub.kind == "comment"
-                and change.get("operationType") == "update" and isinstance(change.get("fullDocument"), dict)
-                and post is not None and post.public):
+        if ref is not None and sub is not None and sub.kind == "comment" and post is not None and post.public \
+                and self._as_of_now(change):
             # the comment as it is now goes public only if its post is public now too
-            routing = mapping.combine(post, mapping.post_info(await self.documents.post(ref[0], None), cfg))
-        mapped = mapping.map_change(change, position, cfg, routing, remembered)
+            now = self.now[ref[0]] if ref[0] in self.now else await self.documents.post(ref[0], None)
+            routing = mapping.combine(post, mapping.post_info(now, cfg))
+        mapped = mapping.map_change(change, position, cfg, routing, remembered, sub)
         if mapped.post_info is None and learned and ref is not None and post is not None:
             mapped.post_info = (ref[0], post)
         if mapped.post_info is not None:
             self._cache(*mapped.post_info)
+            self.posts[mapped.post_info[0]] = mapped.post_info[1]
+        if mapped.index_set is not None:
+            kind, ident, entry = mapped.index_set
+            self.reactions[(kind, ident)] = entry
+        if mapped.index_del is not None:
+            self.reactions[mapped.index_del] = None
         return mapped
 
     def writes(self, mapped: Mapped) -> list[tuple[str, bytes | None, int]]:
@@ -198,7 +274,7 @@ class Router:
         at = ev.time_part(ct.time, ct.inc)
         entry = self.cache.get(post_id)
         if entry is None:
-            entry = await self.memory.post(post_id)
+            entry = self.posts[post_id] if post_id in self.posts else await self.memory.post(post_id)
             if entry is not None:
                 self._cache(post_id, entry)
         else:

@@ -14,6 +14,7 @@ the metrics (see ``watchers.outage``). A leader that cannot renew its lease for 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -42,7 +43,7 @@ from watchers.keys import Keys
 from watchers.lease import RedisLease
 from watchers.likecount import LikeCounts
 from watchers.outage import BACKOFF_BASE, BACKOFF_CAP, DEPENDENCIES, MONGODB, REDIS, Outages
-from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Publisher, Seed
+from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Pending, Publisher, Seed
 from watchers.routing import MongoDocuments, RedisMemory, Router
 
 log = logging.getLogger("realtime.watcher")
@@ -74,6 +75,33 @@ def outage_of(exc: BaseException) -> str | None:
 
 class LeaseLost(Exception):
     pass
+
+
+STREAM_EVENTS = ("invalidate", "drop", "rename", "dropDatabase")  # changes that end or reset the stream
+
+
+@dataclass(frozen=True)
+class Item:
+    """A change of a read, placed (its time part and position) and mapped, to publish."""
+
+    change: dict[str, Any]
+    time_part: int
+    position: int
+    pending: Pending
+
+
+def honour_cancellation() -> None:
+    """Raise CancelledError when this task was cancelled and the cancellation was lost on the way (a client
+    library that caught it while it cleaned up): a loop that checks it at each turn still ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
+def buffered(stream: Any) -> bool:
+    """Whether the driver holds more changes of the stream's last batch (taking them costs no round trip)."""
+    has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
+    return bool(has_next()) if callable(has_next) else False
 
 
 class NoStartPoint(PyMongoError):
@@ -146,6 +174,8 @@ class WatcherMetrics:
                            read=lambda: 0.0 if self.caught_up() or not self.last_wall() else
                            max(time.time() - self.last_wall(), 0.0))
         self.changes = r.counter("realtime_watcher_changes_total", "changes read from the stream")
+        self.batches = r.counter("realtime_watcher_batches_total",
+                                 "publish script calls, each publishing a batch of consecutive changes")
         self.published = r.counter("realtime_watcher_events_published_total", "events appended to Redis")
         self.duplicates = r.counter("realtime_watcher_duplicates_total",
                                     "changes refused by the publish script as already published")
@@ -304,6 +334,7 @@ class Watcher:
         has lapsed in Redis too: stand by rather than pass for the leader (publishing is fenced anyway)."""
         renewed = self.outages.clock()
         while True:
+            honour_cancellation()
             await asyncio.sleep(self.cfg.lease_seconds / 3)
             try:
                 held = await self.lease.renew(value)
@@ -328,6 +359,7 @@ class Watcher:
         point: ResumePoint | None = None
         delays = self._backoff()
         while True:
+            honour_cancellation()
             polled = self.last_poll
             try:
                 if point is None:
@@ -480,29 +512,41 @@ class Watcher:
 
     async def _read(self, lease: str, stream: Any) -> ResumePoint:
         while stream.alive:
+            honour_cancellation()
             try:
-                change = await stream.try_next()
+                changes = await self._take(stream)
             except OperationFailure as exc:
                 if exc.code not in HISTORY_LOST:
                     raise
                 return await self._lost(lease, exc)
             self.last_poll = time.monotonic()
             self.reachable(MONGODB)
-            if change is None:
+            if not changes:
                 self.caught_up = True
             else:
                 self.caught_up = False
-                read = time.monotonic()
-                self.metrics.read(change)
-                nxt = await self._handle(lease, change)
-                self.metrics.to_redis.observe(time.monotonic() - read)
+                nxt = await self._handle_read(lease, changes)
                 if nxt is not None:
                     return nxt
             await self._checkpoint(stream)
-        # The server closed the stream (an invalidate the $match let through is handled in _handle).
+        # The server closed the stream (an invalidate the $match let through is handled in _handle_read).
         token = stream.resume_token
         log.warning("the change stream was closed by the server; starting after %s", token)
         return ResumePoint(start_after=token) if token else ResumePoint()
+
+    async def _take(self, stream: Any) -> list[dict[str, Any]]:
+        """One read: a change (waiting for one up to the await time), then as many more as the driver already
+        holds, up to ``read_batch``; never waiting for more, so that a lone change is published at once."""
+        change = await stream.try_next()
+        if change is None:
+            return []
+        changes = [change]
+        while len(changes) < self.cfg.read_batch and buffered(stream):
+            change = await stream.try_next()
+            if change is None:
+                break
+            changes.append(change)
+        return changes
 
     async def _lost(self, lease: str, exc: OperationFailure) -> ResumePoint:
         reason = HISTORY_LOST[exc.code or 0]
@@ -542,25 +586,81 @@ class Watcher:
         await self.checkpoints.save(Checkpoint(dict(token), f"{self.last_time}:{self.last_position}"))
         self.metrics.checkpoints.inc()
 
-    # -- one change --------------------------------------------------------------------------------------
-    async def _handle(self, lease: str, change: dict[str, Any]) -> ResumePoint | None:
+    # -- one read ---------------------------------------------------------------------------------------
+    async def _handle_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
+        """Publish a read's changes in order: the ordinary ones mapped and published in batches, those that end
+        or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them."""
+        read = time.monotonic()
+        for change in changes:
+            self.metrics.read(change)
+        run: list[dict[str, Any]] = []
+        for change in changes:
+            if change.get("operationType", "") not in STREAM_EVENTS:
+                run.append(change)
+                continue
+            if run:
+                await self._publish_run(lease, run, read)
+                run = []
+            nxt = await self._handle_stream_event(lease, change)
+            if nxt is not None:
+                return nxt
+        if run:
+            await self._publish_run(lease, run, read)
+        return None
+
+    async def _handle_stream_event(self, lease: str, change: dict[str, Any]) -> ResumePoint | None:
         op = change.get("operationType", "")
         coll = (change.get("ns") or {}).get("coll")
+        time_part, position = self._place(change, self.last_time, self.last_position)
+        self.metrics.changes.inc(collection=str(coll), operation=str(op))
+        item = Item(change, time_part, position, Pending(change["_id"], f"{time_part}:{position}", []))
+        await self._publish_batch(lease, [item], {})
+        if op == "invalidate":
+            return ResumePoint(start_after=change["_id"], at=f"{time_part}:{position}")
+        self.router.clear()
+        reason = {"drop": "collection_dropped", "rename": "collection_renamed"}.get(op, "database_dropped")
+        await self._reset(lease, time_part, reason, {"collection": coll} if coll else {})
+        return None
+
+    @staticmethod
+    def _place(change: dict[str, Any], last_time: int, last_position: int) -> tuple[int, int]:
+        """A change's time part and position among the changes at its cluster time, after the change at
+        (``last_time``, ``last_position``)."""
         ct: Timestamp = change["clusterTime"]
         time_part = ev.time_part(ct.time, ct.inc)
-        position = self.last_position + 1 if time_part == self.last_time else 0
-        self.metrics.changes.inc(collection=str(coll), operation=str(op))
-        if op == "invalidate":
-            await self._publish(lease, change, time_part, position, mapping.Mapped())
-            return ResumePoint(start_after=change["_id"], at=f"{time_part}:{position}")
-        if op in ("drop", "rename", "dropDatabase"):
-            await self._publish(lease, change, time_part, position, mapping.Mapped())
-            self.router.clear()
-            reason = {"drop": "collection_dropped", "rename": "collection_renamed"}.get(op, "database_dropped")
-            await self._reset(lease, time_part, reason, {"collection": coll} if coll else {})
-            return None
+        return time_part, last_position + 1 if time_part == last_time else 0
+
+    async def _publish_run(self, lease: str, changes: list[dict[str, Any]], read: float) -> None:
+        """Map consecutive ordinary changes (one MGET of the post index for all of them), read the like counts
+        Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
+        await self.router.prefetch(changes)
+        items = []
+        touched: collections.Counter[tuple[str, str]] = collections.Counter()
+        last_time, last_position = self.last_time, self.last_position
+        for change in changes:
+            last_time, last_position = self._place(change, last_time, last_position)
+            touched[(str((change.get("ns") or {}).get("coll")), str(change.get("operationType", "")))] += 1
+            mapped = await self._map(change, last_position)
+            items.append(Item(change, last_time, last_position, Pending(
+                change["_id"], f"{last_time}:{last_position}", mapped.events,
+                [mapped.index_set] if mapped.index_set else [], [mapped.index_del] if mapped.index_del else [],
+                self.router.writes(mapped))))
+        for (coll, op), n in touched.items():
+            self.metrics.changes.inc(n, collection=coll, operation=op)
+        seeds = await self._seeds(items)
+        size = self.cfg.publish_batch
+        for start in range(0, len(items), size):
+            await self._publish_batch(lease, items[start:start + size],
+                                      {post: seed for post, (i, seed) in seeds.items() if start <= i < start + size})
+            elapsed = time.monotonic() - read
+            for _ in range(min(size, len(items) - start)):
+                self.metrics.to_redis.observe(elapsed)
+        self.router.settle()
+
+    async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
+        coll = (change.get("ns") or {}).get("coll")
         try:
-            mapped = await self._map(change, position)
+            mapped = await self.router.map(change, position)
         except (PyMongoError, RedisError):
             raise  # an outage, not a bad change: the change is retried, never skipped
         except Exception:
@@ -570,37 +670,51 @@ class Watcher:
             self.metrics.skipped.inc(reason=mapped.skipped)
             if mapped.skipped in (mapping.SKIP_UNROUTABLE_DELETE, mapping.SKIP_NO_POST, mapping.SKIP_BAD_ID):
                 log.info("change %s on %s published no event: %s", change["_id"]["_data"][:26], coll, mapped.skipped)
-        await self._publish(lease, change, time_part, position, mapped)
-        wall = change.get("wallTime")
-        if isinstance(wall, dt.datetime):
-            wall = wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
-            self.last_wall = wall.timestamp()
-        return None
+        return mapped
 
-    async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
-        return await self.router.map(change, position)
+    async def _seeds(self, items: list[Item]) -> dict[str, tuple[int, Seed]]:
+        """The like counts Redis does not hold of the posts whose likes ``items`` count, each as of the first
+        item that counts them, and that item's index."""
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
+            for e in item.pending.events:
+                if e.counter is not None and e.counter.post_id not in first:
+                    first[e.counter.post_id] = i
+        if not first:
+            return {}
+        held = await self.publisher.counted(list(first))
+        need = {post: i for post, i in first.items() if post not in held}
+        seeds = await self.like_counts.seeds([(item.change, item.position) for item in items], need)
+        return {post: (need[post], seed) for post, seed in seeds.items()}
 
-    async def _publish(self, lease: str, change: dict[str, Any], time_part: int, position: int,
-                       mapped: mapping.Mapped) -> None:
-        seeds: dict[str, Seed] = {}
+    async def _publish_batch(self, lease: str, items: list[Item], seeds: dict[str, Seed]) -> None:
         while True:
             try:
-                outcome = await self.publisher.publish(
-                    lease=lease, token=change["_id"], previous=self.redis_token, at=f"{time_part}:{position}",
-                    events=mapped.events, seeds=seeds,
-                    index_set=[mapped.index_set] if mapped.index_set else [],
-                    index_del=[mapped.index_del] if mapped.index_del else [], posts=self.router.writes(mapped))
+                outcome = await self.publisher.publish_batch(lease=lease, previous=self.redis_token, seeds=seeds,
+                                                             changes=[item.pending for item in items])
                 break
             except NeedSeed as need:
-                seeds[need.post_id] = await self.like_counts.seed(need.post_id, change, position)
-        self.last_time, self.last_position = time_part, position
-        if not outcome.published:
-            self.metrics.duplicates.inc()
-            self.redis_token = outcome.last
-            return
-        self.redis_token = change["_id"]["_data"]
-        for e in mapped.events:
-            self.metrics.published.inc(type=e.type)
+                # Counts Redis lost since the read asked (or was not asked for): as of this batch's first like
+                first: dict[str, int] = {}
+                for i, item in enumerate(items):
+                    for e in item.pending.events:
+                        if e.counter is not None and e.counter.post_id in need.post_ids:
+                            first.setdefault(e.counter.post_id, i)
+                seeds = {**seeds, **await self.like_counts.seeds(
+                    [(item.change, item.position) for item in items], first)}
+        self.metrics.batches.inc()
+        last = items[-1]
+        self.last_time, self.last_position = last.time_part, last.position
+        self.redis_token = outcome.last
+        if outcome.skipped:
+            self.metrics.duplicates.inc(outcome.skipped)
+        types: collections.Counter[str] = collections.Counter(
+            e.type for item in items[outcome.skipped:] for e in item.pending.events)
+        for type_, n in types.items():
+            self.metrics.published.inc(n, type=type_)
+        wall = wall_seconds(last.change)
+        if wall is not None:
+            self.last_wall = wall
 
     # -- housekeeping -------------------------------------------------------------------------------------
     async def trim_by_age(self) -> None:

@@ -27,7 +27,7 @@ from tests.e2e.serverkit import until
 from tests.integration.watcherkit import COLLECTIONS, stream
 from watchers import config as watcher_config
 from watchers.keys import Keys
-from watchers.publish import ALL_CHANGES, NeedSeed, Outcome, Publisher, Seed, point
+from watchers.publish import ALL_CHANGES, BatchOutcome, NeedSeed, Publisher, Seed, point
 from watchers.watcher import Watcher
 
 pytestmark = [pytest.mark.integration]
@@ -40,16 +40,21 @@ class Crash(Exception):
 
 
 class CrashingPublisher(Publisher):
-    """Publishes normally; once armed with n, publishes n more changes and then dies before the next."""
+    """Publishes normally; once armed with n, publishes n more changes and then dies before the next (within a
+    batch too: the changes before the crash go in a batch of their own)."""
 
     left: int | None = None
 
-    async def publish(self, **kwargs: Any) -> Outcome:
-        if self.left == 0:
+    async def publish_batch(self, **kwargs: Any) -> BatchOutcome:
+        changes = kwargs.pop("changes")
+        if self.left is not None and self.left < len(changes):
+            if self.left > 0:
+                await super().publish_batch(changes=changes[:self.left], **kwargs)
+            self.left = 0
             raise Crash()
-        outcome = await super().publish(**kwargs)
+        outcome = await super().publish_batch(changes=changes, **kwargs)
         if self.left is not None:
-            self.left -= 1
+            self.left -= len(changes)
         return outcome
 
 

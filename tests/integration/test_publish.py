@@ -4,15 +4,18 @@ does not hold the last change the caller published (it came back from older data
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import orjson
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from realtime import events as ev
-from realtime.events import Event
+from realtime.events import Counter, Event
 from tests.conftest import RedisServer
 from watchers.keys import Keys
-from watchers.publish import Diverged, Outcome, Publisher
+from watchers.publish import BatchOutcome, Diverged, Fenced, NeedSeed, Outcome, Pending, Publisher, Seed, point
 
 pytestmark = [pytest.mark.integration]
 
@@ -67,3 +70,89 @@ async def test_each_entry_of_the_global_stream_carries_the_time_redis_appended_i
     assert before <= int(fields[b"w"]) <= after
     [(_, room_fields)] = await publisher.redis.xrange(publisher.keys.room("public"))
     assert set(room_fields) == {b"e"}  # the room histories, replayed to clients, do without it
+
+
+def changes(first: int, last: int) -> list[Pending]:
+    """Changes at seconds first..last: a post:created each, and a like of post "p" each (a counted event)."""
+    out = []
+    for seconds in range(first, last + 1):
+        t = ev.time_part(seconds, 1)
+        out.append(Pending({"_data": token(seconds)}, f"{t}:0", [
+            Event(f"{t}-0", ev.POST_CREATED, ("public", f"author:{seconds % 3}"), {"id": str(seconds)}, 0),
+            Event(f"{t}-1", ev.POST_LIKED, ("post:p",), {"likes": 0, "id": f"l{seconds}", "postId": "p"}, 0,
+                  Counter("p", 1))], index_set=[("like", f"l{seconds}", {"postId": "p", "userId": "u"})],
+            posts=[(str(seconds), b'{"authorId":"a"}', 0)]))
+    return out
+
+
+def held(r: redis.Redis, prefix: str) -> dict[str, Any]:
+    tag = "{" + prefix + "}"
+    keys = sorted(k.decode() for k in r.scan_iter(match=f"{tag}:*"))
+    out: dict[str, Any] = {}
+    for key in keys:
+        kind = r.type(key).decode()
+        if kind == "stream":
+            out[key[len(tag) + 1:]] = [(i, {k: v for k, v in f.items() if k != b"w"}) for i, f in r.xrange(key)]
+        elif kind == "hash":
+            out[key[len(tag) + 1:]] = r.hgetall(key)
+        else:
+            out[key[len(tag) + 1:]] = r.get(key)
+    return out
+
+
+async def test_a_batch_publishes_what_its_changes_publish_one_by_one(publisher: Publisher,
+                                                                     redis_server: RedisServer) -> None:
+    single = Publisher(publisher.redis, Keys("one"), global_maxlen=1000, room_maxlen=1000)
+    seed = {"p": Seed(4, point(ev.time_part(100, 1), 0))}
+    previous = ""
+    for change in changes(100, 120):
+        outcome = await single.publish(lease="", token=change.token, previous=previous, at=change.at,
+                                       events=change.events, seeds=seed, index_set=change.index_set,
+                                       posts=change.posts)
+        assert outcome.published
+        previous = change.token["_data"]
+    assert await publisher.publish_batch(lease="", previous="", changes=changes(100, 120), seeds=seed) == \
+        BatchOutcome(0, 0, token(120))
+    r = redis.Redis(port=redis_server.port)
+    try:
+        batch, one = held(r, "pub"), held(r, "one")
+    finally:
+        r.close()
+    assert batch == one and len(batch["events"]) == 42
+    assert batch["likes"] == {b"p": b"25"}
+
+
+async def test_a_batch_names_every_count_it_lacks_and_publishes_nothing(publisher: Publisher) -> None:
+    batch = changes(100, 102)
+    batch[2].events[1] = Event(batch[2].events[1].id, ev.POST_LIKED, ("post:q",), {"likes": 0, "postId": "q"}, 0,
+                               Counter("q", 1))
+    with pytest.raises(NeedSeed) as need:
+        await publisher.publish_batch(lease="", previous="", changes=batch)
+    assert need.value.post_ids == ["p", "q"]
+    assert await publisher.redis.xlen(publisher.keys.events) == 0
+
+
+async def test_a_batch_sent_again_after_a_lost_answer_publishes_nothing_twice(publisher: Publisher) -> None:
+    seed = {"p": Seed(0, point(ev.time_part(100, 1), 0))}
+    assert (await publisher.publish_batch(lease="", previous="", changes=changes(100, 104), seeds=seed)).skipped == 0
+    again = await publisher.publish_batch(lease="", previous="", changes=changes(100, 104), seeds=seed)
+    assert again == BatchOutcome(5, last=token(104))
+    overlapping = await publisher.publish_batch(lease="", previous="", changes=changes(102, 107))
+    assert overlapping == BatchOutcome(3, 0, token(107))
+    entries = await publisher.redis.xrange(publisher.keys.events)
+    ids = [entry_id for entry_id, _ in entries]
+    assert len(ids) == len(set(ids)) == 16
+    assert [orjson.loads(f[b"e"])["data"]["likes"] for _, f in entries if b"post:liked" in f[b"e"]] == \
+        list(range(1, 9))
+    assert (await publisher.state())["token"] == token(107)
+
+
+async def test_a_batch_under_a_stale_lease_publishes_nothing(publisher: Publisher) -> None:
+    await publisher.redis.set(publisher.keys.leader, "b:2")
+    seed = {"p": Seed(0, point(ev.time_part(100, 1), 0))}
+    with pytest.raises(Fenced):
+        await publisher.publish_batch(lease="a:1", previous="", changes=changes(100, 104), seeds=seed)
+    assert await publisher.redis.xlen(publisher.keys.events) == 0
+    assert await publisher.state() == {}
+    assert (await publisher.publish_batch(lease="b:2", previous="", changes=changes(100, 104), seeds=seed)).skipped == 0
+    assert await publisher.redis.xlen(publisher.keys.events) == 10

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watchers.config import MappingConfig
-from watchers.likecount import LikeChange, delta, like_changes, unplaced
+from watchers.likecount import LikeChange, delta, deltas, like_changes, unplaced
 from watchers.publish import ALL_CHANGES, change_point, point
 
 CFG = MappingConfig()
@@ -77,6 +77,18 @@ def test_delta_plus_the_count_before_is_the_count_before_each_change(ops: list[t
     for post in ("p1", "p2"):
         before = sum(1 for p in existing.values() if p == post)
         assert before + delta(post, changes, owners) == truth.count(post)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["p1", "p2", None])),
+                max_size=40),
+       st.dictionaries(st.sampled_from(["p1", "p2", "p3"]), st.integers(0, 40)))
+def test_deltas_in_one_pass_are_delta_for_each_post(ops: list[tuple[bool, str, str | None]],
+                                                    cuts: dict[str, int]) -> None:
+    """The batch's seeds carry every post's count forward in one pass: the same as delta() on each prefix."""
+    earlier = [LikeChange(insert, key, post) for insert, key, post in ops]
+    owners = {c.key: "p1" if c.key < "c" else "p2" for c in unplaced(earlier)}
+    cuts = {post: min(cut, len(earlier)) for post, cut in cuts.items()}
+    assert deltas(cuts, earlier, owners) == {post: delta(post, earlier[:cut], owners) for post, cut in cuts.items()}
 
 
 def test_points_order_changes_within_one_cluster_time() -> None:
