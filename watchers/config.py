@@ -57,6 +57,7 @@ class WatcherConfig:
     tombstone_seconds: float = 7 * 86400.0  # how long the post index remembers a deleted post's routing
     read_batch: int = 2000  # changes taken from the driver's buffer per read (never waiting for more)
     publish_batch: int = 500  # changes per publish script call
+    read_ahead: bool = True  # read the next changes while a read is published
 
     @property
     def collections(self) -> tuple[str, str, str]:
@@ -126,4 +127,5 @@ def load(environ: Mapping[str, str] | None = None) -> WatcherConfig:
                                      maximum=10 * 365 * 86400.0),
         read_batch=env.integer("REALTIME_READ_BATCH", 2000, minimum=1, maximum=100_000),
         publish_batch=env.integer("REALTIME_PUBLISH_BATCH", 500, minimum=1, maximum=10_000),
+        read_ahead=env.flag("REALTIME_READ_AHEAD", True),
     )

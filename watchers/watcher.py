@@ -36,6 +36,7 @@ from realtime import events as ev
 from realtime.backoff import backoff
 from realtime.events import Event
 from realtime.metrics import STAGE_LATENCY, Registry
+from realtime.tasks import cancel_all
 from watchers import mapping
 from watchers.checkpoint import Checkpoint, MongoCheckpoints
 from watchers.config import WatcherConfig
@@ -511,24 +512,38 @@ class Watcher:
                 self.streaming = False
 
     async def _read(self, lease: str, stream: Any) -> ResumePoint:
-        while stream.alive:
-            honour_cancellation()
-            try:
-                changes = await self._take(stream)
-            except OperationFailure as exc:
-                if exc.code not in HISTORY_LOST:
-                    raise
-                return await self._lost(lease, exc)
-            self.last_poll = time.monotonic()
-            self.reachable(MONGODB)
-            if not changes:
-                self.caught_up = True
-            else:
+        # While a read is published, the next one is read (the round trip to MongoDB overlaps the ones to Redis).
+        # The checkpoint then names the last change published, not the stream's token, which may be further on.
+        ahead: asyncio.Task[list[dict[str, Any]]] | None = None
+        try:
+            while stream.alive or ahead is not None:
+                honour_cancellation()
+                try:
+                    if ahead is not None:
+                        task, ahead = ahead, None
+                        changes = await task
+                    else:
+                        changes = await self._take(stream)
+                except OperationFailure as exc:
+                    if exc.code not in HISTORY_LOST:
+                        raise
+                    return await self._lost(lease, exc)
+                self.last_poll = time.monotonic()
+                self.reachable(MONGODB)
+                if not changes:
+                    self.caught_up = True
+                    await self._checkpoint(stream.resume_token)
+                    continue
                 self.caught_up = False
+                if self.cfg.read_ahead and stream.alive:
+                    ahead = asyncio.create_task(self._take(stream))
                 nxt = await self._handle_read(lease, changes)
                 if nxt is not None:
                     return nxt
-            await self._checkpoint(stream)
+                await self._checkpoint(changes[-1]["_id"])
+        finally:
+            if ahead is not None:
+                await cancel_all([ahead])
         # The server closed the stream (an invalidate the $match let through is handled in _handle_read).
         token = stream.resume_token
         log.warning("the change stream was closed by the server; starting after %s", token)
@@ -575,12 +590,11 @@ class Watcher:
         else:
             log.warning("reset marker %s not written: the stream already holds an entry at or after it", event.id)
 
-    async def _checkpoint(self, stream: Any) -> None:
+    async def _checkpoint(self, token: dict[str, Any] | None) -> None:
+        """Save ``token`` (the last change published, or the stream's token after an empty read) as the
+        checkpoint, when one is due."""
         now = time.monotonic()
-        if now - self.last_checkpoint < self.cfg.checkpoint_interval:
-            return
-        token = stream.resume_token  # a deep copy each time: read only when due
-        if token is None:
+        if now - self.last_checkpoint < self.cfg.checkpoint_interval or token is None:
             return
         self.last_checkpoint = now
         await self.checkpoints.save(Checkpoint(dict(token), f"{self.last_time}:{self.last_position}"))

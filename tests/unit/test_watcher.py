@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from types import SimpleNamespace
+from typing import Any
 
-from watchers.watcher import WatcherMetrics, wall_seconds
+import pytest
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from watchers.config import MappingConfig, WatcherConfig
+from watchers.watcher import Watcher, WatcherMetrics, wall_seconds
 
 
 def test_a_naive_wall_time_is_utc_as_pymongo_decodes_it() -> None:
@@ -32,3 +41,76 @@ def test_reading_a_change_observes_its_age_since_its_wall_time() -> None:
     text = metrics.registry.render().splitlines()
     assert 'realtime_stage_latency_seconds_count{stage="mongodb_to_watcher"} 1' in text
     assert 'realtime_stage_latency_seconds_count{stage="watcher_to_redis"} 0' in text
+
+
+class FakeStream:
+    """A change stream whose reads (getMores) take a few milliseconds, each a batch (an empty one: nothing new);
+    its resume token is that of the last change handed out, as the driver's is: ahead of what was published."""
+
+    def __init__(self, batches: list[list[dict[str, Any]]]) -> None:
+        self.batches = batches
+        self.buffer: list[dict[str, Any]] = []
+        self.alive = True
+        self.resume_token: dict[str, Any] | None = None
+        self.reading = False  # a getMore is on its way
+        self._cursor = SimpleNamespace(_has_next=lambda: bool(self.buffer))
+
+    async def try_next(self) -> dict[str, Any] | None:
+        if not self.buffer:
+            if not self.batches:
+                self.alive = False
+                return None
+            batch = self.batches.pop(0)
+            self.reading = True
+            await asyncio.sleep(0.005)
+            self.reading = False
+            if not batch:
+                return None
+            self.buffer = batch
+        change = self.buffer.pop(0)
+        self.resume_token = change["_id"]
+        return change
+
+
+def change(n: int) -> dict[str, Any]:
+    return {"_id": {"_data": f"{n:08d}"}, "operationType": "insert", "clusterTime": Timestamp(1_700_000_000, n)}
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+async def test_a_read_ahead_never_moves_the_checkpoint_past_what_was_published(read_ahead: bool,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """While a read is published the next is read (read ahead); the checkpoint still names the last change
+    published, never the stream's token, which is then ahead of it (a watcher killed there would resume past
+    changes it never published)."""
+    cfg = WatcherConfig(redis_url="redis://127.0.0.1:1/0", mongodb_uri="mongodb://127.0.0.1:1", database="app",
+                        mapping=MappingConfig(), prefix="t", checkpoint_interval=0.0, read_ahead=read_ahead)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient("mongodb://127.0.0.1:1", connect=False)
+    watcher = Watcher(cfg, mongo, Redis(port=1))
+    stream = FakeStream([[change(1), change(2)], [change(3)], [], [change(4), change(5), change(6)], []])
+    published: list[str] = []
+    saved: list[tuple[str, list[str]]] = []
+    overlapped: list[bool] = []
+
+    async def handle_read(lease: str, changes: list[dict[str, Any]]) -> None:
+        await asyncio.sleep(0.001)
+        overlapped.append(stream.reading)  # the next read on its way while this one is published
+        await asyncio.sleep(0.01)
+        published.extend(c["_id"]["_data"] for c in changes)
+
+    async def save(checkpoint: Any) -> None:
+        saved.append((checkpoint.token["_data"], list(published)))
+
+    monkeypatch.setattr(watcher, "_handle_read", handle_read)
+    monkeypatch.setattr(watcher.checkpoints, "save", save)
+    try:
+        await watcher._read("lease", stream)
+    finally:
+        await mongo.close()
+        await watcher.redis.aclose()
+    assert published == [f"{n:08d}" for n in range(1, 7)]
+    assert saved, "no checkpoint"
+    for token, done in saved:
+        assert token == done[-1], (token, done)  # the last published, never one read but not published
+    assert any(overlapped) is read_ahead
+    assert saved[-1][0] == "00000006"  # after the empty reads too
