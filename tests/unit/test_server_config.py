@@ -55,5 +55,5 @@ def test_cors_origins_are_a_comma_separated_list() -> None:
     cfg = load({**BASE, "REALTIME_CORS_ORIGIN": "http://localhost:3000, http://127.0.0.1:3000/"})
     assert cfg.cors_origins == ("http://localhost:3000", "http://127.0.0.1:3000")
     assert load({**BASE, "SOCKET_CORS_ORIGIN": "*"}).cors_origins == ("*",)
-    with pytest.raises(ConfigError, match="REALTIME_CORS_ORIGIN.*localhost:3000/feed"):
+    with pytest.raises(ConfigError, match=r"REALTIME_CORS_ORIGIN.*localhost:3000/feed"):
         load({**BASE, "REALTIME_CORS_ORIGIN": "http://localhost:3000/feed"})
