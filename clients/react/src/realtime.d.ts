@@ -27,6 +27,7 @@ export interface ClientOptions {
   backoffCap?: number;
   connectTimeout?: number;
   heartbeat?: number;
+  heartbeatTimeout?: number;
   pollWait?: number;
   refreshBefore?: number;
   typingInterval?: number;
