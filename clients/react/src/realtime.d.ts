@@ -13,7 +13,7 @@ export interface RealtimeEvent<D = Record<string, unknown>> {
   readonly ts: number;
 }
 
-export type TokenSource = string | (() => string | Promise<string>) | null;
+export type TokenSource = string | (() => string | null | Promise<string | null>) | null;
 
 export interface ClientOptions {
   url?: string;
