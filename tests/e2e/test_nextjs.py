@@ -261,7 +261,8 @@ def test_the_example_says_what_is_wrong_with_its_secret(nextjs: Running, tmp_pat
         _wait_http(f"{url}/api/token", app, "next start")
         if secret is None:
             assert "REALTIME_JWT_SECRET is not set" in (tmp_path / "next.log").read_text()
-            with urllib.request.urlopen(f"{url}/api/token?user=alice", timeout=TIMEOUT) as res:
+            asked = urllib.request.Request(f"{url}/api/token", headers={"Cookie": "user=alice"})
+            with urllib.request.urlopen(asked, timeout=TIMEOUT) as res:
                 body = orjson.loads(res.read())
             assert body["token"] is None and "REALTIME_JWT_SECRET is not set" in body["problem"], body
             _notice(url, tmp_path, "REALTIME_JWT_SECRET is not set in the Next.js server", "connected")
