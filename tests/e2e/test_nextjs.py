@@ -274,3 +274,37 @@ def test_the_example_says_what_is_wrong_with_its_secret(nextjs: Running, tmp_pat
     finally:
         _stop(app)
         log.close()
+
+
+def _server_pid(dev_pid: int) -> int:
+    """The ``realtime serve`` child of ``realtime dev``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == dev_pid and cmdline[-3:-1] == [b"realtime", b"serve"]:
+            return int(entry.name)
+    raise AssertionError("no realtime serve under realtime dev")
+
+
+@pytest.mark.parametrize("frozen", ["the realtime server", "MongoDB"])
+def test_the_page_is_rendered_in_bounded_time_when_a_server_hangs(nextjs: Running, frozen: str) -> None:
+    """A stopped (SIGSTOP) realtime server, or a frozen MongoDB (the stand-in lives in ``realtime dev``), held
+    the page's render for ever: now it renders the feed offline, or a page that says the database does not
+    answer, within the example's bounds (2 s for the position; 3 to 8 s for MongoDB)."""
+    pid = _server_pid(nextjs.dev.pid) if frozen == "the realtime server" else nextjs.dev.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with urllib.request.urlopen(f"{nextjs.app}/?user=dave", timeout=TIMEOUT * 3) as res:
+            html = res.read().decode()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert res.status == 200
+    if frozen == "the realtime server":
+        assert "Live updates are off" in html and "did not answer within 2 s" in html, html[:3000]
+    else:
+        assert "could not be read from the database" in html, html[:3000]
