@@ -63,7 +63,7 @@ class ServerConfig:
     read_count: int = 512
     lag_ready_seconds: float = 10.0  # /readyz fails when delivery lags more than this
     ready_timeout: float = 1.0  # seconds /readyz waits for Redis before it answers 503
-    cors_origin: str = ""
+    cors_origins: tuple[str, ...] = ()  # origins allowed to read /poll and /sse from a page ("*": any)
     presence_ttl: float = 30.0  # an instance's presence entries expire this long after its last refresh
     typing_ttl: float = 5.0  # seconds after the last typing notice before user:stopped_typing
     typing_interval: float = 1.0  # at most one typing notice per connection per this many seconds
@@ -158,7 +158,7 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         retry_seconds=env.number("REALTIME_RETRY_SECONDS", 2.0, minimum=0.0, maximum=60),
         lag_ready_seconds=env.number("REALTIME_READY_MAX_LAG", 10.0, minimum=0.1),
         ready_timeout=env.number("REALTIME_READY_TIMEOUT", 1.0, minimum=0.05, maximum=60),
-        cors_origin=env.environ.get("REALTIME_CORS_ORIGIN", env.environ.get("SOCKET_CORS_ORIGIN", "")),
+        cors_origins=cors_origins(env),
         presence_ttl=env.number("REALTIME_PRESENCE_TTL", 30.0, minimum=1.0, maximum=3600),
         typing_ttl=env.number("REALTIME_TYPING_TTL", 5.0, minimum=0.5, maximum=300),
         typing_interval=env.number("REALTIME_TYPING_INTERVAL", 1.0, minimum=0.0, maximum=60),
@@ -173,3 +173,17 @@ def load(environ: Mapping[str, str] | None = None) -> ServerConfig:
         demo=demo,
         demo_mongodb_uri=demo_mongodb_uri,
     )
+
+
+def cors_origins(env: Env) -> tuple[str, ...]:
+    """REALTIME_CORS_ORIGIN (or SOCKET_CORS_ORIGIN): a comma-separated list of origins, or ``*``."""
+    name = "REALTIME_CORS_ORIGIN" if "REALTIME_CORS_ORIGIN" in env.environ else "SOCKET_CORS_ORIGIN"
+    raw = env.environ.get(name, "")
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if origin == "*":
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ConfigError(f"{name}: {origin!r} is not an origin (scheme://host[:port], or *)")
+    return origins

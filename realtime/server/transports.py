@@ -656,17 +656,29 @@ def _error(state: Any, exc: ClientError, headers: dict[str, str]) -> HTTPRespons
     return raw(body, status=exc.http_status, content_type="application/json", headers=headers)
 
 
-def _cors(state: Any, request: Request) -> dict[str, str]:
-    origin = state.cfg.cors_origin
-    if not origin:
+def cors_headers(allowed: tuple[str, ...], origin: str | None) -> dict[str, str]:
+    """The CORS headers for a request from ``origin``: the origin echoed when it is one of ``allowed`` (``*``
+    allows any), none when it is not; ``Vary: Origin`` whenever the answer depends on it."""
+    if not allowed:
         return {}
-    return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Headers": "Authorization, Last-Event-ID",
-            "Vary": "Origin"}
+    vary = {"Vary": "Origin"}
+    if "*" in allowed:
+        found = "*"
+    elif origin is not None and origin in allowed:
+        found = origin
+    else:
+        return vary
+    return {"Access-Control-Allow-Origin": found, "Access-Control-Allow-Headers": "Authorization, Last-Event-ID",
+            **vary}
+
+
+def _cors(state: Any, request: Request) -> dict[str, str]:
+    return cors_headers(state.cfg.cors_origins, request.headers.get("origin"))
 
 
 def preflight(state: Any, request: Request) -> HTTPResponse:
     headers = _cors(state, request)
-    if headers:
+    if "Access-Control-Allow-Origin" in headers:
         headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
         headers["Access-Control-Max-Age"] = "600"
     return raw(b"", status=204, headers=headers)

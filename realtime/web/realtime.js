@@ -115,8 +115,9 @@ export class RealtimeClient extends EventTarget {
    * @param {object} options
    * @param {string} [options.url] the server (`http://host:port`, or its `/ws` URL); default: where this module
    *   was loaded from
-   * @param {string|(() => Promise<string>|string)|null} [options.token] a JWT, or a function returning a fresh one
-   *   (called again before `exp` and after a 4003); null: anonymous (public rooms, if the server allows)
+   * @param {string|(() => Promise<string|null>|string|null)|null} [options.token] a JWT, or a function returning a
+   *   fresh one (called again before `exp` and after a 4003); null, or a function that returns null: anonymous (public rooms, if the server allows). A function that
+   *   throws fails the attempt: an `error` event (`token_failed`, its message), then a retry after a backoff
    * @param {string[]} [options.rooms] rooms to subscribe to at once
    * @param {string} [options.since] the event id to start after (e.g. the position of a state snapshot)
    * @param {'auto'|'websocket'|'polling'} [options.transport] `polling` long-polls only; `websocket` never does
@@ -124,7 +125,12 @@ export class RealtimeClient extends EventTarget {
    * @param {number} [options.wsRetry] ms between WebSocket retries while long-polling (30000)
    * @param {number} [options.backoffBase] ms (500); [options.backoffCap] ms (30000)
    * @param {number} [options.connectTimeout] ms for a WebSocket to be connected and subscribed (10000)
-   * @param {number} [options.heartbeat] ms between pings on an idle WebSocket (25000; 0: none)
+   * @param {number} [options.heartbeat] ms of silence on the WebSocket after which the client pings (10000;
+   *   0: no pings, and no check that the connection is alive)
+   * @param {number} [options.heartbeatTimeout] ms after such a ping without any frame from the server before the
+   *   connection counts as dead: it is dropped and the client reconnects and resumes (5000). Browsers do not
+   *   show the WebSocket's own pings to pages: without this, a server that hangs (stopped, or a network path
+   *   that drops everything) would look connected until TCP gives up
    * @param {number} [options.pollWait] seconds a poll waits on the server (25)
    * @param {number} [options.refreshBefore] seconds before `exp` to refresh a token (60; at most half its life)
    * @param {number} [options.typingInterval] ms between two typing notices sent for a room (1000)
@@ -146,7 +152,8 @@ export class RealtimeClient extends EventTarget {
     this.backoffBase = o.backoffBase ?? 500;
     this.backoffCap = o.backoffCap ?? 30000;
     this.connectTimeout = o.connectTimeout ?? 10000;
-    this.heartbeat = o.heartbeat ?? 25000;
+    this.heartbeat = o.heartbeat ?? 10000;
+    this.heartbeatTimeout = o.heartbeatTimeout ?? 5000;
     this.pollWait = o.pollWait ?? 25;
     this.refreshBefore = o.refreshBefore ?? 60;
     this.typingInterval = o.typingInterval ?? 1000;
@@ -529,6 +536,10 @@ export class RealtimeClient extends EventTarget {
       return c.token;
     }
     const token = await t();
+    if (token == null) { // anonymous, as a token of null is (kept like a token without exp)
+      this._tokenCache = { token: null, exp: null, at: now };
+      return null;
+    }
     if (typeof token !== 'string' || !token) throw new Error('the token function returned no token');
     const claims = jwtClaims(token);
     this._tokenCache = { token, exp: typeof claims?.exp === 'number' ? claims.exp : null, at: now };
@@ -595,7 +606,7 @@ export class RealtimeClient extends EventTarget {
     if (this._closed || this._link) return;
     const probe = this._mode === 'polling';
     const link = { ws: null, opened: false, ready: false, serial: ++this._linkSerial, probe, timers: [], refreshTimer: null,
-      heartbeatTimer: null, lastIn: Date.now() };
+      heartbeatTimer: null, lastIn: Date.now(), pingAt: null };
     this._link = link;
     let token;
     try {
@@ -672,21 +683,34 @@ export class RealtimeClient extends EventTarget {
     }
     for (const room of this._rooms) this._queryPresence(link, room);
     if (this.heartbeat > 0) {
-      link.heartbeatTimer = setInterval(() => {
-        if (this._link !== link) return;
-        if (Date.now() - link.lastIn > this.heartbeat * 2) { // silent for too long: the connection is gone
-          this._link = null;
-          this._dropLink(link, 4000, 'no answer to heartbeats');
-          this._linkClosed(link, 1006, 'no answer to heartbeats');
-        } else if (Date.now() - link.lastIn >= this.heartbeat) {
-          const ref = `hb${++this._refs}`;
-          const timer = setTimeout(() => this._pings.delete(ref), this.heartbeat * 2);
-          this._pings.set(ref, { at: clock(), link, done: () => { clearTimeout(timer); this._pings.delete(ref); } });
-          this._send(link, { op: 'ping', ref });
-        }
-      }, Math.max(250, this.heartbeat / 2));
+      const every = Math.max(100, Math.min(this.heartbeat, this.heartbeatTimeout) / 4);
+      link.heartbeatTimer = setInterval(() => this._checkAlive(link), every);
     }
     this._setState('connected');
+  }
+
+  /**
+   * Liveness, by the application's own pings (a page cannot see the WebSocket's): after `heartbeat` ms without
+   * a frame, a ping; when no frame at all comes within `heartbeatTimeout` ms of it, the connection is dropped
+   * and the client reconnects (resuming from its position). A late timer (a background tab) cannot drop a
+   * live connection: only silence after the ping counts.
+   */
+  _checkAlive(link) {
+    if (this._link !== link) return;
+    const now = Date.now();
+    if (link.pingAt != null && link.lastIn < link.pingAt) {
+      if (now - link.pingAt < this.heartbeatTimeout) return;
+      this._link = null;
+      this._dropLink(link, 4000, 'no answer to a ping');
+      this._linkClosed(link, 1006, 'no answer to a ping');
+      return;
+    }
+    link.pingAt = null;
+    if (now - link.lastIn < this.heartbeat) return;
+    const ref = `hb${++this._refs}`;
+    const timer = setTimeout(() => this._pings.delete(ref), this.heartbeatTimeout * 2);
+    this._pings.set(ref, { at: clock(), link, done: () => { clearTimeout(timer); this._pings.delete(ref); } });
+    if (this._send(link, { op: 'ping', ref })) link.pingAt = now;
   }
 
   _onFrame(link, msg) {

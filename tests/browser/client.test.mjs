@@ -1,7 +1,7 @@
 // Unit tests of realtime/web/realtime.js with a fake WebSocket and a fake fetch: `node --test` (run by
 // tests/e2e/test_demo.py). The module is plain browser JavaScript; Node has what it uses (EventTarget,
 // CustomEvent, fetch, atob, AbortController).
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -453,6 +453,98 @@ test('ping measures the round trip over the WebSocket; heartbeats too; null with
   const lost = c.ping();
   ws.serverClose(1006);
   assert.equal(await lost, null);
+  c.close();
+});
+
+test('a server that stops answering is noticed by the pings: the client drops it and resumes elsewhere', async () => {
+  // Browsers hide the WebSocket's own pings: a stopped server looked connected for a minute.
+  const { FakeWebSocket, sockets } = fakeSockets();
+  const { c, states } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'], heartbeat: 60,
+    heartbeatTimeout: 80 });
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 3, 'the first frames');
+  const ws = sockets[0];
+  ws.ready();
+  ws.message(ev('7-0'));
+  // answered pings keep it up
+  for (let answered = 0; answered < 3;) {
+    await until(() => ws.sent.some((m) => m.op === 'ping' && String(m.ref).startsWith('hb') && !m.answered), 'a ping');
+    const ping = ws.sent.find((m) => m.op === 'ping' && String(m.ref).startsWith('hb') && !m.answered);
+    ping.answered = true;
+    ws.message({ op: 'pong', ref: ping.ref });
+    answered++;
+  }
+  assert.equal(sockets.length, 1);
+  assert.equal(ws.closedWith, null);
+  // then silence: no frame after a ping
+  await until(() => sockets.length === 2, 'a new connection after the unanswered ping', 3000);
+  assert.equal(ws.closedWith.code, 4000);
+  assert.deepEqual(states, ['connecting', 'connected', 'reconnecting']);
+  await until(() => sockets[1].sent.some((m) => m.op === 'subscribe'), 'a subscribe');
+  assert.equal(sockets[1].sent.find((m) => m.op === 'subscribe').since, '7-0'); // resumed from the position
+  c.close();
+});
+
+test('with the default options, a silent server is noticed within 20 s (it took over 50 s)', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'] });
+  try {
+    const { FakeWebSocket, sockets } = fakeSockets();
+    const { c } = client({ WebSocket: FakeWebSocket, token: 'tok', rooms: ['public'], heartbeat: undefined });
+    const advance = async (ms) => {
+      for (let t = 0; t < ms; t += 100) {
+        mock.timers.tick(100);
+        for (let i = 0; i < 5; i++) await Promise.resolve();
+      }
+    };
+    c.connect();
+    await advance(300);
+    sockets[0].ready();
+    assert.equal(c.state, 'connected');
+    await advance(9000);
+    assert.equal(sockets[0].ops().filter((op) => op === 'ping').length, 1); // (the ready ping) quiet is fine
+    await advance(11000);
+    assert.ok(sockets[0].sent.some((m) => m.op === 'ping' && String(m.ref).startsWith('hb')), 'no ping was sent');
+    assert.equal(sockets[0].closedWith?.code, 4000, 'the silent connection is still up after 20 s');
+    assert.ok(sockets.length >= 2, 'no new connection');
+    c.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('a token function that returns null connects anonymously, as a token of null does', async () => {
+  const { FakeWebSocket, sockets } = fakeSockets();
+  let calls = 0;
+  const { c } = client({ WebSocket: FakeWebSocket, token: async () => { calls++; return null; }, rooms: ['public'] });
+  const errors = [];
+  c.addEventListener('error', (e) => errors.push(e.detail));
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 2, 'the first frames');
+  assert.deepEqual(sockets[0].ops(), ['subscribe', 'ping']); // no auth frame
+  sockets[0].ready();
+  assert.equal(c.state, 'connected');
+  assert.deepEqual(errors, []);
+  sockets[0].serverClose(1001);
+  await until(() => sockets[1]?.sent.length >= 2, 'a second connection');
+  assert.deepEqual(sockets[1].ops(), ['subscribe', 'ping']);
+  assert.equal(calls, 1);
+  c.close();
+});
+
+test('a token function that throws: an error event with its message, and a retry', async () => {
+  const { FakeWebSocket, sockets } = fakeSockets();
+  let calls = 0;
+  const { c } = client({ WebSocket: FakeWebSocket, rooms: ['public'], token: async () => {
+    calls++;
+    if (calls === 1) throw new Error('REALTIME_JWT_SECRET is not set');
+    return 'tok';
+  } });
+  const errors = [];
+  c.addEventListener('error', (e) => errors.push(e.detail));
+  c.connect();
+  await until(() => sockets[0]?.sent.length >= 3, 'a connection after the retry');
+  assert.deepEqual(errors, [{ code: 'token_failed', message: 'REALTIME_JWT_SECRET is not set' }]);
+  assert.deepEqual(sockets[0].sent[0], { op: 'auth', token: 'tok', ref: 'auth' });
   c.close();
 });
 

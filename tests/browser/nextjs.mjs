@@ -8,7 +8,8 @@ import { chromium } from 'playwright-core';
 import readline from 'node:readline';
 import path from 'node:path';
 
-const [base, shots] = process.argv.slice(2);
+const mode = process.argv[2] === 'notice' ? 'notice' : 'main';
+const [base, shots] = process.argv.slice(mode === 'notice' ? 3 : 2);
 const T = Number(process.env.REALTIME_TEST_TIMEOUT || 10) * 1000; // the tests' unit of waiting
 const OUTAGE_TEXT = 'written while the server was down';
 const lines = readline.createInterface({ input: process.stdin });
@@ -21,13 +22,16 @@ async function hear(expected) {
   if (value?.trim() !== expected) throw new Error(`expected ${expected} on stdin, got ${value}`);
 }
 
-async function open(context, user) {
+const missing = []; // responses 404 (a favicon asked for on every load was one)
+
+async function open(context, user, app = base) {
   const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.log(`[${user}] ${m.text()}`); });
   page.on('pageerror', (e) => console.log(`[${user}] page error: ${e.message}`));
+  page.on('response', (r) => { if (r.status() === 404) missing.push(r.url()); });
   page.sockets = 0;
   page.on('websocket', () => { page.sockets++; });
-  await page.goto(`${base}/?user=${user}`);
+  await page.goto(`${app}/?user=${user}`);
   return page;
 }
 
@@ -61,12 +65,35 @@ async function postIdOf(page, text) {
   return item.first().getAttribute('data-post-id');
 }
 
-const browser = await chromium.launch({
+const launched = chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
     '--disable-component-update', '--no-first-run'],
 });
+
+if (mode === 'notice') {
+  // node nextjs.mjs notice <app> <shots> <text> <state>: the page of an app started with a configuration
+  // problem says <text> on screen, and its badge is in <state>.
+  const [text, wanted] = process.argv.slice(5);
+  const browser = await launched;
+  try {
+    const page = await open(await browser.newContext(), 'alice');
+    await page.getByText(text).first().waitFor({ timeout: T * 3 });
+    await state(page, wanted);
+    await page.screenshot({ path: path.join(shots, `notice-${wanted}.png`) });
+    console.log('OK');
+  } catch (err) {
+    console.log(`FAILED: ${err?.stack ?? err}`);
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+    lines.close();
+  }
+  process.exit();
+}
+
+const browser = await launched;
 const pages = {};
 try {
   const contexts = { alice: await browser.newContext(), bob: await browser.newContext() };
@@ -109,10 +136,33 @@ try {
   await bob.unroute('**/api/like');
   await expectText(likes(alice, 'n1'), '1', 500); // nothing was written
 
+  step('a post or comment the API fails to write says so, and keeps the text');
+  await bob.route('**/api/posts', (route) => route.fulfill({ status: 500, contentType: 'application/json',
+    body: '{"error":{"code":"internal","message":"something went wrong"}}' }));
+  await compose(bob, 'this one fails');
+  await expectText(bob.locator('[data-testid=compose-error]'), 'not posted: something went wrong');
+  if (await bob.locator('[data-testid=compose]').inputValue() !== 'this one fails') throw new Error('the text was lost');
+  await bob.unroute('**/api/posts');
+  await bob.locator('[data-testid=compose]').fill('');
+  await bob.route('**/api/comments', (route) => route.abort('connectionrefused'));
+  const bobBox = post(bob, 'n1').locator('[data-testid=comment]');
+  await bobBox.fill('this comment fails');
+  await bobBox.press('Enter');
+  await expectText(post(bob, 'n1').locator('[data-testid=comment-error]'), 'not sent: the app could not be reached');
+  if (await bobBox.inputValue() !== 'this comment fails') throw new Error('the comment was lost');
+  await bob.unroute('**/api/comments');
+  await bobBox.fill('');
+
+  step('a long unbroken word does not widen the page');
+  await compose(alice, 'x'.repeat(400));
+  await postIdOf(alice, 'x'.repeat(400));
+  const wide = await alice.evaluate(() => document.documentElement.scrollWidth > document.documentElement.clientWidth);
+  if (wide) throw new Error('the page scrolls sideways');
+
   step('a new post raises the banner in the other page');
   await compose(alice, 'hello from alice');
   const hello = await postIdOf(alice, 'hello from alice'); // the author's own post shows at once
-  await expectText(banner(bob), '1 new post');
+  await expectText(banner(bob), '2 new posts'); // (with the long word's)
   if (await post(bob, hello).count()) throw new Error('the new post showed before the banner was clicked');
   await banner(bob).click();
   await post(bob, hello).waitFor({ timeout: T });
@@ -141,6 +191,14 @@ try {
   console.log('STOP');
   await hear('STOPPED');
   await state(alice, 'reconnecting', T * 2).catch(async () => state(alice, 'polling', T));
+  const ssr = await fetch(`${base}/?user=carol`, { signal: AbortSignal.timeout(T * 2) });
+  const html = await ssr.text();
+  if (ssr.status !== 200 || !html.includes('Live updates are off') || !html.includes('the first post')) {
+    throw new Error(`the page with the realtime server down: HTTP ${ssr.status}, ${html.slice(0, 300)}`);
+  }
+  const carol = pages.carol = await open(await browser.newContext(), 'carol');
+  await state(carol, 'offline');
+  await carol.locator('[data-testid=offline]').waitFor({ timeout: T });
   await likeButton(bob, hello).click(); // bob unlikes, with the server down: the API writes to MongoDB
   await expectText(likes(bob, hello), '0', 500);
   await compose(bob, OUTAGE_TEXT);
@@ -148,6 +206,8 @@ try {
   console.log('START');
   await hear('STARTED');
   await state(alice, 'connected', T * 6);
+  await state(carol, 'connected', T * 6); // the page read during the outage goes live by itself
+  await expectText(likes(carol, hello), '0');
   await expectText(likes(alice, hello), '0'); // the unlike made during the outage
   await expectText(banner(alice), '1 new post'); // the post written during the outage
   await banner(alice).click();
@@ -155,6 +215,8 @@ try {
   await state(bob, 'connected', T * 6);
   await likeButton(alice, outage).click(); // and live again, both ways
   await expectText(likes(bob, outage), '1');
+  await expectText(likes(carol, outage), '1'); // (carol's page shows the post since its refresh)
+  if (missing.length) throw new Error(`404s: ${missing.join(', ')}`);
 
   await alice.screenshot({ path: path.join(shots, 'alice.png') });
   await bob.screenshot({ path: path.join(shots, 'bob.png') });

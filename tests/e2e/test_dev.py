@@ -167,3 +167,79 @@ async def test_dev_stops_and_starts_the_server_on_sigusr1_with_the_secret_it_was
         assert proc.stdout is not None
         proc.stdout.close()
         errors.close()
+
+
+def _child(dev_pid: int, *argv: str) -> int:
+    """The child of ``realtime dev`` whose command line ends with ``argv``."""
+    for pid in children(dev_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if [part.decode() for part in cmdline[-len(argv):]] == list(argv) and alive(pid):
+            return pid
+    raise AssertionError(f"no child {' '.join(argv)} of realtime dev")
+
+
+async def test_dev_starts_a_server_or_watcher_that_died_again_keeping_the_data(tmp_path: Path) -> None:
+    """SIGKILL of the server under ``realtime dev`` took the whole stack down, the stand-in's data with it."""
+    from pymongo import MongoClient
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    errors_path = tmp_path / "stderr"
+    errors = errors_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "realtime", "dev", "--port", str(port), "--mongo-port",  # noqa: ASYNC220
+                             str(free_port()), "--rate", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=errors, text=True)
+
+    async def said(expected: str) -> None:
+        deadline = time.monotonic() + TIMEOUT * 3
+        while expected not in errors_path.read_text():
+            assert proc.poll() is None, f"realtime dev ended: {errors_path.read_text()}"
+            assert time.monotonic() < deadline, f"realtime dev did not say {expected!r}: {errors_path.read_text()}"
+            await asyncio.sleep(0.05)
+
+    async def created(post_id: str) -> None:
+        """A post written now reaches a WebSocket client: the watcher and the server both work."""
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send(orjson.dumps({"op": "subscribe", "rooms": ["public"]}).decode())
+            await asyncio.to_thread(mongo.app.posts.insert_one, {"_id": post_id, "authorId": "a", "text": "hi"})
+            deadline = time.monotonic() + TIMEOUT * 3
+            while True:
+                assert time.monotonic() < deadline, f"no post:created for {post_id}"
+                frame = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT * 3))
+                if frame.get("type") == "post:created" and frame["data"]["id"] == post_id:
+                    return
+
+    mongo: MongoClient[dict[str, object]] | None = None
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), TIMEOUT * 3)
+        uri = re.search(r"MongoDB (mongodb://\S+) ", first)
+        assert uri, (first, errors_path.read_text())
+        mongo = MongoClient(uri.group(1))
+        await created("before")
+
+        os.kill(_child(proc.pid, "-m", "realtime", "serve"), signal.SIGKILL)
+        await said("the server died (killed by SIGKILL")
+        await said("the server started again")
+        assert mongo.app.posts.find_one({"_id": "before"}) is not None, "the stand-in's data is gone"
+        await created("after-server")
+
+        os.kill(_child(proc.pid, "-m", "watchers"), signal.SIGKILL)
+        await said("the watcher died (killed by SIGKILL")
+        await said("the watcher started again")
+        await created("after-watcher")
+
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), TIMEOUT * 2) == 0
+    finally:
+        if mongo is not None:
+            mongo.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        errors.close()

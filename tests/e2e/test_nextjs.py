@@ -19,7 +19,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,6 +78,7 @@ class Running:
     mongodb: str
     redis: str
     log: Path
+    env: dict[str, str] = field(default_factory=dict)  # the example's build and start environment
 
     def dev_line(self, expected: str) -> str:
         """Waits for a line of ``realtime dev``'s output that holds ``expected``."""
@@ -149,6 +150,7 @@ def nextjs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             built = subprocess.run(command, cwd=cwd, env=build_env, capture_output=True, text=True,
                                    timeout=TIMEOUT * 60, check=False)
             assert built.returncode == 0, built.stdout[-6000:] + built.stderr[-3000:]
+        running.env = build_env | {"MONGODB_URI": mongodb.group(1)}
         app_log = (logs / "next.log").open("wb")
         app = subprocess.Popen(["node", "node_modules/next/dist/bin/next", "start", "-p", str(app_port), "-H",
                                 "127.0.0.1"], cwd=EXAMPLE, stdout=app_log, stderr=subprocess.STDOUT,
@@ -229,3 +231,80 @@ async def test_the_nextjs_example_in_headless_chromium(nextjs: Running, tmp_path
     log = "\n".join(out)
     assert code == 0, f"the browser test failed (screenshots in {tmp_path}):\n{log}"
     assert out[-1] == "OK", log
+
+
+def _notice(app: str, tmp_path: Path, text: str, state: str) -> str:
+    """The example's page at ``app`` says ``text`` and its badge is in ``state`` (tests/browser/nextjs.mjs)."""
+    env = dict(os.environ, CHROMIUM=CHROMIUM, REALTIME_TEST_TIMEOUT=str(TIMEOUT))
+    done = subprocess.run(["node", str(BROWSER / "nextjs.mjs"), "notice", app, str(tmp_path), text, state],
+                          cwd=BROWSER, env=env, capture_output=True, text=True, timeout=TIMEOUT * 12,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("secret", [None, "not-the-realtime-servers-secret-at-all"])
+def test_the_example_says_what_is_wrong_with_its_secret(nextjs: Running, tmp_path: Path, secret: str | None) -> None:
+    """Without REALTIME_JWT_SECRET, the page said nothing, never connected and asked for a token over and over:
+    now the server log and the page say it is missing, and the page connects anonymously (``realtime dev``
+    allows it). With a wrong one, the page rendered HTTP 500: now it renders the feed and says why it is not
+    live."""
+    port = free_port()
+    env = {k: v for k, v in nextjs.env.items() if k != "REALTIME_JWT_SECRET"}
+    if secret:
+        env["REALTIME_JWT_SECRET"] = secret
+    log = (tmp_path / "next.log").open("wb")
+    app = subprocess.Popen(["node", "node_modules/next/dist/bin/next", "start", "-p", str(port), "-H", "127.0.0.1"],
+                           cwd=EXAMPLE, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/api/token", app, "next start")
+        if secret is None:
+            assert "REALTIME_JWT_SECRET is not set" in (tmp_path / "next.log").read_text()
+            asked = urllib.request.Request(f"{url}/api/token", headers={"Cookie": "user=alice"})
+            with urllib.request.urlopen(asked, timeout=TIMEOUT) as res:
+                body = orjson.loads(res.read())
+            assert body["token"] is None and "REALTIME_JWT_SECRET is not set" in body["problem"], body
+            _notice(url, tmp_path, "REALTIME_JWT_SECRET is not set in the Next.js server", "connected")
+        else:
+            with urllib.request.urlopen(f"{url}/?user=alice", timeout=TIMEOUT * 2) as res:
+                html = res.read().decode()
+            assert res.status == 200 and "refused this app&#x27;s token" in html, html[:2000]
+            _notice(url, tmp_path, "REALTIME_JWT_SECRET must be the server's secret", "offline")
+    finally:
+        _stop(app)
+        log.close()
+
+
+def _server_pid(dev_pid: int) -> int:
+    """The ``realtime serve`` child of ``realtime dev``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == dev_pid and cmdline[-3:-1] == [b"realtime", b"serve"]:
+            return int(entry.name)
+    raise AssertionError("no realtime serve under realtime dev")
+
+
+@pytest.mark.parametrize("frozen", ["the realtime server", "MongoDB"])
+def test_the_page_is_rendered_in_bounded_time_when_a_server_hangs(nextjs: Running, frozen: str) -> None:
+    """A stopped (SIGSTOP) realtime server, or a frozen MongoDB (the stand-in lives in ``realtime dev``), held
+    the page's render for ever: now it renders the feed offline, or a page that says the database does not
+    answer, within the example's bounds (2 s for the position; 3 to 8 s for MongoDB)."""
+    pid = _server_pid(nextjs.dev.pid) if frozen == "the realtime server" else nextjs.dev.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with urllib.request.urlopen(f"{nextjs.app}/?user=dave", timeout=TIMEOUT * 3) as res:
+            html = res.read().decode()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert res.status == 200
+    if frozen == "the realtime server":
+        assert "Live updates are off" in html and "did not answer within 2 s" in html, html[:3000]
+    else:
+        assert "could not be read from the database" in html, html[:3000]

@@ -47,3 +47,13 @@ def test_every_variable_the_code_reads_is_in_the_configuration_reference() -> No
     assert "REALTIME_LISTEN" in read and "SOCKET_PORT" in read  # the scan sees what it must
     missing = sorted(name for name in read if f"`{name}`" not in docs)
     assert missing == [], f"not in docs/configuration.md: {missing}"
+
+
+def test_cors_origins_are_a_comma_separated_list() -> None:
+    """A page served from http://127.0.0.1:3000 was refused when only http://localhost:3000 could be named."""
+    assert load(BASE).cors_origins == ()
+    cfg = load({**BASE, "REALTIME_CORS_ORIGIN": "http://localhost:3000, http://127.0.0.1:3000/"})
+    assert cfg.cors_origins == ("http://localhost:3000", "http://127.0.0.1:3000")
+    assert load({**BASE, "SOCKET_CORS_ORIGIN": "*"}).cors_origins == ("*",)
+    with pytest.raises(ConfigError, match=r"REALTIME_CORS_ORIGIN.*localhost:3000/feed"):
+        load({**BASE, "REALTIME_CORS_ORIGIN": "http://localhost:3000/feed"})

@@ -231,3 +231,18 @@ def test_the_final_event_ends_the_response(chunked: bool) -> None:
     final = b'event: error\ndata: {"op":"error","code":"unavailable","message":"history is unreachable; retry"}\n\n'
     assert t.sent == (b"%x\r\n%b\r\n0\r\n\r\n" % (len(final), final) if chunked else final)
     assert s.ended == "error" and t.closed
+
+
+def test_cors_echoes_the_origin_that_is_allowed_and_varies_on_it() -> None:
+    """With two allowed origins, each gets its own back; another gets no Allow-Origin; * allows any."""
+    from realtime.server.transports import cors_headers
+
+    allowed = ("http://localhost:3000", "http://127.0.0.1:3000")
+    for origin in allowed:
+        headers = cors_headers(allowed, origin)
+        assert headers["Access-Control-Allow-Origin"] == origin
+        assert headers["Vary"] == "Origin"
+    assert cors_headers(allowed, "http://evil.test") == {"Vary": "Origin"}
+    assert cors_headers(allowed, None) == {"Vary": "Origin"}
+    assert cors_headers(("*",), "http://any.test")["Access-Control-Allow-Origin"] == "*"
+    assert cors_headers((), "http://localhost:3000") == {}

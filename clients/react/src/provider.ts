@@ -26,7 +26,8 @@ export interface RealtimeProviderProps {
   url?: string;
   /**
    * A JWT, or a function that returns a fresh one (called before `exp` and after the server says it expired;
-   * the latest function passed is the one called), or null: anonymous.
+   * the latest function passed is the one called), or null: anonymous. A function that returns null is
+   * anonymous too; one that throws fails the attempt (an `error` event, `token_failed`) and is retried.
    */
   token?: TokenSource;
   /** Rooms the whole app listens to (`public`, `user:{me}`): held while the provider is mounted. */
@@ -85,7 +86,7 @@ export function RealtimeProvider(props: RealtimeProviderProps): ReactNode {
     } else {
       if (previous) release(previous, registry);
       const tokenOption: TokenSource = typeof tokenRef.current === 'function'
-        ? () => (tokenRef.current as () => string | Promise<string>)()
+        ? () => (tokenRef.current as () => string | null | Promise<string | null>)()
         : tokenRef.current;
       const made = given ?? new RealtimeClient({
         ...initial.current.options,

@@ -13,7 +13,7 @@ export interface RealtimeEvent<D = Record<string, unknown>> {
   readonly ts: number;
 }
 
-export type TokenSource = string | (() => string | Promise<string>) | null;
+export type TokenSource = string | (() => string | null | Promise<string | null>) | null;
 
 export interface ClientOptions {
   url?: string;
@@ -27,6 +27,7 @@ export interface ClientOptions {
   backoffCap?: number;
   connectTimeout?: number;
   heartbeat?: number;
+  heartbeatTimeout?: number;
   pollWait?: number;
   refreshBefore?: number;
   typingInterval?: number;

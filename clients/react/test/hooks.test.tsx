@@ -290,6 +290,23 @@ describe('useConnection', () => {
   });
 });
 
+describe('useRealtime, when the server stops answering', () => {
+  it('is no longer connected once a ping goes unanswered, and connected again on a new connection', async () => {
+    // the badge said "live" for a minute while the server was stopped: the socket stays open, silent
+    const { result } = renderHook(() => useRealtime(), { wrapper: provider({
+      rooms: ['public'],
+      options: { WebSocket: FakeSocket, backoffBase: 5, backoffCap: 20, heartbeat: 40, heartbeatTimeout: 60 },
+    }) });
+    const ws = await connected();
+    expect(result.current.isConnected).toBe(true);
+    await waitFor(() => expect(ws.frames('ping').some((f) => String(f.ref).startsWith('hb'))).toBe(true));
+    await waitFor(() => expect(result.current.isReconnecting).toBe(true), { timeout: 2000 });
+    expect(ws.closedWith?.code).toBe(4000);
+    await connected(1);
+    expect(result.current.isConnected).toBe(true);
+  });
+});
+
 describe('usePresence and useTyping', () => {
   it('follow the room and leave this user out of the typists', async () => {
     const { result } = renderHook(() => ({ online: usePresence('post:p1'), typing: useTyping('post:p1') }),

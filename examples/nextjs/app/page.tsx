@@ -1,8 +1,9 @@
 // The feed page: a server component that reads the snapshot (position, then MongoDB) and hands it to the
-// client components, which keep it live.
+// client components, which keep it live. When MongoDB cannot be read in time, a page that says so and retries.
 import { Feed } from './feed';
+import { Unavailable } from './unavailable';
 import { WEBSOCKET_URL } from '@/lib/config';
-import { loadFeed } from '@/lib/feed';
+import { loadFeed, type Feed as FeedData } from '@/lib/feed';
 import { currentUser } from '@/lib/session';
 
 export const dynamic = 'force-dynamic';
@@ -17,7 +18,13 @@ export default async function Page({ searchParams }: { searchParams: Promise<Rec
       </main>
     );
   }
-  const feed = await loadFeed(user);
+  let feed: FeedData;
+  try {
+    feed = await loadFeed(user);
+  } catch (err) {
+    console.error('realtime example: the feed could not be read:', err);
+    return <Unavailable message="The feed could not be read from the database (it is down or does not answer)." />;
+  }
   const wsRetry = Number(process.env.NEXT_PUBLIC_REALTIME_WS_RETRY_MS) || undefined;
   return <Feed user={user} feed={feed} url={WEBSOCKET_URL} wsRetry={wsRetry} />;
 }

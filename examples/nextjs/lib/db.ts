@@ -29,9 +29,15 @@ export interface CommentDoc {
 
 const holder = globalThis as unknown as { realtimeExampleMongo?: Promise<MongoClient> };
 
+/**
+ * Bounds on every wait for MongoDB (ms): finding the server, connecting, and any one read or write. A database
+ * that is down or hangs fails a request within seconds; it never holds it for ever.
+ */
+export const MONGO_TIMEOUTS = { serverSelectionTimeoutMS: 3000, connectTimeoutMS: 3000, socketTimeoutMS: 5000 };
+
 /** One client per server process (kept across hot reloads in development). */
 export async function db(): Promise<Db> {
-  holder.realtimeExampleMongo ??= new MongoClient(mongoUri(), { serverSelectionTimeoutMS: 5000 }).connect();
+  holder.realtimeExampleMongo ??= new MongoClient(mongoUri(), MONGO_TIMEOUTS).connect();
   const client = await holder.realtimeExampleMongo.catch((err: unknown) => {
     holder.realtimeExampleMongo = undefined; // try again on the next request
     throw err;

@@ -4,6 +4,11 @@ import { createHmac } from 'node:crypto';
 
 import { jwtSecret } from './config';
 
+/** What the page and the server log say when the app cannot mint tokens. */
+export const NO_SECRET = 'REALTIME_JWT_SECRET is not set in the Next.js server: it mints no tokens, so pages connect '
+  + 'anonymously (public rooms only, no typing), or not at all where the realtime server wants a token. Set it '
+  + 'to the realtime server\'s secret and restart.';
+
 const b64url = (data: string | Buffer) => Buffer.from(data).toString('base64url');
 
 export function mintToken(user: string, ttlSeconds = 900): string | null {
