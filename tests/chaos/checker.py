@@ -86,16 +86,23 @@ class Checker:
         seen: set[str] = set()
         last: tuple[int, int] = (-1, -1)
         subscriptions: set[tuple[tuple[str, ...], str]] = set()
+        asked: dict[Any, dict[str, Any]] = {}  # subscribe requests by ref, until the server answers them
         for t, direction, f in rec.log:
             op = f.get("op")
             if direction == "out":
                 if op == "subscribe":
                     subscriptions.add((tuple(f.get("rooms") or ()), str(f.get("since"))))  # (a retry is no new one)
-                    since = str(f.get("since") or "0-0")
-                    for r in f.get("rooms") or []:
-                        rooms[r] = RoomState(since, [e for e in self.index.get(r, []) if e.key > key_of(since)])
+                    asked[f.get("ref")] = f
                 continue
-            if op == "event":
+            if op == "subscribed" and f.get("ref") in asked:
+                # Subscribed from the server's answer on (it comes before the replay): a request the server never
+                # took (the connection died first) subscribed nothing, and an event of another of the
+                # connection's rooms that is also about this one is no gap of it.
+                request = asked.pop(f.get("ref"))
+                since = str(request.get("since") or "0-0")
+                for r in request.get("rooms") or []:
+                    rooms[r] = RoomState(since, [e for e in self.index.get(r, []) if e.key > key_of(since)])
+            elif op == "event":
                 last = self._event(rec, t, f, rooms, seen, last, strict=len(subscriptions) <= 1)
             elif op == "reset":
                 for r in f.get("rooms") or list(rooms):

@@ -87,3 +87,13 @@ def test_a_request_left_unanswered_on_a_sound_path_is_a_freeze() -> None:
     assert kinds(rec, now=ANSWER_WITHIN + 5) == ["unanswered"]
     assert kinds(rec, now=ANSWER_WITHIN - 5) == []
     assert kinds(rec, now=ANSWER_WITHIN + 5, excused=lambda server, start, end: server == "s0") == []
+
+
+def test_a_subscribe_the_server_never_took_subscribes_nothing() -> None:
+    """Regression (seed 42): a subscribe sent into a partition, whose connection then died unanswered, is no
+    subscription: events of the connection's other rooms that are also about its room are no gap of it."""
+    more = ("out", {"op": "subscribe", "rooms": ["author:u1"], "since": "100-0", "ref": "r2"})
+    assert kinds(conn(SUB, OK, more, ("in", frame(PUB[1])), ("in", frame(PUB[2]))), now=0.1) == []
+    # answered, it is one from its since on: the events it missed before the ones that came are a gap
+    took = ("in", {"op": "subscribed", "rooms": ["author:u1"], "ref": "r2"})
+    assert kinds(conn(SUB, OK, more, took, ("in", frame(PUB[1]))), now=0.1) == ["gap"]
