@@ -129,7 +129,7 @@ def create_app(cfg: ServerConfig, name: str = "realtime") -> Sanic[Any, Any]:
         history = History(redis, events_key, resets_key, room_prefix)
         verifier = cfg.auth.verifier(await asyncio.to_thread(_jwks_text, cfg))
         reader = StreamReader(cfg.redis_url, events_key, hub.on_entries, count=cfg.read_count,
-                              on_lost=hub.metrics.reader_lost.inc)
+                              timeout=cfg.redis_timeout, on_lost=hub.metrics.reader_lost.inc)
         presence = Presence(redis, cfg.prefix, hub.deliver_ephemeral, ttl=cfg.presence_ttl,
                             typing_ttl=cfg.typing_ttl, typing_interval=cfg.typing_interval, listener=listener,
                             on_error=lambda what: hub.metrics.presence_errors.inc(what=what))

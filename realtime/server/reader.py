@@ -86,13 +86,16 @@ class _XRead(asyncio.Protocol):
 
 class StreamReader:
     def __init__(self, url: str, key: str, on_entries: Callable[[Entries], None], *, count: int = 512,
-                 block_ms: int = 1000, on_lost: Callable[[], None] | None = None) -> None:
+                 block_ms: int = 1000, timeout: float = 5.0, on_lost: Callable[[], None] | None = None) -> None:
         self.url = url
         self.key = key
         self.on_entries = on_entries
         self.on_lost = on_lost  # told each time the connection to Redis is lost (then it reconnects)
         self.count = count
         self.block_ms = block_ms
+        # Redis answers an XREAD BLOCK within block_ms: a connection silent for that plus ``timeout`` (REALTIME_
+        # REDIS_TIMEOUT) is dead though not closed (a partition, a blackhole, a Redis stopped): cut and reconnect.
+        self.silence = block_ms / 1000 + timeout
         self.last: bytes = b"$"
         self.last_reply = 0.0
         self.connected = False
@@ -148,9 +151,20 @@ class StreamReader:
             self.connected = True
             self.last_reply = time.monotonic()
             delay = 0.1
-            why = await proto.lost
+            why = await self._until_lost(proto, transport)
             self.connected = False
             if self.on_lost is not None:
                 self.on_lost()
             log.warning("stream reader lost Redis (%s); reconnecting from %s", why, self.last.decode())
             await asyncio.sleep(delay)
+
+    async def _until_lost(self, proto: _XRead, transport: asyncio.Transport) -> Exception | str | None:
+        """Wait until the connection is lost, or silent past :attr:`silence` (then cut): why it ended."""
+        check = min(1.0, self.silence / 2)
+        while True:
+            done, _ = await asyncio.wait({proto.lost}, timeout=check)
+            if done:
+                return proto.lost.result()
+            if time.monotonic() - self.last_reply > self.silence:
+                transport.abort()
+                return f"no reply within {self.silence:g}s"
