@@ -128,7 +128,7 @@ return {'OK', tostring(failed), tostring(skip)}
 """
 
 RESET_LUA = r"""
-local meta, events, resets, leader = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, events, resets, leader, likes, likes_since = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lease, id, env, gmax = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if lease ~= '' and redis.call('GET', leader) ~= lease then
   return {'FENCED'}
@@ -138,6 +138,9 @@ if type(ok) == 'table' and ok.err then return {'STALE', ok.err} end
 redis.call('XADD', resets, 'MAXLEN', '~', 10000, id, 'e', env)
 redis.call('HSET', meta, 'last_id', id)
 if ARGV[5] == '1' then redis.call('HDEL', meta, 'token', 'token_json', 'at') end
+-- The stream does not continue here: like counts carried across may miss the changes in between. Forgotten,
+-- each post's next like reads its count from MongoDB again.
+redis.call('DEL', likes, likes_since)
 return {'OK'}
 """
 
@@ -324,9 +327,11 @@ class Publisher:
         return {post for post, value in zip(post_ids, held, strict=True) if value is not None}
 
     async def reset(self, *, lease: str, event: Event, forget_token: bool) -> bool:
-        """Append a reset marker. False when the id is not newer than the stream's last (nothing written)."""
+        """Append a reset marker, and forget the like counts (the changes the stream skips may have moved them:
+        each post's next like reads its count from MongoDB again). False when the id is not newer than the
+        stream's last (nothing written)."""
         k = self.keys
-        reply = await self._reset(keys=[k.meta, k.events, k.resets, k.leader],
+        reply = await self._reset(keys=[k.meta, k.events, k.resets, k.leader, k.likes, k.likes_since],
                                   args=[lease, event.id, orjson.dumps(event.envelope()), self.global_maxlen,
                                         "1" if forget_token else "0"])
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]

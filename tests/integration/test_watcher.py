@@ -149,6 +149,30 @@ def test_lost_history_gives_one_reset_and_a_fresh_stream(r: redis.Redis, standin
     assert "history is gone" in w.log()
 
 
+def test_like_counts_are_read_again_after_a_reset(r: redis.Redis, standin: StandIn,
+                                                  mongo_client: MongoClient[dict[str, Any]], watchers: Any) -> None:
+    """Likes made while the history was lost are in no event: the count Redis held is stale after the reset, so
+    it is forgotten and the next like's count is read from MongoDB (it stayed off for good)."""
+    db = mongo_client.app
+    w = leading(watchers("w").start(), r)
+    db.posts.insert_one({"_id": "p1", "authorId": "u1"})
+    db.likes.insert_one({"_id": "l1", "postId": "p1", "userId": "u2"})
+    wait_for(lambda: r.hget("{rt}:likes", "p1") == b"1", "the first like counted")
+    w.stop()
+    db.likes.insert_many([{"_id": f"gap{i}", "postId": "p1", "userId": f"g{i}"} for i in range(5)])
+    standin.truncate_oplog()
+    db.checkpoints_noise.insert_one({})
+    w.start()
+    wait_for(lambda: any(e["type"] == ev.RESET and e["data"]["reason"] == "history_lost" for e in stream(r)),
+             "the reset for the lost history")
+    db.likes.insert_one({"_id": "after", "postId": "p1", "userId": "u9"})
+    wait_for(lambda: [e for e in stream(r) if e["type"] == ev.POST_LIKED and e["data"]["id"] == "after"],
+             "the like after the reset")
+    liked = [e for e in stream(r) if e["type"] == ev.POST_LIKED and e["data"]["id"] == "after"]
+    assert liked[0]["data"]["likes"] == 7 == db.likes.count_documents({"postId": "p1"})
+    assert r.hget("{rt}:likes", "p1") == b"7"
+
+
 def test_quiet_database_keeps_the_checkpoint_moving(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
                                                     watchers: Any) -> None:
     watchers("w").start()
