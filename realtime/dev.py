@@ -118,8 +118,10 @@ class Dev:
         """Starts ``name`` again as it was started (a process that died), on the same port."""
         argv, env, port = self.commands[name]
         self.procs = [(n, p) for n, p in self.procs if n != name]
-        if port is not None:
-            free_port(port, PORT_WAIT)  # (a process that just died may hold it a moment)
+        # A process that just died may hold its port a moment; another program that took it meanwhile would
+        # answer in its place (clients are pointed at that port: no other one will do).
+        if port is not None and free_port(port, PORT_WAIT) != port:
+            raise DevError(f"port {port} is taken by another program")
         proc = self.spawn(name, argv, env, port)
         if port is not None:
             _wait_port(port, 20, proc)

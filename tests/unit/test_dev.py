@@ -71,3 +71,20 @@ def test_a_port_left_in_time_wait_by_a_process_that_ended_is_free() -> None:
         accepted.close()  # the server's side closes first: its end goes to TIME_WAIT
         client.close()
     assert free_port(port, 0) == port
+
+
+def test_a_child_is_not_started_again_on_a_port_another_program_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that died while another program took its port: it is not started (it would die on the bind while
+    the other program answered its readiness check as if it were the server, "started again"), and why is said."""
+    monkeypatch.setattr(dev, "PORT_WAIT", 0.2)
+    spawned: list[str] = []
+    d = dev.Dev()
+    monkeypatch.setattr(d, "spawn", lambda name, *args, **kwargs: spawned.append(name))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        d.commands["server"] = (["realtime", "serve"], {}, taken)
+        with pytest.raises(dev.DevError, match=f"port {taken} is taken by another program"):
+            d.respawn("server")
+    assert spawned == []
