@@ -61,6 +61,7 @@ def recording(seed: int, changes: int) -> Path:
 
 # -- recording -------------------------------------------------------------------------------------------------
 
+
 def record(args: argparse.Namespace) -> None:
     cfg = MappingConfig()
     rng = random.Random(args.seed)
@@ -76,14 +77,24 @@ def record(args: argparse.Namespace) -> None:
                 probe.try_next()
                 start = probe.resume_token
             deadline = time.monotonic() + 600
-            tally = produce(client, plan(rng, "backlog", args.changes, args.concurrency, 0.1, newest=0.3),
-                            args.seed + 1, threading.Event(), deadline)
+            tally = produce(
+                client,
+                plan(rng, "backlog", args.changes, args.concurrency, 0.1, newest=0.3),
+                args.seed + 1,
+                threading.Event(),
+                deadline,
+            )
             sentinel(client, "backlog", tally)
             log(f"wrote {tally.changes} changes; reading them back")
             out: list[bytes] = []
             empty = 0
-            with db.watch(mapping.stream_pipeline(cfg), resume_after=start, full_document="updateLookup",
-                          full_document_before_change="whenAvailable", max_await_time_ms=200) as stream:
+            with db.watch(
+                mapping.stream_pipeline(cfg),
+                resume_after=start,
+                full_document="updateLookup",
+                full_document_before_change="whenAvailable",
+                max_await_time_ms=200,
+            ) as stream:
                 while empty < 5 and len(out) < tally.changes:
                     change = stream.try_next()
                     if change is None:
@@ -106,6 +117,7 @@ def load(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 # -- in-memory twins ------------------------------------------------------------------------------------------
+
 
 class Spent:
     """CPU time the twins spent (not the watcher's): subtracted from the measure."""
@@ -210,8 +222,14 @@ class MongoTwin:
 
 def watcher(posts: list[dict[str, Any]], changes: list[dict[str, Any]], spent: Spent) -> tuple[Watcher, RedisTwin]:
     """A watcher on the twins, its post index holding the posts that existed before the recording."""
-    cfg = WatcherConfig(mongodb_uri="mongodb://twin", database=DB, redis_url="redis://twin", mapping=MappingConfig(),
-                        prefix=PREFIX, http=None)
+    cfg = WatcherConfig(
+        mongodb_uri="mongodb://twin",
+        database=DB,
+        redis_url="redis://twin",
+        mapping=MappingConfig(),
+        prefix=PREFIX,
+        http=None,
+    )
     keys = Keys(PREFIX)
     redis = RedisTwin(keys, spent)
     for doc in posts:
@@ -220,14 +238,18 @@ def watcher(posts: list[dict[str, Any]], changes: list[dict[str, Any]], spent: S
         assert info is not None and post_id is not None
         redis.strings[keys.post(post_id)] = orjson.dumps(mapping.post_entry(info))
     w = Watcher(cfg, cast(Any, MongoTwin()), cast(Any, redis))
-    final = {str(id_text(c["documentKey"]["_id"])): c["fullDocument"] for c in changes
-             if c["ns"]["coll"] == "posts" and isinstance(c.get("fullDocument"), dict)}
+    final = {
+        str(id_text(c["documentKey"]["_id"])): c["fullDocument"]
+        for c in changes
+        if c["ns"]["coll"] == "posts" and isinstance(c.get("fullDocument"), dict)
+    }
     w.router.documents = DocumentsTwin({**{str(id_text(d["_id"])): d for d in posts}, **final})
     w.like_counts = LikeCountsTwin(cfg.mapping, changes)
     return w, redis
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
+
 
 async def drain(w: Watcher, reads: list[list[dict[str, Any]]], spent: Spent) -> list[float]:
     """Hand the watcher each read in turn: the CPU seconds of each (the twins' share taken off)."""
@@ -240,13 +262,14 @@ async def drain(w: Watcher, reads: list[list[dict[str, Any]]], spent: Spent) -> 
     return out
 
 
-def run_once(posts: list[dict[str, Any]], changes: list[dict[str, Any]], read_batch: int,
-             profile: cProfile.Profile | None = None) -> tuple[list[float], int]:
+def run_once(
+    posts: list[dict[str, Any]], changes: list[dict[str, Any]], read_batch: int, profile: cProfile.Profile | None = None
+) -> tuple[list[float], int]:
     """One pass over the changes with a fresh watcher: (CPU seconds of the watcher's own work on each read,
     events published)."""
     spent = Spent()
     w, redis = watcher(posts, changes, spent)
-    reads = [changes[i:i + read_batch] for i in range(0, len(changes), read_batch)]
+    reads = [changes[i : i + read_batch] for i in range(0, len(changes), read_batch)]
     loop = asyncio.new_event_loop()
     try:
         gc.collect()
@@ -284,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     # whatever else the machine ran meanwhile.
     best = sum(min(p[i] for p in passes) for i in range(len(passes[0]))) / len(changes) * 1e6
     median = statistics.median(sum(p) for p in passes) / len(changes) * 1e6
-    print(f"watcher CPU per change: {best:.1f} us (each read's least of {args.repeats} passes; median pass "
-          f"{median:.1f} us) over {len(changes)} changes ({events} events), reads of {args.read_batch}")
+    print(
+        f"watcher CPU per change: {best:.1f} us (each read's least of {args.repeats} passes; median pass "
+        f"{median:.1f} us) over {len(changes)} changes ({events} events), reads of {args.read_batch}"
+    )
     if args.profile:
         profile = cProfile.Profile()
         run_once(posts, changes, args.read_batch, profile)
