@@ -293,12 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15, help="passes over the changes; the least is reported")
     parser.add_argument("--read-batch", type=int, default=2000, help="changes per read (the watcher's default)")
+    parser.add_argument("--limit", type=int, default=0, help="measure the first LIMIT changes only (0: all)")
     parser.add_argument("--profile", action="store_true", help="one more pass under cProfile; print the top")
     args = parser.parse_args(argv)
     path = recording(args.seed, args.changes)
     if args.record or not path.exists():
         record(args)
     posts, changes = load(path)
+    if args.limit:
+        changes = changes[: args.limit]
     passes = []
     for _ in range(args.repeats):
         seconds, events = run_once(posts, changes, args.read_batch)

@@ -67,9 +67,12 @@ def like_changes(changes: Iterable[dict[str, Any]], cfg: MappingConfig) -> list[
     out = []
     for change in changes:
         op = change.get("operationType")
+        ns = change.get("ns")
+        if op not in ("insert", "delete") or not isinstance(ns, dict) or ns.get("coll") != cfg.likes:
+            continue  # not a like's insert or delete: no need for its subject
         sub = mapping.subject(change, cfg)
         key = change.get("documentKey")
-        if sub is None or sub.kind != "like" or op not in ("insert", "delete") or not isinstance(key, dict):
+        if sub is None or sub.kind != "like" or not isinstance(key, dict):
             continue
         out.append(LikeChange(op == "insert", repr(key.get("_id")), sub.post_id if sub.doc is not None else None,
                               key.get("_id")))

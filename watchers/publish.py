@@ -280,17 +280,28 @@ class Publisher:
             return found
 
         room_key, index_key, post_key = k.room, k.index, k.post
+        rooms: dict[str, int] = {}  # a room -> its history stream's index in KEYS
         envelopes: list[bytes] = []
         batch: list[Any] = []
+        dumps = orjson.dumps
         for change in changes:
             evs = []
             for e in change.events:
+                indexes = []
+                for room in e.rooms:
+                    found = rooms.get(room)
+                    if found is None:
+                        found = rooms[room] = key(room_key(room))
+                    indexes.append(found)
                 counter = e.counter
-                post = counter.post_id if counter else ""
-                seed = seeds.get(post) if seeds and counter else None
-                evs.append((e.id, post, counter.delta if counter else 0, str(seed.count) if seed else "",
-                            seed.as_of if seed else "", [key(room_key(room)) for room in e.rooms]))
-                envelopes.append(orjson.dumps(e.envelope()))
+                if counter is None:
+                    evs.append((e.id, "", 0, "", "", indexes))
+                else:
+                    seed = seeds.get(counter.post_id) if seeds else None
+                    evs.append((e.id, counter.post_id, counter.delta, str(seed.count) if seed else "",
+                                seed.as_of if seed else "", indexes))
+                # e.envelope(), encoded (orjson writes the rooms' tuple as the same array)
+                envelopes.append(dumps({"id": e.id, "type": e.type, "rooms": e.rooms, "data": e.data, "ts": e.ts}))
             ops: list[tuple[str, int, str, str]] = []
             for kind, ident, value in change.index_set:
                 ops.append(("set", key(index_key(kind)), ident, orjson.dumps(value).decode()))
