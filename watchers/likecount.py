@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bson import Timestamp
 from pymongo import AsyncMongoClient
@@ -52,8 +51,7 @@ class NotFound(Exception):
     """The change stream did not give back the changes before the one being seeded."""
 
 
-@dataclass(frozen=True)
-class LikeChange:
+class LikeChange(NamedTuple):
     """An insert or delete of a like, as far as counting goes."""
 
     insert: bool

@@ -191,7 +191,10 @@ def point(time_part: int, changes: int) -> str:
 def change_point(at: str) -> str:
     """The point right after the change at ``at`` ("<time part>:<position>")."""
     time_part, _, position = at.partition(":")
-    return point(int(time_part), int(position) + 1)
+    changes = int(position) + 1
+    if 0 <= changes <= ALL_CHANGES:  # always, for a change's place: point() without its bounds
+        return f"{int(time_part):020d}{changes:010d}"
+    return point(int(time_part), changes)
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ class BatchOutcome:
     last: str = ""  # the token (_data) Redis holds last now
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A change to publish: its resume token, "<time part>:<position>", events and index writes (see
     :meth:`Publisher.publish`)."""

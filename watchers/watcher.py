@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from bson import Timestamp
@@ -80,8 +80,7 @@ class LeaseLost(Exception):
 STREAM_EVENTS = ("invalidate", "drop", "rename", "dropDatabase")  # changes that end or reset the stream
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """A change of a read, placed (its time part and position) and mapped, to publish."""
 
     change: dict[str, Any]
