@@ -232,11 +232,15 @@ class Router:
                 and (change.get("ns") or {}).get("coll") == self.cfg.comments
                 and isinstance(change.get("fullDocument"), dict))
 
+    def subject(self, change: dict[str, Any]) -> mapping.Subject | None:
+        """``mapping.subject(change, cfg)``, worked out once for the changes read ahead."""
+        known = self.subjects.get(id(change))
+        return known[1] if known is not None and known[0] is change else mapping.subject(change, self.cfg)
+
     async def map(self, change: dict[str, Any], position: int) -> Mapped:
         cfg = self.cfg
         remembered = None
-        known = self.subjects.get(id(change))
-        sub = known[1] if known is not None and known[0] is change else mapping.subject(change, cfg)
+        sub = self.subject(change)
         if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
             if (sub.kind, sub.id) in self.reactions:
                 remembered = self.reactions[(sub.kind, sub.id)]

@@ -223,7 +223,8 @@ class Watcher:
                              tombstone_ms=int(cfg.tombstone_seconds * 1000),
                              on_as_of_now=lambda: self.metrics.skipped.inc(reason="visibility_as_of_now"))
         self.like_counts = LikeCounts(mongo, self.db, cfg.mapping, self.pipeline(),
-                                      on_approximate=lambda: self.metrics.skipped.inc(reason="approximate_seed"))
+                                      on_approximate=lambda: self.metrics.skipped.inc(reason="approximate_seed"),
+                                      subject=self.router.subject)
         self.outages = Outages()
         for dependency in DEPENDENCIES:
             self.metrics.up.set(1, dependency=dependency)
