@@ -320,7 +320,8 @@ class _Builder:
 
     def add(self, type_: str, rooms: list[str], data: dict[str, Any], counter: Counter | None = None) -> None:
         if len(rooms) == 1:  # the commonest
-            unique: tuple[str, ...] = (rooms[0],) if _valid_room(rooms[0]) else ()
+            room = rooms[0]
+            unique: tuple[str, ...] = (room,) if _VALID_ROOMS.get(room) or _valid_room(room) else ()
         else:
             unique = tuple(dict.fromkeys([r for r in rooms if _valid_room(r)]))
         if not unique:

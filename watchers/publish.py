@@ -283,19 +283,16 @@ class Publisher:
             return found
 
         room_key, index_key, post_key = k.room, k.index, k.post
-        rooms: dict[str, int] = {}  # a room -> its history stream's index in KEYS
+        rooms: dict[tuple[str, ...], list[int]] = {}  # an event's rooms -> their history streams' indexes in KEYS
         envelopes: list[bytes] = []
         batch: list[Any] = []
         dumps = orjson.dumps
         for change in changes:
             evs = []
             for e in change.events:
-                indexes = []
-                for room in e.rooms:
-                    found = rooms.get(room)
-                    if found is None:
-                        found = rooms[room] = key(room_key(room))
-                    indexes.append(found)
+                indexes = rooms.get(e.rooms)
+                if indexes is None:
+                    indexes = rooms[e.rooms] = [key(room_key(room)) for room in e.rooms]
                 counter = e.counter
                 if counter is None:
                     evs.append((e.id, "", 0, "", "", indexes))

@@ -200,11 +200,12 @@ class WatcherMetrics:
         self.from_mongodb = stages.labels(stage="mongodb_to_watcher")  # the change's wallTime to its read (wall)
         self.to_redis = stages.labels(stage="watcher_to_redis")  # its read to its publish script's answer
 
-    def read(self, change: dict[str, Any]) -> None:
-        """A change was read from the stream now: how long after its commit (its ``wallTime``, ms precision)."""
+    def read(self, change: dict[str, Any], now: float | None = None) -> None:
+        """A change was read from the stream now (or at ``now``, ``time.time()``): how long after its commit
+        (its ``wallTime``, ms precision)."""
         wall = wall_seconds(change)
         if wall is not None:
-            self.from_mongodb.observe(time.time() - wall)
+            self.from_mongodb.observe((time.time() if now is None else now) - wall)
 
 
 class Watcher:
@@ -595,9 +596,9 @@ class Watcher:
     async def _handle_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
         """Publish a read's changes in order: the ordinary ones mapped and published in batches, those that end
         or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them."""
-        read = time.monotonic()
+        read, now = time.monotonic(), time.time()
         for change in changes:
-            self.metrics.read(change)
+            self.metrics.read(change, now)
         run: list[dict[str, Any]] = []
         for change in changes:
             if change.get("operationType", "") not in STREAM_EVENTS:
