@@ -309,7 +309,7 @@ def _valid_room(name: str) -> bool:
 
 
 class _Builder:
-    __slots__ = ("at", "out", "position", "ts")
+    __slots__ = ("at", "head", "out", "position", "ts")
 
     def __init__(self, change: dict[str, Any], position: int) -> None:
         ct = change["clusterTime"]
@@ -317,6 +317,7 @@ class _Builder:
         self.position = position
         self.ts = _ts(change)
         self.out: list[Event] = []
+        self.head = ""  # "<time part>-", the events' ids' first half, written at the first event
 
     def add(self, type_: str, rooms: list[str], data: dict[str, Any], counter: Counter | None = None) -> None:
         if len(rooms) == 1:  # the commonest
@@ -329,8 +330,10 @@ class _Builder:
         k = len(self.out)
         if k >= ev.EVENTS_PER_CHANGE:
             raise ValueError(f"a change has at most {ev.EVENTS_PER_CHANGE} events")
-        # ev.make_id(seconds, increment, position, k), with the time part worked out once per change
-        event_id = f"{self.at}-{self.position * ev.EVENTS_PER_CHANGE + k}"
+        # ev.make_id(seconds, increment, position, k), with the time part written once per change
+        if not self.head:
+            self.head = f"{self.at}-"
+        event_id = self.head + str(self.position * ev.EVENTS_PER_CHANGE + k)
         self.out.append(Event(event_id, type_, unique, data, self.ts, counter))
 
 

@@ -289,6 +289,7 @@ class Publisher:
         dumps = orjson.dumps
         for change in changes:
             evs = []
+            counted = False  # whether an event of the change carries a like count
             for e in change.events:
                 indexes = rooms.get(e.rooms)
                 if indexes is None:
@@ -297,6 +298,7 @@ class Publisher:
                 if counter is None:
                     evs.append((e.id, "", 0, "", "", indexes))
                 else:
+                    counted = True
                     seed = seeds.get(counter.post_id) if seeds else None
                     evs.append((e.id, counter.post_id, counter.delta, str(seed.count) if seed else "",
                                 seed.as_of if seed else "", indexes))
@@ -312,7 +314,8 @@ class Publisher:
                     ops.append(("forget", key(post_key(post_id)), "", ""))
                 else:
                     ops.append(("put", key(post_key(post_id)), str(max(ttl_ms, 0)), entry.decode()))
-            batch.append((change.token["_data"], change.at, change_point(change.at), evs, ops))
+            # the script reads a change's point only for the like counts its events carry
+            batch.append((change.token["_data"], change.at, change_point(change.at) if counted else "", evs, ops))
         args: list[Any] = [lease, previous, self.global_maxlen, self.room_maxlen, orjson.dumps(batch),
                            orjson.dumps(changes[-1].token, default=str), *envelopes]
         reply = await self._publish(keys=keys, args=args)

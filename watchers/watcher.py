@@ -641,18 +641,20 @@ class Watcher:
         Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
         await self.router.prefetch(changes)
         items = []
-        touched: collections.Counter[tuple[str, str]] = collections.Counter()
+        touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
         last_time, last_position = self.last_time, self.last_position
         for change in changes:
             last_time, last_position = self._place(change, last_time, last_position)
-            touched[(str((change.get("ns") or {}).get("coll")), str(change.get("operationType", "")))] += 1
+            ns = change.get("ns")
+            kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
+            touched[kind] = touched.get(kind, 0) + 1
             mapped = await self._map(change, last_position)
             items.append(Item(change, last_time, last_position, Pending(
                 change["_id"], f"{last_time}:{last_position}", mapped.events,
                 [mapped.index_set] if mapped.index_set else [], [mapped.index_del] if mapped.index_del else [],
                 self.router.writes(mapped))))
         for (coll, op), n in touched.items():
-            self.metrics.changes.inc(n, collection=coll, operation=op)
+            self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
         seeds = await self._seeds(items)
         size = self.cfg.publish_batch
         for start in range(0, len(items), size):
