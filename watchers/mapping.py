@@ -416,7 +416,11 @@ def _add_fields(data: dict[str, Any], doc: dict[str, Any] | None, names: tuple[s
     max_string, max_depth = cfg.max_string, cfg.max_depth
     for name in names:  # pick(), without the copy
         if name in doc and name not in data:
-            data[name] = json_safe(doc[name], max_string=max_string, max_depth=max_depth)
+            value = doc[name]
+            if type(value) is str:  # json_safe's first case, without the call
+                data[name] = value if len(value) <= max_string else value[:max_string]
+            else:
+                data[name] = json_safe(value, max_string=max_string, max_depth=max_depth)
 
 
 def _same(a: Any, b: Any) -> bool:
