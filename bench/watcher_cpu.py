@@ -4,8 +4,9 @@ backlog (mapping, routing, building the publish script's arguments, carrying lik
 with every Redis and MongoDB round trip answered from memory.
 
 Not a test: it measures. The full backlog benchmark (``bench/watcher_bench.py --mode backlog``) is the real
-figure, but on a shared machine it drifts by ±15%; this one compares two versions of the code within a few
-percent. It runs in two steps:
+figure, but on a shared machine it drifts by ±15%; this one is steadier (the host's steal still moves it by
+several percent: compare two versions run one right after the other, or count instructions with valgrind).
+It runs in two steps:
 
 * ``--record``: start the MongoDB stand-in, write the backlog benchmark's mix of changes (its ``plan()`` and
   producer, ``--changes`` of them), and read them back from a change stream opened as the watcher opens it
@@ -13,9 +14,9 @@ percent. It runs in two steps:
   with the posts that existed before them (the post index a watcher would hold).
 * without it: decode the recorded changes once (PyMongo's BSON decoding is not measured), then ``--repeats``
   times build a fresh :class:`watchers.watcher.Watcher` on in-memory twins of Redis and MongoDB and hand it
-  the changes in reads of ``read_batch`` (2000), as the stream does in a backlog. Reported: the least
-  process CPU time (``time.process_time()``) per change over the repeats, less what the twins themselves
-  spent.
+  the changes in reads of ``read_batch`` (2000), as the stream does in a backlog. Reported: the sum over the
+  reads of each read's least process CPU time (``time.process_time()``) over the repeats, less what the twins
+  themselves spent, per change.
 
     python bench/watcher_cpu.py --record [--changes 20000]
     python bench/watcher_cpu.py [--repeats 15] [--profile]
