@@ -62,8 +62,16 @@ def normalise_tag(tag: object) -> str | None:
     """A hashtag as it appears in a room name (lowercase, without ``#``), or None when invalid."""
     if not isinstance(tag, str):
         return None
-    text = tag.strip().lstrip("#").lower()
-    return text if _TAG_PATTERN.fullmatch(text) else None
+    found = _TAGS.get(tag, "")  # "" is no tag's
+    if found == "":
+        if len(_TAGS) >= 100_000:
+            _TAGS.clear()
+        text = tag.strip().lstrip("#").lower()
+        found = _TAGS[tag] = text if _TAG_PATTERN.fullmatch(text) else None
+    return found
+
+
+_TAGS: dict[str, str | None] = {}  # the last hashtags seen, as they appear in a room name (None: invalid)
 
 
 PUBLIC: Final = "public"

@@ -96,11 +96,12 @@ class Series:
         self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, times: int = 1) -> None:
+        """Count ``value`` (``times`` times: as many observations of the same value)."""
         if value < 0.0:
             value = 0.0
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
 
     @property
     def count(self) -> int:

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bson import Timestamp
 from pymongo import AsyncMongoClient
@@ -52,8 +51,7 @@ class NotFound(Exception):
     """The change stream did not give back the changes before the one being seeded."""
 
 
-@dataclass(frozen=True)
-class LikeChange:
+class LikeChange(NamedTuple):
     """An insert or delete of a like, as far as counting goes."""
 
     insert: bool
@@ -62,14 +60,19 @@ class LikeChange:
     raw_key: Any = None  # the like's _id as stored
 
 
-def like_changes(changes: Iterable[dict[str, Any]], cfg: MappingConfig) -> list[LikeChange]:
-    """The inserts and deletes of likes among ``changes``, in order."""
+def like_changes(changes: Iterable[dict[str, Any]], cfg: MappingConfig,
+                 subject: Callable[[dict[str, Any]], mapping.Subject | None] | None = None) -> list[LikeChange]:
+    """The inserts and deletes of likes among ``changes``, in order. ``subject``: a change's
+    :func:`watchers.mapping.subject`, when the caller knows it already."""
     out = []
     for change in changes:
         op = change.get("operationType")
-        sub = mapping.subject(change, cfg)
+        ns = change.get("ns")
+        if op not in ("insert", "delete") or not isinstance(ns, dict) or ns.get("coll") != cfg.likes:
+            continue  # not a like's insert or delete: no need for its subject
+        sub = mapping.subject(change, cfg) if subject is None else subject(change)
         key = change.get("documentKey")
-        if sub is None or sub.kind != "like" or op not in ("insert", "delete") or not isinstance(key, dict):
+        if sub is None or sub.kind != "like" or not isinstance(key, dict):
             continue
         out.append(LikeChange(op == "insert", repr(key.get("_id")), sub.post_id if sub.doc is not None else None,
                               key.get("_id")))
@@ -137,13 +140,15 @@ class LikeCounts:
 
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db: AsyncDatabase[dict[str, Any]],
                  cfg: MappingConfig, pipeline: list[dict[str, Any]], *,
-                 on_approximate: Callable[[], None] = lambda: None, max_await_ms: int = 100) -> None:
+                 on_approximate: Callable[[], None] = lambda: None, max_await_ms: int = 100,
+                 subject: Callable[[dict[str, Any]], mapping.Subject | None] | None = None) -> None:
         self.client = client
         self.db = db
         self.cfg = cfg
         self.pipeline = pipeline  # the watcher's: positions count the changes it lets through
         self.on_approximate = on_approximate
         self.max_await_ms = max_await_ms
+        self.subject = subject  # a change's mapping.subject(), when the caller keeps them
 
     async def seed(self, post_id: str, change: dict[str, Any], position: int) -> Seed:
         """The like count of ``post_id`` right before ``change`` (at ``position`` among the changes sharing its
@@ -181,7 +186,7 @@ class LikeCounts:
             cut: dict[int, int] = {}  # a change's index -> how many like changes precede it
             for i in range(start, max(first.values()) + 1):
                 cut[i] = len(earlier)
-                earlier += like_changes((changes[i][0],), self.cfg)
+                earlier += like_changes((changes[i][0],), self.cfg, self.subject)
             owners = await self._owners(unplaced(earlier), before)
             counts = await self._counts(list(first), before)
             carried = deltas({post_id: cut[i] for post_id, i in first.items()}, earlier, owners)

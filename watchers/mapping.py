@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from realtime import events as ev
 from realtime.events import Counter, Event
 from realtime.ids import checked, id_text, is_id_text
 from watchers.config import MappingConfig
-from watchers.payload import bound, pick
+from watchers.payload import bound, json_safe
 
 # Why a change produced no events (each is a metric label).
 SKIP_NO_POST = "no_post_id"  # a like or comment without a usable postId
@@ -48,8 +48,7 @@ SKIP_BAD_DOCUMENT = "bad_document"
 SKIP_NOT_WATCHED = "not_watched"
 
 
-@dataclass(frozen=True)
-class PostInfo:
+class PostInfo(NamedTuple):  # a tuple, not a frozen dataclass: one is made for most changes, and that is cheaper
     """What routing knows of a post.
 
     ``public`` is None when the visibility is unknown (then only the author may be told); ``author_id`` is
@@ -69,8 +68,7 @@ class PostInfo:
         return self if self.since <= at else None
 
 
-@dataclass(frozen=True)
-class Subject:
+class Subject(NamedTuple):
     """What a like or comment change refers to: its own id, its post, its actor."""
 
     kind: str  # "like" or "comment"
@@ -80,7 +78,7 @@ class Subject:
     doc: dict[str, Any] | None  # the document as far as known (post-image, pre-image or index entry)
 
 
-@dataclass
+@dataclass(slots=True)
 class Mapped:
     events: list[Event] = field(default_factory=list)
     skipped: str | None = None  # a SKIP_* reason when nothing could be published
@@ -149,9 +147,9 @@ MAX_TAGS = 100  # hashtags of a post that get a room
 def tags_of(value: Any) -> tuple[str, ...]:
     """The hashtag rooms' names for a hashtags field's value: normalised, valid, each once, the first 100
     entries only; none unless it is an array."""
-    if not isinstance(value, list):
+    if not isinstance(value, list) or not value:
         return ()
-    return tuple(dict.fromkeys(t for t in (ev.normalise_tag(x) for x in value[:MAX_TAGS]) if t))
+    return tuple(dict.fromkeys([t for t in map(ev.normalise_tag, value[:MAX_TAGS]) if t]))
 
 
 def post_info(doc: dict[str, Any] | None, cfg: MappingConfig, since: int = 0) -> PostInfo | None:
@@ -207,6 +205,8 @@ def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, A
     op = change.get("operationType")
     if op not in ("insert", "update", "replace", "delete"):
         return None
+    if sub is not None and remembered is None:  # a like's or a comment's, worked out already
+        return None if sub.post_id is None else (sub.post_id, True)
     coll = _coll(change)
     if coll == cfg.posts:
         post_id = id_text(_key(change))
@@ -225,25 +225,31 @@ def post_ref(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, A
 def subject(change: dict[str, Any], cfg: MappingConfig, remembered: dict[str, Any] | None = None) -> Subject | None:
     """For a change on likes or comments: the ids it refers to. ``remembered`` is the index entry the
     watcher kept for a deleted document when the change carries no pre-image."""
-    coll = _coll(change)
+    ns = change.get("ns")  # what _coll, _doc, _before and _key read, read once: this runs for most changes
+    coll = ns.get("coll") if isinstance(ns, dict) else None
     if coll == cfg.likes:
         kind = "like"
     elif coll == cfg.comments:
         kind = "comment"
     else:
         return None
-    doc = _doc(change) or _before(change)
+    doc = change.get("fullDocument")
+    if not isinstance(doc, dict) or not doc:
+        doc = change.get("fullDocumentBeforeChange")
+        if not isinstance(doc, dict):
+            doc = None
+    key = change.get("documentKey")
+    ident = id_text(key.get("_id") if isinstance(key, dict) else None)
     if doc is None and isinstance(remembered, dict):
         # An index entry is stored under fixed names ("postId", "userId"; see _map_reaction), whatever the
         # configured field names are, and holds ids' texts: read back as they are, never written again.
-        return Subject(kind, id_text(_key(change)), checked(remembered.get("postId")),
-                       checked(remembered.get("userId")), remembered)
+        return Subject(kind, ident, checked(remembered.get("postId")), checked(remembered.get("userId")),
+                       remembered)
     f = cfg.fields
-    user = None
-    if doc is not None:
-        user = doc.get(f.user_id) if kind == "like" else doc.get(f.user_id, doc.get(f.author_id))
-    return Subject(kind, id_text(_key(change)), id_text(doc.get(f.post_id)) if doc else None,
-                   id_text(user), doc)
+    if doc is None:
+        return Subject(kind, ident, None, None, None)
+    user = doc.get(f.user_id) if kind == "like" else doc.get(f.user_id, doc.get(f.author_id))
+    return Subject(kind, ident, id_text(doc.get(f.post_id)) if doc else None, id_text(user), doc)
 
 
 def may_reach(change: dict[str, Any], cfg: MappingConfig, room: str) -> bool:
@@ -277,15 +283,15 @@ def images_missing(change: dict[str, Any], cfg: MappingConfig) -> bool:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)  # for a naive wall time (UTC, as PyMongo decodes it)
+_MS = dt.timedelta(milliseconds=1)
 
 
 def _ts(change: dict[str, Any]) -> int:
     wall = change.get("wallTime")
     if isinstance(wall, dt.datetime):
-        if wall.tzinfo is None:
-            wall = wall.replace(tzinfo=dt.UTC)
         # Integer arithmetic: int(wall.timestamp() * 1000) is one millisecond short for some times.
-        return (wall - _EPOCH) // dt.timedelta(milliseconds=1)
+        return (wall - (_NAIVE_EPOCH if wall.tzinfo is None else _EPOCH)) // _MS
     ct = change.get("clusterTime")
     return int(getattr(ct, "time", 0)) * 1000
 
@@ -303,19 +309,31 @@ def _valid_room(name: str) -> bool:
 
 
 class _Builder:
+    __slots__ = ("at", "head", "out", "position", "ts")
+
     def __init__(self, change: dict[str, Any], position: int) -> None:
         ct = change["clusterTime"]
-        self.seconds, self.increment = int(ct.time), int(ct.inc)
-        self.at = ev.time_part(self.seconds, self.increment)
+        self.at = ev.time_part(int(ct.time), int(ct.inc))
         self.position = position
         self.ts = _ts(change)
         self.out: list[Event] = []
+        self.head = ""  # "<time part>-", the events' ids' first half, written at the first event
 
     def add(self, type_: str, rooms: list[str], data: dict[str, Any], counter: Counter | None = None) -> None:
-        unique = tuple(dict.fromkeys(r for r in rooms if _valid_room(r)))
+        if len(rooms) == 1:  # the commonest
+            room = rooms[0]
+            unique: tuple[str, ...] = (room,) if _VALID_ROOMS.get(room) or _valid_room(room) else ()
+        else:
+            unique = tuple(dict.fromkeys([r for r in rooms if _valid_room(r)]))
         if not unique:
             return
-        event_id = ev.make_id(self.seconds, self.increment, self.position, len(self.out))
+        k = len(self.out)
+        if k >= ev.EVENTS_PER_CHANGE:
+            raise ValueError(f"a change has at most {ev.EVENTS_PER_CHANGE} events")
+        # ev.make_id(seconds, increment, position, k), with the time part written once per change
+        if not self.head:
+            self.head = f"{self.at}-"
+        event_id = self.head + str(self.position * ev.EVENTS_PER_CHANGE + k)
         self.out.append(Event(event_id, type_, unique, data, self.ts, counter))
 
 
@@ -366,7 +384,7 @@ def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
     if op not in ("insert", "update", "replace", "delete") or coll not in (cfg.posts, cfg.likes, cfg.comments):
         return Mapped(skipped=SKIP_NOT_WATCHED)
     builder = _Builder(change, position)
-    known = post.as_of(builder.at) if post is not None else None
+    known = post if post is not None and post.since <= builder.at else None  # post.as_of(builder.at)
     if coll == cfg.posts:
         mapped = _map_post(change, op, builder, cfg, known)
     else:
@@ -393,8 +411,16 @@ def _add_fields(data: dict[str, Any], doc: dict[str, Any] | None, names: tuple[s
     """Add a document's allow-listed fields to a payload, but those named like one of the ids it already
     holds (``id``, ``authorId``, ``postId``, ``userId``): a field's value (an ObjectId's digits, any string)
     is not an id's text, and would name another post or user."""
-    fields = pick(doc, names, max_string=cfg.max_string, max_depth=cfg.max_depth)
-    data.update((name, value) for name, value in fields.items() if name not in data)
+    if not isinstance(doc, dict):
+        return
+    max_string, max_depth = cfg.max_string, cfg.max_depth
+    for name in names:  # pick(), without the copy
+        if name in doc and name not in data:
+            value = doc[name]
+            if type(value) is str:  # json_safe's first case, without the call
+                data[name] = value if len(value) <= max_string else value[:max_string]
+            else:
+                data[name] = json_safe(value, max_string=max_string, max_depth=max_depth)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -16,6 +16,17 @@ _TRUNCATED = "truncated"
 
 def json_safe(value: Any, *, max_string: int, max_depth: int, _depth: int = 0) -> Any:
     """A JSON-ready copy of a BSON value; what cannot be kept safely becomes None."""
+    kind = type(value)  # the commonest types first, by their exact type (a subclass takes the general way)
+    if kind is str:
+        return value if len(value) <= max_string else value[:max_string]
+    if kind is dt.datetime and value.tzinfo is None:  # as PyMongo decodes dates: naive, in UTC
+        return value.isoformat(timespec="milliseconds") + "Z"
+    if kind is list and _depth < max_depth:
+        return [json_safe(v, max_string=max_string, max_depth=max_depth, _depth=_depth + 1) for v in value]
+    return _json_safe(value, max_string, max_depth, _depth)
+
+
+def _json_safe(value: Any, max_string: int, max_depth: int, _depth: int) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -53,7 +64,11 @@ def pick(doc: dict[str, Any] | None, names: Iterable[str], *, max_string: int, m
     """The allow-listed fields of a document (top-level names only), JSON-safe."""
     if not isinstance(doc, dict):
         return {}
-    return {name: json_safe(doc[name], max_string=max_string, max_depth=max_depth) for name in names if name in doc}
+    out = {}
+    for name in names:
+        if name in doc:
+            out[name] = json_safe(doc[name], max_string=max_string, max_depth=max_depth)
+    return out
 
 
 def bound(data: dict[str, Any], max_bytes: int, keep: Iterable[str]) -> dict[str, Any]:

@@ -194,7 +194,10 @@ def point(time_part: int, changes: int) -> str:
 def change_point(at: str) -> str:
     """The point right after the change at ``at`` ("<time part>:<position>")."""
     time_part, _, position = at.partition(":")
-    return point(int(time_part), int(position) + 1)
+    changes = int(position) + 1
+    if 0 <= changes <= ALL_CHANGES:  # always, for a change's place: point() without its bounds
+        return f"{int(time_part):020d}{changes:010d}"
+    return point(int(time_part), changes)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ class BatchOutcome:
     last: str = ""  # the token (_data) Redis holds last now
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A change to publish: its resume token, "<time part>:<position>", events and index writes (see
     :meth:`Publisher.publish`)."""
@@ -283,17 +286,27 @@ class Publisher:
             return found
 
         room_key, index_key, post_key = k.room, k.index, k.post
+        rooms: dict[tuple[str, ...], list[int]] = {}  # an event's rooms -> their history streams' indexes in KEYS
         envelopes: list[bytes] = []
         batch: list[Any] = []
+        dumps = orjson.dumps
         for change in changes:
             evs = []
+            counted = False  # whether an event of the change carries a like count
             for e in change.events:
+                indexes = rooms.get(e.rooms)
+                if indexes is None:
+                    indexes = rooms[e.rooms] = [key(room_key(room)) for room in e.rooms]
                 counter = e.counter
-                post = counter.post_id if counter else ""
-                seed = seeds.get(post) if seeds and counter else None
-                evs.append((e.id, post, counter.delta if counter else 0, str(seed.count) if seed else "",
-                            seed.as_of if seed else "", [key(room_key(room)) for room in e.rooms]))
-                envelopes.append(orjson.dumps(e.envelope()))
+                if counter is None:
+                    evs.append((e.id, "", 0, "", "", indexes))
+                else:
+                    counted = True
+                    seed = seeds.get(counter.post_id) if seeds else None
+                    evs.append((e.id, counter.post_id, counter.delta, str(seed.count) if seed else "",
+                                seed.as_of if seed else "", indexes))
+                # e.envelope(), encoded (orjson writes the rooms' tuple as the same array)
+                envelopes.append(dumps({"id": e.id, "type": e.type, "rooms": e.rooms, "data": e.data, "ts": e.ts}))
             ops: list[tuple[str, int, str, str]] = []
             for kind, ident, value in change.index_set:
                 ops.append(("set", key(index_key(kind)), ident, orjson.dumps(value).decode()))
@@ -304,7 +317,8 @@ class Publisher:
                     ops.append(("forget", key(post_key(post_id)), "", ""))
                 else:
                     ops.append(("put", key(post_key(post_id)), str(max(ttl_ms, 0)), entry.decode()))
-            batch.append((change.token["_data"], change.at, change_point(change.at), evs, ops))
+            # the script reads a change's point only for the like counts its events carry
+            batch.append((change.token["_data"], change.at, change_point(change.at) if counted else "", evs, ops))
         args: list[Any] = [lease, previous, self.global_maxlen, self.room_maxlen, orjson.dumps(batch),
                            orjson.dumps(changes[-1].token, default=str), *envelopes]
         reply = await self._publish(keys=keys, args=args)

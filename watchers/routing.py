@@ -188,6 +188,9 @@ class Router:
         self.posts: dict[str, PostInfo | None] = {}
         self.reactions: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.now: dict[str, dict[str, Any] | None] = {}  # posts as they are now, read ahead for comment updates
+        # the subjects of the changes read ahead, by the change's id() (with the change, so that the id is not
+        # reused meanwhile)
+        self.subjects: dict[int, tuple[dict[str, Any], mapping.Subject | None]] = {}
 
     def clear(self) -> None:
         """Forget the cache: call it whenever the stream may resume elsewhere than after the last change
@@ -200,13 +203,17 @@ class Router:
         self.posts.clear()
         self.reactions.clear()
         self.now.clear()
+        self.subjects.clear()
 
     async def prefetch(self, changes: list[dict[str, Any]]) -> None:
         """Read ahead, with one MGET, the post index entries that mapping ``changes`` may look up, and with one
         query the posts as they are now that comment updates may need."""
         wanted, now = [], []
+        cfg, subjects = self.cfg, self.subjects
         for change in changes:
-            ref = mapping.post_ref(change, self.cfg)
+            sub = mapping.subject(change, cfg)
+            subjects[id(change)] = (change, sub)
+            ref = mapping.post_ref(change, cfg, None, sub)
             if ref is None:
                 continue
             if ref[0] not in self.cache and ref[0] not in self.posts:
@@ -225,10 +232,15 @@ class Router:
                 and (change.get("ns") or {}).get("coll") == self.cfg.comments
                 and isinstance(change.get("fullDocument"), dict))
 
+    def subject(self, change: dict[str, Any]) -> mapping.Subject | None:
+        """``mapping.subject(change, cfg)``, worked out once for the changes read ahead."""
+        known = self.subjects.get(id(change))
+        return known[1] if known is not None and known[0] is change else mapping.subject(change, self.cfg)
+
     async def map(self, change: dict[str, Any], position: int) -> Mapped:
         cfg = self.cfg
         remembered = None
-        sub = mapping.subject(change, cfg)
+        sub = self.subject(change)
         if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
             if (sub.kind, sub.id) in self.reactions:
                 remembered = self.reactions[(sub.kind, sub.id)]

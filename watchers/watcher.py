@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from bson import Timestamp
@@ -81,8 +81,7 @@ class LeaseLost(Exception):
 STREAM_EVENTS = ("invalidate", "drop", "rename", "dropDatabase")  # changes that end or reset the stream
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """A change of a read, placed (its time part and position) and mapped, to publish."""
 
     change: dict[str, Any]
@@ -156,7 +155,12 @@ def wall_seconds(change: dict[str, Any]) -> float | None:
     wall = change.get("wallTime")
     if not isinstance(wall, dt.datetime):
         return None
-    return (wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)).timestamp()
+    if wall.tzinfo is None:  # what wall.replace(tzinfo=dt.UTC).timestamp() works out, without the copy
+        return (wall - _NAIVE_EPOCH).total_seconds()
+    return wall.timestamp()
+
+
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 
 
 def _at(at: str) -> tuple[int, int]:
@@ -197,11 +201,12 @@ class WatcherMetrics:
         self.from_mongodb = stages.labels(stage="mongodb_to_watcher")  # the change's wallTime to its read (wall)
         self.to_redis = stages.labels(stage="watcher_to_redis")  # its read to its publish script's answer
 
-    def read(self, change: dict[str, Any]) -> None:
-        """A change was read from the stream now: how long after its commit (its ``wallTime``, ms precision)."""
+    def read(self, change: dict[str, Any], now: float | None = None) -> None:
+        """A change was read from the stream now (or at ``now``, ``time.time()``): how long after its commit
+        (its ``wallTime``, ms precision)."""
         wall = wall_seconds(change)
         if wall is not None:
-            self.from_mongodb.observe(time.time() - wall)
+            self.from_mongodb.observe((time.time() if now is None else now) - wall)
 
 
 class Watcher:
@@ -220,7 +225,8 @@ class Watcher:
                              tombstone_ms=int(cfg.tombstone_seconds * 1000),
                              on_as_of_now=lambda: self.metrics.skipped.inc(reason="visibility_as_of_now"))
         self.like_counts = LikeCounts(mongo, self.db, cfg.mapping, self.pipeline(),
-                                      on_approximate=lambda: self.metrics.skipped.inc(reason="approximate_seed"))
+                                      on_approximate=lambda: self.metrics.skipped.inc(reason="approximate_seed"),
+                                      subject=self.router.subject)
         self.outages = Outages()
         for dependency in DEPENDENCIES:
             self.metrics.up.set(1, dependency=dependency)
@@ -604,9 +610,9 @@ class Watcher:
     async def _handle_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
         """Publish a read's changes in order: the ordinary ones mapped and published in batches, those that end
         or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them."""
-        read = time.monotonic()
+        read, now = time.monotonic(), time.time()
         for change in changes:
-            self.metrics.read(change)
+            self.metrics.read(change, now)
         run: list[dict[str, Any]] = []
         for change in changes:
             if change.get("operationType", "") not in STREAM_EVENTS:
@@ -649,26 +655,26 @@ class Watcher:
         Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
         await self.router.prefetch(changes)
         items = []
-        touched: collections.Counter[tuple[str, str]] = collections.Counter()
+        touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
         last_time, last_position = self.last_time, self.last_position
         for change in changes:
             last_time, last_position = self._place(change, last_time, last_position)
-            touched[(str((change.get("ns") or {}).get("coll")), str(change.get("operationType", "")))] += 1
+            ns = change.get("ns")
+            kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
+            touched[kind] = touched.get(kind, 0) + 1
             mapped = await self._map(change, last_position)
             items.append(Item(change, last_time, last_position, Pending(
                 change["_id"], f"{last_time}:{last_position}", mapped.events,
                 [mapped.index_set] if mapped.index_set else [], [mapped.index_del] if mapped.index_del else [],
                 self.router.writes(mapped))))
         for (coll, op), n in touched.items():
-            self.metrics.changes.inc(n, collection=coll, operation=op)
+            self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
         seeds = await self._seeds(items)
         size = self.cfg.publish_batch
         for start in range(0, len(items), size):
             await self._publish_batch(lease, items[start:start + size],
                                       {post: seed for post, (i, seed) in seeds.items() if start <= i < start + size})
-            elapsed = time.monotonic() - read
-            for _ in range(min(size, len(items) - start)):
-                self.metrics.to_redis.observe(elapsed)
+            self.metrics.to_redis.observe(time.monotonic() - read, min(size, len(items) - start))
         self.router.settle()
 
     async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
