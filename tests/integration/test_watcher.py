@@ -36,14 +36,6 @@ pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture
-def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def watchers(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Iterator[Any]:
     started: list[WatcherProcess] = []
 

@@ -19,14 +19,6 @@ pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture
-def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def watcher(standin: StandIn, redis_server: RedisServer, tmp_path: Path) -> Iterator[WatcherProcess]:
     w = WatcherProcess(standin.uri, redis_server.url, tmp_path, "w1")
     w.start()
