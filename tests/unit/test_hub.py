@@ -59,8 +59,8 @@ class FakeTransport:
         self.closed = True
 
 
-def connection(hub: Hub, rooms: list[str]) -> tuple[Conn, FakeTransport]:
-    transport = FakeTransport()
+def connection(hub: Hub, rooms: list[str], transport: FakeTransport | None = None) -> tuple[Conn, FakeTransport]:
+    transport = transport or FakeTransport()
     ws = SimpleNamespace(ws_proto=SimpleNamespace(state=State.OPEN), io_proto=SimpleNamespace(transport=transport))
     session = Session(SessionConfig(allow_anonymous=True), None, time.time)
     session.rooms.update(rooms)
@@ -328,9 +328,7 @@ async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, e
     from realtime.server.transports import Collected
 
     hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
-    ws = SimpleNamespace(ws_proto=SimpleNamespace(state=State.OPEN), io_proto=SimpleNamespace(transport=transport))
-    conn = Conn(hub, ws, Session(SessionConfig(allow_anonymous=True), None, time.time), "127.0.0.1")
-    hub.add(conn)
+    conn, _ = connection(hub, [], transport)
 
     async def collect(*args: Any, **kwargs: Any) -> Collected:
         got = Collected()
