@@ -526,21 +526,22 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         merged = heapq.merge(((key, text_frame(payload)) for key, _, payload in got.events), live,
                              key=lambda item: item[0])
         after: list[bytes] = []
-        # Written REPLAY_CHUNK bytes (or half the bound of unsent frames) at a time: one system call, not one
-        # per event; the next chunk when the client has taken the last.
+        # Written REPLAY_CHUNK bytes at a time, and at most half the bounds of unsent bytes and frames (a part
+        # may find the kernel's buffers still full of the last and stay unsent whole): one system call, not one
+        # per event; the next part when the client has taken the last.
         chunk: list[bytes] = []
-        size, most = 0, max(1, hub.queue_messages // 2)
+        size, most, room = 0, max(1, hub.queue_messages // 2), max(1, min(REPLAY_CHUNK, hub.queue_bytes // 2))
         for key, data in merged:
             if last is None or key > last:
                 after.append(data)
                 continue
-            chunk.append(data)
-            size += len(data)
-            if size >= REPLAY_CHUNK or len(chunk) >= most:
+            if chunk and (size + len(data) > room or len(chunk) >= most):
                 conn.send(b"".join(chunk), len(chunk))
                 chunk, size = [], 0
                 if not await _drained(conn, state.cfg.heartbeat_timeout):
                     break  # gone, or closed as slow
+            chunk.append(data)
+            size += len(data)
         if chunk:
             conn.send(b"".join(chunk), len(chunk))
         hub.metrics.replayed.inc(len(got.events))

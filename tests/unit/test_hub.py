@@ -321,13 +321,14 @@ class QueuingTransport(FakeTransport):
         return sum(map(len, self.writes)) - self.taken
 
 
-async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, events: int) -> tuple[Hub, Conn]:
+async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, events: int, *,
+                    queue_bytes: int = 1 << 20, chunk: int = 1024) -> tuple[Hub, Conn]:
     """A replay of ``events`` events of ``public`` (each about 150 bytes) to a connection on ``transport``,
-    with a bound of 50 unsent frames and a stall bound of 0.2 s."""
+    with a bound of 50 unsent frames (and ``queue_bytes``) and a stall bound of 0.2 s."""
     from realtime.server import app
     from realtime.server.transports import Collected
 
-    hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
+    hub = Hub(queue_bytes=queue_bytes, queue_messages=50, close_timeout=0.01)
     conn, _ = connection(hub, [], transport)
 
     async def collect(*args: Any, **kwargs: Any) -> Collected:
@@ -344,7 +345,7 @@ async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, e
                                  cfg=SimpleNamespace(replay_limit=1000, retry_seconds=1.0, presence_rooms=("post:",),
                                                      heartbeat_timeout=0.2))
     conn.session.rooms.add("public")
-    monkeypatch.setattr(app, "REPLAY_CHUNK", 1024)
+    monkeypatch.setattr(app, "REPLAY_CHUNK", chunk)
     await app._replay(state, conn, ("public",), "1-1", "r", join=True)
     return hub, conn
 
@@ -373,6 +374,18 @@ async def test_a_long_replay_goes_at_the_pace_of_a_client_that_reads() -> None:
     assert frames(transport)[-1]["op"] == "synced"
     assert conn in hub.conns and not transport.closed
     assert hub.metrics.slow.value() == 0
+
+
+async def test_a_replay_part_fits_in_the_bound_of_unsent_bytes() -> None:
+    """Regression (CI met it): a replay part larger than REALTIME_QUEUE_BYTES, written when the kernel's buffers
+    were full from the last one, was all unsent at once and closed a client that was reading as slow (4008).
+    A part is at most half the byte bound."""
+    transport = QueuingTransport(reads=300)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        hub, conn = await replay_to(monkeypatch, transport, 400, queue_bytes=4096, chunk=64 * 1024)
+    assert replayed(transport) == [f"1-{n}" for n in range(2, 402)]
+    assert hub.metrics.slow.value() == 0 and conn in hub.conns and not transport.closed
+    assert max(map(len, transport.writes)) <= 2048
 
 
 async def test_a_replay_to_a_client_that_reads_nothing_is_closed_as_slow() -> None:
