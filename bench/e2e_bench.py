@@ -65,7 +65,17 @@ import redis
 from benchkit import DOCS, ROOT, free_port, log, replace_section
 from fanout_bench import GUID, MACHINE_FIELDS, client_frame, cpu_times, machine_times, wait_quiet
 from pymongo import MongoClient
-from watcher_bench import DB, PREFIX, Proc, Stack, source_state, start_redis, start_standin, start_watcher
+from watcher_bench import (
+    DB,
+    Proc,
+    Stack,
+    fresh_database,
+    source_state,
+    start_redis,
+    start_server,
+    start_standin,
+    start_watcher,
+)
 
 RESULTS = ROOT / "bench" / "results" / "e2e.json"
 SECTION = "## End to end"
@@ -479,23 +489,6 @@ def lag_rise(lags: list[tuple[float, float]]) -> float:
 
 # -- the run ------------------------------------------------------------------------------------------------
 
-def start_server(stack: Stack, redis_url: str, deadline: float) -> tuple[Proc, int]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-    env.update({"REDIS_URL": redis_url, "REALTIME_LISTEN": f"127.0.0.1:{port}", "REALTIME_ALLOW_ANONYMOUS": "true",
-                "REALTIME_REDIS_PREFIX": PREFIX, "PYTHONUNBUFFERED": "1"})
-    proc = stack.spawn("server", [sys.executable, "-m", "realtime", "--log-level", "WARNING", "serve"], env=env)
-    until = min(deadline, time.monotonic() + 30)
-    while True:
-        with contextlib.suppress(OSError), \
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-            if reply.status == 200:
-                return proc, port
-        if proc.popen.poll() is not None or time.monotonic() > until:
-            raise BenchError(f"the server did not become ready:\n{proc.tail()}")
-        time.sleep(0.1)
-
-
 def wait_streaming(mongo: MongoClient[dict[str, Any]], clients: Clients, watcher: Proc, deadline: float) -> None:
     """Write a post until the clients receive one: the whole path is up."""
     n = 0
@@ -597,12 +590,10 @@ def run(args: argparse.Namespace, stack: Stack, deadline: float) -> list[dict[st
     mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
     clients: Clients | None = None
     try:
-        mongo.drop_database(DB)
-        for name in ("posts", "likes", "comments"):
-            mongo[DB].create_collection(name, changeStreamPreAndPostImages={"enabled": True})
+        fresh_database(mongo)
         watcher_port = free_port()
         watcher = start_watcher(stack, "watcher", mongo_uri, redis_url, watcher_port, profile=False)
-        server, server_port = start_server(stack, redis_url, deadline)
+        server, server_port = start_server(stack, "server", redis_url, deadline=deadline)
         clients = Clients(server_port, args.clients)
         wait_streaming(mongo, clients, watcher, deadline)
         log(f"{args.clients} clients subscribed to public; the path is up")

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import cProfile
 import datetime as dt
 import hashlib
@@ -54,7 +53,6 @@ import sys
 import tempfile
 import time
 import traceback
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +64,18 @@ import redis
 from benchkit import DOCS, ROOT, free_port, log, replace_section
 from fanout_bench import GUID, client_frame, cpu_times, machine_times
 from pymongo import MongoClient
-from watcher_bench import DB, PREFIX, Proc, Stack, source_state, start_redis, start_standin, start_watcher
+from watcher_bench import (
+    DB,
+    PREFIX,
+    Proc,
+    Stack,
+    fresh_database,
+    source_state,
+    start_redis,
+    start_server,
+    start_standin,
+    start_watcher,
+)
 
 RESULTS = ROOT / "bench" / "results" / "replay.json"
 SECTION = "## Replay"
@@ -330,26 +339,6 @@ def check(got: Got, expected: list[str]) -> dict[str, Any]:
 
 # -- the stack ----------------------------------------------------------------------------------------------
 
-def start_server(stack: Stack, name: str, redis_url: str, mongo_uri: str, extra: dict[str, str],
-                 profile: Path | None) -> tuple[Proc, int]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-    env.update({"REDIS_URL": redis_url, "REALTIME_LISTEN": f"127.0.0.1:{port}", "REALTIME_ALLOW_ANONYMOUS": "true",
-                "REALTIME_REDIS_PREFIX": PREFIX, "MONGODB_URI": mongo_uri, "MONGODB_DB": DB,
-                "PYTHONUNBUFFERED": "1", **extra})
-    prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
-    proc = stack.spawn(name, [sys.executable, *prof, "-m", "realtime", "--log-level", "WARNING", "serve"], env=env)
-    until = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(OSError), \
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-            if reply.status == 200:
-                return proc, port
-        if proc.popen.poll() is not None or time.monotonic() > until:
-            raise BenchError(f"the server did not become ready:\n{proc.tail()}")
-        time.sleep(0.1)
-
-
 def produce(mongo: MongoClient[dict[str, Any]], r: redis.Redis, phase: str, n: int, watcher: Proc,
             timeout: float) -> tuple[str, float, float]:
     """Insert n public posts; wait until the watcher has published the last. Returns (the id of the last event
@@ -463,16 +452,14 @@ def run(args: argparse.Namespace, stack: Stack, workdir: Path) -> dict[str, Any]
     r = redis.Redis.from_url(redis_url)
     out: dict[str, Any] = {}
     try:
-        mongo.drop_database(DB)
-        for name in ("posts", "likes", "comments"):
-            mongo[DB].create_collection(name, changeStreamPreAndPostImages={"enabled": True})
+        fresh_database(mongo)
         watcher = start_watcher(stack, "watcher", mongo_uri, redis_url, free_port(), profile=False)
         stand_pids = {p.name: [p.popen.pid] for p in stack.procs if p.name in ("standin", "redis", "watcher")}
         warm_up(mongo, r, watcher)
         profile = args.profile.resolve() if args.profile is not None else None
-        server, port = start_server(stack, "server", redis_url, mongo_uri, {
+        server, port = start_server(stack, "server", redis_url, mongo_uri=mongo_uri, extra={
             "REALTIME_REPLAY_LIMIT": str(max(args.deep_events * 2, 10_000)),
-            "REALTIME_DEEP_REPLAY_SECONDS": "600"}, profile)
+            "REALTIME_DEEP_REPLAY_SECONDS": "600"}, profile=profile)
         out["server_config"] = {"REALTIME_REPLAY_LIMIT": max(args.deep_events * 2, 10_000),
                                 "REALTIME_DEEP_REPLAY_SECONDS": 600}
 
@@ -522,7 +509,7 @@ def run(args: argparse.Namespace, stack: Stack, workdir: Path) -> dict[str, Any]
                            "kept": args.keep, "inserted_s": inserted, "published_s": published,
                            "runs": deep_runs, "summary": summary(deep_runs)}
             # with the defaults (REALTIME_REPLAY_LIMIT 10000, REALTIME_DEEP_REPLAY_SECONDS 10): a reset
-            default, dport = start_server(stack, "server-defaults", redis_url, mongo_uri, {}, None)
+            default, dport = start_server(stack, "server-defaults", redis_url, mongo_uri=mongo_uri)
             res = measure("ws", dport, default, stand_pids, since, expected, 120, expect_reset=True)
             default.stop()
             log(f"deep with the default limits: {res['seconds']:.2f}s, resets {res['resets']}, "

@@ -221,6 +221,37 @@ def start_watcher(stack: Stack, name: str, mongo_uri: str, redis_url: str, http_
     return stack.spawn(name, [sys.executable, "-m", "watchers"], env=env, profile=profile)
 
 
+def start_server(stack: Stack, name: str, redis_url: str, *, mongo_uri: str | None = None,
+                 extra: dict[str, str] | None = None, profile: Path | None = None,
+                 deadline: float | None = None) -> tuple[Proc, int]:
+    """A realtime server (anonymous, one worker) on a free port, ready (its /readyz answers 200) within 30 s
+    or by ``deadline``; with ``mongo_uri``, deep replay reads that MongoDB; ``profile``: a cProfile output."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    env.update({"REDIS_URL": redis_url, "REALTIME_LISTEN": f"127.0.0.1:{port}", "REALTIME_ALLOW_ANONYMOUS": "true",
+                "REALTIME_REDIS_PREFIX": PREFIX, "PYTHONUNBUFFERED": "1", **(extra or {})})
+    if mongo_uri is not None:
+        env.update({"MONGODB_URI": mongo_uri, "MONGODB_DB": DB})
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    proc = stack.spawn(name, [sys.executable, *prof, "-m", "realtime", "--log-level", "WARNING", "serve"], env=env)
+    until = time.monotonic() + 30 if deadline is None else min(deadline, time.monotonic() + 30)
+    while True:
+        with contextlib.suppress(OSError), \
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            if reply.status == 200:
+                return proc, port
+        if proc.popen.poll() is not None or time.monotonic() > until:
+            raise RuntimeError(f"the server did not become ready:\n{proc.tail()}")
+        time.sleep(0.1)
+
+
+def fresh_database(client: MongoClient[dict[str, Any]]) -> None:
+    """Drop the benchmark's database and create its collections with pre- and post-images on."""
+    client.drop_database(DB)
+    for name in ("posts", "likes", "comments"):
+        client[DB].create_collection(name, changeStreamPreAndPostImages={"enabled": True})
+
+
 def scrape(port: int) -> dict[str, float]:
     """The watcher's counters, summed over their labels (``{}`` when the endpoint does not answer)."""
     try:
@@ -493,9 +524,7 @@ def sentinel(client: MongoClient[dict[str, Any]], phase: str, tally: Tally) -> N
 
 def prepare(client: MongoClient[dict[str, Any]], rng: random.Random) -> None:
     db = client[DB]
-    client.drop_database(DB)
-    for name in ("posts", "likes", "comments"):
-        db.create_collection(name, changeStreamPreAndPostImages={"enabled": True})
+    fresh_database(client)
     for name in ("likes", "comments"):  # as `realtime mongo-setup` makes them
         db[name].create_index("postId")
     db.posts.insert_many([post_doc(rng, f"p{i}", f"u{rng.randrange(USERS)}") for i in range(PRE_POSTS)])
