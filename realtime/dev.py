@@ -118,6 +118,10 @@ class Dev:
         """Starts ``name`` again as it was started (a process that died), on the same port."""
         argv, env, port = self.commands[name]
         self.procs = [(n, p) for n, p in self.procs if n != name]
+        if name == "watcher":  # nothing is pointed at its health endpoint: it moves when its port was taken
+            host, _, was = env["REALTIME_WATCHER_HTTP"].rpartition(":")
+            http = free_port(int(was), PORT_WAIT, "the watcher's health endpoint")
+            env = dict(env, REALTIME_WATCHER_HTTP=f"{host}:{http}")
         # A process that just died may hold its port a moment; another program that took it meanwhile would
         # answer in its place (clients are pointed at that port: no other one will do).
         if port is not None and free_port(port, PORT_WAIT) != port:

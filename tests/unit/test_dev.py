@@ -88,3 +88,27 @@ def test_a_child_is_not_started_again_on_a_port_another_program_took(monkeypatch
         with pytest.raises(dev.DevError, match=f"port {taken} is taken by another program"):
             d.respawn("server")
     assert spawned == []
+
+
+def test_a_watcher_whose_health_port_was_taken_starts_again_on_another(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A watcher that died while another program took its health endpoint's port starts again on a free port
+    (nothing is pointed at it), and says so; before, it died again on the bind at every restart."""
+    monkeypatch.setattr(dev, "PORT_WAIT", 0.2)
+    spawned: list[dict[str, str]] = []
+    d = dev.Dev()
+    monkeypatch.setattr(d, "spawn", lambda name, argv, env, port=None: spawned.append(env))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        d.commands["watcher"] = (["watchers"], {"REALTIME_WATCHER_HTTP": f"127.0.0.1:{taken}", "X": "1"}, None)
+        d.respawn("watcher")
+    assert len(spawned) == 1 and spawned[0]["X"] == "1"
+    host, _, port = spawned[0]["REALTIME_WATCHER_HTTP"].rpartition(":")
+    assert host == "127.0.0.1" and int(port) != taken
+    assert f"port {taken} is taken" in capsys.readouterr().err
+    # free again: it keeps its port
+    d.commands["watcher"] = (["watchers"], {"REALTIME_WATCHER_HTTP": f"127.0.0.1:{port}"}, None)
+    d.respawn("watcher")
+    assert spawned[1]["REALTIME_WATCHER_HTTP"] == f"127.0.0.1:{port}"
