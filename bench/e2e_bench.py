@@ -11,7 +11,8 @@ For each offered rate (``--rates``, changes per second; default 200, 1000, 5000)
 
 * the writers insert public posts with PyMongo, taking turns at the offered rate on an absolute schedule (a late
   write is not dropped: the next ones follow at once; writes not made by the end of the period are not made),
-  each post carrying in its ``text`` the producer's ``time.time_ns()`` taken just before its ``insert_one``;
+  each post carrying in its ``text`` the producer's ``time.time_ns()`` taken just before its ``insert_one`` (a rate
+  written ``5000x10``: ``insert_many`` of 10 posts, one stamp for the 10, a write every 10 changes of the rate);
 * every client records, for each ``post:created`` event, its receipt time (``time.time_ns()`` when the bytes
   arrive) minus that stamp: the commit-to-client latency (same clock, same machine), per delivery;
 * the watcher's lag (``realtime_watcher_lag_seconds``) is sampled every 0.25 s;
@@ -284,10 +285,10 @@ class Clients:
 # -- the producers ------------------------------------------------------------------------------------------
 
 def producer_main(uri: str, phase: str, k: int, writers: int, threads: int, rate: float, seconds: float,
-                  pipe: multiprocessing.connection.Connection) -> None:
+                  batch: int, pipe: multiprocessing.connection.Connection) -> None:
     """In its own process: ``threads`` writers, each inserting public posts for ``seconds``, all of the run's
-    ``writers`` taking turns on one absolute schedule of ``rate`` a second (writer w makes writes w, w + writers,
-    w + 2 writers...)."""
+    ``writers`` taking turns on one absolute schedule of ``rate`` posts a second (writer w makes writes w,
+    w + writers, w + 2 writers...), ``batch`` posts a write."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000, maxPoolSize=threads + 2)
     try:
@@ -304,12 +305,12 @@ def producer_main(uri: str, phase: str, k: int, writers: int, threads: int, rate
 
         def writer(j: int) -> None:
             w = k * threads + j
-            writes: array[float] = array("d")  # each insert_one's round trip, ms
+            writes: array[float] = array("d")  # each write's round trip, ms
             behind = 0.0
             n = 0
             try:
                 while True:
-                    due = start + (n * writers + w) / rate
+                    due = start + (n * writers + w) * batch / rate
                     now = time.monotonic()
                     if due >= end or now >= end:
                         break
@@ -318,8 +319,13 @@ def producer_main(uri: str, phase: str, k: int, writers: int, threads: int, rate
                     else:
                         behind = max(behind, now - due)
                     t = time.time_ns()
-                    posts.insert_one({"_id": f"{phase}.{w}.{n}", "authorId": f"producer{w}", "visibility": "public",
-                                      "title": f"post {n}", "text": str(t)})
+                    if batch == 1:
+                        posts.insert_one({"_id": f"{phase}.{w}.{n}", "authorId": f"producer{w}",
+                                          "visibility": "public", "title": f"post {n}", "text": str(t)})
+                    else:
+                        posts.insert_many([{"_id": f"{phase}.{w}.{n}.{i}", "authorId": f"producer{w}",
+                                            "visibility": "public", "title": f"post {n}.{i}", "text": str(t)}
+                                           for i in range(batch)])
                     writes.append((time.time_ns() - t) / 1e6)
                     n += 1
             except BaseException as exc:
@@ -337,7 +343,7 @@ def producer_main(uri: str, phase: str, k: int, writers: int, threads: int, rate
         write_ms: array[float] = array("d")
         for _, _, writes in results:
             write_ms.extend(writes)
-        pipe.send(("done", {"writes": sum(n for n, _, _ in results), "seconds": time.monotonic() - start,
+        pipe.send(("done", {"writes": sum(n for n, _, _ in results) * batch, "seconds": time.monotonic() - start,
                             "behind_s": max(b for _, b, _ in results), "write_ms": write_ms.tobytes(),
                             "cpu_s": time.process_time() - cpu0}))
     finally:
@@ -345,13 +351,14 @@ def producer_main(uri: str, phase: str, k: int, writers: int, threads: int, rate
 
 
 class Producers:
-    def __init__(self, uri: str, phase: str, n: int, threads: int, rate: float, seconds: float) -> None:
+    def __init__(self, uri: str, phase: str, n: int, threads: int, rate: float, seconds: float, batch: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[multiprocessing.connection.Connection] = []
         self.processes = []
         for k in range(n):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=producer_main, args=(uri, phase, k, n * threads, threads, rate, seconds, child),
+            p = ctx.Process(target=producer_main,
+                            args=(uri, phase, k, n * threads, threads, rate, seconds, batch, child),
                             daemon=True, name=f"e2e-producer{k}")
             p.start()
             child.close()
@@ -508,10 +515,10 @@ def cpu_of(procs: dict[str, list[int]]) -> dict[str, float]:
     return {name: sum(cpu_times(pids)) for name, pids in procs.items()}
 
 
-def run_phase(args: argparse.Namespace, rate: float, mongo_uri: str, clients: Clients, watcher_port: int,
+def run_phase(args: argparse.Namespace, rate: float, batch: int, mongo_uri: str, clients: Clients, watcher_port: int,
               server_port: int, procs: dict[str, list[int]], deadline: float) -> dict[str, Any]:
-    phase = f"r{rate:g}"
-    producers = Producers(mongo_uri, phase, args.producers, args.threads, rate, args.seconds)
+    phase = f"r{rate:g}x{batch}"
+    producers = Producers(mongo_uri, phase, args.producers, args.threads, rate, args.seconds, batch)
     try:
         watcher_before, server_before = scrape(watcher_port), scrape(server_port)
         cpu_before, box_before = cpu_of(procs), machine_times()
@@ -564,7 +571,8 @@ def run_phase(args: argparse.Namespace, rate: float, mongo_uri: str, clients: Cl
     last_after_stop = (report["last_ns"] - stopped_ns) / 1e9 if report["last_ns"] > stopped_ns else 0.0
     produced_seconds = max(r["seconds"] for r in results)
     return {
-        "offered": rate, "seconds": args.seconds, "written": written, "achieved": written / produced_seconds,
+        "offered": rate, "batch": batch, "seconds": args.seconds, "written": written,
+        "achieved": written / produced_seconds,
         "producer_behind_s": max(r["behind_s"] for r in results),
         "write_ms": percentiles(list(write_ms)),
         "expected_deliveries": expected, "received": len(latencies), "latency_ms": percentiles(list(latencies)),
@@ -605,14 +613,14 @@ def run(args: argparse.Namespace, stack: Stack, deadline: float) -> list[dict[st
             elif p.name == "redis":
                 procs["redis"] = [p.popen.pid]
         phases = []
-        for rate in args.rates:
+        for rate, batch in args.rates:
             if args.quiet_max > 0:
                 busy = wait_quiet(args.quiet_max)
                 if busy > 10:
                     log(f"the machine is still {busy:.0f}% busy after {args.quiet_max:g}s; going on")
             log(f"offering {rate:g} changes/s for {args.seconds:g}s ({args.producers} producers of "
-                f"{args.threads} writers)")
-            result = run_phase(args, rate, mongo_uri, clients, watcher_port, server_port, procs, deadline)
+                f"{args.threads} writers, {batch} post{'s' if batch > 1 else ''} a write)")
+            result = run_phase(args, rate, batch, mongo_uri, clients, watcher_port, server_port, procs, deadline)
             lat, backlog = result["latency_ms"], result["backlog"]
             log(f"  written {result['written']} ({result['achieved']:.0f}/s), received {result['received']}/"
                 f"{result['expected_deliveries']}, p50/p99 {lat['p50']:.1f}/{lat['p99']:.1f} ms, backlog at stop "
@@ -643,12 +651,27 @@ def verdicts(phases: list[dict[str, Any]]) -> list[str]:
             continue
         p99 = p["latency_ms"]["p99"]
         met = p99 <= target and p["received"] == p["expected_deliveries"] and p["achieved"] >= 0.95 * p["offered"]
-        line = (f"{p['offered']:g} changes/s: p99 {ms(p99)} ms (≤ {target:g}), {p['achieved']:.0f} changes/s written "
+        line = (f"{label(p)} changes/s: p99 {ms(p99)} ms (≤ {target:g}), {p['achieved']:.0f} changes/s written "
                 f"of {p['offered']:g} offered: {'met' if met else '**missed**'}")
         if p["offered"] >= 5000:
             line += f"; no growing backlog: {'**missed**' if p['backlog']['grew'] else 'met'}"
         out.append(line)
     return out
+
+
+def rates(text: str) -> list[tuple[float, int]]:
+    """``200,5000x10`` -> [(200.0, 1), (5000.0, 10)]: changes per second, and posts per write."""
+    out = []
+    for part in text.split(","):
+        rate, _, batch = part.strip().partition("x")
+        out.append((float(rate), int(batch or 1)))
+    return out
+
+
+def label(p: dict[str, Any]) -> str:
+    """A phase's offered rate, and its writes' size when they are not single inserts."""
+    batch = p.get("batch", 1)
+    return f"{p['offered']:g}" + (f" (writes of {batch})" if batch > 1 else "")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -658,7 +681,7 @@ def markdown(result: dict[str, Any]) -> str:
     rows = []
     for p in phases:
         lat, b = p["latency_ms"], p["backlog"]
-        rows.append(f"| {p['offered']:g} | {p['written']} | {p['achieved']:.0f} | {p['received']} / "
+        rows.append(f"| {label(p)} | {p['written']} | {p['achieved']:.0f} | {p['received']} / "
                     f"{p['expected_deliveries']} | {ms(lat['p50'])} / {ms(lat['p95'])} / {ms(lat['p99'])} / "
                     f"{ms(lat['max'])} | {b['unread_changes_at_stop']} | {b['undelivered_at_stop']} | "
                     f"{b['last_arrival_after_stop_s']:.2f} | {b['watcher_lag_max_s']:.2f} / "
@@ -673,18 +696,18 @@ def markdown(result: dict[str, Any]) -> str:
     sums = " | ".join(f"{ms(sum(p['stages'][s]['mean_ms'] for s in STAGES))} (end to end "
                       f"{ms(p['latency_ms']['mean'])})" for p in phases)
     cpu_names = list(phases[0]["cpu_percent"]) if phases else []
-    cpu_rows = [f"| {p['offered']:g} | " + " | ".join(f"{p['cpu_percent'][n]:.0f}" for n in cpu_names) +
+    cpu_rows = [f"| {label(p)} | " + " | ".join(f"{p['cpu_percent'][n]:.0f}" for n in cpu_names) +
                 f" | {p['other_cpu_s']:.1f} |" for p in phases]
-    producer_rows = [f"| {p['offered']:g} | {p['achieved']:.0f} | {ms(p['write_ms']['p50'])} / "
+    producer_rows = [f"| {label(p)} | {p['achieved']:.0f} | {ms(p['write_ms']['p50'])} / "
                      f"{ms(p['write_ms']['p99'])} | {p['producer_behind_s']:.2f} |" for p in phases]
-    header = " | ".join(f"{p['offered']:g}/s" for p in phases)
+    header = " | ".join(f"{label(p)}/s" for p in phases)
     verdict = "\n".join(f"- {v}" for v in verdicts(phases)) or "- (no targeted rate measured)"
     shares = []
     for p in phases:
         means = {st: p["stages"][st]["mean_ms"] for st in STAGES if not math.isnan(p["stages"][st]["mean_ms"])}
         if means:
             top = max(means, key=lambda st: means[st])
-            shares.append(f"{p['offered']:g}/s: `{top}`, {100 * means[top] / sum(means.values()):.0f}% of the "
+            shares.append(f"{label(p)}/s: `{top}`, {100 * means[top] / sum(means.values()):.0f}% of the "
                           "sum of the means")
     where = "The largest stage: " + "; ".join(shares) + "." if shares else ""
     other = max((p["other_cpu_s"] for p in phases), default=0.0)
@@ -697,8 +720,8 @@ stand-in, redis-server, the watcher, the server (anonymous, one worker), a proce
 WebSocket clients subscribed to `public`, and {cfg['producers']} producer processes ({cfg['threads']} writer threads
 each) run in processes of their own. For {cfg['seconds']:g} s per rate the writers insert public posts with
 PyMongo, taking turns at the offered rate on an absolute schedule, each post carrying the writer's
-`time.time_ns()` taken just before its `insert_one`; latency is each client's receipt time minus that stamp
-(same clock), per delivery.
+`time.time_ns()` taken just before its `insert_one` (a rate with "writes of N": `insert_many` of N posts, one
+stamp for the N); latency is each client's receipt time minus that stamp (same clock), per delivery.
 
 Backlog: when the producers stop, the changes written that the watcher has not read yet, and the deliveries
 not received yet; then the run waits for the rest (at most {cfg['drain_max']:g} s). The watcher's lag
@@ -729,10 +752,11 @@ Where the time goes, per stage: mean / p50 / p99 (ms).
 
 {where}
 
-Producers: what they wrote, the `insert_one` round trip, and how far behind their schedule they fell at most
-(a write is never dropped for being late, but none is made after the period):
+Producers: what they wrote, each write's round trip (`insert_one`, or `insert_many` where the rate says
+"writes of N"), and how far behind their schedule they fell at most (a write is never dropped for being late,
+but none is made after the period):
 
-| offered changes/s | written/s | `insert_one` p50 / p99 (ms) | behind schedule at most (s) |
+| offered changes/s | written/s | write p50 / p99 (ms) | behind schedule at most (s) |
 |---:|---:|---|---:|
 {chr(10).join(producer_rows)}
 
@@ -751,8 +775,9 @@ Targets of the issue (for information; the stand-in and the watcher are being ma
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[200.0, 1000.0, 5000.0],
-                        help="offered changes per second, in order (default 200,1000,5000)")
+    parser.add_argument("--rates", type=rates, default=[(200.0, 1), (1000.0, 1), (5000.0, 1)],
+                        help="offered changes per second, in order (default 200,1000,5000); 5000x10: in writes "
+                             "of 10 posts (insert_many)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of producing per rate (10)")
     parser.add_argument("--clients", type=int, default=4, help="WebSocket clients subscribed to public (4)")
     parser.add_argument("--producers", type=int, default=4, help="producer processes (4)")
@@ -764,9 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds-max", type=float, default=900.0, help="overall safety timeout (900 s)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if any(r <= 0 for r in args.rates) or args.seconds <= 0 or args.clients < 1 or args.producers < 1 \
-            or args.threads < 1:
-        parser.error("rates and --seconds must be positive, --clients, --producers and --threads at least 1")
+    if any(r <= 0 for r, _ in args.rates) or args.seconds <= 0 or args.clients < 1 or args.producers < 1 \
+            or args.threads < 1 or any(b < 1 for _, b in args.rates):
+        parser.error("rates, batches and --seconds must be positive, --clients, --producers and --threads at least 1")
     started = time.monotonic()
     deadline = started + args.seconds_max
 
