@@ -1,4 +1,5 @@
-"""Whether a room's history still covers a client's ``since``: a pure decision.
+"""Whether a room's history still covers a client's ``since``, and whether a connection already has an event:
+pure decisions.
 
 History covers ``since`` when nothing after it was lost: no reset marker after it, no entry of the room
 trimmed after it, and ``since`` not beyond what this Redis has ever held (which happens when Redis lost
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 from realtime.events import parse_id
 
 NEVER = (0, 0)
+# What a connection has been sent of some of its rooms: per room, the span of ids (after, upto] of which it has
+# every event of the room.
+Spans = dict[str, tuple[tuple[int, int], tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -37,3 +41,15 @@ def covered(since: str, room: RoomHistory, stream: StreamState) -> tuple[bool, s
     if room.max_deleted > point:
         return False, "history_trimmed"
     return True, ""
+
+
+def already_had(key: tuple[int, int], rooms: object, spans: Spans) -> bool:
+    """Whether an event (its id and its rooms, as its envelope lists them) is one a connection has been sent:
+    one of its rooms is among ``spans`` with the id in that room's span."""
+    if not spans or not isinstance(rooms, (list, tuple)):
+        return False
+    for room in rooms:
+        span = spans.get(room) if isinstance(room, str) else None
+        if span is not None and span[0] < key <= span[1]:
+            return True
+    return False

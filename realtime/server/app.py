@@ -450,7 +450,7 @@ async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
                 state.presence.joined(user, rooms)
         elif isinstance(action, Subscribe):
             if action.since is None:
-                _join(state, conn, action.rooms)
+                _join(state, conn, action.rooms, _reader_at(state))
                 conn.send(text_frame(frame("subscribed", ref=action.ref, rooms=list(action.rooms))))
             else:
                 await _replay(state, conn, action.rooms, action.since, action.ref, join=True)
@@ -484,11 +484,16 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     hub = state.hub
     hub.metrics.replays.inc()
     with hub.holding(conn) as hold:
+        # What the connection's other rooms have sent it (live before the hold, or replayed) is left out of this
+        # replay: an event of theirs that is also in these rooms would come twice (a subscribe that a partition
+        # delayed reaches the server after they went out). What they send during the hold is merged below.
+        reader = _reader_at(state)
+        delivered = hub.delivered(conn, reader, rooms) if reader is not None else {}
         if join:
             _join(state, conn, rooms)
         try:
             got = await retrying(lambda: collect(state.history, rooms, since, state.cfg.replay_limit, state.deep,
-                                                 memory=state.replays),
+                                                 memory=state.replays, had=delivered),
                                  state.cfg.retry_seconds, "a replay")
         except (Unavailable, ReplayBusy) as exc:
             why = "too many replays at once" if isinstance(exc, ReplayBusy) else "history is unreachable"
@@ -521,6 +526,11 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         live = [(key, data) for key, _, data, event_rooms in hold.release() if not had(key, event_rooms)]
         if _reader_position(state) < position:
             hub.catch_up(conn, position, rooms)  # and so for what the reader hands over until it gets there
+        if reader is not None:
+            # From here on the connection has every event of these rooms after since (replayed, then live); of a
+            # room reset instead, those after what the reader had handed over and the replay's position.
+            reset = {r for why in got.resets.values() for r in why}
+            hub.cover(conn, {r: max(position, reader) if r in reset else ev.parse_id(since) for r in rooms})
         # History and the live events kept meanwhile (of every room of the connection), in id order: a
         # client's position never goes back. What is newer than the replay's last event comes after `synced`.
         merged = heapq.merge(((key, text_frame(payload)) for key, _, payload in got.events), live,
@@ -581,10 +591,16 @@ async def _drained(conn: Conn, stall: float) -> bool:
 
 def _reader_position(state: State) -> tuple[int, int]:
     """The id of the last event this server's stream reader handed over ((0, 0) before the first)."""
+    return _reader_at(state) or (0, 0)
+
+
+def _reader_at(state: State) -> tuple[int, int] | None:
+    """The id after which this server's stream reader hands over every event: the last it handed over, or where
+    it started reading; None while it reads from "$" (whatever comes after its next read)."""
     try:
         return ev.parse_id(state.reader.last.decode())
     except (ev.BadEventId, UnicodeDecodeError):
-        return (0, 0)
+        return None
 
 
 def _tracked(state: State, rooms: tuple[str, ...] | list[str] | set[str]) -> tuple[str, ...]:
@@ -593,8 +609,8 @@ def _tracked(state: State, rooms: tuple[str, ...] | list[str] | set[str]) -> tup
     return tuple(r for r in rooms if r.startswith(prefixes))
 
 
-def _join(state: State, conn: Conn, rooms: tuple[str, ...]) -> None:
-    state.hub.join(conn, rooms)
+def _join(state: State, conn: Conn, rooms: tuple[str, ...], after: tuple[int, int] | None = None) -> None:
+    state.hub.join(conn, rooms, after)
     tracked = _tracked(state, rooms)
     if conn.user is not None and tracked:
         state.presence.joined(conn.user, tracked)  # written to Redis in the background: never waits

@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from realtime import events as ev
+from realtime.resume import Spans, already_had
 from watchers import mapping
 from watchers.config import MappingConfig
 from watchers.keys import Keys
@@ -73,16 +74,19 @@ class DeepReplay:
         self.served = 0
 
     async def replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None],
-                     label: tuple[str, ...] | list[str] = ()) -> DeepOutcome:
+                     label: tuple[str, ...] | list[str] = (), had: Spans | None = None) -> DeepOutcome:
         """The events of ``rooms`` after ``since`` and before ``until[room]`` (the first id Redis still holds
         for that room; None: Redis holds none, read up to now). Each is labelled with the first of its rooms
-        among ``label`` (all the client's rooms; default ``rooms``), as live delivery labels it."""
+        among ``label`` (all the client's rooms; default ``rooms``), as live delivery labels it. Those the
+        connection has been sent through another of its rooms (``had``, see :func:`~realtime.resume.already_had`)
+        are left out."""
         try:
             await asyncio.wait_for(self.slots.acquire(), 1.0)
         except TimeoutError:
             return DeepOutcome(None, "too_far_behind")
         try:
-            return await asyncio.wait_for(self._replay(rooms, since, until, set(label or rooms)), self.seconds)
+            return await asyncio.wait_for(self._replay(rooms, since, until, set(label or rooms), had or {}),
+                                          self.seconds)
         except TimeoutError:
             return DeepOutcome(None, "too_far_behind")
         except OperationFailure as exc:
@@ -106,7 +110,7 @@ class DeepReplay:
         return name, int(since)
 
     async def _replay(self, rooms: list[str], since: str, until: dict[str, tuple[int, int] | None],
-                      labels: set[str]) -> DeepOutcome:
+                      labels: set[str], had: Spans) -> DeepOutcome:
         point = ev.parse_id(since)
         seconds, increment = ev.id_cluster_time(since)
         mode = await self._mode()
@@ -150,6 +154,8 @@ class DeepReplay:
                         continue
                     if not any(r in wanted and _before(key, until.get(r)) for r in event.rooms):
                         continue  # not in the client's trimmed rooms, or Redis still holds it
+                    if had and already_had(key, event.rooms, had):
+                        continue  # the connection has it, through another of its rooms
                     room = next((r for r in event.rooms if r in labels), next(r for r in event.rooms if r in wanted))
                     envelope = event.envelope()
                     if event.counter is not None:

@@ -4,7 +4,9 @@ Each event's frame is built once per room and the same bytes are written to ever
 transport: no ``await``, no lock and no serialisation per connection. A connection whose state has left
 OPEN is skipped; one whose transport holds more than its bound of unsent bytes or messages is closed as
 slow, so a slow client never stalls the others. While a connection replays history, live events for it
-are kept aside (bounded like its queue) and merged after the replay, so it sees no gap and no duplicate.
+are kept aside (bounded like its queue) and merged after the replay, so it sees no gap and no duplicate; and a
+replay leaves out what the connection's other rooms have already sent it (each room's coverage, recorded when it
+is joined or replayed: see ``Conn.covered``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from realtime import events as ev
 from realtime.errors import CLOSE_CODES
 from realtime.metrics import STAGE_LATENCY, Registry
 from realtime.protocol import Session, frame
+from realtime.resume import Spans
 from realtime.tasks import cancel_all
 
 log = logging.getLogger("realtime.server")
@@ -34,6 +37,8 @@ ClosingAction = Callable[["Conn", int, str], None]
 # A live event kept for a connection during its replay: (id, the room it is labelled with, its frame, all its
 # rooms); a reset for every room is ("*" room, rooms ("*",)).
 Kept = tuple[tuple[int, int], str, bytes, tuple[str, ...] | list[str]]
+Key = tuple[int, int]
+_NOWHERE = (-1, -1)  # before every id
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -60,7 +65,7 @@ def _id_key(raw: bytes | str) -> tuple[int, int]:
 class Conn:
     """One WebSocket connection: its transport, its session, and its replay state."""
 
-    __slots__ = ("address", "alive", "backlog", "catch", "fd", "hub", "last_typing", "nrooms", "pending",
+    __slots__ = ("address", "alive", "backlog", "catch", "covered", "fd", "hub", "last_typing", "nrooms", "pending",
                  "pending_bytes", "proto", "session", "transport", "user", "ws")
 
     def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
@@ -75,9 +80,14 @@ class Conn:
         self.backlog = 0  # frames written while the transport still held unsent bytes
         self.pending: list[Kept] | None = None  # live events kept during a replay
         self.pending_bytes = 0
-        # After a replay on a server whose stream reader is behind the client's position: (that position, the
-        # rooms replayed). Live events of those rooms at or before it are the client's already: dropped.
-        self.catch: tuple[tuple[int, int], frozenset[str]] | None = None
+        # After replays on a server whose stream reader is behind the client's position: (the furthest of those
+        # positions, each replayed room's own). Live events of a room at or before its position are the client's
+        # already: dropped.
+        self.catch: tuple[Key, dict[str, Key]] | None = None
+        # Per room, the id after which the connection has been sent every event of the room the hub handed over:
+        # where the stream reader was when it joined live, or the since of the room's replay. Recorded at joins
+        # and replays (never per event); a room left is forgotten. A replay leaves out what these rooms sent.
+        self.covered: dict[str, Key] = {}
         self.last_typing = 0.0
         self.fd = -1  # fast path: our duplicate of the socket's descriptor, while its transport holds nothing
         self.nrooms = 0  # the hub's rooms it is a member of
@@ -273,22 +283,54 @@ class Hub:
     def catch_up(self, conn: Conn, position: tuple[int, int], rooms: tuple[str, ...]) -> None:
         """The client has every event of ``rooms`` up to ``position``, which this server's stream reader has not
         reached yet: until it does, live events of those rooms at or before it are dropped for this connection
-        (they would come twice)."""
-        conn.catch = (position, frozenset(rooms))
+        (they would come twice). Rooms it already catches up in keep their own position (the further one)."""
+        caught = dict(conn.catch[1]) if conn.catch is not None else {}
+        for name in rooms:
+            caught[name] = max(caught.get(name, position), position)
+        if caught:
+            conn.catch = (max(caught.values()), caught)
         self.touch(conn)
+
+    def cover(self, conn: Conn, rooms: dict[str, Key]) -> None:
+        """After a replay: the connection has been sent every event of each of ``rooms`` after the id given (that
+        it is still in)."""
+        for name, after in rooms.items():
+            room = self.rooms.get(name)
+            if room is not None and conn in room.members:
+                conn.covered[name] = after
+
+    def delivered(self, conn: Conn, position: Key | None, besides: tuple[str, ...]) -> Spans:
+        """What the connection has been sent of its rooms but ``besides``: per room, the span of ids (after, upto]
+        of which it has every event of the room. ``position`` is the stream reader's (the hub has handed over
+        every event up to it; None: nothing yet); a room the connection catches up in it has up to its
+        catch-up position, when that is further."""
+        caught = conn.catch[1] if conn.catch is not None else {}
+        out: Spans = {}
+        for name, after in conn.covered.items():
+            if name in besides:
+                continue
+            upto = caught.get(name)
+            if position is not None and (upto is None or position > upto):
+                upto = position
+            if upto is not None and upto > after:
+                out[name] = (after, upto)
+        return out
 
     def keep(self, conn: Conn, item: Kept) -> None:
         """A live event for a connection that is held by a replay (kept, within the bounds of its queue: past
         them the connection is closed as slow) or catching up (see :meth:`catch_up`)."""
         catch = conn.catch
         if catch is not None:
-            position, caught = catch
+            top, caught = catch
             key, _, data, event_rooms = item
-            if key > position:  # the reader is past the client's position: live as usual from here on
+            if key > top:  # the reader is past the client's positions: live as usual from here on
                 conn.catch = None
                 self.touch(conn)
-            elif "*" in event_rooms or any(r in caught for r in event_rooms):
-                return  # the client has it: it has every event of those rooms up to its position
+            elif "*" in event_rooms:
+                if key <= min(caught.values()):
+                    return  # a reset marker every room's replay has answered already
+            elif any(key <= caught.get(r, _NOWHERE) for r in event_rooms):
+                return  # the client has it: it has every event of that room up to its position
             if conn.pending is None:
                 conn.send(data)
                 return
@@ -320,7 +362,9 @@ class Hub:
         conn.user = user
         self.by_user[user] = self.by_user.get(user, 0) + 1
 
-    def join(self, conn: Conn, rooms: tuple[str, ...] | list[str]) -> None:
+    def join(self, conn: Conn, rooms: tuple[str, ...] | list[str], after: Key | None = None) -> None:
+        """Into ``rooms``. ``after``: where the stream reader is, for a live join (the connection is sent every
+        event of a room it joins now after it)."""
         n = conn.nrooms
         for name in rooms:
             room = self.rooms.get(name)
@@ -330,12 +374,15 @@ class Hub:
                 room.members[conn] = None
                 room.snap = None
                 conn.nrooms += 1
+                if after is not None:
+                    conn.covered[name] = after
         if conn.nrooms != n:
             self.touch(conn)  # alone in a room or not: how its other rooms write to it (see on_entries)
 
     def leave(self, conn: Conn, rooms: tuple[str, ...] | list[str] | set[str]) -> None:
         n = conn.nrooms
         for name in rooms:
+            conn.covered.pop(name, None)
             room = self.rooms.get(name)
             if room is not None and room.members.pop(conn, 0) is None:
                 room.snap = None

@@ -41,7 +41,7 @@ from realtime import events as ev
 from realtime.auth import Principal
 from realtime.errors import CLOSE_CODES, ClientError
 from realtime.protocol import parse_since, readable
-from realtime.resume import covered
+from realtime.resume import Spans, already_had, covered
 from realtime.server.addresses import client_address
 from realtime.server.budget import Hold, ReplayBusy, ReplayMemory, ReplayTooBig
 
@@ -91,10 +91,11 @@ class Collected:
 
 
 async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, deep: Any = None, *,
-                  memory: ReplayMemory | Hold) -> Collected:
+                  memory: ReplayMemory | Hold, had: Spans | None = None) -> Collected:
     """The events of ``rooms`` after ``since`` from their history, merged by id, each once; and which rooms
     need a reset instead. With ``deep`` (a :class:`~realtime.server.deep.DeepReplay`), what Redis trimmed is
-    read back from MongoDB's oplog where it still holds it.
+    read back from MongoDB's oplog where it still holds it. ``had``: what the connection has been sent of its
+    other rooms (:meth:`~realtime.server.hub.Hub.delivered`); an event of one of them in its span is left out.
 
     What the replay reads is held against ``memory``, the process's replay budget: given the budget itself,
     until this returns (for a caller that hands the events on without awaiting anything); given a
@@ -102,13 +103,13 @@ async def collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, 
     :class:`~realtime.server.budget.ReplayBusy` when other replays hold the budget; a replay that alone needs
     more than the budget gives its rooms a ``too_far_behind`` reset, as one of more than ``limit`` events."""
     if isinstance(memory, Hold):
-        return await _collect(history, rooms, since, limit, deep, memory)
+        return await _collect(history, rooms, since, limit, deep, memory, had or {})
     async with memory.hold() as hold:
-        return await _collect(history, rooms, since, limit, deep, hold)
+        return await _collect(history, rooms, since, limit, deep, hold, had or {})
 
 
-async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, deep: Any, hold: Hold
-                   ) -> Collected:
+async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int, deep: Any, hold: Hold,
+                   had: Spans) -> Collected:
     out = Collected()
     wanted = set(rooms)
     stream = await history.state()
@@ -125,11 +126,12 @@ async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int,
         else:
             out.resets.setdefault(why, []).append(room)
     merged: dict[tuple[int, int], tuple[str, bytes]] = {}
+    left: set[tuple[int, int]] = set()  # left out: the connection has them (see had)
     base = hold.size
     too_big = False
     try:
         if deep_rooms:
-            outcome = await deep.replay(deep_rooms, since, await history.first_ids(deep_rooms), label=rooms)
+            outcome = await deep.replay(deep_rooms, since, await history.first_ids(deep_rooms), label=rooms, had=had)
             if outcome.events is None:
                 out.resets.setdefault(outcome.reason, []).extend(deep_rooms)
             else:
@@ -149,8 +151,11 @@ async def _collect(history: Any, rooms: tuple[str, ...], since: str, limit: int,
             while entries:  # each envelope goes as its payload comes
                 entry_id, raw_envelope = entries.pop()
                 key = _entry_key(entry_id)
-                if key not in merged:
+                if key not in merged and key not in left:
                     envelope = orjson.loads(raw_envelope)
+                    if had and already_had(key, envelope.get("rooms"), had):
+                        left.add(key)
+                        continue
                     label = _label(envelope.get("rooms"), wanted, room)
                     payload = event_payload(envelope, label)
                     merged[key] = (label, payload)

@@ -20,7 +20,7 @@ from tests.chaos.run import run
 
 # Chosen so that together they draw every kind of fault at least once (tests/chaos/test_schedule.py holds
 # them to it), in CI_SECONDS of faults each.
-CI_SEEDS = (3, 30, 36)
+CI_SEEDS = (3, 30, 36, 42)
 CI_SECONDS = 30.0
 
 

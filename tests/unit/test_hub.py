@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -15,7 +16,10 @@ import orjson
 import pytest
 from websockets.protocol import State
 
+from realtime.events import parse_id
 from realtime.protocol import Session, SessionConfig
+from realtime.resume import RoomHistory, StreamState
+from realtime.server.budget import ReplayMemory
 from realtime.server.hub import Conn, Hub
 
 
@@ -601,3 +605,148 @@ async def test_a_short_direct_write_sends_the_rest_once_through_the_transport(mo
     finally:
         for sock in pairs:
             sock.close()
+
+
+# -- a replay and what the connection's other rooms delivered -------------------------------------------------
+
+class MemoryHistory:
+    """The server's history (realtime/server/history.py) over envelopes held in memory: every room's history
+    complete, no reset marker; what the real collect() reads."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[bytes, list[str], bytes]] = []  # (id, rooms, envelope)
+
+    def publish(self, n: int, rooms: list[str]) -> tuple[bytes, list[bytes]]:
+        """Event 1-n appended to the stream and to its rooms' histories; its entry, as the reader hands it over."""
+        entry_id, fields = entry(n, rooms)
+        self.entries.append((entry_id, rooms, fields[1]))
+        return entry_id, fields
+
+    async def state(self) -> StreamState:
+        last = self.entries[-1][0].decode() if self.entries else None
+        return StreamState(parse_id(last) if last else None, None)
+
+    async def room_info(self, rooms: list[str]) -> dict[str, RoomHistory]:
+        return {room: RoomHistory() for room in rooms}
+
+    async def pages(self, reads: dict[str, tuple[str, int, int, int]], extra: int
+                    ) -> dict[str, tuple[list[tuple[bytes, bytes]], int]]:
+        out = {}
+        for room, (after, _, count, _) in reads.items():
+            found = [(eid, raw) for eid, rooms, raw in self.entries
+                     if room in rooms and parse_id(eid.decode()) > parse_id(after)]
+            out[room] = (found[:count], 0)
+        return out
+
+
+def server(hub: Hub, history: MemoryHistory, reader: str) -> Any:
+    """The app's state around ``hub``, with ``history`` and a stream reader at ``reader``."""
+    return SimpleNamespace(hub=hub, history=history, deep=None, presence=None, replays=ReplayMemory(1 << 20, 1.0),
+                           reader=SimpleNamespace(last=reader.encode()),
+                           cfg=SimpleNamespace(replay_limit=100, retry_seconds=1.0, presence_rooms=("post:",),
+                                               heartbeat_timeout=1.0))
+
+
+def read(state: Any, *entries: tuple[bytes, list[bytes]]) -> None:
+    """The stream reader hands ``entries`` over (its position moves to the last)."""
+    state.reader.last = entries[-1][0]
+    state.hub.on_entries(list(entries))
+
+
+async def client_says(state: Any, conn: Conn, **msg: Any) -> None:
+    """A client frame, handled as the server handles it (the session's actions, carried out)."""
+    from realtime.server import app
+
+    await app._handle(state, conn, functools.partial(conn.session.receive, orjson.dumps(msg)))
+
+
+async def test_a_replay_leaves_out_what_another_room_of_the_connection_delivered() -> None:
+    """Regression (chaos seed 42): a subscribe with since, delayed by a partition, reached the server after live
+    events of the connection's other rooms went out; its replay sent again those also in the new room."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    read(state, history.publish(2, ["public", "post:x"]))  # a public post's event: live, through public
+    history.publish(3, ["post:x"])
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert ids(transport) == ["1-2", "1-3"]  # 1-2 once: it came live; the replay gives the rest
+    assert [f["op"] for f in frames(transport)][-2:] == ["event", "synced"]
+    read(state, history.publish(4, ["public", "post:x"]))
+    assert ids(transport) == ["1-2", "1-3", "1-4"]
+
+
+async def test_a_room_joined_after_an_event_does_not_cover_it() -> None:
+    """A room joined live covers what is handed over after the join, not before: an event of both rooms from
+    before it still comes in the other room's replay."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    read(state, history.publish(2, ["public", "post:x"]))  # before the connection is in public
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert ids(transport) == ["1-2"]
+
+
+async def test_a_room_left_covers_nothing_of_what_came_while_away() -> None:
+    """Unsubscribed, then subscribed again live: what was handed over in between, in both rooms, comes in the
+    other room's replay."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    await client_says(state, conn, op="unsubscribe", rooms=["public"])
+    read(state, history.publish(2, ["public", "post:x"]))
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    read(state, history.publish(3, ["public", "post:x"]))
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert ids(transport) == ["1-3", "1-2"]  # 1-3 live through public, 1-2 from post:x's history
+
+
+async def test_a_room_replayed_covers_what_came_after_its_since() -> None:
+    """A room subscribed with since covers its events after that since (replayed, then live), not before."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    read(state, history.publish(2, ["public", "post:x"]), history.publish(3, ["public", "post:x"]))
+    await client_says(state, conn, op="subscribe", rooms=["public"], since="1-2")
+    read(state, history.publish(4, ["public", "post:x"]))
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert ids(transport) == ["1-3", "1-4", "1-2"]  # 1-2 is before public's since: the connection never sent it
+
+
+async def test_a_sync_replays_every_room_again() -> None:
+    """sync asks for every subscribed room again from its since: nothing is left out (the docs: a client that
+    resumes from an older id than it processed sees those events again)."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public", "post:x"])
+    read(state, history.publish(2, ["public", "post:x"]))
+    await client_says(state, conn, op="sync", since="1-1")
+    assert ids(transport) == ["1-2", "1-2"]
+
+
+async def test_a_replay_leaves_out_what_a_replay_on_a_lagging_server_sent() -> None:
+    """On a server whose stream reader is behind: what the replay of one room sent (the reader hands it over
+    later) is left out of the next room's replay, and not sent again live."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    lagging = [history.publish(2, ["public", "post:x"]), history.publish(3, ["public"])]
+    await client_says(state, conn, op="subscribe", rooms=["public"], since="1-1")
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert ids(transport) == ["1-2", "1-3"]
+    read(state, *lagging, history.publish(4, ["public", "post:x"]))
+    assert ids(transport) == ["1-2", "1-3", "1-4"]
+
+
+async def test_catching_up_in_two_rooms_keeps_each_rooms_position() -> None:
+    """Regression: a second catch-up (another room's replay on a lagging server) replaced the first, whose room
+    then got again, live, what its replay had sent."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=100)
+    conn, transport = connection(hub, ["public", "post:x"])
+    hub.catch_up(conn, (1, 6), ("public",))
+    hub.catch_up(conn, (1, 4), ("post:x",))
+    hub.on_entries([entry(4, ["post:x"]), entry(5, ["post:x"]), entry(6, ["public"]), entry(7, ["public"])])
+    assert ids(transport) == ["1-5", "1-7"] and conn.catch is None
