@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import logging
 import time
 import urllib.request
@@ -45,7 +44,7 @@ from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
 from realtime.server.door import Door
 from realtime.server.history import History
-from realtime.server.hub import Conn, Hub, text_frame
+from realtime.server.hub import NOWHERE, Conn, Hub, text_frame
 from realtime.server.lean import FastProtocol, Heartbeats
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
@@ -56,6 +55,9 @@ from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
 REPLAY_CHUNK = 64 * 1024  # bytes of replayed frames written at a time (each frame still counts as one message)
+# Reads of history again during one replay, each when the live events kept meanwhile passed the connection's bounds,
+# before the replay closes the connection as slow.
+REREADS = 3
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
 
 
@@ -477,9 +479,15 @@ async def _apply(state: State, conn: Conn, actions: list[Any]) -> None:
 async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, ref: Any, *, join: bool) -> None:
     """Events of ``rooms`` after ``since`` from history, then live, with no gap and no duplicate.
 
-    Live events are kept aside from the moment the rooms are joined until the replay is sent. When history
-    stays unreachable for REALTIME_RETRY_SECONDS, nothing is left half-done: the rooms are left, the kept
-    events of the connection's other rooms go out in order, and the client gets ``unavailable`` naming the
+    Live events are kept aside from the moment the rooms are joined until the replay has been written (at the
+    client's pace: see :class:`_Paced`), and merged into it in id order. Past the bounds of the connection's queue
+    the hold keeps no more: every room of the connection is then read from history again, from the first event
+    it did not keep (a stream reader that catches up with a burst hands a connection many events at once; a
+    replay from the oplog takes seconds). A connection whose hold still passes its bounds after REREADS reads
+    again reads more slowly than its rooms publish: it is closed as slow.
+
+    When history stays unreachable for REALTIME_RETRY_SECONDS, nothing is left half-done: the rooms are left, the
+    kept events of the connection's other rooms go out in order, and the client gets ``unavailable`` naming the
     rooms, to subscribe to again with the same ``since``."""
     hub = state.hub
     hub.metrics.replays.inc()
@@ -498,6 +506,9 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         except (Unavailable, ReplayBusy) as exc:
             why = "too many replays at once" if isinstance(exc, ReplayBusy) else "history is unreachable"
             kept = hold.release()
+            if hold.spilled is not None:  # its other rooms' live events past the bounds are gone: it resumes
+                hub.slow(conn)
+                return
             _leave(state, conn, rooms)
             for _, _, data, event_rooms in kept:  # the others' live events, which the rooms left did not hold
                 if "*" in event_rooms or any(r in conn.session.rooms for r in event_rooms):
@@ -523,42 +534,151 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         def had(key: tuple[int, int], event_rooms: tuple[str, ...] | list[str]) -> bool:
             return key in replayed or (key <= position and ("*" in event_rooms or any(r in mine for r in event_rooms)))
 
-        live = [(key, data) for key, _, data, event_rooms in hold.release() if not had(key, event_rooms)]
-        if _reader_position(state) < position:
-            hub.catch_up(conn, position, rooms)  # and so for what the reader hands over until it gets there
-        if reader is not None:
-            # From here on the connection has every event of these rooms after since (replayed, then live); of a
-            # room reset instead, those after what the reader had handed over and the replay's position.
-            reset = {r for why in got.resets.values() for r in why}
-            hub.cover(conn, {r: max(position, reader) if r in reset else ev.parse_id(since) for r in rooms})
-        # History and the live events kept meanwhile (of every room of the connection), in id order: a
-        # client's position never goes back. What is newer than the replay's last event comes after `synced`.
-        merged = heapq.merge(((key, text_frame(payload)) for key, _, payload in got.events), live,
-                             key=lambda item: item[0])
-        after: list[bytes] = []
-        # Written REPLAY_CHUNK bytes at a time, and at most half the bounds of unsent bytes and frames (a part
-        # may find the kernel's buffers still full of the last and stay unsent whole): one system call, not one
-        # per event; the next part when the client has taken the last.
+        # From the end of the replay on, the connection has every event of these rooms after since (replayed, then
+        # live); of a room reset instead, those after what the reader had handed over and the replay's position.
+        reset = {r for why in got.resets.values() for r in why}
+        cover = ({r: max(position, reader) if r in reset else ev.parse_id(since) for r in rooms}
+                 if reader is not None else {})
+        # A read again leaves out what the client has of these rooms (up to position) and what the other rooms had
+        # sent it before the hold (they sent nothing since: their live events were kept, or not kept past the bounds).
+        again = {**delivered, **dict.fromkeys(rooms, (NOWHERE, position))}
+        # History and the live events kept meanwhile (of every room of the connection), by id: what is not written
+        # yet. A client's position never goes back; what is newer than the replay's last event comes after `synced`.
+        pool = {key: text_frame(payload) for key, _, payload in got.events}
+        hub.metrics.replayed.inc(len(got.events))
+        del got
+        out = _Paced(conn, last, text_frame(frame("synced", ref=ref, rooms=list(rooms),
+                                                  last=f"{last[0]}-{last[1]}" if last is not None else None)),
+                     state.cfg.heartbeat_timeout)
+        rereads = 0
+        complete: dict[str, tuple[int, int]] = {}  # per room, where a read again left it complete
+        while True:
+            for key, _, data, event_rooms in hold.take():
+                if key not in pool and not had(key, event_rooms):
+                    pool[key] = data
+            spilled, at = hold.spilled, _reader_position(state)
+            frames = out.frames([(key, pool.pop(key)) for key in sorted(pool) if spilled is None or key < spilled],
+                                done=spilled is None or last is None or spilled > last)
+            if spilled is None and out.fits(frames):
+                hold.release()  # (nothing was kept since the take) live from here on, behind these frames
+                if frames:
+                    conn.send(b"".join(frames), len(frames))
+                break
+            if not await out.write(frames):
+                return  # gone, or closed as slow
+            if spilled is None:
+                if not await out.drained():
+                    return
+                continue  # what was kept while the client took those frames (within the bounds): written at once
+            # Everything from `spilled` on that the hold did not keep: from history, with what it keeps from now on.
+            if rereads == REREADS:
+                hub.slow(conn)  # it reads more slowly than its rooms publish: it resumes from its last event
+                return
+            rereads += 1
+            hub.metrics.rereads.inc()
+            read = functools.partial(collect, state.history, tuple(conn.session.rooms), _before(spilled),
+                                     state.cfg.replay_limit, memory=state.replays, had=again)
+            try:
+                more = await retrying(read, state.cfg.retry_seconds, "a replay's read again")
+            except (Unavailable, ReplayBusy):
+                hub.slow(conn)  # what its rooms published meanwhile cannot be read: it resumes
+                return
+            if not conn.alive:
+                return
+            for why, reset_rooms in more.resets.items():
+                conn.send(text_frame(frame("reset", rooms=sorted(reset_rooms), reason=why)))
+                hub.metrics.resets.inc(reason=why)
+                for r in reset_rooms:  # it has every event of the room handed over after the take (kept, or read again)
+                    cover[r] = max(position, at) if r in mine else at
+            for key, _, payload in more.events:
+                if key not in replayed:
+                    replayed.add(key)
+                    pool[key] = text_frame(payload)
+            for r in more.replayed:  # it has every event of those rooms up to the head (read, or left out as had)
+                complete[r] = max(complete.get(r, more.head), more.head)
+            hub.metrics.replayed.inc(len(more.events))
+    # A stream reader behind what the connection has been sent (the client's position in these rooms, the head of a
+    # read again in every room it did not reset) hands those events over late: not again.
+    catch = {position: list(rooms)}
+    for r, head in complete.items():
+        catch.setdefault(head, []).append(r)
+    for upto, caught in catch.items():
+        if _reader_position(state) < upto:
+            hub.catch_up(conn, upto, tuple(caught))
+    if cover:
+        hub.cover(conn, cover)
+
+
+class _Paced:
+    """A replay's frames, written in id order a part at a time, each part when the client has taken the last: a
+    replay goes at the client's pace, so a long one is not cut as slow (4008) for being long. A part is at most
+    REPLAY_CHUNK bytes and half the bounds of unsent bytes and frames (it may find the kernel's buffers still full
+    of the last and stay unsent whole): one system call, not one per event. ``synced`` goes after the events
+    replayed (at or before ``last``)."""
+
+    def __init__(self, conn: Conn, last: tuple[int, int] | None, synced: bytes, stall: float) -> None:
+        hub = conn.hub
+        self.conn, self.last, self.synced, self.stall = conn, last, synced, stall
+        self.most = max(1, hub.queue_messages // 2)
+        self.room = max(1, min(REPLAY_CHUNK, hub.queue_bytes // 2))
+        self.unsent = False  # a part was written since the transport last held nothing
+
+    def frames(self, items: list[tuple[tuple[int, int], bytes]], *, done: bool) -> list[bytes]:
+        """The frames of ``items`` (in id order), with ``synced`` before the first newer than the last event
+        replayed, or after them all when ``done`` (no replayed event is left to write)."""
+        out = []
+        for key, data in items:
+            if self.synced and (self.last is None or key > self.last):
+                out.append(self.synced)
+                self.synced = b""
+            out.append(data)
+        if done and self.synced:
+            out.append(self.synced)
+            self.synced = b""
+        return out
+
+    def fits(self, frames: list[bytes]) -> bool:
+        """Whether ``frames`` may be written at once: with what the connection's transport holds, they stay within
+        the bounds of unsent bytes and frames even if the client takes none of them."""
+        conn, hub = self.conn, self.conn.hub
+        queued = conn.transport.get_write_buffer_size()
+        if not queued:
+            conn.backlog = 0  # nothing unsent: the frames written so far no longer count against the bound
+        return queued + sum(map(len, frames)) <= hub.queue_bytes and conn.backlog + len(frames) <= hub.queue_messages
+
+    async def write(self, frames: list[bytes]) -> bool:
+        """Write ``frames``, each part when the client has taken what the transport held. False when the connection
+        is gone or was closed (a client that takes nothing for ``stall`` seconds is closed as slow)."""
         chunk: list[bytes] = []
-        size, most, room = 0, max(1, hub.queue_messages // 2), max(1, min(REPLAY_CHUNK, hub.queue_bytes // 2))
-        for key, data in merged:
-            if last is None or key > last:
-                after.append(data)
-                continue
-            if chunk and (size + len(data) > room or len(chunk) >= most):
-                conn.send(b"".join(chunk), len(chunk))
+        size = 0
+        for data in frames:
+            if chunk and (size + len(data) > self.room or len(chunk) >= self.most):
+                if not await self._part(chunk):
+                    return False
                 chunk, size = [], 0
-                if not await _drained(conn, state.cfg.heartbeat_timeout):
-                    break  # gone, or closed as slow
             chunk.append(data)
             size += len(data)
-        if chunk:
-            conn.send(b"".join(chunk), len(chunk))
-        hub.metrics.replayed.inc(len(got.events))
-    conn.send(text_frame(frame("synced", ref=ref, rooms=list(rooms),
-                               last=f"{last[0]}-{last[1]}" if last is not None else None)))
-    for data in after:
-        conn.send(data)
+        return await self._part(chunk) if chunk else self.conn.alive
+
+    async def drained(self) -> bool:
+        """Wait until the transport holds nothing (see :func:`_drained`)."""
+        self.unsent = False
+        return await _drained(self.conn, self.stall)
+
+    async def _part(self, chunk: list[bytes]) -> bool:
+        if self.unsent and not await self.drained():
+            return False
+        self.conn.send(b"".join(chunk), len(chunk))
+        self.unsent = True
+        return self.conn.alive
+
+
+def _before(key: tuple[int, int]) -> str:
+    """The id just before ``key``: a read of history after it begins with ``key``."""
+    ms, seq = key
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{(1 << 64) - 1}" if ms else "0-0"
 
 
 async def _drained(conn: Conn, stall: float) -> bool:
@@ -569,6 +689,7 @@ async def _drained(conn: Conn, stall: float) -> bool:
     t = conn.transport
     queued = t.get_write_buffer_size()
     if not queued:
+        conn.backlog = 0
         return conn.alive
     loop = asyncio.get_running_loop()
     deadline = loop.time() + stall

@@ -4,7 +4,8 @@ Each event's frame is built once per room and the same bytes are written to ever
 transport: no ``await``, no lock and no serialisation per connection. A connection whose state has left
 OPEN is skipped; one whose transport holds more than its bound of unsent bytes or messages is closed as
 slow, so a slow client never stalls the others. While a connection replays history, live events for it
-are kept aside (bounded like its queue) and merged after the replay, so it sees no gap and no duplicate; and a
+are kept aside (bounded like its queue: past the bound the hold keeps no more and notes where it stopped, for the
+replay to read the rest from history) and merged into the replay, so it sees no gap and no duplicate; and a
 replay leaves out what the connection's other rooms have already sent it (each room's coverage, recorded when it
 is joined or replayed: see ``Conn.covered``).
 """
@@ -38,7 +39,7 @@ ClosingAction = Callable[["Conn", int, str], None]
 # rooms); a reset for every room is ("*" room, rooms ("*",)).
 Kept = tuple[tuple[int, int], str, bytes, tuple[str, ...] | list[str]]
 Key = tuple[int, int]
-_NOWHERE = (-1, -1)  # before every id
+NOWHERE = (-1, -1)  # before every id
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -66,7 +67,7 @@ class Conn:
     """One WebSocket connection: its transport, its session, and its replay state."""
 
     __slots__ = ("address", "alive", "backlog", "catch", "covered", "fd", "hub", "last_typing", "nrooms", "pending",
-                 "pending_bytes", "proto", "session", "transport", "user", "ws")
+                 "pending_bytes", "proto", "session", "spilled", "transport", "user", "ws")
 
     def __init__(self, hub: Hub, ws: Any, session: Session, address: str) -> None:
         self.hub = hub
@@ -80,6 +81,7 @@ class Conn:
         self.backlog = 0  # frames written while the transport still held unsent bytes
         self.pending: list[Kept] | None = None  # live events kept during a replay
         self.pending_bytes = 0
+        self.spilled: Key | None = None  # the first live event not kept, past the bounds (the rest were not either)
         # After replays on a server whose stream reader is behind the client's position: (the furthest of those
         # positions, each replayed room's own). Live events of a room at or before its position are the client's
         # already: dropped.
@@ -120,20 +122,34 @@ class Conn:
 class Hold:
     """A replay's hold on a connection (see :meth:`Hub.holding`)."""
 
-    __slots__ = ("conn", "hub", "released")
+    __slots__ = ("conn", "hub", "released", "spilled")
 
     def __init__(self, hub: Hub, conn: Conn) -> None:
         self.hub = hub
         self.conn = conn
         self.released = False
+        self.spilled: Key | None = None  # see take()
+
+    def take(self) -> list[Kept]:
+        """The live events kept since the hold began (or since the last take), in order; the hold goes on, empty.
+        ``spilled`` then says where they stopped: the id of the first live event not kept, past the bounds (every
+        event handed over after it was not kept either), or None when none was left out."""
+        if self.released:
+            return []
+        conn = self.conn
+        pending, conn.pending, conn.pending_bytes = conn.pending or [], [], 0
+        self.spilled, conn.spilled = conn.spilled, None
+        return pending
 
     def release(self) -> list[Kept]:
-        """End the hold (once; later calls return nothing): the live events kept meanwhile, in order."""
+        """End the hold (once; later calls return nothing): the live events kept meanwhile, in order (and
+        ``spilled``, as :meth:`take` sets it)."""
         if self.released:
             return []
         self.released = True
         conn = self.conn
         pending, conn.pending, conn.pending_bytes = conn.pending or [], None, 0
+        self.spilled, conn.spilled = conn.spilled, None
         self.hub.touch(conn)
         return pending
 
@@ -183,6 +199,8 @@ class ServerMetrics:
         self.closes = r.counter("realtime_closes_total", "connections closed by the server, by reason")
         self.replays = r.counter("realtime_replays_total", "replays served (subscribe or sync with since)")
         self.replayed = r.counter("realtime_replayed_events_total", "events sent from history")
+        self.rereads = r.counter("realtime_replay_rereads_total",
+                                 "reads of history again by replays whose live events kept aside passed the bounds")
         self.resets = r.counter("realtime_resets_total", "reset frames sent to clients, by reason")
         self.auth_failures = r.counter("realtime_auth_failures_total", "refused tokens, by reason")
         self.refused = r.counter("realtime_refused_connections_total", "connections refused at the door, by reason")
@@ -266,13 +284,14 @@ class Hub:
     @contextlib.contextmanager
     def holding(self, conn: Conn) -> Iterator[Hold]:
         """While a replay runs, live events for ``conn`` are kept aside, within the bounds of its queue (past
-        them the connection is closed as slow, as if it had read too slowly). The caller ends the hold with
+        them no more are kept: :attr:`Hold.spilled` says from which event on history has to be read again). The
+        caller takes what is kept with :meth:`Hold.take` and ends the hold with
         :meth:`Hold.release`, which hands it the kept events to merge; if it leaves the block any other way
         (an exception, a cancellation), the hold ends all the same and the kept events are dropped: the caller
         then owes the client an error or a close, never silence."""
         if conn.pending is not None:
             raise RuntimeError("a connection is held by one replay at a time")
-        conn.pending, conn.pending_bytes = [], 0
+        conn.pending, conn.pending_bytes, conn.spilled = [], 0, None
         self.touch(conn)
         hold = Hold(self, conn)
         try:
@@ -318,7 +337,8 @@ class Hub:
 
     def keep(self, conn: Conn, item: Kept) -> None:
         """A live event for a connection that is held by a replay (kept, within the bounds of its queue: past
-        them the connection is closed as slow) or catching up (see :meth:`catch_up`)."""
+        them it and those after it are not, and the hold notes its id, see :meth:`holding`) or catching up (see
+        :meth:`catch_up`)."""
         catch = conn.catch
         if catch is not None:
             top, caught = catch
@@ -329,19 +349,20 @@ class Hub:
             elif "*" in event_rooms:
                 if key <= min(caught.values()):
                     return  # a reset marker every room's replay has answered already
-            elif any(key <= caught.get(r, _NOWHERE) for r in event_rooms):
+            elif any(key <= caught.get(r, NOWHERE) for r in event_rooms):
                 return  # the client has it: it has every event of that room up to its position
             if conn.pending is None:
                 conn.send(data)
                 return
         pending = conn.pending
-        if pending is None or not conn.alive:
+        if pending is None or not conn.alive or conn.spilled is not None:
+            return
+        size = conn.pending_bytes + len(item[2])
+        if size > self.queue_bytes or len(pending) >= self.queue_messages:
+            conn.spilled = item[0]  # the replay reads it, and what comes after it, from history
             return
         pending.append(item)
-        conn.pending_bytes += len(item[2])
-        if conn.pending_bytes > self.queue_bytes or len(pending) > self.queue_messages:
-            pending.clear()
-            self.slow(conn)
+        conn.pending_bytes = size
 
     def write_direct(self, conn: Conn, fd: int, data: bytes) -> None:
         try:
