@@ -923,3 +923,26 @@ async def test_what_a_read_again_sent_is_not_sent_again_by_a_stream_reader_behin
     read(state, history.publish_next(["public"]))
     assert ids(transport) == wanted(history, {"public", "post:x"})  # every event once, in order
     assert conn.catch is None and hub.metrics.slow.value() == 0
+
+
+async def test_a_replay_refused_after_its_hold_passed_its_bounds_closes_the_connection_as_slow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay refused (``unavailable``) after the hold left out live events of the connection's other rooms:
+    those cannot go out without a gap, so the connection is closed as slow (it resumes), not told ``unavailable``
+    with a hole in its other rooms."""
+    from realtime.server import app
+    from realtime.server.budget import ReplayBusy
+
+    state, history = burst_server(size=0, bursts=0)
+    hub = state.hub
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+
+    async def busy(*args: Any, **kwargs: Any) -> Any:
+        read(state, *(history.publish_next(["public"]) for _ in range(150)))
+        raise ReplayBusy("too many replays at once")
+
+    monkeypatch.setattr(app, "collect", busy)
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert not conn.alive and hub.metrics.slow.value() == 1
+    assert ids_of(frames(transport)) == [] and int.from_bytes(transport.written[-1][2:4], "big") == 4008
