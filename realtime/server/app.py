@@ -537,7 +537,9 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         # From the end of the replay on, the connection has every event of these rooms after since (replayed, then
         # live); of a room reset instead, those after what the reader had handed over and the replay's position.
         reset = {r for why in got.resets.values() for r in why}
-        cover = ({r: max(position, reader) if r in reset else ev.parse_id(since) for r in rooms}
+        # A room the connection was already in keeps what it covered before since (it stayed in it throughout).
+        start = ev.parse_id(since)
+        cover = ({r: max(position, reader) if r in reset else min(start, conn.covered.get(r, start)) for r in rooms}
                  if reader is not None else {})
         # A read again leaves out what the client has of these rooms (up to position) and what the other rooms had
         # sent it before the hold (they sent nothing since: their live events were kept, or not kept past the bounds).

@@ -720,6 +720,22 @@ async def test_a_room_replayed_covers_what_came_after_its_since() -> None:
     assert ids(transport) == ["1-3", "1-4", "1-2"]  # 1-2 is before public's since: the connection never sent it
 
 
+async def test_a_room_subscribed_again_keeps_what_it_covered() -> None:
+    """Regression (found by an outside attack): a room the connection stays in, subscribed again (or synced)
+    with a later since, still covers what it sent before that since: another room's replay leaves it out."""
+    for again in ({"op": "subscribe", "rooms": ["public"], "since": "1-4"}, {"op": "sync", "since": "1-4"}):
+        hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+        state = server(hub, history, "1-1")
+        conn, transport = connection(hub, [])
+        await client_says(state, conn, op="subscribe", rooms=["public"])
+        read(state, history.publish(2, ["public", "post:x"]), history.publish(3, ["public", "post:x"]),
+             history.publish(4, ["public"]))
+        await client_says(state, conn, **again)
+        read(state, history.publish(5, ["post:x"]))
+        await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+        assert ids(transport) == ["1-2", "1-3", "1-4", "1-5"], again
+
+
 async def test_a_sync_replays_every_room_again() -> None:
     """sync asks for every subscribed room again from its since: nothing is left out (the docs: a client that
     resumes from an older id than it processed sees those events again)."""
