@@ -60,7 +60,9 @@ class _XRead(asyncio.Protocol):
             if reply is False:
                 return
             if isinstance(reply, hiredis.ReplyError):
-                log.error("redis refused a command of the stream reader: %s", reply)
+                # LOADING (a restarted Redis reading its data back) and BUSY pass: the reader reconnects and reads on
+                transient = str(reply).startswith(("LOADING", "BUSY"))
+                (log.warning if transient else log.error)("redis refused a command of the stream reader: %s", reply)
                 if self.transport is not None:
                     self.transport.close()
                 return
