@@ -304,7 +304,7 @@ async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkey
         return got
 
     monkeypatch.setattr(app, "collect", collect)
-    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
+    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=ReplayMemory(1 << 20, 1.0),
                                  reader=SimpleNamespace(last=b"1-9"),
                                  cfg=SimpleNamespace(replay_limit=100, retry_seconds=1.0, presence_rooms=("post:",),
                                                      heartbeat_timeout=1.0))
@@ -349,7 +349,7 @@ async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, e
         return got
 
     monkeypatch.setattr(app, "collect", collect)
-    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
+    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=ReplayMemory(1 << 20, 1.0),
                                  reader=SimpleNamespace(last=b"1-999"),
                                  cfg=SimpleNamespace(replay_limit=1000, retry_seconds=1.0, presence_rooms=("post:",),
                                                      heartbeat_timeout=0.2))
@@ -946,3 +946,32 @@ async def test_a_replay_refused_after_its_hold_passed_its_bounds_closes_the_conn
     await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
     assert not conn.alive and hub.metrics.slow.value() == 1
     assert ids_of(frames(transport)) == [] and int.from_bytes(transport.written[-1][2:4], "big") == 4008
+
+
+async def test_a_paced_replay_holds_its_frames_against_the_replay_memory_until_they_are_written() -> None:
+    """Regression: the replay memory was held only while history was read; then the replay's frames waited, uncounted,
+    until a slow client took them (40 clients resuming 10 MB each took a server with a 16 MB budget to 640 MB, the
+    gauge at 0). Now what is not written yet stays held, given back part by part as it is written."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
+    history = MemoryHistory()
+    state = server(hub, history, "1-1")
+    state.cfg.replay_limit = 1000
+    for n in range(2, 402):
+        history.publish(n, ["post:x"])
+    state.reader.last = b"1-401"
+    held: list[int] = []  # what the replay memory held at each write
+
+    class Watched(QueuingTransport):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            held.append(state.replays.held)
+
+    conn, transport = connection(hub, [], Watched(reads=300))
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert ids(transport) == [f"1-{n}" for n in range(2, 402)] and frames(transport)[-1]["op"] == "synced"
+    size = sum(len(raw) for _, _, raw in history.entries)  # about what the 400 events' payloads take
+    assert held[0] >= size  # at `subscribed`: the whole replay, read and not written yet
+    parts = held[1:]  # (each seen as it is written, before it gives back what it held)
+    assert len(parts) > 10 and parts == sorted(parts, reverse=True) and parts[-1] < held[0] // 10  # part by part
+    assert state.replays.held == 0 and state.replays.holders == {}
+
