@@ -57,7 +57,8 @@ from watchers.keys import Keys
 log = logging.getLogger("realtime.server")
 REPLAY_CHUNK = 64 * 1024  # bytes of replayed frames written at a time (each frame still counts as one message)
 # Reads of history again during one replay, each when the live events kept meanwhile passed the connection's bounds,
-# before the replay closes the connection as slow.
+# that find no fewer events than the last read (the client does not catch up), before the replay closes the
+# connection as slow.
 REREADS = 3
 Framed = tuple[bytes, int]  # a replay's frame, and the bytes of the replay memory it holds until written
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
@@ -485,8 +486,10 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     client's pace: see :class:`_Paced`), and merged into it in id order. Past the bounds of the connection's queue
     the hold keeps no more: every room of the connection is then read from history again, from the first event
     it did not keep (a stream reader that catches up with a burst hands a connection many events at once; a
-    replay from the oplog takes seconds). A connection whose hold still passes its bounds after REREADS reads
-    again reads more slowly than its rooms publish: it is closed as slow.
+    replay from the oplog takes seconds). A read again that finds fewer events than the last read shows the client
+    catching up; a connection whose hold still passes its bounds after REREADS reads again that did not reads more
+    slowly than its rooms publish: it is closed as slow. What a read again found, up to the head of the stream, a
+    stream reader behind it hands over late: dropped from then on (see :meth:`Hub.catch_up`), not kept.
 
     When history stays unreachable for REALTIME_RETRY_SECONDS, nothing is left half-done: the rooms are left, the
     kept events of the connection's other rooms go out in order, and the client gets ``unavailable`` naming the
@@ -558,13 +561,14 @@ async def _replay_held(state: State, conn: Conn, rooms: tuple[str, ...], since: 
         # it; a live one kept, which the connection's queue bounds: nothing). A client's position never goes back;
         # what is newer than the replay's last event comes after `synced`.
         pool = {key: (text_frame(payload), len(payload) + ENTRY_EXTRA) for key, _, payload in got.events}
+        found = len(got.events)  # by the last read
         hub.metrics.replayed.inc(len(got.events))
         del got
         budget.shrink(sum(cost for _, cost in pool.values()))
         out = _Paced(conn, last, text_frame(frame("synced", ref=ref, rooms=list(rooms),
                                                   last=f"{last[0]}-{last[1]}" if last is not None else None)),
                      state.cfg.heartbeat_timeout, budget)
-        rereads = 0
+        stuck = 0  # reads again that found no fewer events than the last read
         complete: dict[str, tuple[int, int]] = {}  # per room, where a read again left it complete
         while True:
             for key, _, data, event_rooms in hold.take():
@@ -586,10 +590,9 @@ async def _replay_held(state: State, conn: Conn, rooms: tuple[str, ...], since: 
                     return
                 continue  # what was kept while the client took those frames (within the bounds): written at once
             # Everything from `spilled` on that the hold did not keep: from history, with what it keeps from now on.
-            if rereads == REREADS:
+            if stuck == REREADS:
                 hub.slow(conn)  # it reads more slowly than its rooms publish: it resumes from its last event
                 return
-            rereads += 1
             hub.metrics.rereads.inc()
             read = functools.partial(collect, state.history, tuple(conn.session.rooms), _before(spilled),
                                      state.cfg.replay_limit, memory=budget, had=again)
@@ -613,6 +616,12 @@ async def _replay_held(state: State, conn: Conn, rooms: tuple[str, ...], since: 
             for r in more.replayed:  # it has every event of those rooms up to the head (read, or left out as had)
                 complete[r] = max(complete.get(r, more.head), more.head)
             hub.metrics.replayed.inc(len(more.events))
+            if len(more.events) >= found:
+                stuck += 1
+            found = len(more.events)
+            if more.replayed and _reader_position(state) < more.head:
+                # The reader hands over late what this read found: dropped, so that it does not fill the hold again.
+                hub.catch_up(conn, more.head, tuple(more.replayed))
     # A stream reader behind what the connection has been sent (the client's position in these rooms, the head of a
     # read again in every room it did not reset) hands those events over late: not again.
     catch = {position: list(rooms)}

@@ -975,3 +975,33 @@ async def test_a_paced_replay_holds_its_frames_against_the_replay_memory_until_t
     assert len(parts) > 10 and parts == sorted(parts, reverse=True) and parts[-1] < held[0] // 10  # part by part
     assert state.replays.held == 0 and state.replays.holders == {}
 
+
+async def test_a_stream_reader_catching_up_during_a_replay_does_not_close_a_client_that_reads() -> None:
+    """Regression: a client that read at full speed was closed as slow (4008) after 3 reads again when the stream
+    reader, catching up with a burst, handed over during each read again what the last one had already read (late
+    copies filled the hold and passed its bounds: each counted as a new read again). Now what a read again has read
+    is dropped when the reader hands it over late, and a read again counts against the bound only when it finds no
+    less than the last read (the client does not catch up)."""
+    state, history = burst_server(size=0, bursts=0)
+    hub = state.hub
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    read(state, history.publish_next(["public", "post:x"]))
+    kinds = (["public"], ["post:x"], ["public", "post:x"], ["hashtag:x"])
+    burst = [history.publish_next(kinds[i % 4]) for i in range(1600)]
+    real = history.pages
+
+    async def lagging(reads: dict[str, tuple[str, int, int, int]], extra: int) -> Any:
+        if burst:
+            read(state, *burst[:300])  # the reader hands over the next part of the burst at each read
+            del burst[:300]
+        return await real(reads, extra)
+
+    history.pages = lagging  # type: ignore[method-assign]
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert conn.alive and not transport.closed and hub.metrics.slow.value() == 0
+    if burst:
+        read(state, *burst)
+    read(state, history.publish_next(["public"]))
+    assert ids(transport) == wanted(history, {"public", "post:x"})  # every event once, in order
+    assert conn.catch is None and conn.pending is None
