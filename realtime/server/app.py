@@ -569,12 +569,20 @@ async def _replay_held(state: State, conn: Conn, rooms: tuple[str, ...], since: 
                                                   last=f"{last[0]}-{last[1]}" if last is not None else None)),
                      state.cfg.heartbeat_timeout, budget)
         stuck = 0  # reads again that found no fewer events than the last read
+        # A stream reader behind the replay's last event would hand the connection's other rooms' events up to it over
+        # after `synced` (ids would go back): those are read from history, as if the hold had stopped keeping there.
+        behind = last is not None and any(r not in mine for r in conn.session.rooms)
         complete: dict[str, tuple[int, int]] = {}  # per room, where a read again left it complete
         while True:
             for key, _, data, event_rooms in hold.take():
                 if key not in pool and not had(key, event_rooms):
                     pool[key] = (data, 0)
             spilled, at = hold.spilled, _reader_position(state)
+            if behind:
+                behind = False
+                now = _reader_at(state)
+                if spilled is None and last is not None and now is not None and now < last:
+                    spilled = (now[0], now[1] + 1)  # (the first id after the reader's position)
             frames = out.frames([(key, pool.pop(key)) for key in sorted(pool) if spilled is None or key < spilled],
                                 done=spilled is None or last is None or spilled > last)
             if spilled is None and out.fits(frames):

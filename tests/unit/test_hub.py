@@ -1005,3 +1005,25 @@ async def test_a_stream_reader_catching_up_during_a_replay_does_not_close_a_clie
     read(state, history.publish_next(["public"]))
     assert ids(transport) == wanted(history, {"public", "post:x"})  # every event once, in order
     assert conn.catch is None and conn.pending is None
+
+
+async def test_ids_never_go_back_after_a_replay_on_a_server_whose_reader_is_behind() -> None:
+    """Regression: a connection in ``public`` subscribed to ``post:x`` with since while the stream reader was behind
+    (its Redis connection lost): the replay read post:x up to the stream's head and sent ``synced``; then the reader
+    handed over public's events older than the replay's last, which went out after it (ids went back). Now those
+    of the connection's other rooms up to the replay's last are read from history and merged into the replay, and
+    the reader's late copies are dropped."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    read(state, history.publish(2, ["public"]))
+    behind = [history.publish(3, ["public"]), history.publish(4, ["post:x"]), history.publish(5, ["public"]),
+              history.publish(6, ["post:x", "public"]), history.publish(7, ["post:x"])]  # not handed over yet
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    read(state, *behind)  # the reader catches up
+    read(state, history.publish(8, ["public"]))
+    assert ids(transport) == [f"1-{n}" for n in range(2, 9)]  # every event once, ids in order
+    ops = [(f["op"], f.get("id")) for f in frames(transport)]
+    assert ops.index(("synced", None)) == ops.index(("event", "1-7")) + 1
+    assert conn.catch is None and hub.metrics.slow.value() == 0
