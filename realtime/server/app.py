@@ -39,6 +39,7 @@ from realtime.protocol import (
 )
 from realtime.server import demo, lean, transports, web
 from realtime.server.addresses import client_address
+from realtime.server.budget import Hold as MemoryHold
 from realtime.server.budget import ReplayBusy, ReplayMemory
 from realtime.server.config import ServerConfig
 from realtime.server.deep import DeepReplay
@@ -49,15 +50,17 @@ from realtime.server.lean import FastProtocol, Heartbeats
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.retry import Unavailable, retrying
-from realtime.server.transports import HttpClients, collect
+from realtime.server.transports import ENTRY_EXTRA, HttpClients, collect
 from realtime.tasks import cancel_all
 from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
 REPLAY_CHUNK = 64 * 1024  # bytes of replayed frames written at a time (each frame still counts as one message)
 # Reads of history again during one replay, each when the live events kept meanwhile passed the connection's bounds,
-# before the replay closes the connection as slow.
+# that find no fewer events than the last read (the client does not catch up), before the replay closes the
+# connection as slow.
 REREADS = 3
+Framed = tuple[bytes, int]  # a replay's frame, and the bytes of the replay memory it holds until written
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
 
 
@@ -483,14 +486,25 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
     client's pace: see :class:`_Paced`), and merged into it in id order. Past the bounds of the connection's queue
     the hold keeps no more: every room of the connection is then read from history again, from the first event
     it did not keep (a stream reader that catches up with a burst hands a connection many events at once; a
-    replay from the oplog takes seconds). A connection whose hold still passes its bounds after REREADS reads
-    again reads more slowly than its rooms publish: it is closed as slow.
+    replay from the oplog takes seconds). A read again that finds fewer events than the last read shows the client
+    catching up; a connection whose hold still passes its bounds after REREADS reads again that did not reads more
+    slowly than its rooms publish: it is closed as slow. What a read again found, up to the head of the stream, a
+    stream reader behind it hands over late: dropped from then on (see :meth:`Hub.catch_up`), not kept.
 
     When history stays unreachable for REALTIME_RETRY_SECONDS, nothing is left half-done: the rooms are left, the
     kept events of the connection's other rooms go out in order, and the client gets ``unavailable`` naming the
     rooms, to subscribe to again with the same ``since``."""
     hub = state.hub
     hub.metrics.replays.inc()
+    # The replay's share of the replay memory: what it reads, held until written to the connection (part by part,
+    # at the client's pace), given back on the way out whatever happens.
+    async with state.replays.hold() as budget:
+        await _replay_held(state, conn, rooms, since, ref, join, budget)
+
+
+async def _replay_held(state: State, conn: Conn, rooms: tuple[str, ...], since: str, ref: Any, join: bool,
+                       budget: MemoryHold) -> None:
+    hub = state.hub
     with hub.holding(conn) as hold:
         # What the connection's other rooms have sent it (live before the hold, or replayed) is left out of this
         # replay: an event of theirs that is also in these rooms would come twice (a subscribe that a partition
@@ -501,7 +515,7 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
             _join(state, conn, rooms)
         try:
             got = await retrying(lambda: collect(state.history, rooms, since, state.cfg.replay_limit, state.deep,
-                                                 memory=state.replays, had=delivered),
+                                                 memory=budget, had=delivered),
                                  state.cfg.retry_seconds, "a replay")
         except (Unavailable, ReplayBusy) as exc:
             why = "too many replays at once" if isinstance(exc, ReplayBusy) else "history is unreachable"
@@ -545,26 +559,39 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
         # sent it before the hold (they sent nothing since: their live events were kept, or not kept past the bounds).
         again = {**delivered, **dict.fromkeys(rooms, (NOWHERE, position))}
         # History and the live events kept meanwhile (of every room of the connection), by id: what is not written
-        # yet. A client's position never goes back; what is newer than the replay's last event comes after `synced`.
-        pool = {key: text_frame(payload) for key, _, payload in got.events}
+        # yet, each with what it holds of the replay memory (an event read from history: what collect() held for
+        # it; a live one kept, which the connection's queue bounds: nothing). A client's position never goes back;
+        # what is newer than the replay's last event comes after `synced`.
+        pool = {key: (text_frame(payload), len(payload) + ENTRY_EXTRA) for key, _, payload in got.events}
+        found = len(got.events)  # by the last read
         hub.metrics.replayed.inc(len(got.events))
         del got
+        budget.shrink(sum(cost for _, cost in pool.values()))
         out = _Paced(conn, last, text_frame(frame("synced", ref=ref, rooms=list(rooms),
                                                   last=f"{last[0]}-{last[1]}" if last is not None else None)),
-                     state.cfg.heartbeat_timeout)
-        rereads = 0
+                     state.cfg.heartbeat_timeout, budget)
+        stuck = 0  # reads again that found no fewer events than the last read
+        # A stream reader behind the replay's last event would hand the connection's other rooms' events up to it over
+        # after `synced` (ids would go back): those are read from history, as if the hold had stopped keeping there.
+        behind = last is not None and any(r not in mine for r in conn.session.rooms)
         complete: dict[str, tuple[int, int]] = {}  # per room, where a read again left it complete
         while True:
             for key, _, data, event_rooms in hold.take():
                 if key not in pool and not had(key, event_rooms):
-                    pool[key] = data
+                    pool[key] = (data, 0)
             spilled, at = hold.spilled, _reader_position(state)
+            if behind:
+                behind = False
+                now = _reader_at(state)
+                if spilled is None and last is not None and now is not None and now < last:
+                    spilled = (now[0], now[1] + 1)  # (the first id after the reader's position)
             frames = out.frames([(key, pool.pop(key)) for key in sorted(pool) if spilled is None or key < spilled],
                                 done=spilled is None or last is None or spilled > last)
             if spilled is None and out.fits(frames):
                 hold.release()  # (nothing was kept since the take) live from here on, behind these frames
                 if frames:
-                    conn.send(b"".join(frames), len(frames))
+                    conn.send(b"".join(data for data, _ in frames), len(frames))
+                    out.written(frames)
                 break
             if not await out.write(frames):
                 return  # gone, or closed as slow
@@ -573,13 +600,12 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
                     return
                 continue  # what was kept while the client took those frames (within the bounds): written at once
             # Everything from `spilled` on that the hold did not keep: from history, with what it keeps from now on.
-            if rereads == REREADS:
+            if stuck == REREADS:
                 hub.slow(conn)  # it reads more slowly than its rooms publish: it resumes from its last event
                 return
-            rereads += 1
             hub.metrics.rereads.inc()
             read = functools.partial(collect, state.history, tuple(conn.session.rooms), _before(spilled),
-                                     state.cfg.replay_limit, memory=state.replays, had=again)
+                                     state.cfg.replay_limit, memory=budget, had=again)
             try:
                 more = await retrying(read, state.cfg.retry_seconds, "a replay's read again")
             except (Unavailable, ReplayBusy):
@@ -595,10 +621,17 @@ async def _replay(state: State, conn: Conn, rooms: tuple[str, ...], since: str, 
             for key, _, payload in more.events:
                 if key not in replayed:
                     replayed.add(key)
-                    pool[key] = text_frame(payload)
+                    pool[key] = (text_frame(payload), len(payload) + ENTRY_EXTRA)
+            budget.shrink(sum(cost for _, cost in pool.values()))
             for r in more.replayed:  # it has every event of those rooms up to the head (read, or left out as had)
                 complete[r] = max(complete.get(r, more.head), more.head)
             hub.metrics.replayed.inc(len(more.events))
+            if len(more.events) >= found:
+                stuck += 1
+            found = len(more.events)
+            if more.replayed and _reader_position(state) < more.head:
+                # The reader hands over late what this read found: dropped, so that it does not fill the hold again.
+                hub.catch_up(conn, more.head, tuple(more.replayed))
     # A stream reader behind what the connection has been sent (the client's position in these rooms, the head of a
     # read again in every room it did not reset) hands those events over late: not again.
     catch = {position: list(rooms)}
@@ -616,50 +649,58 @@ class _Paced:
     replay goes at the client's pace, so a long one is not cut as slow (4008) for being long. A part is at most
     REPLAY_CHUNK bytes and half the bounds of unsent bytes and frames (it may find the kernel's buffers still full
     of the last and stay unsent whole): one system call, not one per event. ``synced`` goes after the events
-    replayed (at or before ``last``)."""
+    replayed (at or before ``last``). Each frame comes with what it holds of the replay's share of the replay memory
+    (``budget``), given back once it is written."""
 
-    def __init__(self, conn: Conn, last: tuple[int, int] | None, synced: bytes, stall: float) -> None:
+    def __init__(self, conn: Conn, last: tuple[int, int] | None, synced: bytes, stall: float,
+                 budget: MemoryHold) -> None:
         hub = conn.hub
-        self.conn, self.last, self.synced, self.stall = conn, last, synced, stall
+        self.conn, self.last, self.synced, self.stall, self.budget = conn, last, synced, stall, budget
         self.most = max(1, hub.queue_messages // 2)
         self.room = max(1, min(REPLAY_CHUNK, hub.queue_bytes // 2))
         self.unsent = False  # a part was written since the transport last held nothing
 
-    def frames(self, items: list[tuple[tuple[int, int], bytes]], *, done: bool) -> list[bytes]:
-        """The frames of ``items`` (in id order), with ``synced`` before the first newer than the last event
-        replayed, or after them all when ``done`` (no replayed event is left to write)."""
+    def frames(self, items: list[tuple[tuple[int, int], Framed]], *, done: bool) -> list[Framed]:
+        """The frames of ``items`` (in id order, each with what it holds of the budget), with ``synced`` before the
+        first newer than the last event replayed, or after them all when ``done`` (no replayed event is left to
+        write)."""
         out = []
-        for key, data in items:
+        for key, framed in items:
             if self.synced and (self.last is None or key > self.last):
-                out.append(self.synced)
+                out.append((self.synced, 0))
                 self.synced = b""
-            out.append(data)
+            out.append(framed)
         if done and self.synced:
-            out.append(self.synced)
+            out.append((self.synced, 0))
             self.synced = b""
         return out
 
-    def fits(self, frames: list[bytes]) -> bool:
+    def written(self, frames: list[Framed]) -> None:
+        """``frames`` are in the connection's transport: what they held of the budget goes back."""
+        self.budget.shrink(self.budget.size - sum(cost for _, cost in frames))
+
+    def fits(self, frames: list[Framed]) -> bool:
         """Whether ``frames`` may be written at once: with what the connection's transport holds, they stay within
         the bounds of unsent bytes and frames even if the client takes none of them."""
         conn, hub = self.conn, self.conn.hub
         queued = conn.transport.get_write_buffer_size()
         if not queued:
             conn.backlog = 0  # nothing unsent: the frames written so far no longer count against the bound
-        return queued + sum(map(len, frames)) <= hub.queue_bytes and conn.backlog + len(frames) <= hub.queue_messages
+        size = queued + sum(len(data) for data, _ in frames)
+        return size <= hub.queue_bytes and conn.backlog + len(frames) <= hub.queue_messages
 
-    async def write(self, frames: list[bytes]) -> bool:
+    async def write(self, frames: list[Framed]) -> bool:
         """Write ``frames``, each part when the client has taken what the transport held. False when the connection
         is gone or was closed (a client that takes nothing for ``stall`` seconds is closed as slow)."""
-        chunk: list[bytes] = []
+        chunk: list[Framed] = []
         size = 0
-        for data in frames:
-            if chunk and (size + len(data) > self.room or len(chunk) >= self.most):
+        for framed in frames:
+            if chunk and (size + len(framed[0]) > self.room or len(chunk) >= self.most):
                 if not await self._part(chunk):
                     return False
                 chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
+            chunk.append(framed)
+            size += len(framed[0])
         return await self._part(chunk) if chunk else self.conn.alive
 
     async def drained(self) -> bool:
@@ -667,10 +708,11 @@ class _Paced:
         self.unsent = False
         return await _drained(self.conn, self.stall)
 
-    async def _part(self, chunk: list[bytes]) -> bool:
+    async def _part(self, chunk: list[Framed]) -> bool:
         if self.unsent and not await self.drained():
             return False
-        self.conn.send(b"".join(chunk), len(chunk))
+        self.conn.send(b"".join(data for data, _ in chunk), len(chunk))
+        self.written(chunk)
         self.unsent = True
         return self.conn.alive
 

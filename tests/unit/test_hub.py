@@ -304,7 +304,7 @@ async def test_a_replay_merges_the_live_events_kept_meanwhile_in_id_order(monkey
         return got
 
     monkeypatch.setattr(app, "collect", collect)
-    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
+    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=ReplayMemory(1 << 20, 1.0),
                                  reader=SimpleNamespace(last=b"1-9"),
                                  cfg=SimpleNamespace(replay_limit=100, retry_seconds=1.0, presence_rooms=("post:",),
                                                      heartbeat_timeout=1.0))
@@ -349,7 +349,7 @@ async def replay_to(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport, e
         return got
 
     monkeypatch.setattr(app, "collect", collect)
-    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=None,
+    state: Any = SimpleNamespace(hub=hub, history=None, deep=None, presence=None, replays=ReplayMemory(1 << 20, 1.0),
                                  reader=SimpleNamespace(last=b"1-999"),
                                  cfg=SimpleNamespace(replay_limit=1000, retry_seconds=1.0, presence_rooms=("post:",),
                                                      heartbeat_timeout=0.2))
@@ -962,3 +962,84 @@ async def test_a_replay_refused_after_its_hold_passed_its_bounds_closes_the_conn
     await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
     assert not conn.alive and hub.metrics.slow.value() == 1
     assert ids_of(frames(transport)) == [] and int.from_bytes(transport.written[-1][2:4], "big") == 4008
+
+
+async def test_a_paced_replay_holds_its_frames_against_the_replay_memory_until_they_are_written() -> None:
+    """Regression: the replay memory was held only while history was read; then the replay's frames waited, uncounted,
+    until a slow client took them (40 clients resuming 10 MB each took a server with a 16 MB budget to 640 MB, the
+    gauge at 0). Now what is not written yet stays held, given back part by part as it is written."""
+    hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
+    history = MemoryHistory()
+    state = server(hub, history, "1-1")
+    state.cfg.replay_limit = 1000
+    for n in range(2, 402):
+        history.publish(n, ["post:x"])
+    state.reader.last = b"1-401"
+    held: list[int] = []  # what the replay memory held at each write
+
+    class Watched(QueuingTransport):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            held.append(state.replays.held)
+
+    conn, transport = connection(hub, [], Watched(reads=300))
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert ids(transport) == [f"1-{n}" for n in range(2, 402)] and frames(transport)[-1]["op"] == "synced"
+    size = sum(len(raw) for _, _, raw in history.entries)  # about what the 400 events' payloads take
+    assert held[0] >= size  # at `subscribed`: the whole replay, read and not written yet
+    parts = held[1:]  # (each seen as it is written, before it gives back what it held)
+    assert len(parts) > 10 and parts == sorted(parts, reverse=True) and parts[-1] < held[0] // 10  # part by part
+    assert state.replays.held == 0 and state.replays.holders == {}
+
+
+async def test_a_stream_reader_catching_up_during_a_replay_does_not_close_a_client_that_reads() -> None:
+    """Regression: a client that read at full speed was closed as slow (4008) after 3 reads again when the stream
+    reader, catching up with a burst, handed over during each read again what the last one had already read (late
+    copies filled the hold and passed its bounds: each counted as a new read again). Now what a read again has read
+    is dropped when the reader hands it over late, and a read again counts against the bound only when it finds no
+    less than the last read (the client does not catch up)."""
+    state, history = burst_server(size=0, bursts=0)
+    hub = state.hub
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    read(state, history.publish_next(["public", "post:x"]))
+    kinds = (["public"], ["post:x"], ["public", "post:x"], ["hashtag:x"])
+    burst = [history.publish_next(kinds[i % 4]) for i in range(1600)]
+    real = history.pages
+
+    async def lagging(reads: dict[str, tuple[str, int, int, int]], extra: int) -> Any:
+        if burst:
+            read(state, *burst[:300])  # the reader hands over the next part of the burst at each read
+            del burst[:300]
+        return await real(reads, extra)
+
+    history.pages = lagging  # type: ignore[method-assign]
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    assert conn.alive and not transport.closed and hub.metrics.slow.value() == 0
+    if burst:
+        read(state, *burst)
+    read(state, history.publish_next(["public"]))
+    assert ids(transport) == wanted(history, {"public", "post:x"})  # every event once, in order
+    assert conn.catch is None and conn.pending is None
+
+
+async def test_ids_never_go_back_after_a_replay_on_a_server_whose_reader_is_behind() -> None:
+    """Regression: a connection in ``public`` subscribed to ``post:x`` with since while the stream reader was behind
+    (its Redis connection lost): the replay read post:x up to the stream's head and sent ``synced``; then the reader
+    handed over public's events older than the replay's last, which went out after it (ids went back). Now those
+    of the connection's other rooms up to the replay's last are read from history and merged into the replay, and
+    the reader's late copies are dropped."""
+    hub, history = Hub(queue_bytes=1 << 20, queue_messages=100), MemoryHistory()
+    state = server(hub, history, "1-1")
+    conn, transport = connection(hub, [])
+    await client_says(state, conn, op="subscribe", rooms=["public"])
+    read(state, history.publish(2, ["public"]))
+    behind = [history.publish(3, ["public"]), history.publish(4, ["post:x"]), history.publish(5, ["public"]),
+              history.publish(6, ["post:x", "public"]), history.publish(7, ["post:x"])]  # not handed over yet
+    await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
+    read(state, *behind)  # the reader catches up
+    read(state, history.publish(8, ["public"]))
+    assert ids(transport) == [f"1-{n}" for n in range(2, 9)]  # every event once, ids in order
+    ops = [(f["op"], f.get("id")) for f in frames(transport)]
+    assert ops.index(("synced", None)) == ops.index(("event", "1-7")) + 1
+    assert conn.catch is None and hub.metrics.slow.value() == 0
