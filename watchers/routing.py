@@ -252,12 +252,45 @@ class Router:
         if ref is not None:
             post, learned = await self._post(ref[0], change["clusterTime"], lookup=ref[1], tags=sub is None)
         routing = post
-        if ref is not None and sub is not None and sub.kind == "comment" and post is not None and post.public \
-                and self._as_of_now(change):
+        if ref is not None and self._now_too(change, sub, post):
             # the comment as it is now goes public only if its post is public now too
             now = self.now[ref[0]] if ref[0] in self.now else await self.documents.post(ref[0], None)
             routing = mapping.combine(post, mapping.post_info(now, cfg))
-        mapped = mapping.map_change(change, position, cfg, routing, remembered, sub)
+        return self._mapped(change, position, sub, remembered, ref, post, learned, routing)
+
+    def map_known(self, change: dict[str, Any], position: int) -> Mapped | None:
+        """:meth:`map` without a coroutine, when everything it needs is at hand (in the cache, read ahead, or
+        written by the changes mapped since); None when it would need Redis or MongoDB: then call :meth:`map`."""
+        sub = self.subject(change)
+        if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
+            return None  # routed by its like's or comment's index entry
+        ref = mapping.post_ref(change, self.cfg, None, sub)
+        post: PostInfo | None = None
+        learned = False
+        if ref is not None:
+            held, entry = self._held(ref[0])
+            known = self._as_of(entry, change["clusterTime"], lookup=ref[1], tags=sub is None) if held else None
+            if known is None:
+                return None
+            post, learned = known
+        routing = post
+        if ref is not None and self._now_too(change, sub, post):
+            if ref[0] not in self.now:
+                return None
+            routing = mapping.combine(post, mapping.post_info(self.now[ref[0]], self.cfg))
+        return self._mapped(change, position, sub, None, ref, post, learned, routing)
+
+    def _now_too(self, change: dict[str, Any], sub: mapping.Subject | None, post: PostInfo | None) -> bool:
+        """Whether a change must be routed by its post as it is now too: a comment's update that carries the
+        comment as it is now, on a post that was public."""
+        return sub is not None and sub.kind == "comment" and post is not None and post.public is True \
+            and self._as_of_now(change)
+
+    def _mapped(self, change: dict[str, Any], position: int, sub: mapping.Subject | None,
+                remembered: dict[str, Any] | None, ref: tuple[str, bool] | None, post: PostInfo | None,
+                learned: bool, routing: PostInfo | None) -> Mapped:
+        """Map a change with what was found, and keep what its mapping teaches until :meth:`settle`."""
+        mapped = mapping.map_change(change, position, self.cfg, routing, remembered, sub)
         if mapped.post_info is None and learned and ref is not None and post is not None:
             mapped.post_info = (ref[0], post)
         if mapped.post_info is not None:
@@ -279,24 +312,46 @@ class Router:
             return [(post_id, None, 0)]
         return [(post_id, orjson.dumps(mapping.post_entry(info)), self.tombstone_ms if info.deleted else 0)]
 
+    def _held(self, post_id: str) -> tuple[bool, PostInfo | None]:
+        """A post's index entry when it is at hand, in the cache or read ahead: (True, entry or None for none),
+        or (False, None) when only Redis can tell."""
+        entry = self.cache.get(post_id)
+        if entry is not None:
+            self.cache.move_to_end(post_id)
+            return True, entry
+        if post_id not in self.posts:
+            return False, None
+        entry = self.posts[post_id]
+        if entry is not None:
+            self._cache(post_id, entry)
+        return True, entry
+
+    @staticmethod
+    def _as_of(entry: PostInfo | None, ct: Timestamp, *, lookup: bool, tags: bool
+               ) -> tuple[PostInfo | None, bool] | None:
+        """What a post's index entry tells of it as of the change at ``ct`` (see :meth:`_post`); None when
+        MongoDB must be asked."""
+        if entry is not None and entry.since <= ev.time_part(ct.time, ct.inc):  # entry.as_of(at)
+            if not (lookup and tags and entry.public is True and entry.tags is None):
+                return entry, False
+        elif not lookup:
+            return None, False
+        return None
+
     async def _post(self, post_id: str, ct: Timestamp, *, lookup: bool, tags: bool = False
                     ) -> tuple[PostInfo | None, bool]:
         """What is known of a post as of the change at ``ct`` (its hashtags too when ``tags``: a change of
         the post itself), and whether it was learnt from MongoDB (and should be remembered)."""
-        at = ev.time_part(ct.time, ct.inc)
-        entry = self.cache.get(post_id)
-        if entry is None:
-            entry = self.posts[post_id] if post_id in self.posts else await self.memory.post(post_id)
+        held, entry = self._held(post_id)
+        if not held:
+            entry = await self.memory.post(post_id)
             if entry is not None:
                 self._cache(post_id, entry)
-        else:
-            self.cache.move_to_end(post_id)
-        valid = entry is not None and entry.as_of(at) is not None
-        untagged = valid and entry is not None and tags and entry.public is True and entry.tags is None
-        if valid and not (untagged and lookup):
-            return entry, False
-        if not lookup:
-            return None, False
+        known = self._as_of(entry, ct, lookup=lookup, tags=tags)
+        if known is not None:
+            return known
+        # the entry tells nothing as of this change, or lacks the hashtags a change of the post itself needs
+        untagged = entry is not None and entry.as_of(ev.time_part(ct.time, ct.inc)) is not None
         before = just_before(ct)
         try:
             info = mapping.post_info(await self.documents.post(post_id, before), self.cfg,

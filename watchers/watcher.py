@@ -662,7 +662,9 @@ class Watcher:
             ns = change.get("ns")
             kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
             touched[kind] = touched.get(kind, 0) + 1
-            mapped = await self._map(change, last_position)
+            mapped = self._map_known(change, last_position)
+            if mapped is None:
+                mapped = await self._map(change, last_position)
             items.append(Item(change, last_time, last_position, Pending(
                 change["_id"], f"{last_time}:{last_position}", mapped.events,
                 [mapped.index_set] if mapped.index_set else [], [mapped.index_del] if mapped.index_del else [],
@@ -677,19 +679,36 @@ class Watcher:
             self.metrics.to_redis.observe(time.monotonic() - read, min(size, len(items) - start))
         self.router.settle()
 
+    def _map_known(self, change: dict[str, Any], position: int) -> mapping.Mapped | None:
+        """Map a change with what the router holds, without a coroutine (most changes); None when that takes a
+        round trip: then :meth:`_map`."""
+        try:
+            mapped = self.router.map_known(change, position)
+        except Exception:
+            mapped = self._unmappable(change)
+        return None if mapped is None else self._mapped(change, mapped)
+
     async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
-        coll = (change.get("ns") or {}).get("coll")
         try:
             mapped = await self.router.map(change, position)
         except (PyMongoError, RedisError):
             raise  # an outage, not a bad change: the change is retried, never skipped
         except Exception:
-            log.exception("skipping change %s on %s: it could not be mapped", change.get("_id"), coll)
-            mapped = mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
+            mapped = self._unmappable(change)
+        return self._mapped(change, mapped)
+
+    @staticmethod
+    def _unmappable(change: dict[str, Any]) -> mapping.Mapped:
+        log.exception("skipping change %s on %s: it could not be mapped", change.get("_id"),
+                      (change.get("ns") or {}).get("coll"))
+        return mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
+
+    def _mapped(self, change: dict[str, Any], mapped: mapping.Mapped) -> mapping.Mapped:
         if mapped.skipped:
             self.metrics.skipped.inc(reason=mapped.skipped)
             if mapped.skipped in (mapping.SKIP_UNROUTABLE_DELETE, mapping.SKIP_NO_POST, mapping.SKIP_BAD_ID):
-                log.info("change %s on %s published no event: %s", change["_id"]["_data"][:26], coll, mapped.skipped)
+                log.info("change %s on %s published no event: %s", change["_id"]["_data"][:26],
+                         (change.get("ns") or {}).get("coll"), mapped.skipped)
         return mapped
 
     async def _seeds(self, items: list[Item]) -> dict[str, tuple[int, Seed]]:
