@@ -27,7 +27,8 @@ are read back from the change stream, as for a single count).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from bson import Timestamp
@@ -66,17 +67,45 @@ def like_changes(changes: Iterable[dict[str, Any]], cfg: MappingConfig,
     :func:`watchers.mapping.subject`, when the caller knows it already."""
     out = []
     for change in changes:
-        op = change.get("operationType")
-        ns = change.get("ns")
-        if op not in ("insert", "delete") or not isinstance(ns, dict) or ns.get("coll") != cfg.likes:
-            continue  # not a like's insert or delete: no need for its subject
-        sub = mapping.subject(change, cfg) if subject is None else subject(change)
-        key = change.get("documentKey")
-        if sub is None or sub.kind != "like" or not isinstance(key, dict):
-            continue
-        out.append(LikeChange(op == "insert", repr(key.get("_id")), sub.post_id if sub.doc is not None else None,
-                              key.get("_id")))
+        found = _like_change(change, cfg, subject)
+        if found is not None:
+            out.append(found)
     return out
+
+
+def _like_change(change: dict[str, Any], cfg: MappingConfig,
+                 subject: Callable[[dict[str, Any]], mapping.Subject | None] | None) -> LikeChange | None:
+    op = change.get("operationType")
+    ns = change.get("ns")
+    if op not in ("insert", "delete") or not isinstance(ns, dict) or ns.get("coll") != cfg.likes:
+        return None  # not a like's insert or delete: no need for its subject
+    sub = mapping.subject(change, cfg) if subject is None else subject(change)
+    key = change.get("documentKey")
+    if sub is None or sub.kind != "like" or not isinstance(key, dict):
+        return None
+    return LikeChange(op == "insert", repr(key.get("_id")), sub.post_id if sub.doc is not None else None,
+                      key.get("_id"))
+
+
+def likes_of(changes: Sequence[tuple[dict[str, Any], int]], start: int, end: int, posts: Container[str] | None,
+             cfg: MappingConfig, subject: Callable[[dict[str, Any]], mapping.Subject | None] | None = None
+             ) -> tuple[list[LikeChange], list[int]]:
+    """The like changes among ``changes[start:end]`` that :func:`deltas` needs to carry the counts of ``posts``
+    forward, each with the index of its change: those of ``posts`` only (the others move none of their counts),
+    unless a delete there does not say its like's post (no pre-image): placing it may take any like change
+    before it, so then all of them, as when ``posts`` is None."""
+    out: list[LikeChange] = []
+    at: list[int] = []
+    for i in range(start, end):
+        found = _like_change(changes[i][0], cfg, subject)
+        if found is None:
+            continue
+        if posts is None or found.post_id in posts:
+            out.append(found)
+            at.append(i)
+        elif found.post_id is None and not found.insert:
+            return likes_of(changes, start, end, None, cfg, subject)
+    return out, at
 
 
 def unplaced(earlier: Sequence[LikeChange]) -> list[LikeChange]:
@@ -183,13 +212,13 @@ class LikeCounts:
                 start -= 1  # the changes at that cluster time before the first one counted are counted too
             head, position = changes[start]
             earlier = like_changes(await self._earlier(head, position), self.cfg) if position else []
-            cut: dict[int, int] = {}  # a change's index -> how many like changes precede it
-            for i in range(start, max(first.values()) + 1):
-                cut[i] = len(earlier)
-                earlier += like_changes((changes[i][0],), self.cfg, self.subject)
+            later, places = likes_of(changes, start, max(first.values()), first, self.cfg, self.subject)
+            # a post's count is carried through the like changes before its first change
+            cuts = {post_id: len(earlier) + bisect_left(places, i) for post_id, i in first.items()}
+            earlier += later
             owners = await self._owners(unplaced(earlier), before)
             counts = await self._counts(list(first), before)
-            carried = deltas({post_id: cut[i] for post_id, i in first.items()}, earlier, owners)
+            carried = deltas(cuts, earlier, owners)
         except (OperationFailure, NotFound) as exc:
             log.warning("cannot read the like counts of %d posts as of %s (%s); reading the current counts",
                         len(first), ct, exc)

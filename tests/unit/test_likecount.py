@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watchers.config import MappingConfig
-from watchers.likecount import LikeChange, delta, deltas, like_changes, unplaced
+from watchers.likecount import LikeChange, delta, deltas, like_changes, likes_of, unplaced
 from watchers.publish import ALL_CHANGES, change_point, point
 
 CFG = MappingConfig()
@@ -89,6 +89,39 @@ def test_deltas_in_one_pass_are_delta_for_each_post(ops: list[tuple[bool, str, s
     owners = {c.key: "p1" if c.key < "c" else "p2" for c in unplaced(earlier)}
     cuts = {post: min(cut, len(earlier)) for post, cut in cuts.items()}
     assert deltas(cuts, earlier, owners) == {post: delta(post, earlier[:cut], owners) for post, cut in cuts.items()}
+
+
+def test_the_carry_forward_takes_the_like_changes_of_the_posts_it_counts_only() -> None:
+    changes = [(like("insert", "l1", "p1"), 0), (like("insert", "l2", "p2"), 1),
+               (like("insert", "c1", "p1", coll="comments"), 2), (like("delete", "l0", "p2"), 3),
+               (like("delete", "l3", "p1"), 4), (like("insert", "l4", "p1"), 5)]
+    assert likes_of(changes, 0, 5, {"p1"}, CFG) == (
+        [LikeChange(True, "'l1'", "p1", "l1"), LikeChange(False, "'l3'", "p1", "l3")], [0, 4])
+    # a delete that does not say its post may be placed by any insert before it: every like change is kept
+    changes[3] = (like("delete", "l2", image=False), 3)
+    assert likes_of(changes, 0, 5, {"p1"}, CFG)[1] == [0, 1, 3, 4]
+    assert likes_of(changes, 1, 3, {"p1"}, CFG) == ([], [])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["insert", "delete", "comment"]), st.sampled_from(["a", "b", "c", "d"]),
+                          st.sampled_from(["p1", "p2", "p3"]), st.booleans()), max_size=30),
+       st.dictionaries(st.sampled_from(["p1", "p2", "p3"]), st.integers(0, 30)))
+def test_the_carry_forward_of_some_posts_is_that_of_every_like_change(
+        ops: list[tuple[str, str, str, bool]], first: dict[str, int]) -> None:
+    """Carrying the counts of some posts through their like changes only gives what carrying them through all the
+    like changes gives (deletes with and without pre-images), and asks MongoDB to place no other like."""
+    changes = [(like("insert", "c", post, coll="comments") if op == "comment" else like(op, key, post, image=image), i)
+               for i, (op, key, post, image) in enumerate(ops)]
+    first = {post: min(i, len(changes)) for post, i in first.items()}
+    end = max(first.values(), default=0)
+    every = like_changes([c for c, _ in changes[:end]], CFG)
+    some, at = likes_of(changes, 0, end, first, CFG)
+    assert len(at) == len(some) and at == sorted(at)
+    cuts_every = {post: len(like_changes([c for c, _ in changes[:i]], CFG)) for post, i in first.items()}
+    cuts_some = {post: sum(1 for j in at if j < i) for post, i in first.items()}
+    assert {c.key for c in unplaced(some)} <= {c.key for c in unplaced(every)}
+    owners = {c.key: "p1" if c.key < "c" else "p2" for c in unplaced(every)}
+    assert deltas(cuts_some, some, owners) == deltas(cuts_every, every, owners)
 
 
 def test_points_order_changes_within_one_cluster_time() -> None:
