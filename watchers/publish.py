@@ -287,7 +287,7 @@ class Publisher:
                 found = position[name] = len(keys)
             return found
 
-        room_key, index_key, post_key = k.room, k.index, k.post
+        room_prefix, index_key, post_key = k.room_prefix, k.index, k.post
         rooms: dict[tuple[str, ...], list[int]] = {}  # an event's rooms -> their history streams' indexes in KEYS
         envelopes: list[bytes] = []
         batch: list[Any] = []
@@ -298,7 +298,7 @@ class Publisher:
             for e in change.events:
                 indexes = rooms.get(e.rooms)
                 if indexes is None:
-                    indexes = rooms[e.rooms] = [key(room_key(room)) for room in e.rooms]
+                    indexes = rooms[e.rooms] = [key(room_prefix + room) for room in e.rooms]  # k.room(room)
                 # e.envelope(), encoded (orjson writes the rooms' tuple as the same array)
                 envelope = dumps({"id": e.id, "type": e.type, "rooms": e.rooms, "data": e.data, "ts": e.ts})
                 envelopes.append(envelope)
