@@ -364,8 +364,14 @@ def _feed_rooms(infos: list[PostInfo]) -> list[str]:
 
 def _public_post_rooms(post_id: str, *infos: PostInfo | None) -> list[str]:
     """A public post's own room and its feed rooms, for the routings in ``infos`` that are public (the
-    rooms of one that is not would tell what the post was while private: its old tags)."""
-    return [ev.post_room(post_id), *_feed_rooms([i for i in infos if i is not None and i.public is True])]
+    rooms of one that is not would tell what the post was while private: its old tags), each once: an update
+    that leaves the author and the hashtags as they were (most) names them once."""
+    public: list[PostInfo] = []
+    for i in infos:
+        if i is not None and i.public is True and not any((i.author_id, i.tags) == (p.author_id, p.tags)
+                                                             for p in public):
+            public.append(i)
+    return [ev.post_room(post_id), *_feed_rooms(public)]
 
 
 def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
