@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +103,36 @@ def buffered(stream: Any) -> bool:
     """Whether the driver holds more changes of the stream's last batch (taking them costs no round trip)."""
     has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
     return bool(has_next()) if callable(has_next) else False
+
+
+class _Collection:
+    """The garbage collector's automatic runs, paused while a read is mapped and published.
+
+    A read allocates many objects that live until it is published (its changes' events, payloads and
+    envelopes), few of them in cycles: a collection that ran meanwhile would go through all of them, each
+    time the allocations pass its threshold, and free none. Paused, the next allocation after the read
+    starts the collection that is due, among what is left. Pauses nest (two watchers in a process), and a
+    collector that was off stays off."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.resume = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.depth == 0:
+            self.resume = gc.isenabled()
+            gc.disable()
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0 and self.resume:
+                gc.enable()
+
+
+COLLECTION = _Collection()
 
 
 class NoStartPoint(PyMongoError):
@@ -609,7 +640,12 @@ class Watcher:
     # -- one read ---------------------------------------------------------------------------------------
     async def _handle_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
         """Publish a read's changes in order: the ordinary ones mapped and published in batches, those that end
-        or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them."""
+        or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them. The garbage
+        collector waits until the read is published (see :class:`_Collection`)."""
+        with COLLECTION.paused():
+            return await self._publish_read(lease, changes)
+
+    async def _publish_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
         read, now = time.monotonic(), time.time()
         for change in changes:
             self.metrics.read(change, now)

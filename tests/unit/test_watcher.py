@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +14,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from watchers.config import MappingConfig, WatcherConfig
-from watchers.watcher import Watcher, WatcherMetrics, wall_seconds
+from watchers.watcher import COLLECTION, Watcher, WatcherMetrics, wall_seconds
 
 
 def test_a_naive_wall_time_is_utc_as_pymongo_decodes_it() -> None:
@@ -114,3 +115,40 @@ async def test_a_read_ahead_never_moves_the_checkpoint_past_what_was_published(r
         assert token == done[-1], (token, done)  # the last published, never one read but not published
     assert any(overlapped) is read_ahead
     assert saved[-1][0] == "00000006"  # after the empty reads too
+
+
+async def test_the_garbage_collector_waits_until_a_read_is_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection during a read goes through every object the read made and frees none of them (they live until
+    the read is published): the collector is off while a read is handled, on again after it, even when the read
+    fails; pauses nest, and a collector that was off stays off."""
+    cfg = WatcherConfig(redis_url="redis://127.0.0.1:1/0", mongodb_uri="mongodb://127.0.0.1:1", database="app",
+                        mapping=MappingConfig(), prefix="t")
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient("mongodb://127.0.0.1:1", connect=False)
+    watcher = Watcher(cfg, mongo, Redis(port=1))
+    seen: list[bool] = []
+
+    async def publish_read(lease: str, changes: list[dict[str, Any]]) -> None:
+        seen.append(gc.isenabled())
+        await asyncio.sleep(0)
+        with COLLECTION.paused():  # another read, nested
+            seen.append(gc.isenabled())
+        seen.append(gc.isenabled())
+        if changes:
+            raise RuntimeError("the read failed")
+
+    monkeypatch.setattr(watcher, "_publish_read", publish_read)
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert await watcher._handle_read("lease", []) is None
+        assert seen == [False, False, False] and gc.isenabled()
+        with pytest.raises(RuntimeError):
+            await watcher._handle_read("lease", [change(1)])
+        assert gc.isenabled()
+        gc.disable()
+        await watcher._handle_read("lease", [])
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+        await mongo.close()
+        await watcher.redis.aclose()
