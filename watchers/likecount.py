@@ -67,18 +67,18 @@ def like_changes(changes: Iterable[dict[str, Any]], cfg: MappingConfig,
     :func:`watchers.mapping.subject`, when the caller knows it already."""
     out = []
     for change in changes:
-        found = _like_change(change, cfg, subject)
-        if found is not None:
-            out.append(found)
+        op = change.get("operationType")
+        ns = change.get("ns")
+        if (op == "insert" or op == "delete") and isinstance(ns, dict) and ns.get("coll") == cfg.likes:
+            found = _like_change(change, op, cfg, subject)
+            if found is not None:
+                out.append(found)
     return out
 
 
-def _like_change(change: dict[str, Any], cfg: MappingConfig,
+def _like_change(change: dict[str, Any], op: str, cfg: MappingConfig,
                  subject: Callable[[dict[str, Any]], mapping.Subject | None] | None) -> LikeChange | None:
-    op = change.get("operationType")
-    ns = change.get("ns")
-    if op not in ("insert", "delete") or not isinstance(ns, dict) or ns.get("coll") != cfg.likes:
-        return None  # not a like's insert or delete: no need for its subject
+    """An insert or delete (``op``) on the likes as a like change; None when it is not one of a like."""
     sub = mapping.subject(change, cfg) if subject is None else subject(change)
     key = change.get("documentKey")
     if sub is None or sub.kind != "like" or not isinstance(key, dict):
@@ -96,8 +96,16 @@ def likes_of(changes: Sequence[tuple[dict[str, Any], int]], start: int, end: int
     before it, so then all of them, as when ``posts`` is None."""
     out: list[LikeChange] = []
     at: list[int] = []
+    likes = cfg.likes
     for i in range(start, end):
-        found = _like_change(changes[i][0], cfg, subject)
+        change = changes[i][0]
+        op = change.get("operationType")  # like_changes(), one change at a time
+        if op != "insert" and op != "delete":
+            continue
+        ns = change.get("ns")
+        if not isinstance(ns, dict) or ns.get("coll") != likes:
+            continue
+        found = _like_change(change, op, cfg, subject)
         if found is None:
             continue
         if posts is None or found.post_id in posts:

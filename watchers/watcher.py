@@ -18,7 +18,9 @@ import collections
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -80,6 +82,7 @@ class LeaseLost(Exception):
 
 
 STREAM_EVENTS = ("invalidate", "drop", "rename", "dropDatabase")  # changes that end or reset the stream
+_TYPE = operator.attrgetter("type")
 
 
 class Item(NamedTuple):
@@ -759,7 +762,7 @@ class Watcher:
             return {}
         held = await self.publisher.counted(list(first))
         need = {post: i for post, i in first.items() if post not in held}
-        seeds = await self.like_counts.seeds([(item.change, item.position) for item in items], need)
+        seeds = await self.like_counts.seeds([(change, position) for change, _, position, _ in items], need)
         return {post: (need[post], seed) for post, seed in seeds.items()}
 
     async def _publish_batch(self, lease: str, items: list[Item], seeds: dict[str, Seed]) -> None:
@@ -783,8 +786,8 @@ class Watcher:
         self.redis_token = outcome.last
         if outcome.skipped:
             self.metrics.duplicates.inc(outcome.skipped)
-        types: collections.Counter[str] = collections.Counter(
-            e.type for item in items[outcome.skipped:] for e in item.pending.events)
+        types: collections.Counter[str] = collections.Counter(map(_TYPE, itertools.chain.from_iterable(
+            [item.pending.events for item in items[outcome.skipped:]])))
         for type_, n in types.items():
             self.metrics.published.inc(n, type=type_)
         wall = wall_seconds(last.change)
