@@ -203,8 +203,8 @@ class LikeCountsTwin(LikeCounts):
     """The seeds' reads answered from memory: no like before the backlog, the changes before one at its cluster
     time taken from the recording. The carrying forward is the watcher's own code."""
 
-    def __init__(self, cfg: MappingConfig, changes: list[dict[str, Any]]) -> None:
-        super().__init__(cast(Any, None), cast(Any, None), cfg, [])
+    def __init__(self, cfg: MappingConfig, changes: list[dict[str, Any]], subject: Any) -> None:
+        super().__init__(cast(Any, None), cast(Any, None), cfg, [], subject=subject)  # as the watcher makes it
         self.at: dict[Any, list[dict[str, Any]]] = {}
         for change in changes:
             self.at.setdefault(change["clusterTime"], []).append(change)
@@ -248,7 +248,7 @@ def watcher(posts: list[dict[str, Any]], changes: list[dict[str, Any]], spent: S
         if c["ns"]["coll"] == "posts" and isinstance(c.get("fullDocument"), dict)
     }
     w.router.documents = DocumentsTwin({**{str(id_text(d["_id"])): d for d in posts}, **final})
-    w.like_counts = LikeCountsTwin(cfg.mapping, changes)
+    w.like_counts = LikeCountsTwin(cfg.mapping, changes, w.router.subject)
     return w, redis
 
 
