@@ -311,9 +311,11 @@ def _valid_room(name: str) -> bool:
 class _Builder:
     __slots__ = ("at", "head", "out", "position", "ts")
 
-    def __init__(self, change: dict[str, Any], position: int) -> None:
-        ct = change["clusterTime"]
-        self.at = ev.time_part(int(ct.time), int(ct.inc))
+    def __init__(self, change: dict[str, Any], position: int, at: int | None = None) -> None:
+        if at is None:
+            ct = change["clusterTime"]
+            at = ev.time_part(int(ct.time), int(ct.inc))
+        self.at = at
         self.position = position
         self.ts = _ts(change)
         self.out: list[Event] = []
@@ -376,20 +378,21 @@ def _public_post_rooms(post_id: str, *infos: PostInfo | None) -> list[str]:
 
 def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
                post: PostInfo | None = None, remembered: dict[str, Any] | None = None,
-               sub: Subject | None = None) -> Mapped:
+               sub: Subject | None = None, at: int | None = None) -> Mapped:
     """Map one change (insert, update, replace or delete on a watched collection) to its events.
 
     ``position`` is the change's index among the changes sharing its ``clusterTime``. ``post`` is what is
     known of the post a like or comment belongs to (or of the post itself, for an update, replace or
     delete), as of the change; None when nothing is. Knowledge that only holds from after the change is
-    ignored. ``sub``: the change's :func:`subject` without ``remembered``, when the caller has it already.
+    ignored. ``sub``: the change's :func:`subject` without ``remembered``, and ``at``: its cluster time
+    (``seconds << 32 | increment``), when the caller has them already.
     Raises nothing for bad documents: the result says what was skipped.
     """
     op = change.get("operationType")
     coll = _coll(change)
     if op not in ("insert", "update", "replace", "delete") or coll not in (cfg.posts, cfg.likes, cfg.comments):
         return Mapped(skipped=SKIP_NOT_WATCHED)
-    builder = _Builder(change, position)
+    builder = _Builder(change, position, at)
     known = post if post is not None and post.since <= builder.at else None  # post.as_of(builder.at)
     if coll == cfg.posts:
         mapped = _map_post(change, op, builder, cfg, known)

@@ -258,9 +258,10 @@ class Router:
             routing = mapping.combine(post, mapping.post_info(now, cfg))
         return self._mapped(change, position, sub, remembered, ref, post, learned, routing)
 
-    def map_known(self, change: dict[str, Any], position: int) -> Mapped | None:
+    def map_known(self, change: dict[str, Any], position: int, at: int) -> Mapped | None:
         """:meth:`map` without a coroutine, when everything it needs is at hand (in the cache, read ahead, or
-        written by the changes mapped since); None when it would need Redis or MongoDB: then call :meth:`map`."""
+        written by the changes mapped since); None when it would need Redis or MongoDB: then call :meth:`map`.
+        ``at``: the change's cluster time (``seconds << 32 | increment``)."""
         sub = self.subject(change)
         if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
             return None  # routed by its like's or comment's index entry
@@ -269,7 +270,7 @@ class Router:
         learned = False
         if ref is not None:
             held, entry = self._held(ref[0])
-            known = self._as_of(entry, change["clusterTime"], lookup=ref[1], tags=sub is None) if held else None
+            known = self._as_of(entry, at, lookup=ref[1], tags=sub is None) if held else None
             if known is None:
                 return None
             post, learned = known
@@ -278,7 +279,7 @@ class Router:
             if ref[0] not in self.now:
                 return None
             routing = mapping.combine(post, mapping.post_info(self.now[ref[0]], self.cfg))
-        return self._mapped(change, position, sub, None, ref, post, learned, routing)
+        return self._mapped(change, position, sub, None, ref, post, learned, routing, at)
 
     def _now_too(self, change: dict[str, Any], sub: mapping.Subject | None, post: PostInfo | None) -> bool:
         """Whether a change must be routed by its post as it is now too: a comment's update that carries the
@@ -288,9 +289,9 @@ class Router:
 
     def _mapped(self, change: dict[str, Any], position: int, sub: mapping.Subject | None,
                 remembered: dict[str, Any] | None, ref: tuple[str, bool] | None, post: PostInfo | None,
-                learned: bool, routing: PostInfo | None) -> Mapped:
+                learned: bool, routing: PostInfo | None, at: int | None = None) -> Mapped:
         """Map a change with what was found, and keep what its mapping teaches until :meth:`settle`."""
-        mapped = mapping.map_change(change, position, self.cfg, routing, remembered, sub)
+        mapped = mapping.map_change(change, position, self.cfg, routing, remembered, sub, at)
         if mapped.post_info is None and learned and ref is not None and post is not None:
             mapped.post_info = (ref[0], post)
         if mapped.post_info is not None:
@@ -327,11 +328,10 @@ class Router:
         return True, entry
 
     @staticmethod
-    def _as_of(entry: PostInfo | None, ct: Timestamp, *, lookup: bool, tags: bool
-               ) -> tuple[PostInfo | None, bool] | None:
-        """What a post's index entry tells of it as of the change at ``ct`` (see :meth:`_post`); None when
-        MongoDB must be asked."""
-        if entry is not None and entry.since <= ev.time_part(ct.time, ct.inc):  # entry.as_of(at)
+    def _as_of(entry: PostInfo | None, at: int, *, lookup: bool, tags: bool) -> tuple[PostInfo | None, bool] | None:
+        """What a post's index entry tells of it as of the change at cluster time ``at`` (see :meth:`_post`);
+        None when MongoDB must be asked."""
+        if entry is not None and entry.since <= at:  # entry.as_of(at)
             if not (lookup and tags and entry.public is True and entry.tags is None):
                 return entry, False
         elif not lookup:
@@ -347,11 +347,12 @@ class Router:
             entry = await self.memory.post(post_id)
             if entry is not None:
                 self._cache(post_id, entry)
-        known = self._as_of(entry, ct, lookup=lookup, tags=tags)
+        at = ev.time_part(ct.time, ct.inc)
+        known = self._as_of(entry, at, lookup=lookup, tags=tags)
         if known is not None:
             return known
         # the entry tells nothing as of this change, or lacks the hashtags a change of the post itself needs
-        untagged = entry is not None and entry.as_of(ev.time_part(ct.time, ct.inc)) is not None
+        untagged = entry is not None and entry.as_of(at) is not None
         before = just_before(ct)
         try:
             info = mapping.post_info(await self.documents.post(post_id, before), self.cfg,

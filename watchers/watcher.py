@@ -701,7 +701,7 @@ class Watcher:
             ns = change.get("ns")
             kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
             touched[kind] = touched.get(kind, 0) + 1
-            mapped = self._map_known(change, last_position)
+            mapped = self._map_known(change, last_position, last_time)
             if mapped is None:
                 mapped = await self._map(change, last_position)
             items.append(Item(change, last_time, last_position, Pending(
@@ -718,11 +718,11 @@ class Watcher:
             self.metrics.to_redis.observe(time.monotonic() - read, min(size, len(items) - start))
         self.router.settle()
 
-    def _map_known(self, change: dict[str, Any], position: int) -> mapping.Mapped | None:
+    def _map_known(self, change: dict[str, Any], position: int, at: int) -> mapping.Mapped | None:
         """Map a change with what the router holds, without a coroutine (most changes); None when that takes a
         round trip: then :meth:`_map`."""
         try:
-            mapped = self.router.map_known(change, position)
+            mapped = self.router.map_known(change, position, at)
         except Exception:
             mapped = self._unmappable(change)
         return None if mapped is None else self._mapped(change, mapped)

@@ -214,21 +214,21 @@ def test_a_change_whose_post_is_at_hand_is_mapped_without_a_round_trip_as_map_ma
     world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "visibility": "public", "text": "s"})
     router, memory, docs = routed(world)
     memory.posts["p1"] = PostInfo("u1", True, at(3))
-    assert router.map_known(comment_change(5), 0) is None  # only Redis holds the post's entry yet
+    assert router.map_known(comment_change(5), 0, at(5)) is None  # only Redis holds the post's entry yet
     first = asyncio.run(router.map(comment_change(5), 0))
-    known = router.map_known(comment_change(6), 0)  # now in the cache
+    known = router.map_known(comment_change(6), 0, at(6))  # now in the cache
     assert known is not None and known == asyncio.run(router.map(comment_change(6), 0))
     assert rooms(known) == rooms(first) == [(ev.COMMENT_ADDED, ("post:p1",)), (ev.NOTIFICATION_NEW, ("user:u1",))]
     assert memory.reads == 1 and docs.reads == []
     # what needs MongoDB, or the index of likes and comments, still takes the round trip
-    assert router.map_known(comment_change(2), 0) is None  # the entry holds from after this change
-    assert router.map_known(comment_change(6, "update"), 0) is None  # the post as it is now, not read ahead
+    assert router.map_known(comment_change(2), 0, at(2)) is None  # the entry holds from after this change
+    assert router.map_known(comment_change(6, "update"), 0, at(6)) is None  # the post as it is now, not read ahead
     unlike = like_change(7, "delete")
-    assert router.map_known(unlike, 0) is None and rooms(asyncio.run(router.map(unlike, 0))) == []
+    assert router.map_known(unlike, 0, at(7)) is None and rooms(asyncio.run(router.map(unlike, 0))) == []
     assert memory.reads == 1 and docs.reads == []
     asyncio.run(router.prefetch([comment_change(6, "update")]))
     assert docs.reads == [None]
-    known = router.map_known(comment_change(6, "update"), 0)
+    known = router.map_known(comment_change(6, "update"), 0, at(6))
     assert known is not None and rooms(known) == [(ev.COMMENT_UPDATED, ("post:p1",))]
 
 
@@ -511,7 +511,8 @@ class WatcherModel:
             change = self.world.change(self.next, pre_images=self.pre_images, post_images=self.post_images)
             record = self.world.oplog[self.next]
             self.next += 1
-            mapped = self.router.map_known(change, 0)  # as the watcher maps: without a round trip where it can
+            ct = change["clusterTime"]  # as the watcher maps: without a round trip where it can
+            mapped = self.router.map_known(change, 0, ev.time_part(ct.time, ct.inc))
             if mapped is None:
                 mapped = await self.router.map(change, 0)
             self.memory.publish(self.router, mapped)
