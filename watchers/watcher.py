@@ -24,7 +24,7 @@ import operator
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from bson import Timestamp
@@ -83,15 +83,6 @@ class LeaseLost(Exception):
 
 STREAM_EVENTS = ("invalidate", "drop", "rename", "dropDatabase")  # changes that end or reset the stream
 _TYPE = operator.attrgetter("type")
-
-
-class Item(NamedTuple):
-    """A change of a read, placed (its time part and position) and mapped, to publish."""
-
-    change: dict[str, Any]
-    time_part: int
-    position: int
-    pending: Pending
 
 
 def honour_cancellation() -> None:
@@ -672,8 +663,8 @@ class Watcher:
         coll = (change.get("ns") or {}).get("coll")
         time_part, position = self._place(change, self.last_time, self.last_position)
         self.metrics.changes.inc(collection=str(coll), operation=str(op))
-        item = Item(change, time_part, position, Pending(change["_id"], f"{time_part}:{position}", []))
-        await self._publish_batch(lease, [item], {})
+        await self._publish_batch(lease, [Pending(change["_id"], f"{time_part}:{position}", [])], [(change, position)],
+                                  {})
         if op == "invalidate":
             return ResumePoint(start_after=change["_id"], at=f"{time_part}:{position}")
         self.router.clear()
@@ -693,7 +684,8 @@ class Watcher:
         """Map consecutive ordinary changes (one MGET of the post index for all of them), read the like counts
         Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
         await self.router.prefetch(changes)
-        items = []
+        pending: list[Pending] = []  # each change, mapped
+        placed: list[tuple[dict[str, Any], int]] = []  # each change with its position among those at its time
         touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
         last_time, last_position = self.last_time, self.last_position
         for change in changes:
@@ -704,18 +696,20 @@ class Watcher:
             mapped = self._map_known(change, last_position, last_time)
             if mapped is None:
                 mapped = await self._map(change, last_position)
-            items.append(Item(change, last_time, last_position, Pending(
-                change["_id"], f"{last_time}:{last_position}", mapped.events,
-                [mapped.index_set] if mapped.index_set else [], [mapped.index_del] if mapped.index_del else [],
-                self.router.writes(mapped))))
+            pending.append(Pending(change["_id"], f"{last_time}:{last_position}", mapped.events,
+                                   () if mapped.index_set is None else (mapped.index_set,),
+                                   () if mapped.index_del is None else (mapped.index_del,),
+                                   () if mapped.post_info is None else self.router.writes(mapped)))
+            placed.append((change, last_position))
         for (coll, op), n in touched.items():
             self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
-        seeds = await self._seeds(items)
+        seeds = await self._seeds(pending, placed)
         size = self.cfg.publish_batch
-        for start in range(0, len(items), size):
-            await self._publish_batch(lease, items[start:start + size],
-                                      {post: seed for post, (i, seed) in seeds.items() if start <= i < start + size})
-            self.metrics.to_redis.observe(time.monotonic() - read, min(size, len(items) - start))
+        for start in range(0, len(pending), size):
+            end = start + size
+            await self._publish_batch(lease, pending[start:end], placed[start:end],
+                                      {post: seed for post, (i, seed) in seeds.items() if start <= i < end})
+            self.metrics.to_redis.observe(time.monotonic() - read, min(size, len(pending) - start))
         self.router.settle()
 
     def _map_known(self, change: dict[str, Any], position: int, at: int) -> mapping.Mapped | None:
@@ -750,47 +744,48 @@ class Watcher:
                          (change.get("ns") or {}).get("coll"), mapped.skipped)
         return mapped
 
-    async def _seeds(self, items: list[Item]) -> dict[str, tuple[int, Seed]]:
-        """The like counts Redis does not hold of the posts whose likes ``items`` count, each as of the first
-        item that counts them, and that item's index."""
+    async def _seeds(self, pending: list[Pending], placed: list[tuple[dict[str, Any], int]]
+                     ) -> dict[str, tuple[int, Seed]]:
+        """The like counts Redis does not hold of the posts whose likes the changes (``pending``, mapped, and
+        ``placed``) count, each as of the first change that counts them, and that change's index."""
         first: dict[str, int] = {}
-        for i, item in enumerate(items):
-            for e in item.pending.events:
+        for i, change in enumerate(pending):
+            for e in change.events:
                 if e.counter is not None and e.counter.post_id not in first:
                     first[e.counter.post_id] = i
         if not first:
             return {}
         held = await self.publisher.counted(list(first))
         need = {post: i for post, i in first.items() if post not in held}
-        seeds = await self.like_counts.seeds([(change, position) for change, _, position, _ in items], need)
+        seeds = await self.like_counts.seeds(placed, need)
         return {post: (need[post], seed) for post, seed in seeds.items()}
 
-    async def _publish_batch(self, lease: str, items: list[Item], seeds: dict[str, Seed]) -> None:
+    async def _publish_batch(self, lease: str, pending: list[Pending], placed: list[tuple[dict[str, Any], int]],
+                             seeds: dict[str, Seed]) -> None:
+        """Publish consecutive changes (``pending``, mapped, and ``placed``) with one script call."""
         while True:
             try:
                 outcome = await self.publisher.publish_batch(lease=lease, previous=self.redis_token, seeds=seeds,
-                                                             changes=[item.pending for item in items])
+                                                             changes=pending)
                 break
             except NeedSeed as need:
                 # Counts Redis lost since the read asked (or was not asked for): as of this batch's first like
                 first: dict[str, int] = {}
-                for i, item in enumerate(items):
-                    for e in item.pending.events:
+                for i, change in enumerate(pending):
+                    for e in change.events:
                         if e.counter is not None and e.counter.post_id in need.post_ids:
                             first.setdefault(e.counter.post_id, i)
-                seeds = {**seeds, **await self.like_counts.seeds(
-                    [(item.change, item.position) for item in items], first)}
+                seeds = {**seeds, **await self.like_counts.seeds(placed, first)}
         self.metrics.batches.inc()
-        last = items[-1]
-        self.last_time, self.last_position = last.time_part, last.position
+        self.last_time, self.last_position = _at(pending[-1].at)
         self.redis_token = outcome.last
         if outcome.skipped:
             self.metrics.duplicates.inc(outcome.skipped)
         types: collections.Counter[str] = collections.Counter(map(_TYPE, itertools.chain.from_iterable(
-            [item.pending.events for item in items[outcome.skipped:]])))
+            [change.events for change in pending[outcome.skipped:]])))
         for type_, n in types.items():
             self.metrics.published.inc(n, type=type_)
-        wall = wall_seconds(last.change)
+        wall = wall_seconds(placed[-1][0])
         if wall is not None:
             self.last_wall = wall
 
