@@ -586,40 +586,41 @@ def _published_update(b: _Builder, post_id: str, prior: PostInfo | None, after: 
 
 
 def _map_reaction(op: str, sub: Subject, b: _Builder, cfg: MappingConfig, post: PostInfo | None) -> Mapped:
-    if sub.id is None:
+    kind, ident, post_id, user_id, doc = sub  # read once: a named tuple's fields are dearer to read
+    if ident is None:
         return Mapped(skipped=SKIP_BAD_ID)
-    forget = (sub.kind, sub.id) if op == "delete" else None
-    if sub.doc is None:
+    forget = (kind, ident) if op == "delete" else None
+    if doc is None:
         return Mapped(skipped=SKIP_UNROUTABLE_DELETE if op == "delete" else SKIP_BAD_DOCUMENT, index_del=forget)
-    if sub.post_id is None:
+    if post_id is None:
         return Mapped(skipped=SKIP_NO_POST, index_del=forget)
-    if sub.kind == "like" and op not in ("insert", "delete"):
+    if kind == "like" and op not in ("insert", "delete"):
         return Mapped(skipped=SKIP_BAD_DOCUMENT)  # likes are inserted and deleted, not edited
-    remember = None if op == "delete" else (sub.kind, sub.id, {"postId": sub.post_id, "userId": sub.user_id})
-    rooms, reason = _post_rooms(post, sub.post_id)
+    remember = None if op == "delete" else (kind, ident, {"postId": post_id, "userId": user_id})
+    rooms, reason = _post_rooms(post, post_id)
     author = post.author_id if post is not None else None
-    notify = author is not None and sub.user_id is not None and sub.user_id != author
-    if sub.kind == "like":
-        data = {"likes": 0, "id": sub.id, "postId": sub.post_id, "userId": sub.user_id}
+    notify = author is not None and user_id is not None and user_id != author
+    if kind == "like":
+        data = {"likes": 0, "id": ident, "postId": post_id, "userId": user_id}
         if op == "insert":
-            b.add(ev.POST_LIKED, rooms, data, Counter(sub.post_id, +1))
+            b.add(ev.POST_LIKED, rooms, data, Counter(post_id, +1))
             if notify and author and rooms:
                 b.add(ev.NOTIFICATION_NEW, [ev.user_room(author)],
-                      {"kind": "like", "postId": sub.post_id, "fromUserId": sub.user_id, "likeId": sub.id})
+                      {"kind": "like", "postId": post_id, "fromUserId": user_id, "likeId": ident})
         else:
-            b.add(ev.POST_UNLIKED, rooms, data, Counter(sub.post_id, -1))
+            b.add(ev.POST_UNLIKED, rooms, data, Counter(post_id, -1))
         return Mapped(skipped=reason, index_set=remember, index_del=forget)
-    data = {"id": sub.id, "postId": sub.post_id, "userId": sub.user_id}
+    data = {"id": ident, "postId": post_id, "userId": user_id}
     if op == "delete":
         b.add(ev.COMMENT_DELETED, rooms, data)
         return Mapped(skipped=reason, index_del=forget)
-    _add_fields(data, sub.doc, cfg.comment_fields, cfg)
+    _add_fields(data, doc, cfg.comment_fields, cfg)
     data = bound(data, cfg.max_payload, keep=("id", "postId", "userId"))
     if op == "insert":
         b.add(ev.COMMENT_ADDED, rooms, data)
         if notify and author and rooms:
             b.add(ev.NOTIFICATION_NEW, [ev.user_room(author)],
-                  {"kind": "comment", "postId": sub.post_id, "fromUserId": sub.user_id, "commentId": sub.id})
+                  {"kind": "comment", "postId": post_id, "fromUserId": user_id, "commentId": ident})
     else:
         b.add(ev.COMMENT_UPDATED, rooms, data)
     return Mapped(skipped=reason, index_set=remember)
