@@ -205,10 +205,14 @@ class Router:
         self.now.clear()
         self.subjects.clear()
 
-    async def prefetch(self, changes: list[dict[str, Any]]) -> None:
+    async def prefetch(self, changes: list[dict[str, Any]], now: dict[str, dict[str, Any] | None] | None = None
+                       ) -> None:
         """Read ahead, with one MGET, the post index entries that mapping ``changes`` may look up, and with one
-        query the posts as they are now that comment updates may need."""
-        wanted, now = [], []
+        query the posts as they are now that comment updates may need (``now``: those :meth:`posts_now` read
+        already)."""
+        if now:
+            self.now.update(now)
+        wanted, now_wanted = [], []
         cfg, subjects = self.cfg, self.subjects
         for change in changes:
             sub = mapping.subject(change, cfg)
@@ -219,11 +223,22 @@ class Router:
             if ref[0] not in self.cache and ref[0] not in self.posts:
                 wanted.append(ref[0])
             if self._as_of_now(change) and ref[0] not in self.now:
-                now.append(ref[0])
+                now_wanted.append(ref[0])
         if wanted:
             self.posts.update(await self.memory.posts(list(dict.fromkeys(wanted))))
-        if now:
-            self.now.update(await self.documents.posts_now(list(dict.fromkeys(now))))
+        if now_wanted:
+            self.now.update(await self.documents.posts_now(list(dict.fromkeys(now_wanted))))
+
+    async def posts_now(self, changes: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+        """The posts as they are now that the comment updates among ``changes`` need, with one query: to read
+        with the changes, ahead of :meth:`prefetch` (after the changes were read, so as they are now for them)."""
+        wanted = []
+        for change in changes:
+            if self._as_of_now(change):
+                sub = mapping.subject(change, self.cfg)
+                if sub is not None and sub.post_id is not None:
+                    wanted.append(sub.post_id)
+        return await self.documents.posts_now(list(dict.fromkeys(wanted))) if wanted else {}
 
     def _as_of_now(self, change: dict[str, Any]) -> bool:
         """Whether a change carries a document as it is now, whose post must be public now too (a comment's

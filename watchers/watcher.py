@@ -545,14 +545,15 @@ class Watcher:
     async def _read(self, lease: str, stream: Any) -> ResumePoint:
         # While a read is published, the next one is read (the round trip to MongoDB overlaps the ones to Redis).
         # The checkpoint then names the last change published, not the stream's token, which may be further on.
-        ahead: asyncio.Task[list[dict[str, Any]]] | None = None
+        ahead: asyncio.Task[tuple[list[dict[str, Any]], dict[str, Any]]] | None = None
         try:
             while stream.alive or ahead is not None:
                 honour_cancellation()
+                posts_now: dict[str, Any] | None = None  # posts as they are now, read with the changes
                 try:
                     if ahead is not None:
                         task, ahead = ahead, None
-                        changes = await task
+                        changes, posts_now = await task
                     else:
                         changes = await self._take(stream)
                 except OperationFailure as exc:
@@ -567,8 +568,8 @@ class Watcher:
                     continue
                 self.caught_up = False
                 if self.cfg.read_ahead and stream.alive:
-                    ahead = asyncio.create_task(self._take(stream))
-                nxt = await self._handle_read(lease, changes)
+                    ahead = asyncio.create_task(self._read_ahead(stream))
+                nxt = await self._handle_read(lease, changes, posts_now)
                 if nxt is not None:
                     return nxt
                 await self._checkpoint(changes[-1]["_id"])
@@ -579,6 +580,12 @@ class Watcher:
         token = stream.resume_token
         log.warning("the change stream was closed by the server; starting after %s", token)
         return ResumePoint(start_after=token) if token else ResumePoint()
+
+    async def _read_ahead(self, stream: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The next read, taken while the last one is published, and the posts as they are now that its comment
+        updates need (that query then waits for no other)."""
+        changes = await self._take(stream)
+        return changes, await self.router.posts_now(changes) if changes else {}
 
     async def _take(self, stream: Any) -> list[dict[str, Any]]:
         """One read: a change (waiting for one up to the await time), then as many more as the driver already
@@ -632,14 +639,17 @@ class Watcher:
         self.metrics.checkpoints.inc()
 
     # -- one read ---------------------------------------------------------------------------------------
-    async def _handle_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
+    async def _handle_read(self, lease: str, changes: list[dict[str, Any]],
+                           posts_now: dict[str, Any] | None = None) -> ResumePoint | None:
         """Publish a read's changes in order: the ordinary ones mapped and published in batches, those that end
-        or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them. The garbage
-        collector waits until the read is published (see :class:`_Collection`)."""
+        or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them. ``posts_now``: the
+        posts as they are now that its comment updates need, when they were read with it. The garbage collector waits
+        until the read is published (see :class:`_Collection`)."""
         with COLLECTION.paused():
-            return await self._publish_read(lease, changes)
+            return await self._publish_read(lease, changes, posts_now)
 
-    async def _publish_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
+    async def _publish_read(self, lease: str, changes: list[dict[str, Any]],
+                            posts_now: dict[str, Any] | None = None) -> ResumePoint | None:
         read, now = time.monotonic(), time.time()
         for change in changes:
             self.metrics.read(change, now)
@@ -649,13 +659,13 @@ class Watcher:
                 run.append(change)
                 continue
             if run:
-                await self._publish_run(lease, run, read)
+                await self._publish_run(lease, run, read, posts_now)
                 run = []
             nxt = await self._handle_stream_event(lease, change)
             if nxt is not None:
                 return nxt
         if run:
-            await self._publish_run(lease, run, read)
+            await self._publish_run(lease, run, read, posts_now)
         return None
 
     async def _handle_stream_event(self, lease: str, change: dict[str, Any]) -> ResumePoint | None:
@@ -680,10 +690,11 @@ class Watcher:
         time_part = ev.time_part(ct.time, ct.inc)
         return time_part, last_position + 1 if time_part == last_time else 0
 
-    async def _publish_run(self, lease: str, changes: list[dict[str, Any]], read: float) -> None:
+    async def _publish_run(self, lease: str, changes: list[dict[str, Any]], read: float,
+                           posts_now: dict[str, Any] | None = None) -> None:
         """Map consecutive ordinary changes (one MGET of the post index for all of them), read the like counts
         Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
-        await self.router.prefetch(changes)
+        await self.router.prefetch(changes, posts_now)
         pending: list[Pending] = []  # each change, mapped
         placed: list[tuple[dict[str, Any], int]] = []  # each change with its position among those at its time
         touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)

@@ -232,6 +232,24 @@ def test_a_change_whose_post_is_at_hand_is_mapped_without_a_round_trip_as_map_ma
     assert known is not None and rooms(known) == [(ev.COMMENT_UPDATED, ("post:p1",))]
 
 
+def test_the_posts_comment_updates_need_as_they_are_now_are_read_once_with_their_changes() -> None:
+    """The watcher reads them with the changes (ahead, while the changes before are published): the prefetch then
+    asks MongoDB nothing more."""
+    world = World(CFG, window=10**9)
+    world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "visibility": "public", "text": "s"})
+    router, memory, docs = routed(world)
+    memory.posts["p1"] = PostInfo("u1", True, at(1))
+    asyncio.run(router.map(comment_change(4), 0))  # the post's entry in the cache
+    changes = [comment_change(5), comment_change(6, "update"), comment_change(7, "update")]
+    now = asyncio.run(router.posts_now(changes))
+    assert docs.reads == [None] and now == {"p1": world.docs["posts"]["p1"]}
+    asyncio.run(router.prefetch(changes, now))
+    assert docs.reads == [None]
+    known = router.map_known(changes[1], 0, at(6))
+    assert known is not None and rooms(known) == [(ev.COMMENT_UPDATED, ("post:p1",))]
+    assert asyncio.run(routed(world, lookup_documents=False)[0].posts_now(changes)) == {}  # with post-images
+
+
 def test_a_post_unknown_to_the_index_is_read_as_of_just_before_the_change_and_remembered() -> None:
     world = World(CFG, window=10**9)
     world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "visibility": "private", "text": "s"})

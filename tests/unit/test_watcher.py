@@ -92,18 +92,24 @@ async def test_a_read_ahead_never_moves_the_checkpoint_past_what_was_published(r
     published: list[str] = []
     saved: list[tuple[str, list[str]]] = []
     overlapped: list[bool] = []
+    with_posts: list[Any] = []
 
-    async def handle_read(lease: str, changes: list[dict[str, Any]]) -> None:
+    async def handle_read(lease: str, changes: list[dict[str, Any]], posts_now: Any = None) -> None:
         await asyncio.sleep(0.001)
         overlapped.append(stream.reading)  # the next read on its way while this one is published
+        with_posts.append(posts_now)
         await asyncio.sleep(0.01)
         published.extend(c["_id"]["_data"] for c in changes)
 
     async def save(checkpoint: Any) -> None:
         saved.append((checkpoint.token["_data"], list(published)))
 
+    async def posts_now(changes: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"read with": [c["_id"]["_data"] for c in changes]}
+
     monkeypatch.setattr(watcher, "_handle_read", handle_read)
     monkeypatch.setattr(watcher.checkpoints, "save", save)
+    monkeypatch.setattr(watcher.router, "posts_now", posts_now)
     try:
         await watcher._read("lease", stream)
     finally:
@@ -115,6 +121,8 @@ async def test_a_read_ahead_never_moves_the_checkpoint_past_what_was_published(r
         assert token == done[-1], (token, done)  # the last published, never one read but not published
     assert any(overlapped) is read_ahead
     assert saved[-1][0] == "00000006"  # after the empty reads too
+    # a read taken ahead comes with the posts its comment updates need as they are now, read with it
+    assert with_posts == ([None, {"read with": ["00000003"]}, None] if read_ahead else [None, None, None])
 
 
 async def test_the_garbage_collector_waits_until_a_read_is_published(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,7 +135,7 @@ async def test_the_garbage_collector_waits_until_a_read_is_published(monkeypatch
     watcher = Watcher(cfg, mongo, Redis(port=1))
     seen: list[bool] = []
 
-    async def publish_read(lease: str, changes: list[dict[str, Any]]) -> None:
+    async def publish_read(lease: str, changes: list[dict[str, Any]], posts_now: Any = None) -> None:
         seen.append(gc.isenabled())
         await asyncio.sleep(0)
         with COLLECTION.paused():  # another read, nested
