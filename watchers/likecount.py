@@ -172,6 +172,18 @@ def deltas(cuts: Mapping[str, int], earlier: Sequence[LikeChange], owners: Mappi
     return out
 
 
+class Snapshot(NamedTuple):
+    """Like counts read from MongoDB for :meth:`LikeCounts.seeds` ahead of time (:meth:`LikeCounts.snapshot`):
+    as of just before the change at index ``start`` of a run of changes, the first at its cluster time."""
+
+    start: int
+    before: Timestamp
+    posts: frozenset[str]  # the posts counted
+    earlier: list[LikeChange]  # the like changes at that cluster time before the run's first there
+    counts: dict[str, int]  # as of ``before`` (absent: none)
+    failed: OperationFailure | NotFound | None = None  # why MongoDB could not tell (then no counts)
+
+
 class LikeCounts:
     """Reads seeds for the publish script (see the module's docstring)."""
 
@@ -204,28 +216,62 @@ class LikeCounts:
             self.on_approximate()
         return await self._now(post_id, ct)
 
-    async def seeds(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int]
-                    ) -> dict[str, Seed]:
+    def liked(self, changes: Sequence[tuple[dict[str, Any], int]]) -> dict[str, int]:
+        """The posts whose likes ``changes`` insert or delete (as the changes tell: not those of a delete
+        without a pre-image), each with the index of its first such change: the posts :meth:`seeds` may be asked
+        for, as of those changes or later ones."""
+        out: dict[str, int] = {}
+        likes = self.cfg.likes
+        for i, (change, _) in enumerate(changes):
+            op = change.get("operationType")
+            ns = change.get("ns")
+            if (op == "insert" or op == "delete") and isinstance(ns, dict) and ns.get("coll") == likes:
+                found = _like_change(change, op, self.cfg, self.subject)
+                if found is not None and found.post_id is not None and found.post_id not in out:
+                    out[found.post_id] = i
+        return out
+
+    async def snapshot(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int]
+                       ) -> Snapshot:
+        """What :meth:`seeds` reads from MongoDB for the posts in ``first`` (as for it), read ahead of it: then
+        :meth:`seeds` only carries the counts forward, for those posts or some of them, as of those changes or
+        later ones (the changes mapped meanwhile, to learn which of them count likes)."""
+        start = min(first.values())
+        ct: Timestamp = changes[start][0]["clusterTime"]
+        while start > 0 and changes[start - 1][0]["clusterTime"] == ct:
+            start -= 1  # the changes at that cluster time before the first one counted are counted too
+        head, position = changes[start]
+        before = just_before(ct)
+        try:
+            earlier = like_changes(await self._earlier(head, position), self.cfg) if position else []
+            counts = await self._counts(list(first), before)
+        except (OperationFailure, NotFound) as exc:
+            return Snapshot(start, before, frozenset(first), [], {}, exc)
+        return Snapshot(start, before, frozenset(first), earlier, counts)
+
+    async def seeds(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int],
+                    snapshot: Snapshot | None = None) -> dict[str, Seed]:
         """The like count of each post in ``first`` right before its first change: ``first[post]`` is the index
         in ``changes`` (consecutive changes of the stream, in order, each with its position among the changes
         at its cluster time) of the first one that counts the post's likes. One snapshot read for all of them
-        (two when deletes without a pre-image must be placed), as of just before the earliest."""
+        (two when deletes without a pre-image must be placed), as of just before the earliest; none when
+        ``snapshot`` (:meth:`snapshot`) counted them all as of before that."""
         if not first:
             return {}
         start = min(first.values())
         ct: Timestamp = changes[start][0]["clusterTime"]
-        before = just_before(ct)
         try:
-            while start > 0 and changes[start - 1][0]["clusterTime"] == ct:
-                start -= 1  # the changes at that cluster time before the first one counted are counted too
-            head, position = changes[start]
-            earlier = like_changes(await self._earlier(head, position), self.cfg) if position else []
+            if snapshot is None or snapshot.start > start or not snapshot.posts.issuperset(first):
+                snapshot = await self.snapshot(changes, first)
+            if snapshot.failed is not None:
+                raise snapshot.failed
+            start, before, earlier = snapshot.start, snapshot.before, list(snapshot.earlier)
             later, places = likes_of(changes, start, max(first.values()), first, self.cfg, self.subject)
             # a post's count is carried through the like changes before its first change
             cuts = {post_id: len(earlier) + bisect_left(places, i) for post_id, i in first.items()}
             earlier += later
             owners = await self._owners(unplaced(earlier), before)
-            counts = await self._counts(list(first), before)
+            counts = snapshot.counts
             carried = deltas(cuts, earlier, owners)
         except (OperationFailure, NotFound) as exc:
             log.warning("cannot read the like counts of %d posts as of %s (%s); reading the current counts",

@@ -45,7 +45,7 @@ from watchers.checkpoint import Checkpoint, MongoCheckpoints
 from watchers.config import WatcherConfig
 from watchers.keys import Keys
 from watchers.lease import RedisLease
-from watchers.likecount import LikeCounts
+from watchers.likecount import LikeCounts, Snapshot
 from watchers.outage import BACKOFF_BASE, BACKOFF_CAP, DEPENDENCIES, MONGODB, REDIS, Outages
 from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Pending, Publisher, Seed
 from watchers.routing import MongoDocuments, RedisMemory, Router
@@ -83,6 +83,7 @@ class LeaseLost(Exception):
 
 STREAM_EVENTS = ("invalidate", "drop", "rename", "dropDatabase")  # changes that end or reset the stream
 _TYPE = operator.attrgetter("type")
+YIELD_EVERY = 200  # changes mapped between two turns of the event loop (about 5 ms of CPU)
 
 
 def honour_cancellation() -> None:
@@ -695,26 +696,37 @@ class Watcher:
         """Map consecutive ordinary changes (one MGET of the post index for all of them), read the like counts
         Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
         await self.router.prefetch(changes, posts_now)
-        pending: list[Pending] = []  # each change, mapped
         placed: list[tuple[dict[str, Any], int]] = []  # each change with its position among those at its time
-        touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
+        times: list[int] = []  # and its time part
         last_time, last_position = self.last_time, self.last_position
         for change in changes:
             last_time, last_position = self._place(change, last_time, last_position)
-            ns = change.get("ns")
-            kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
-            touched[kind] = touched.get(kind, 0) + 1
-            mapped = self._map_known(change, last_position, last_time)
-            if mapped is None:
-                mapped = await self._map(change, last_position)
-            pending.append(Pending(change["_id"], f"{last_time}:{last_position}", mapped.events,
-                                   () if mapped.index_set is None else (mapped.index_set,),
-                                   () if mapped.index_del is None else (mapped.index_del,),
-                                   () if mapped.post_info is None else self.router.writes(mapped)))
             placed.append((change, last_position))
-        for (coll, op), n in touched.items():
-            self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
-        seeds = await self._seeds(pending, placed)
+            times.append(last_time)
+        # What the like counts need from Redis and MongoDB, read while the changes are mapped: the mapping lets it
+        # (and the other tasks) on every YIELD_EVERY changes, so that its round trips go on meanwhile.
+        counting = asyncio.create_task(self._like_counts_ahead(placed))
+        try:
+            pending: list[Pending] = []  # each change, mapped
+            touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
+            for i, ((change, position), at) in enumerate(zip(placed, times, strict=True)):
+                if i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                ns = change.get("ns")
+                kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
+                touched[kind] = touched.get(kind, 0) + 1
+                mapped = self._map_known(change, position, at)
+                if mapped is None:
+                    mapped = await self._map(change, position)
+                pending.append(Pending(change["_id"], f"{at}:{position}", mapped.events,
+                                       () if mapped.index_set is None else (mapped.index_set,),
+                                       () if mapped.index_del is None else (mapped.index_del,),
+                                       () if mapped.post_info is None else self.router.writes(mapped)))
+            for (coll, op), n in touched.items():
+                self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
+            seeds = await self._seeds(pending, placed, counting)
+        finally:
+            await cancel_all([counting])
         size = self.cfg.publish_batch
         for start in range(0, len(pending), size):
             end = start + size
@@ -755,10 +767,25 @@ class Watcher:
                          (change.get("ns") or {}).get("coll"), mapped.skipped)
         return mapped
 
-    async def _seeds(self, pending: list[Pending], placed: list[tuple[dict[str, Any], int]]
+    async def _like_counts_ahead(self, placed: list[tuple[dict[str, Any], int]]
+                                 ) -> tuple[frozenset[str], set[str], Snapshot | None]:
+        """What the like counts of a run's changes need, read before they are mapped (:meth:`_seeds` takes it
+        after): the posts whose likes the changes insert or delete, those whose count Redis holds, and the
+        counts of the others from MongoDB, as of before the first of those changes (None when there are none)."""
+        liked = self.like_counts.liked(placed)
+        if not liked:
+            return frozenset(), set(), None
+        held = await self.publisher.counted(list(liked))
+        missing = {post: i for post, i in liked.items() if post not in held}
+        return frozenset(liked), held, await self.like_counts.snapshot(placed, missing) if missing else None
+
+    async def _seeds(self, pending: list[Pending], placed: list[tuple[dict[str, Any], int]],
+                     ahead: asyncio.Task[tuple[frozenset[str], set[str], Snapshot | None]]
                      ) -> dict[str, tuple[int, Seed]]:
         """The like counts Redis does not hold of the posts whose likes the changes (``pending``, mapped, and
-        ``placed``) count, each as of the first change that counts them, and that change's index."""
+        ``placed``) count, each as of the first change that counts them, and that change's index; with what
+        ``ahead`` (:meth:`_like_counts_ahead`) read meanwhile."""
+        liked, held, snapshot = await ahead
         first: dict[str, int] = {}
         for i, change in enumerate(pending):
             for e in change.events:
@@ -766,9 +793,11 @@ class Watcher:
                     first[e.counter.post_id] = i
         if not first:
             return {}
-        held = await self.publisher.counted(list(first))
+        unknown = [post for post in first if post not in liked]  # a delete's, its post known from the index
+        if unknown:
+            held = held | await self.publisher.counted(unknown)
         need = {post: i for post, i in first.items() if post not in held}
-        seeds = await self.like_counts.seeds(placed, need)
+        seeds = await self.like_counts.seeds(placed, need, snapshot)
         return {post: (need[post], seed) for post, seed in seeds.items()}
 
     async def _publish_batch(self, lease: str, pending: list[Pending], placed: list[tuple[dict[str, Any], int]],

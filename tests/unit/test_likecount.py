@@ -3,14 +3,15 @@ count) and watchers.publish's points (where in the stream a count holds)."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, cast
 
 from bson import ObjectId, Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
 from watchers.config import MappingConfig
-from watchers.likecount import LikeChange, delta, deltas, like_changes, likes_of, unplaced
+from watchers.likecount import LikeChange, LikeCounts, delta, deltas, like_changes, likes_of, unplaced
 from watchers.publish import ALL_CHANGES, change_point, point
 
 CFG = MappingConfig()
@@ -132,3 +133,72 @@ def test_points_order_changes_within_one_cluster_time() -> None:
     assert len(point(2**64 - 1, ALL_CHANGES)) == len(point(0, 0)) == 30
     legacy = f"{t:020d}"  # a count read by an earlier release: it holds every change at its time
     assert legacy + "9999999999" == point(t, ALL_CHANGES)
+
+
+class World(LikeCounts):
+    """LikeCounts on a model of MongoDB: likes that existed before the changes, and the changes (likes inserted
+    and deleted, each at a cluster time of its own) applied in order; its snapshot reads count them as of a
+    time. Counts every read."""
+
+    def __init__(self, existing: dict[str, str], changes: list[dict[str, Any]]) -> None:
+        super().__init__(cast(Any, None), cast(Any, None), CFG, [])
+        self.existing, self.changes, self.reads = existing, changes, 0
+
+    def as_of(self, at: Timestamp) -> dict[str, str]:
+        likes = dict(self.existing)
+        for c in self.changes:
+            if c["clusterTime"] <= at:
+                key = c["documentKey"]["_id"]
+                if c["operationType"] == "insert":
+                    likes[key] = c["fullDocument"]["postId"]
+                else:
+                    likes.pop(key, None)
+        return likes
+
+    async def _counts(self, post_ids: list[str], at: Timestamp) -> dict[str, int]:
+        self.reads += 1
+        likes = list(self.as_of(at).values())
+        return {p: likes.count(p) for p in post_ids if p in likes}
+
+    async def _owners(self, deletes: list[LikeChange], at: Timestamp) -> dict[str, str | None]:
+        self.reads += 1
+        likes = self.as_of(at)
+        return {c.key: likes.get(c.raw_key) for c in deletes}
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["p1", "p2", "p3"]), st.booleans()), min_size=1, max_size=25),
+       st.data())
+def test_seeds_carried_from_a_snapshot_read_ahead_are_the_seeds_read_then(
+        ops: list[tuple[bool, str, bool]], data: st.DataObject) -> None:
+    """The watcher reads the counts of every post a run's likes name, as of before the first of those likes, while
+    it maps the run: the seeds it then carries forward to each post's first counted like are those a read as of
+    that like gives, with no other read (deletes with and without pre-images)."""
+    existing = {f"old{i}": f"p{1 + i % 3}" for i in range(6)}
+    likes, changes = dict(existing), []
+    for n, (insert, post, image) in enumerate(ops):
+        if insert or not likes:
+            key = f"new{n}"
+            likes[key] = post
+            change = like("insert", key, post)
+        else:
+            key = sorted(likes)[n % len(likes)]
+            change = like("delete", key, likes.pop(key), image=image)
+        change["clusterTime"] = Timestamp(5 + n, 1)
+        changes.append(change)
+    placed = [(c, 0) for c in changes]
+    world = World(existing, changes)
+    named = world.liked(placed)
+    first = data.draw(st.dictionaries(st.sampled_from(sorted(named)), st.integers(0, len(changes) - 1))) \
+        if named else {}
+    first = {post: max(i, named[post]) for post, i in first.items()}  # counted at or after its first like
+    if not first:
+        return
+    told = [(c.get("fullDocument") or c.get("fullDocumentBeforeChange") or {}).get("postId") for c in changes]
+    assert named == {post: told.index(post) for post in set(told) if post is not None}
+    alone = asyncio.run(world.seeds(placed, first))
+    reads = world.reads
+    snapshot = asyncio.run(world.snapshot(placed, named))
+    assert asyncio.run(world.seeds(placed, first, snapshot)) == alone
+    assert world.reads - reads <= reads  # the snapshot's read, and the owners' when deletes lack their post
+    truth = {post: list(world.as_of(Timestamp(5 + i, 0)).values()).count(post) for post, i in first.items()}
+    assert {post: seed.count for post, seed in alone.items()} == truth

@@ -13,7 +13,10 @@ from bson import Timestamp
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from realtime.events import Counter, Event
 from watchers.config import MappingConfig, WatcherConfig
+from watchers.likecount import Snapshot
+from watchers.mapping import Mapped
 from watchers.watcher import COLLECTION, Watcher, WatcherMetrics, wall_seconds
 
 
@@ -160,3 +163,52 @@ async def test_the_garbage_collector_waits_until_a_read_is_published(monkeypatch
         (gc.enable if was else gc.disable)()
         await mongo.close()
         await watcher.redis.aclose()
+
+
+async def test_the_like_counts_a_run_lacks_are_read_while_it_is_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot read of the counts Redis lacks goes to MongoDB as the run's mapping begins, not once it is
+    over: its round trip overlaps the mapping (which lets the event loop turn every YIELD_EVERY changes)."""
+    cfg = WatcherConfig(redis_url="redis://127.0.0.1:1/0", mongodb_uri="mongodb://127.0.0.1:1", database="app",
+                        mapping=MappingConfig(), prefix="t")
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient("mongodb://127.0.0.1:1", connect=False)
+    watcher = Watcher(cfg, mongo, Redis(port=1))
+    done: list[str] = []
+    changes = [{"_id": {"_data": f"{n:08d}"}, "operationType": "insert", "clusterTime": Timestamp(1_700_000_000, n),
+                "ns": {"db": "app", "coll": "likes"}, "documentKey": {"_id": f"l{n}"},
+                "fullDocument": {"_id": f"l{n}", "postId": f"p{n % 7}", "userId": "u1"}} for n in range(1, 1001)]
+
+    async def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    def map_known(change: dict[str, Any], position: int, at: int) -> Mapped:
+        done.append("mapped")
+        post = change["fullDocument"]["postId"]
+        return Mapped([Event(f"{at}-0", "post:liked", (f"post:{post}",), {"likes": 0}, 0, Counter(post, 1))])
+
+    async def counted(posts: list[str]) -> set[str]:
+        return set()
+
+    async def snapshot(placed: Any, first: dict[str, int]) -> Snapshot:
+        done.append("counts asked")
+        await asyncio.sleep(0.001)
+        done.append("counts read")
+        return Snapshot(0, Timestamp(1_700_000_000, 0), frozenset(first), [], {})
+
+    async def seeds(placed: Any, first: dict[str, int], ahead: Snapshot | None = None) -> dict[str, Any]:
+        assert ahead is not None and ahead.posts == {f"p{n}" for n in range(7)}
+        done.append("seeded")
+        return {}
+
+    monkeypatch.setattr(watcher.router, "prefetch", nothing)
+    monkeypatch.setattr(watcher.router, "map_known", map_known)
+    monkeypatch.setattr(watcher.publisher, "counted", counted)
+    monkeypatch.setattr(watcher.like_counts, "snapshot", snapshot)
+    monkeypatch.setattr(watcher.like_counts, "seeds", seeds)
+    monkeypatch.setattr(watcher, "_publish_batch", nothing)
+    try:
+        await watcher._publish_run("lease", changes, 0.0)
+    finally:
+        await mongo.close()
+        await watcher.redis.aclose()
+    assert done.count("mapped") == 1000 and done[-1] == "seeded"
+    assert done.index("counts asked") < done.index("mapped")  # on its way before the first change is mapped
