@@ -693,46 +693,62 @@ class Watcher:
 
     async def _publish_run(self, lease: str, changes: list[dict[str, Any]], read: float,
                            posts_now: dict[str, Any] | None = None) -> None:
-        """Map consecutive ordinary changes (one MGET of the post index for all of them), read the like counts
-        Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
+        """Map consecutive ordinary changes (one MGET of the post index for all of them) and publish them,
+        ``publish_batch`` per script call: each batch goes to Redis once it is mapped, and the next one is
+        mapped while Redis runs the script. The like counts Redis lacks are read (one snapshot read for all of
+        them) while the first batch is mapped."""
         await self.router.prefetch(changes, posts_now)
         placed: list[tuple[dict[str, Any], int]] = []  # each change with its position among those at its time
         times: list[int] = []  # and its time part
+        touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
         last_time, last_position = self.last_time, self.last_position
         for change in changes:
             last_time, last_position = self._place(change, last_time, last_position)
             placed.append((change, last_position))
             times.append(last_time)
-        # What the like counts need from Redis and MongoDB, read while the changes are mapped: the mapping lets it
-        # (and the other tasks) on every YIELD_EVERY changes, so that its round trips go on meanwhile.
+            ns = change.get("ns")
+            kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
+            touched[kind] = touched.get(kind, 0) + 1
+        for (coll, op), n in touched.items():
+            self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
+        # The mapping lets the event loop turn every YIELD_EVERY changes, so that the round trips of the tasks
+        # meanwhile (the like counts' reads, a batch's script, the next read) go on.
         counting = asyncio.create_task(self._like_counts_ahead(placed))
+        publishing: asyncio.Task[None] | None = None
         try:
             pending: list[Pending] = []  # each change, mapped
-            touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
-            for i, ((change, position), at) in enumerate(zip(placed, times, strict=True)):
-                if i % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-                ns = change.get("ns")
-                kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
-                touched[kind] = touched.get(kind, 0) + 1
-                mapped = self._map_known(change, position, at)
-                if mapped is None:
-                    mapped = await self._map(change, position)
-                pending.append(Pending(change["_id"], f"{at}:{position}", mapped.events,
-                                       () if mapped.index_set is None else (mapped.index_set,),
-                                       () if mapped.index_del is None else (mapped.index_del,),
-                                       () if mapped.post_info is None else self.router.writes(mapped)))
-            for (coll, op), n in touched.items():
-                self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
-            seeds = await self._seeds(pending, placed, counting)
+            counted: set[str] = set()  # the posts whose likes the changes mapped so far count
+            size = self.cfg.publish_batch
+            for start in range(0, len(placed), size):
+                end = min(start + size, len(placed))
+                first: dict[str, int] = {}  # the posts whose likes this batch counts first, and where
+                for i in range(start, end):
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    change, position = placed[i]
+                    at = times[i]
+                    mapped = self._map_known(change, position, at)
+                    if mapped is None:
+                        mapped = await self._map(change, position)
+                    pending.append(Pending(change["_id"], f"{at}:{position}", mapped.events,
+                                           () if mapped.index_set is None else (mapped.index_set,),
+                                           () if mapped.index_del is None else (mapped.index_del,),
+                                           () if mapped.post_info is None else self.router.writes(mapped)))
+                    for e in mapped.events:
+                        if e.counter is not None and e.counter.post_id not in counted:
+                            counted.add(e.counter.post_id)
+                            first[e.counter.post_id] = i
+                seeds = await self._seeds(first, placed, counting) if first else {}
+                if publishing is not None:
+                    task, publishing = publishing, None
+                    await task  # the batch before is published before this one goes
+                publishing = asyncio.create_task(
+                    self._publish_batch(lease, pending[start:end], placed[start:end], seeds, read))
+            if publishing is not None:
+                task, publishing = publishing, None
+                await task
         finally:
-            await cancel_all([counting])
-        size = self.cfg.publish_batch
-        for start in range(0, len(pending), size):
-            end = start + size
-            await self._publish_batch(lease, pending[start:end], placed[start:end],
-                                      {post: seed for post, (i, seed) in seeds.items() if start <= i < end})
-            self.metrics.to_redis.observe(time.monotonic() - read, min(size, len(pending) - start))
+            await cancel_all([task for task in (counting, publishing) if task is not None])
         self.router.settle()
 
     def _map_known(self, change: dict[str, Any], position: int, at: int) -> mapping.Mapped | None:
@@ -779,30 +795,21 @@ class Watcher:
         missing = {post: i for post, i in liked.items() if post not in held}
         return frozenset(liked), held, await self.like_counts.snapshot(placed, missing) if missing else None
 
-    async def _seeds(self, pending: list[Pending], placed: list[tuple[dict[str, Any], int]],
-                     ahead: asyncio.Task[tuple[frozenset[str], set[str], Snapshot | None]]
-                     ) -> dict[str, tuple[int, Seed]]:
-        """The like counts Redis does not hold of the posts whose likes the changes (``pending``, mapped, and
-        ``placed``) count, each as of the first change that counts them, and that change's index; with what
-        ``ahead`` (:meth:`_like_counts_ahead`) read meanwhile."""
+    async def _seeds(self, first: dict[str, int], placed: list[tuple[dict[str, Any], int]],
+                     ahead: asyncio.Task[tuple[frozenset[str], set[str], Snapshot | None]]) -> dict[str, Seed]:
+        """The like counts Redis does not hold of the posts in ``first``, each as of the change of ``placed`` that
+        counts its likes first (its index in ``first``), with what ``ahead`` (:meth:`_like_counts_ahead`) read."""
         liked, held, snapshot = await ahead
-        first: dict[str, int] = {}
-        for i, change in enumerate(pending):
-            for e in change.events:
-                if e.counter is not None and e.counter.post_id not in first:
-                    first[e.counter.post_id] = i
-        if not first:
-            return {}
         unknown = [post for post in first if post not in liked]  # a delete's, its post known from the index
         if unknown:
             held = held | await self.publisher.counted(unknown)
         need = {post: i for post, i in first.items() if post not in held}
-        seeds = await self.like_counts.seeds(placed, need, snapshot)
-        return {post: (need[post], seed) for post, seed in seeds.items()}
+        return await self.like_counts.seeds(placed, need, snapshot) if need else {}
 
     async def _publish_batch(self, lease: str, pending: list[Pending], placed: list[tuple[dict[str, Any], int]],
-                             seeds: dict[str, Seed]) -> None:
-        """Publish consecutive changes (``pending``, mapped, and ``placed``) with one script call."""
+                             seeds: dict[str, Seed], read: float | None = None) -> None:
+        """Publish consecutive changes (``pending``, mapped, and ``placed``) with one script call; ``read``: when
+        they were read (``time.monotonic()``), for the stage they took."""
         while True:
             try:
                 outcome = await self.publisher.publish_batch(lease=lease, previous=self.redis_token, seeds=seeds,
@@ -825,6 +832,8 @@ class Watcher:
             [change.events for change in pending[outcome.skipped:]])))
         for type_, n in types.items():
             self.metrics.published.inc(n, type=type_)
+        if read is not None:
+            self.metrics.to_redis.observe(time.monotonic() - read, len(pending))
         wall = wall_seconds(placed[-1][0])
         if wall is not None:
             self.last_wall = wall

@@ -165,19 +165,23 @@ async def test_the_garbage_collector_waits_until_a_read_is_published(monkeypatch
         await watcher.redis.aclose()
 
 
-async def test_the_like_counts_a_run_lacks_are_read_while_it_is_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The snapshot read of the counts Redis lacks goes to MongoDB as the run's mapping begins, not once it is
-    over: its round trip overlaps the mapping (which lets the event loop turn every YIELD_EVERY changes)."""
+async def test_a_run_is_published_batch_after_batch_while_the_next_is_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round trips of a run overlap its mapping (which lets the event loop turn every YIELD_EVERY changes):
+    the snapshot read of the like counts Redis lacks goes to MongoDB before the first change is mapped, and
+    each batch's script runs while the next batch is mapped; the batches still go one at a time, in order, each
+    with the seeds of the posts it counts first."""
     cfg = WatcherConfig(redis_url="redis://127.0.0.1:1/0", mongodb_uri="mongodb://127.0.0.1:1", database="app",
-                        mapping=MappingConfig(), prefix="t")
+                        mapping=MappingConfig(), prefix="t", publish_batch=400)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient("mongodb://127.0.0.1:1", connect=False)
     watcher = Watcher(cfg, mongo, Redis(port=1))
     done: list[str] = []
+    published: list[list[str]] = []
     changes = [{"_id": {"_data": f"{n:08d}"}, "operationType": "insert", "clusterTime": Timestamp(1_700_000_000, n),
                 "ns": {"db": "app", "coll": "likes"}, "documentKey": {"_id": f"l{n}"},
-                "fullDocument": {"_id": f"l{n}", "postId": f"p{n % 7}", "userId": "u1"}} for n in range(1, 1001)]
+                "fullDocument": {"_id": f"l{n}", "postId": f"p{n % 7 if n < 900 else 7}", "userId": "u1"}}
+               for n in range(1, 1001)]
 
-    async def nothing(*args: Any, **kwargs: Any) -> None:
+    async def prefetch(*args: Any) -> None:
         return None
 
     def map_known(change: dict[str, Any], position: int, at: int) -> Mapped:
@@ -186,29 +190,40 @@ async def test_the_like_counts_a_run_lacks_are_read_while_it_is_mapped(monkeypat
         return Mapped([Event(f"{at}-0", "post:liked", (f"post:{post}",), {"likes": 0}, 0, Counter(post, 1))])
 
     async def counted(posts: list[str]) -> set[str]:
-        return set()
+        return {"p0"}
 
     async def snapshot(placed: Any, first: dict[str, int]) -> Snapshot:
         done.append("counts asked")
         await asyncio.sleep(0.001)
-        done.append("counts read")
         return Snapshot(0, Timestamp(1_700_000_000, 0), frozenset(first), [], {})
 
     async def seeds(placed: Any, first: dict[str, int], ahead: Snapshot | None = None) -> dict[str, Any]:
-        assert ahead is not None and ahead.posts == {f"p{n}" for n in range(7)}
-        done.append("seeded")
-        return {}
+        assert ahead is not None and ahead.posts == {f"p{n}" for n in range(1, 8)}
+        return {post: f"seed of {post} at {i}" for post, i in first.items()}
 
-    monkeypatch.setattr(watcher.router, "prefetch", nothing)
+    async def publish_batch(lease: str, pending: list[Any], placed: list[Any], seeds: dict[str, Any],
+                            read: float | None = None) -> None:
+        done.append("publishing")
+        await asyncio.sleep(0.005)
+        published.append([f"{len(pending)} changes", *sorted(seeds.values())])
+        done.append("published")
+
+    monkeypatch.setattr(watcher.router, "prefetch", prefetch)
     monkeypatch.setattr(watcher.router, "map_known", map_known)
     monkeypatch.setattr(watcher.publisher, "counted", counted)
     monkeypatch.setattr(watcher.like_counts, "snapshot", snapshot)
     monkeypatch.setattr(watcher.like_counts, "seeds", seeds)
-    monkeypatch.setattr(watcher, "_publish_batch", nothing)
+    monkeypatch.setattr(watcher, "_publish_batch", publish_batch)
     try:
         await watcher._publish_run("lease", changes, 0.0)
     finally:
         await mongo.close()
         await watcher.redis.aclose()
-    assert done.count("mapped") == 1000 and done[-1] == "seeded"
+    assert done.count("mapped") == 1000
     assert done.index("counts asked") < done.index("mapped")  # on its way before the first change is mapped
+    # one batch at a time, each while the next one is mapped (but the last)
+    assert [d for d in done if d != "mapped" and d != "counts asked"] == ["publishing", "published"] * 3
+    batches = [i for i, d in enumerate(done) if d == "publishing"]
+    assert done[batches[0]:].count("mapped") > 400 and done[batches[1]:].count("mapped") > 0
+    assert published == [["400 changes", *sorted(f"seed of p{n} at {n - 1}" for n in range(1, 7))],
+                         ["400 changes"], ["200 changes", "seed of p7 at 899"]]
