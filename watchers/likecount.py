@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bson import Timestamp
@@ -116,6 +117,21 @@ def likes_of(changes: Sequence[tuple[dict[str, Any], int]], start: int, end: int
     return out, at
 
 
+def _of_posts(likes: list[LikeChange], at: list[int], end: int, posts: Container[str]
+              ) -> tuple[list[LikeChange], list[int]]:
+    """``likes_of(changes, start, end, posts)``, taken from ``likes_of(changes, start, len(changes), None)``."""
+    stop = bisect_left(at, end)
+    out: list[LikeChange] = []
+    kept: list[int] = []
+    for found, i in zip(likes[:stop], at[:stop], strict=True):
+        if found.post_id in posts:
+            out.append(found)
+            kept.append(i)
+        elif found.post_id is None and not found.insert:
+            return likes[:stop], at[:stop]
+    return out, kept
+
+
 def unplaced(earlier: Sequence[LikeChange]) -> list[LikeChange]:
     """The deletes among ``earlier`` whose like's post neither the delete nor an earlier insert tells."""
     inserted: set[str] = set()
@@ -172,7 +188,8 @@ def deltas(cuts: Mapping[str, int], earlier: Sequence[LikeChange], owners: Mappi
     return out
 
 
-class Snapshot(NamedTuple):
+@dataclass(slots=True)
+class Snapshot:
     """Like counts read from MongoDB for :meth:`LikeCounts.seeds` ahead of time (:meth:`LikeCounts.snapshot`):
     as of just before the change at index ``start`` of a run of changes, the first at its cluster time."""
 
@@ -182,6 +199,9 @@ class Snapshot(NamedTuple):
     earlier: list[LikeChange]  # the like changes at that cluster time before the run's first there
     counts: dict[str, int]  # as of ``before`` (absent: none)
     failed: OperationFailure | NotFound | None = None  # why MongoDB could not tell (then no counts)
+    # every like change of the run from ``start`` on, and the index of each one's change: worked out by the first
+    # seeds() that carries counts from the snapshot, for the others (one for each batch of the run)
+    likes: tuple[list[LikeChange], list[int]] | None = None
 
 
 class LikeCounts:
@@ -266,7 +286,9 @@ class LikeCounts:
             if snapshot.failed is not None:
                 raise snapshot.failed
             start, before, earlier = snapshot.start, snapshot.before, list(snapshot.earlier)
-            later, places = likes_of(changes, start, max(first.values()), first, self.cfg, self.subject)
+            if snapshot.likes is None:
+                snapshot.likes = likes_of(changes, start, len(changes), None, self.cfg, self.subject)
+            later, places = _of_posts(*snapshot.likes, max(first.values()), first)
             # a post's count is carried through the like changes before its first change
             cuts = {post_id: len(earlier) + bisect_left(places, i) for post_id, i in first.items()}
             earlier += later

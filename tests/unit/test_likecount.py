@@ -199,6 +199,8 @@ def test_seeds_carried_from_a_snapshot_read_ahead_are_the_seeds_read_then(
     reads = world.reads
     snapshot = asyncio.run(world.snapshot(placed, named))
     assert asyncio.run(world.seeds(placed, first, snapshot)) == alone
-    assert world.reads - reads <= reads  # the snapshot's read, and the owners' when deletes lack their post
+    for post, i in first.items():  # one batch after the other, each with its own posts, from the same snapshot
+        assert asyncio.run(world.seeds(placed, {post: i}, snapshot)) == {post: alone[post]}
+    assert world.reads - reads <= reads * (1 + len(first))  # the snapshot's, and the owners' when deletes lack a post
     truth = {post: list(world.as_of(Timestamp(5 + i, 0)).values()).count(post) for post, i in first.items()}
     assert {post: seed.count for post, seed in alone.items()} == truth
