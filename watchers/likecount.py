@@ -132,6 +132,17 @@ def _of_posts(likes: list[LikeChange], at: list[int], end: int, posts: Container
     return out, kept
 
 
+def liked(likes: list[LikeChange], at: list[int]) -> dict[str, int]:
+    """The posts whose likes the like changes ``likes`` insert or delete (as the changes tell: not those of a
+    delete without a pre-image), each with the index of its first such change (``at``: each one's index): the
+    posts :meth:`LikeCounts.seeds` may be asked for, as of those changes or later ones."""
+    out: dict[str, int] = {}
+    for found, i in zip(likes, at, strict=True):
+        if found.post_id is not None and found.post_id not in out:
+            out[found.post_id] = i
+    return out
+
+
 def unplaced(earlier: Sequence[LikeChange]) -> list[LikeChange]:
     """The deletes among ``earlier`` whose like's post neither the delete nor an earlier insert tells."""
     inserted: set[str] = set()
@@ -236,26 +247,17 @@ class LikeCounts:
             self.on_approximate()
         return await self._now(post_id, ct)
 
-    def liked(self, changes: Sequence[tuple[dict[str, Any], int]]) -> dict[str, int]:
-        """The posts whose likes ``changes`` insert or delete (as the changes tell: not those of a delete
-        without a pre-image), each with the index of its first such change: the posts :meth:`seeds` may be asked
-        for, as of those changes or later ones."""
-        out: dict[str, int] = {}
-        likes = self.cfg.likes
-        for i, (change, _) in enumerate(changes):
-            op = change.get("operationType")
-            ns = change.get("ns")
-            if (op == "insert" or op == "delete") and isinstance(ns, dict) and ns.get("coll") == likes:
-                found = _like_change(change, op, self.cfg, self.subject)
-                if found is not None and found.post_id is not None and found.post_id not in out:
-                    out[found.post_id] = i
-        return out
+    def likes(self, changes: Sequence[tuple[dict[str, Any], int]]) -> tuple[list[LikeChange], list[int]]:
+        """The like changes among ``changes`` and the index of each one's change (for :func:`liked` and
+        :meth:`snapshot`)."""
+        return likes_of(changes, 0, len(changes), None, self.cfg, self.subject)
 
-    async def snapshot(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int]
-                       ) -> Snapshot:
+    async def snapshot(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int],
+                       likes: tuple[list[LikeChange], list[int]] | None = None) -> Snapshot:
         """What :meth:`seeds` reads from MongoDB for the posts in ``first`` (as for it), read ahead of it: then
         :meth:`seeds` only carries the counts forward, for those posts or some of them, as of those changes or
-        later ones (the changes mapped meanwhile, to learn which of them count likes)."""
+        later ones (the changes mapped meanwhile, to learn which of them count likes). ``likes``: those of
+        ``changes`` (:meth:`likes`), when the caller has them."""
         start = min(first.values())
         ct: Timestamp = changes[start][0]["clusterTime"]
         while start > 0 and changes[start - 1][0]["clusterTime"] == ct:
@@ -267,7 +269,11 @@ class LikeCounts:
             counts = await self._counts(list(first), before)
         except (OperationFailure, NotFound) as exc:
             return Snapshot(start, before, frozenset(first), [], {}, exc)
-        return Snapshot(start, before, frozenset(first), earlier, counts)
+        snapshot = Snapshot(start, before, frozenset(first), earlier, counts)
+        if likes is not None:
+            cut = bisect_left(likes[1], start)
+            snapshot.likes = (likes[0][cut:], likes[1][cut:])
+        return snapshot
 
     async def seeds(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int],
                     snapshot: Snapshot | None = None) -> dict[str, Seed]:

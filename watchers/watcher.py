@@ -45,7 +45,7 @@ from watchers.checkpoint import Checkpoint, MongoCheckpoints
 from watchers.config import WatcherConfig
 from watchers.keys import Keys
 from watchers.lease import RedisLease
-from watchers.likecount import LikeCounts, Snapshot
+from watchers.likecount import LikeCounts, Snapshot, liked
 from watchers.outage import BACKOFF_BASE, BACKOFF_CAP, DEPENDENCIES, MONGODB, REDIS, Outages
 from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Pending, Publisher, Seed
 from watchers.routing import MongoDocuments, RedisMemory, Router
@@ -788,12 +788,13 @@ class Watcher:
         """What the like counts of a run's changes need, read before they are mapped (:meth:`_seeds` takes it
         after): the posts whose likes the changes insert or delete, those whose count Redis holds, and the
         counts of the others from MongoDB, as of before the first of those changes (None when there are none)."""
-        liked = self.like_counts.liked(placed)
-        if not liked:
+        likes = self.like_counts.likes(placed)
+        first = liked(*likes)
+        if not first:
             return frozenset(), set(), None
-        held = await self.publisher.counted(list(liked))
-        missing = {post: i for post, i in liked.items() if post not in held}
-        return frozenset(liked), held, await self.like_counts.snapshot(placed, missing) if missing else None
+        held = await self.publisher.counted(list(first))
+        missing = {post: i for post, i in first.items() if post not in held}
+        return frozenset(first), held, await self.like_counts.snapshot(placed, missing, likes) if missing else None
 
     async def _seeds(self, first: dict[str, int], placed: list[tuple[dict[str, Any], int]],
                      ahead: asyncio.Task[tuple[frozenset[str], set[str], Snapshot | None]]) -> dict[str, Seed]:

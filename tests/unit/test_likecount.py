@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watchers.config import MappingConfig
-from watchers.likecount import LikeChange, LikeCounts, delta, deltas, like_changes, likes_of, unplaced
+from watchers.likecount import LikeChange, LikeCounts, delta, deltas, like_changes, liked, likes_of, unplaced
 from watchers.publish import ALL_CHANGES, change_point, point
 
 CFG = MappingConfig()
@@ -187,7 +187,8 @@ def test_seeds_carried_from_a_snapshot_read_ahead_are_the_seeds_read_then(
         changes.append(change)
     placed = [(c, 0) for c in changes]
     world = World(existing, changes)
-    named = world.liked(placed)
+    likes = world.likes(placed)
+    named = liked(*likes)
     first = data.draw(st.dictionaries(st.sampled_from(sorted(named)), st.integers(0, len(changes) - 1))) \
         if named else {}
     first = {post: max(i, named[post]) for post, i in first.items()}  # counted at or after its first like
@@ -197,7 +198,7 @@ def test_seeds_carried_from_a_snapshot_read_ahead_are_the_seeds_read_then(
     assert named == {post: told.index(post) for post in set(told) if post is not None}
     alone = asyncio.run(world.seeds(placed, first))
     reads = world.reads
-    snapshot = asyncio.run(world.snapshot(placed, named))
+    snapshot = asyncio.run(world.snapshot(placed, named, likes))
     assert asyncio.run(world.seeds(placed, first, snapshot)) == alone
     for post, i in first.items():  # one batch after the other, each with its own posts, from the same snapshot
         assert asyncio.run(world.seeds(placed, {post: i}, snapshot)) == {post: alone[post]}

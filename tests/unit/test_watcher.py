@@ -192,7 +192,7 @@ async def test_a_run_is_published_batch_after_batch_while_the_next_is_mapped(mon
     async def counted(posts: list[str]) -> set[str]:
         return {"p0"}
 
-    async def snapshot(placed: Any, first: dict[str, int]) -> Snapshot:
+    async def snapshot(placed: Any, first: dict[str, int], likes: Any = None) -> Snapshot:
         done.append("counts asked")
         await asyncio.sleep(0.001)
         return Snapshot(0, Timestamp(1_700_000_000, 0), frozenset(first), [], {})
