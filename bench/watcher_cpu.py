@@ -14,7 +14,9 @@ It runs in two steps:
   with the posts that existed before them (the post index a watcher would hold).
 * without it: decode the recorded changes once (PyMongo's BSON decoding is not measured), then ``--repeats``
   times build a fresh :class:`watchers.watcher.Watcher` on in-memory twins of Redis and MongoDB and hand it
-  the changes in reads of ``read_batch`` (2000), as the stream does in a backlog. Reported: the sum over the
+  the changes in reads of ``read_batch`` (2000), as the stream does in a backlog, with the garbage collector
+  set as the watcher process sets it (``watchers.main.GC_THRESHOLDS``; the recording is left out of its
+  collections, as ``gc.freeze()`` leaves out what the watcher made at start-up). Reported: the sum over the
   reads of each read's least process CPU time (``time.process_time()``) over the repeats, less what the twins
   themselves spent, per change.
 
@@ -50,6 +52,7 @@ from watchers import mapping
 from watchers.config import MappingConfig, WatcherConfig
 from watchers.keys import Keys
 from watchers.likecount import LikeCounts
+from watchers.main import GC_THRESHOLDS
 from watchers.publish import PUBLISH_LUA
 from watchers.watcher import Watcher
 
@@ -200,8 +203,8 @@ class LikeCountsTwin(LikeCounts):
     """The seeds' reads answered from memory: no like before the backlog, the changes before one at its cluster
     time taken from the recording. The carrying forward is the watcher's own code."""
 
-    def __init__(self, cfg: MappingConfig, changes: list[dict[str, Any]]) -> None:
-        super().__init__(cast(Any, None), cast(Any, None), cfg, [])
+    def __init__(self, cfg: MappingConfig, changes: list[dict[str, Any]], subject: Any) -> None:
+        super().__init__(cast(Any, None), cast(Any, None), cfg, [], subject=subject)  # as the watcher makes it
         self.at: dict[Any, list[dict[str, Any]]] = {}
         for change in changes:
             self.at.setdefault(change["clusterTime"], []).append(change)
@@ -245,7 +248,7 @@ def watcher(posts: list[dict[str, Any]], changes: list[dict[str, Any]], spent: S
         if c["ns"]["coll"] == "posts" and isinstance(c.get("fullDocument"), dict)
     }
     w.router.documents = DocumentsTwin({**{str(id_text(d["_id"])): d for d in posts}, **final})
-    w.like_counts = LikeCountsTwin(cfg.mapping, changes)
+    w.like_counts = LikeCountsTwin(cfg.mapping, changes, w.router.subject)
     return w, redis
 
 
@@ -272,9 +275,11 @@ def run_once(
     w, redis = watcher(posts, changes, spent)
     reads = [changes[i : i + read_batch] for i in range(0, len(changes), read_batch)]
     loop = asyncio.new_event_loop()
+    thresholds = gc.get_threshold()
     try:
         gc.collect()
         gc.freeze()  # the recording is not the watcher's heap: a real one holds a read at a time
+        gc.set_threshold(*GC_THRESHOLDS)  # and it collects garbage as the watcher process does
         if profile is not None:
             profile.enable()
         seconds = loop.run_until_complete(drain(w, reads, spent))
@@ -282,6 +287,7 @@ def run_once(
             profile.disable()
     finally:
         loop.close()
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
     return seconds, redis.events
 

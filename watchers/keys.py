@@ -4,13 +4,14 @@ slot, so one Lua script can touch them all."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "rt"
 
-    @property
+    @cached_property
     def tag(self) -> str:
         return "{" + self.prefix + "}"
 

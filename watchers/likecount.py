@@ -27,7 +27,9 @@ are read back from the change stream, as for a single count).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bson import Timestamp
@@ -68,14 +70,76 @@ def like_changes(changes: Iterable[dict[str, Any]], cfg: MappingConfig,
     for change in changes:
         op = change.get("operationType")
         ns = change.get("ns")
-        if op not in ("insert", "delete") or not isinstance(ns, dict) or ns.get("coll") != cfg.likes:
-            continue  # not a like's insert or delete: no need for its subject
-        sub = mapping.subject(change, cfg) if subject is None else subject(change)
-        key = change.get("documentKey")
-        if sub is None or sub.kind != "like" or not isinstance(key, dict):
+        if (op == "insert" or op == "delete") and isinstance(ns, dict) and ns.get("coll") == cfg.likes:
+            found = _like_change(change, op, cfg, subject)
+            if found is not None:
+                out.append(found)
+    return out
+
+
+def _like_change(change: dict[str, Any], op: str, cfg: MappingConfig,
+                 subject: Callable[[dict[str, Any]], mapping.Subject | None] | None) -> LikeChange | None:
+    """An insert or delete (``op``) on the likes as a like change; None when it is not one of a like."""
+    sub = mapping.subject(change, cfg) if subject is None else subject(change)
+    key = change.get("documentKey")
+    if sub is None or sub.kind != "like" or not isinstance(key, dict):
+        return None
+    return LikeChange(op == "insert", repr(key.get("_id")), sub.post_id if sub.doc is not None else None,
+                      key.get("_id"))
+
+
+def likes_of(changes: Sequence[tuple[dict[str, Any], int]], start: int, end: int, posts: Container[str] | None,
+             cfg: MappingConfig, subject: Callable[[dict[str, Any]], mapping.Subject | None] | None = None
+             ) -> tuple[list[LikeChange], list[int]]:
+    """The like changes among ``changes[start:end]`` that :func:`deltas` needs to carry the counts of ``posts``
+    forward, each with the index of its change: those of ``posts`` only (the others move none of their counts),
+    unless a delete there does not say its like's post (no pre-image): placing it may take any like change
+    before it, so then all of them, as when ``posts`` is None."""
+    out: list[LikeChange] = []
+    at: list[int] = []
+    likes = cfg.likes
+    for i in range(start, end):
+        change = changes[i][0]
+        op = change.get("operationType")  # like_changes(), one change at a time
+        if op != "insert" and op != "delete":
             continue
-        out.append(LikeChange(op == "insert", repr(key.get("_id")), sub.post_id if sub.doc is not None else None,
-                              key.get("_id")))
+        ns = change.get("ns")
+        if not isinstance(ns, dict) or ns.get("coll") != likes:
+            continue
+        found = _like_change(change, op, cfg, subject)
+        if found is None:
+            continue
+        if posts is None or found.post_id in posts:
+            out.append(found)
+            at.append(i)
+        elif found.post_id is None and not found.insert:
+            return likes_of(changes, start, end, None, cfg, subject)
+    return out, at
+
+
+def _of_posts(likes: list[LikeChange], at: list[int], end: int, posts: Container[str]
+              ) -> tuple[list[LikeChange], list[int]]:
+    """``likes_of(changes, start, end, posts)``, taken from ``likes_of(changes, start, len(changes), None)``."""
+    stop = bisect_left(at, end)
+    out: list[LikeChange] = []
+    kept: list[int] = []
+    for found, i in zip(likes[:stop], at[:stop], strict=True):
+        if found.post_id in posts:
+            out.append(found)
+            kept.append(i)
+        elif found.post_id is None and not found.insert:
+            return likes[:stop], at[:stop]
+    return out, kept
+
+
+def liked(likes: list[LikeChange], at: list[int]) -> dict[str, int]:
+    """The posts whose likes the like changes ``likes`` insert or delete (as the changes tell: not those of a
+    delete without a pre-image), each with the index of its first such change (``at``: each one's index): the
+    posts :meth:`LikeCounts.seeds` may be asked for, as of those changes or later ones."""
+    out: dict[str, int] = {}
+    for found, i in zip(likes, at, strict=True):
+        if found.post_id is not None and found.post_id not in out:
+            out[found.post_id] = i
     return out
 
 
@@ -135,6 +199,22 @@ def deltas(cuts: Mapping[str, int], earlier: Sequence[LikeChange], owners: Mappi
     return out
 
 
+@dataclass(slots=True)
+class Snapshot:
+    """Like counts read from MongoDB for :meth:`LikeCounts.seeds` ahead of time (:meth:`LikeCounts.snapshot`):
+    as of just before the change at index ``start`` of a run of changes, the first at its cluster time."""
+
+    start: int
+    before: Timestamp
+    posts: frozenset[str]  # the posts counted
+    earlier: list[LikeChange]  # the like changes at that cluster time before the run's first there
+    counts: dict[str, int]  # as of ``before`` (absent: none)
+    failed: OperationFailure | NotFound | None = None  # why MongoDB could not tell (then no counts)
+    # every like change of the run from ``start`` on, and the index of each one's change: worked out by the first
+    # seeds() that carries counts from the snapshot, for the others (one for each batch of the run)
+    likes: tuple[list[LikeChange], list[int]] | None = None
+
+
 class LikeCounts:
     """Reads seeds for the publish script (see the module's docstring)."""
 
@@ -167,29 +247,60 @@ class LikeCounts:
             self.on_approximate()
         return await self._now(post_id, ct)
 
-    async def seeds(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int]
-                    ) -> dict[str, Seed]:
+    def likes(self, changes: Sequence[tuple[dict[str, Any], int]]) -> tuple[list[LikeChange], list[int]]:
+        """The like changes among ``changes`` and the index of each one's change (for :func:`liked` and
+        :meth:`snapshot`)."""
+        return likes_of(changes, 0, len(changes), None, self.cfg, self.subject)
+
+    async def snapshot(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int],
+                       likes: tuple[list[LikeChange], list[int]] | None = None) -> Snapshot:
+        """What :meth:`seeds` reads from MongoDB for the posts in ``first`` (as for it), read ahead of it: then
+        :meth:`seeds` only carries the counts forward, for those posts or some of them, as of those changes or
+        later ones (the changes mapped meanwhile, to learn which of them count likes). ``likes``: those of
+        ``changes`` (:meth:`likes`), when the caller has them."""
+        start = min(first.values())
+        ct: Timestamp = changes[start][0]["clusterTime"]
+        while start > 0 and changes[start - 1][0]["clusterTime"] == ct:
+            start -= 1  # the changes at that cluster time before the first one counted are counted too
+        head, position = changes[start]
+        before = just_before(ct)
+        try:
+            earlier = like_changes(await self._earlier(head, position), self.cfg) if position else []
+            counts = await self._counts(list(first), before)
+        except (OperationFailure, NotFound) as exc:
+            return Snapshot(start, before, frozenset(first), [], {}, exc)
+        snapshot = Snapshot(start, before, frozenset(first), earlier, counts)
+        if likes is not None:
+            cut = bisect_left(likes[1], start)
+            snapshot.likes = (likes[0][cut:], likes[1][cut:])
+        return snapshot
+
+    async def seeds(self, changes: Sequence[tuple[dict[str, Any], int]], first: Mapping[str, int],
+                    snapshot: Snapshot | None = None) -> dict[str, Seed]:
         """The like count of each post in ``first`` right before its first change: ``first[post]`` is the index
         in ``changes`` (consecutive changes of the stream, in order, each with its position among the changes
         at its cluster time) of the first one that counts the post's likes. One snapshot read for all of them
-        (two when deletes without a pre-image must be placed), as of just before the earliest."""
+        (two when deletes without a pre-image must be placed), as of just before the earliest; none when
+        ``snapshot`` (:meth:`snapshot`) counted them all as of before that."""
         if not first:
             return {}
         start = min(first.values())
         ct: Timestamp = changes[start][0]["clusterTime"]
-        before = just_before(ct)
         try:
-            while start > 0 and changes[start - 1][0]["clusterTime"] == ct:
-                start -= 1  # the changes at that cluster time before the first one counted are counted too
-            head, position = changes[start]
-            earlier = like_changes(await self._earlier(head, position), self.cfg) if position else []
-            cut: dict[int, int] = {}  # a change's index -> how many like changes precede it
-            for i in range(start, max(first.values()) + 1):
-                cut[i] = len(earlier)
-                earlier += like_changes((changes[i][0],), self.cfg, self.subject)
+            if snapshot is None or snapshot.start > start or not snapshot.posts.issuperset(first):
+                snapshot = await self.snapshot(changes, first)
+            if snapshot.failed is not None:
+                raise snapshot.failed
+            start, before, earlier = snapshot.start, snapshot.before, list(snapshot.earlier)
+            if snapshot.likes is None:
+                snapshot.likes = likes_of(changes, start, len(changes), None, self.cfg, self.subject)
+            later, places = _of_posts(*snapshot.likes, max(first.values()), first)
+            # a post's count is carried through the like changes before its first change
+            cuts = {post_id: len(earlier) + bisect_left(places, i) for post_id, i in first.items()}
+            earlier += later
             owners = await self._owners(unplaced(earlier), before)
-            counts = await self._counts(list(first), before)
-            carried = deltas({post_id: cut[i] for post_id, i in first.items()}, earlier, owners)
+            counts = snapshot.counts
+            carried = deltas(cuts, earlier, owners)
         except (OperationFailure, NotFound) as exc:
             log.warning("cannot read the like counts of %d posts as of %s (%s); reading the current counts",
                         len(first), ct, exc)

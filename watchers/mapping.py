@@ -311,9 +311,11 @@ def _valid_room(name: str) -> bool:
 class _Builder:
     __slots__ = ("at", "head", "out", "position", "ts")
 
-    def __init__(self, change: dict[str, Any], position: int) -> None:
-        ct = change["clusterTime"]
-        self.at = ev.time_part(int(ct.time), int(ct.inc))
+    def __init__(self, change: dict[str, Any], position: int, at: int | None = None) -> None:
+        if at is None:
+            ct = change["clusterTime"]
+            at = ev.time_part(int(ct.time), int(ct.inc))
+        self.at = at
         self.position = position
         self.ts = _ts(change)
         self.out: list[Event] = []
@@ -364,26 +366,33 @@ def _feed_rooms(infos: list[PostInfo]) -> list[str]:
 
 def _public_post_rooms(post_id: str, *infos: PostInfo | None) -> list[str]:
     """A public post's own room and its feed rooms, for the routings in ``infos`` that are public (the
-    rooms of one that is not would tell what the post was while private: its old tags)."""
-    return [ev.post_room(post_id), *_feed_rooms([i for i in infos if i is not None and i.public is True])]
+    rooms of one that is not would tell what the post was while private: its old tags), each once: an update
+    that leaves the author and the hashtags as they were (most) names them once."""
+    public: list[PostInfo] = []
+    for i in infos:
+        if i is not None and i.public is True and not any((i.author_id, i.tags) == (p.author_id, p.tags)
+                                                             for p in public):
+            public.append(i)
+    return [ev.post_room(post_id), *_feed_rooms(public)]
 
 
 def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
                post: PostInfo | None = None, remembered: dict[str, Any] | None = None,
-               sub: Subject | None = None) -> Mapped:
+               sub: Subject | None = None, at: int | None = None) -> Mapped:
     """Map one change (insert, update, replace or delete on a watched collection) to its events.
 
     ``position`` is the change's index among the changes sharing its ``clusterTime``. ``post`` is what is
     known of the post a like or comment belongs to (or of the post itself, for an update, replace or
     delete), as of the change; None when nothing is. Knowledge that only holds from after the change is
-    ignored. ``sub``: the change's :func:`subject` without ``remembered``, when the caller has it already.
+    ignored. ``sub``: the change's :func:`subject` without ``remembered``, and ``at``: its cluster time
+    (``seconds << 32 | increment``), when the caller has them already.
     Raises nothing for bad documents: the result says what was skipped.
     """
     op = change.get("operationType")
     coll = _coll(change)
     if op not in ("insert", "update", "replace", "delete") or coll not in (cfg.posts, cfg.likes, cfg.comments):
         return Mapped(skipped=SKIP_NOT_WATCHED)
-    builder = _Builder(change, position)
+    builder = _Builder(change, position, at)
     known = post if post is not None and post.since <= builder.at else None  # post.as_of(builder.at)
     if coll == cfg.posts:
         mapped = _map_post(change, op, builder, cfg, known)
@@ -577,40 +586,41 @@ def _published_update(b: _Builder, post_id: str, prior: PostInfo | None, after: 
 
 
 def _map_reaction(op: str, sub: Subject, b: _Builder, cfg: MappingConfig, post: PostInfo | None) -> Mapped:
-    if sub.id is None:
+    kind, ident, post_id, user_id, doc = sub  # read once: a named tuple's fields are dearer to read
+    if ident is None:
         return Mapped(skipped=SKIP_BAD_ID)
-    forget = (sub.kind, sub.id) if op == "delete" else None
-    if sub.doc is None:
+    forget = (kind, ident) if op == "delete" else None
+    if doc is None:
         return Mapped(skipped=SKIP_UNROUTABLE_DELETE if op == "delete" else SKIP_BAD_DOCUMENT, index_del=forget)
-    if sub.post_id is None:
+    if post_id is None:
         return Mapped(skipped=SKIP_NO_POST, index_del=forget)
-    if sub.kind == "like" and op not in ("insert", "delete"):
+    if kind == "like" and op not in ("insert", "delete"):
         return Mapped(skipped=SKIP_BAD_DOCUMENT)  # likes are inserted and deleted, not edited
-    remember = None if op == "delete" else (sub.kind, sub.id, {"postId": sub.post_id, "userId": sub.user_id})
-    rooms, reason = _post_rooms(post, sub.post_id)
+    remember = None if op == "delete" else (kind, ident, {"postId": post_id, "userId": user_id})
+    rooms, reason = _post_rooms(post, post_id)
     author = post.author_id if post is not None else None
-    notify = author is not None and sub.user_id is not None and sub.user_id != author
-    if sub.kind == "like":
-        data = {"likes": 0, "id": sub.id, "postId": sub.post_id, "userId": sub.user_id}
+    notify = author is not None and user_id is not None and user_id != author
+    if kind == "like":
+        data = {"likes": 0, "id": ident, "postId": post_id, "userId": user_id}
         if op == "insert":
-            b.add(ev.POST_LIKED, rooms, data, Counter(sub.post_id, +1))
+            b.add(ev.POST_LIKED, rooms, data, Counter(post_id, +1))
             if notify and author and rooms:
                 b.add(ev.NOTIFICATION_NEW, [ev.user_room(author)],
-                      {"kind": "like", "postId": sub.post_id, "fromUserId": sub.user_id, "likeId": sub.id})
+                      {"kind": "like", "postId": post_id, "fromUserId": user_id, "likeId": ident})
         else:
-            b.add(ev.POST_UNLIKED, rooms, data, Counter(sub.post_id, -1))
+            b.add(ev.POST_UNLIKED, rooms, data, Counter(post_id, -1))
         return Mapped(skipped=reason, index_set=remember, index_del=forget)
-    data = {"id": sub.id, "postId": sub.post_id, "userId": sub.user_id}
+    data = {"id": ident, "postId": post_id, "userId": user_id}
     if op == "delete":
         b.add(ev.COMMENT_DELETED, rooms, data)
         return Mapped(skipped=reason, index_del=forget)
-    _add_fields(data, sub.doc, cfg.comment_fields, cfg)
+    _add_fields(data, doc, cfg.comment_fields, cfg)
     data = bound(data, cfg.max_payload, keep=("id", "postId", "userId"))
     if op == "insert":
         b.add(ev.COMMENT_ADDED, rooms, data)
         if notify and author and rooms:
             b.add(ev.NOTIFICATION_NEW, [ev.user_room(author)],
-                  {"kind": "comment", "postId": sub.post_id, "fromUserId": sub.user_id, "commentId": sub.id})
+                  {"kind": "comment", "postId": post_id, "fromUserId": user_id, "commentId": ident})
     else:
         b.add(ev.COMMENT_UPDATED, rooms, data)
     return Mapped(skipped=reason, index_set=remember)

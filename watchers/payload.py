@@ -20,10 +20,17 @@ def json_safe(value: Any, *, max_string: int, max_depth: int, _depth: int = 0) -
     if kind is str:
         return value if len(value) <= max_string else value[:max_string]
     if kind is dt.datetime and value.tzinfo is None:  # as PyMongo decodes dates: naive, in UTC
-        return value.isoformat(timespec="milliseconds") + "Z"
+        return _iso_utc(value)
     if kind is list and _depth < max_depth:
         return [json_safe(v, max_string=max_string, max_depth=max_depth, _depth=_depth + 1) for v in value]
     return _json_safe(value, max_string, max_depth, _depth)
+
+
+def _iso_utc(value: dt.datetime) -> str:
+    """``value.isoformat(timespec="milliseconds") + "Z"`` for a naive datetime (UTC), at a third of the cost:
+    orjson writes it with its microseconds (none when they are 0), cut to milliseconds here."""
+    text = orjson.dumps(value).decode()  # '"YYYY-MM-DDTHH:MM:SS"' or '"YYYY-MM-DDTHH:MM:SS.ffffff"'
+    return text[1:20] + ".000Z" if len(text) == 21 else text[1:24] + "Z"
 
 
 def _json_safe(value: Any, max_string: int, max_depth: int, _depth: int) -> Any:

@@ -35,9 +35,11 @@ local lease, previous, gmax, rmax = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if lease ~= '' and redis.call('GET', leader) ~= lease then
   return {'FENCED'}
 end
--- the changes, in order: {token, at, point, events, ops}; an event: {id, post, delta, seed, seed point, rooms};
--- an op: {op, key, field, value}; keys and rooms are indexes into KEYS, each event's envelope is an ARGV from 7 on
+-- the changes, in order: {token, at, point, events, ops}; an event: {id, post, delta, seed, seed point, rooms,
+-- envelope length}; an op: {op, key, field, value}; keys and rooms are indexes into KEYS; the events' envelopes,
+-- in order, one after the other in ARGV[7], each as long as its event says
 local batch = cjson.decode(ARGV[5])
+local envelopes = ARGV[7]
 local n = #batch
 local last = redis.call('HGET', meta, 'token')
 local skip = 0
@@ -66,9 +68,9 @@ end
 if #missing > 1 then
   return missing
 end
-local arg = 7
+local at = 1 -- where the next event's envelope starts in ARGV[7]
 for c = 1, skip do
-  arg = arg + #batch[c][4]
+  for _, ev in ipairs(batch[c][4]) do at = at + ev[7] end
 end
 local failed = 0
 local stamp = '' -- when the events went in (Redis's clock, microseconds): the servers measure their wait from it
@@ -81,8 +83,8 @@ for c = skip + 1, n do
       local now = redis.call('TIME')
       stamp = now[1] .. string.format('%06d', tonumber(now[2]))
     end
-    local env = ARGV[arg]
-    arg = arg + 1
+    local env = string.sub(envelopes, at, at + ev[7] - 1)
+    at = at + ev[7]
     local post = ev[2]
     if post ~= '' then
       local count = redis.call('HGET', likes, post)
@@ -285,7 +287,7 @@ class Publisher:
                 found = position[name] = len(keys)
             return found
 
-        room_key, index_key, post_key = k.room, k.index, k.post
+        room_prefix, index_key, post_key = k.room_prefix, k.index, k.post
         rooms: dict[tuple[str, ...], list[int]] = {}  # an event's rooms -> their history streams' indexes in KEYS
         envelopes: list[bytes] = []
         batch: list[Any] = []
@@ -296,17 +298,18 @@ class Publisher:
             for e in change.events:
                 indexes = rooms.get(e.rooms)
                 if indexes is None:
-                    indexes = rooms[e.rooms] = [key(room_key(room)) for room in e.rooms]
+                    indexes = rooms[e.rooms] = [key(room_prefix + room) for room in e.rooms]  # k.room(room)
+                # e.envelope(), encoded (orjson writes the rooms' tuple as the same array)
+                envelope = dumps({"id": e.id, "type": e.type, "rooms": e.rooms, "data": e.data, "ts": e.ts})
+                envelopes.append(envelope)
                 counter = e.counter
                 if counter is None:
-                    evs.append((e.id, "", 0, "", "", indexes))
+                    evs.append((e.id, "", 0, "", "", indexes, len(envelope)))
                 else:
                     counted = True
                     seed = seeds.get(counter.post_id) if seeds else None
                     evs.append((e.id, counter.post_id, counter.delta, str(seed.count) if seed else "",
-                                seed.as_of if seed else "", indexes))
-                # e.envelope(), encoded (orjson writes the rooms' tuple as the same array)
-                envelopes.append(dumps({"id": e.id, "type": e.type, "rooms": e.rooms, "data": e.data, "ts": e.ts}))
+                                seed.as_of if seed else "", indexes, len(envelope)))
             ops: list[tuple[str, int, str, str]] = []
             for kind, ident, value in change.index_set:
                 ops.append(("set", key(index_key(kind)), ident, orjson.dumps(value).decode()))
@@ -320,7 +323,7 @@ class Publisher:
             # the script reads a change's point only for the like counts its events carry
             batch.append((change.token["_data"], change.at, change_point(change.at) if counted else "", evs, ops))
         args: list[Any] = [lease, previous, self.global_maxlen, self.room_maxlen, orjson.dumps(batch),
-                           orjson.dumps(changes[-1].token, default=str), *envelopes]
+                           orjson.dumps(changes[-1].token, default=str), b"".join(envelopes)]
         reply = await self._publish(keys=keys, args=args)
         status = _text(reply[0])
         if status == "FENCED":

@@ -205,10 +205,14 @@ class Router:
         self.now.clear()
         self.subjects.clear()
 
-    async def prefetch(self, changes: list[dict[str, Any]]) -> None:
+    async def prefetch(self, changes: list[dict[str, Any]], now: dict[str, dict[str, Any] | None] | None = None
+                       ) -> None:
         """Read ahead, with one MGET, the post index entries that mapping ``changes`` may look up, and with one
-        query the posts as they are now that comment updates may need."""
-        wanted, now = [], []
+        query the posts as they are now that comment updates may need (``now``: those :meth:`posts_now` read
+        already)."""
+        if now:
+            self.now.update(now)
+        wanted, now_wanted = [], []
         cfg, subjects = self.cfg, self.subjects
         for change in changes:
             sub = mapping.subject(change, cfg)
@@ -219,11 +223,22 @@ class Router:
             if ref[0] not in self.cache and ref[0] not in self.posts:
                 wanted.append(ref[0])
             if self._as_of_now(change) and ref[0] not in self.now:
-                now.append(ref[0])
+                now_wanted.append(ref[0])
         if wanted:
             self.posts.update(await self.memory.posts(list(dict.fromkeys(wanted))))
-        if now:
-            self.now.update(await self.documents.posts_now(list(dict.fromkeys(now))))
+        if now_wanted:
+            self.now.update(await self.documents.posts_now(list(dict.fromkeys(now_wanted))))
+
+    async def posts_now(self, changes: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+        """The posts as they are now that the comment updates among ``changes`` need, with one query: to read
+        with the changes, ahead of :meth:`prefetch` (after the changes were read, so as they are now for them)."""
+        wanted = []
+        for change in changes:
+            if self._as_of_now(change):
+                sub = mapping.subject(change, self.cfg)
+                if sub is not None and sub.post_id is not None:
+                    wanted.append(sub.post_id)
+        return await self.documents.posts_now(list(dict.fromkeys(wanted))) if wanted else {}
 
     def _as_of_now(self, change: dict[str, Any]) -> bool:
         """Whether a change carries a document as it is now, whose post must be public now too (a comment's
@@ -252,12 +267,46 @@ class Router:
         if ref is not None:
             post, learned = await self._post(ref[0], change["clusterTime"], lookup=ref[1], tags=sub is None)
         routing = post
-        if ref is not None and sub is not None and sub.kind == "comment" and post is not None and post.public \
-                and self._as_of_now(change):
+        if ref is not None and self._now_too(change, sub, post):
             # the comment as it is now goes public only if its post is public now too
             now = self.now[ref[0]] if ref[0] in self.now else await self.documents.post(ref[0], None)
             routing = mapping.combine(post, mapping.post_info(now, cfg))
-        mapped = mapping.map_change(change, position, cfg, routing, remembered, sub)
+        return self._mapped(change, position, sub, remembered, ref, post, learned, routing)
+
+    def map_known(self, change: dict[str, Any], position: int, at: int) -> Mapped | None:
+        """:meth:`map` without a coroutine, when everything it needs is at hand (in the cache, read ahead, or
+        written by the changes mapped since); None when it would need Redis or MongoDB: then call :meth:`map`.
+        ``at``: the change's cluster time (``seconds << 32 | increment``)."""
+        sub = self.subject(change)
+        if sub is not None and sub.doc is None and sub.id is not None and change.get("operationType") == "delete":
+            return None  # routed by its like's or comment's index entry
+        ref = mapping.post_ref(change, self.cfg, None, sub)
+        post: PostInfo | None = None
+        learned = False
+        if ref is not None:
+            held, entry = self._held(ref[0])
+            known = self._as_of(entry, at, lookup=ref[1], tags=sub is None) if held else None
+            if known is None:
+                return None
+            post, learned = known
+        routing = post
+        if ref is not None and self._now_too(change, sub, post):
+            if ref[0] not in self.now:
+                return None
+            routing = mapping.combine(post, mapping.post_info(self.now[ref[0]], self.cfg))
+        return self._mapped(change, position, sub, None, ref, post, learned, routing, at)
+
+    def _now_too(self, change: dict[str, Any], sub: mapping.Subject | None, post: PostInfo | None) -> bool:
+        """Whether a change must be routed by its post as it is now too: a comment's update that carries the
+        comment as it is now, on a post that was public."""
+        return sub is not None and sub.kind == "comment" and post is not None and post.public is True \
+            and self._as_of_now(change)
+
+    def _mapped(self, change: dict[str, Any], position: int, sub: mapping.Subject | None,
+                remembered: dict[str, Any] | None, ref: tuple[str, bool] | None, post: PostInfo | None,
+                learned: bool, routing: PostInfo | None, at: int | None = None) -> Mapped:
+        """Map a change with what was found, and keep what its mapping teaches until :meth:`settle`."""
+        mapped = mapping.map_change(change, position, self.cfg, routing, remembered, sub, at)
         if mapped.post_info is None and learned and ref is not None and post is not None:
             mapped.post_info = (ref[0], post)
         if mapped.post_info is not None:
@@ -279,24 +328,46 @@ class Router:
             return [(post_id, None, 0)]
         return [(post_id, orjson.dumps(mapping.post_entry(info)), self.tombstone_ms if info.deleted else 0)]
 
+    def _held(self, post_id: str) -> tuple[bool, PostInfo | None]:
+        """A post's index entry when it is at hand, in the cache or read ahead: (True, entry or None for none),
+        or (False, None) when only Redis can tell."""
+        entry = self.cache.get(post_id)
+        if entry is not None:
+            self.cache.move_to_end(post_id)
+            return True, entry
+        if post_id not in self.posts:
+            return False, None
+        entry = self.posts[post_id]
+        if entry is not None:
+            self._cache(post_id, entry)
+        return True, entry
+
+    @staticmethod
+    def _as_of(entry: PostInfo | None, at: int, *, lookup: bool, tags: bool) -> tuple[PostInfo | None, bool] | None:
+        """What a post's index entry tells of it as of the change at cluster time ``at`` (see :meth:`_post`);
+        None when MongoDB must be asked."""
+        if entry is not None and entry.since <= at:  # entry.as_of(at)
+            if not (lookup and tags and entry.public is True and entry.tags is None):
+                return entry, False
+        elif not lookup:
+            return None, False
+        return None
+
     async def _post(self, post_id: str, ct: Timestamp, *, lookup: bool, tags: bool = False
                     ) -> tuple[PostInfo | None, bool]:
         """What is known of a post as of the change at ``ct`` (its hashtags too when ``tags``: a change of
         the post itself), and whether it was learnt from MongoDB (and should be remembered)."""
-        at = ev.time_part(ct.time, ct.inc)
-        entry = self.cache.get(post_id)
-        if entry is None:
-            entry = self.posts[post_id] if post_id in self.posts else await self.memory.post(post_id)
+        held, entry = self._held(post_id)
+        if not held:
+            entry = await self.memory.post(post_id)
             if entry is not None:
                 self._cache(post_id, entry)
-        else:
-            self.cache.move_to_end(post_id)
-        valid = entry is not None and entry.as_of(at) is not None
-        untagged = valid and entry is not None and tags and entry.public is True and entry.tags is None
-        if valid and not (untagged and lookup):
-            return entry, False
-        if not lookup:
-            return None, False
+        at = ev.time_part(ct.time, ct.inc)
+        known = self._as_of(entry, at, lookup=lookup, tags=tags)
+        if known is not None:
+            return known
+        # the entry tells nothing as of this change, or lacks the hashtags a change of the post itself needs
+        untagged = entry is not None and entry.as_of(at) is not None
         before = just_before(ct)
         try:
             info = mapping.post_info(await self.documents.post(post_id, before), self.cfg,

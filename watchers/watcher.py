@@ -17,11 +17,14 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import gc
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from bson import Timestamp
@@ -42,7 +45,7 @@ from watchers.checkpoint import Checkpoint, MongoCheckpoints
 from watchers.config import WatcherConfig
 from watchers.keys import Keys
 from watchers.lease import RedisLease
-from watchers.likecount import LikeCounts
+from watchers.likecount import LikeCounts, Snapshot, liked
 from watchers.outage import BACKOFF_BASE, BACKOFF_CAP, DEPENDENCIES, MONGODB, REDIS, Outages
 from watchers.publish import MAX_SEQ, Diverged, Fenced, NeedSeed, Pending, Publisher, Seed
 from watchers.routing import MongoDocuments, RedisMemory, Router
@@ -79,15 +82,8 @@ class LeaseLost(Exception):
 
 
 STREAM_EVENTS = ("invalidate", "drop", "rename", "dropDatabase")  # changes that end or reset the stream
-
-
-class Item(NamedTuple):
-    """A change of a read, placed (its time part and position) and mapped, to publish."""
-
-    change: dict[str, Any]
-    time_part: int
-    position: int
-    pending: Pending
+_TYPE = operator.attrgetter("type")
+YIELD_EVERY = 200  # changes mapped between two turns of the event loop (about 5 ms of CPU)
 
 
 def honour_cancellation() -> None:
@@ -102,6 +98,36 @@ def buffered(stream: Any) -> bool:
     """Whether the driver holds more changes of the stream's last batch (taking them costs no round trip)."""
     has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
     return bool(has_next()) if callable(has_next) else False
+
+
+class _Collection:
+    """The garbage collector's automatic runs, paused while a read is mapped and published.
+
+    A read allocates many objects that live until it is published (its changes' events, payloads and
+    envelopes), few of them in cycles: a collection that ran meanwhile would go through all of them, each
+    time the allocations pass its threshold, and free none. Paused, the next allocation after the read
+    starts the collection that is due, among what is left. Pauses nest (two watchers in a process), and a
+    collector that was off stays off."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.resume = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.depth == 0:
+            self.resume = gc.isenabled()
+            gc.disable()
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0 and self.resume:
+                gc.enable()
+
+
+COLLECTION = _Collection()
 
 
 class NoStartPoint(PyMongoError):
@@ -520,14 +546,15 @@ class Watcher:
     async def _read(self, lease: str, stream: Any) -> ResumePoint:
         # While a read is published, the next one is read (the round trip to MongoDB overlaps the ones to Redis).
         # The checkpoint then names the last change published, not the stream's token, which may be further on.
-        ahead: asyncio.Task[list[dict[str, Any]]] | None = None
+        ahead: asyncio.Task[tuple[list[dict[str, Any]], dict[str, Any]]] | None = None
         try:
             while stream.alive or ahead is not None:
                 honour_cancellation()
+                posts_now: dict[str, Any] | None = None  # posts as they are now, read with the changes
                 try:
                     if ahead is not None:
                         task, ahead = ahead, None
-                        changes = await task
+                        changes, posts_now = await task
                     else:
                         changes = await self._take(stream)
                 except OperationFailure as exc:
@@ -542,8 +569,8 @@ class Watcher:
                     continue
                 self.caught_up = False
                 if self.cfg.read_ahead and stream.alive:
-                    ahead = asyncio.create_task(self._take(stream))
-                nxt = await self._handle_read(lease, changes)
+                    ahead = asyncio.create_task(self._read_ahead(stream))
+                nxt = await self._handle_read(lease, changes, posts_now)
                 if nxt is not None:
                     return nxt
                 await self._checkpoint(changes[-1]["_id"])
@@ -554,6 +581,12 @@ class Watcher:
         token = stream.resume_token
         log.warning("the change stream was closed by the server; starting after %s", token)
         return ResumePoint(start_after=token) if token else ResumePoint()
+
+    async def _read_ahead(self, stream: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The next read, taken while the last one is published, and the posts as they are now that its comment
+        updates need (that query then waits for no other)."""
+        changes = await self._take(stream)
+        return changes, await self.router.posts_now(changes) if changes else {}
 
     async def _take(self, stream: Any) -> list[dict[str, Any]]:
         """One read: a change (waiting for one up to the await time), then as many more as the driver already
@@ -607,9 +640,17 @@ class Watcher:
         self.metrics.checkpoints.inc()
 
     # -- one read ---------------------------------------------------------------------------------------
-    async def _handle_read(self, lease: str, changes: list[dict[str, Any]]) -> ResumePoint | None:
+    async def _handle_read(self, lease: str, changes: list[dict[str, Any]],
+                           posts_now: dict[str, Any] | None = None) -> ResumePoint | None:
         """Publish a read's changes in order: the ordinary ones mapped and published in batches, those that end
-        or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them."""
+        or reset the stream (invalidate, drop, rename, dropDatabase) one by one between them. ``posts_now``: the
+        posts as they are now that its comment updates need, when they were read with it. The garbage collector waits
+        until the read is published (see :class:`_Collection`)."""
+        with COLLECTION.paused():
+            return await self._publish_read(lease, changes, posts_now)
+
+    async def _publish_read(self, lease: str, changes: list[dict[str, Any]],
+                            posts_now: dict[str, Any] | None = None) -> ResumePoint | None:
         read, now = time.monotonic(), time.time()
         for change in changes:
             self.metrics.read(change, now)
@@ -619,13 +660,13 @@ class Watcher:
                 run.append(change)
                 continue
             if run:
-                await self._publish_run(lease, run, read)
+                await self._publish_run(lease, run, read, posts_now)
                 run = []
             nxt = await self._handle_stream_event(lease, change)
             if nxt is not None:
                 return nxt
         if run:
-            await self._publish_run(lease, run, read)
+            await self._publish_run(lease, run, read, posts_now)
         return None
 
     async def _handle_stream_event(self, lease: str, change: dict[str, Any]) -> ResumePoint | None:
@@ -633,8 +674,8 @@ class Watcher:
         coll = (change.get("ns") or {}).get("coll")
         time_part, position = self._place(change, self.last_time, self.last_position)
         self.metrics.changes.inc(collection=str(coll), operation=str(op))
-        item = Item(change, time_part, position, Pending(change["_id"], f"{time_part}:{position}", []))
-        await self._publish_batch(lease, [item], {})
+        await self._publish_batch(lease, [Pending(change["_id"], f"{time_part}:{position}", [])], [(change, position)],
+                                  {})
         if op == "invalidate":
             return ResumePoint(start_after=change["_id"], at=f"{time_part}:{position}")
         self.router.clear()
@@ -650,89 +691,151 @@ class Watcher:
         time_part = ev.time_part(ct.time, ct.inc)
         return time_part, last_position + 1 if time_part == last_time else 0
 
-    async def _publish_run(self, lease: str, changes: list[dict[str, Any]], read: float) -> None:
-        """Map consecutive ordinary changes (one MGET of the post index for all of them), read the like counts
-        Redis lacks (one snapshot read for all of them), and publish them, ``publish_batch`` per script call."""
-        await self.router.prefetch(changes)
-        items = []
+    async def _publish_run(self, lease: str, changes: list[dict[str, Any]], read: float,
+                           posts_now: dict[str, Any] | None = None) -> None:
+        """Map consecutive ordinary changes (one MGET of the post index for all of them) and publish them,
+        ``publish_batch`` per script call: each batch goes to Redis once it is mapped, and the next one is
+        mapped while Redis runs the script. The like counts Redis lacks are read (one snapshot read for all of
+        them) while the first batch is mapped."""
+        await self.router.prefetch(changes, posts_now)
+        placed: list[tuple[dict[str, Any], int]] = []  # each change with its position among those at its time
+        times: list[int] = []  # and its time part
         touched: dict[tuple[Any, Any], int] = {}  # changes by (collection, operation)
         last_time, last_position = self.last_time, self.last_position
         for change in changes:
             last_time, last_position = self._place(change, last_time, last_position)
+            placed.append((change, last_position))
+            times.append(last_time)
             ns = change.get("ns")
             kind = (ns.get("coll") if isinstance(ns, dict) else None, change.get("operationType", ""))
             touched[kind] = touched.get(kind, 0) + 1
-            mapped = await self._map(change, last_position)
-            items.append(Item(change, last_time, last_position, Pending(
-                change["_id"], f"{last_time}:{last_position}", mapped.events,
-                [mapped.index_set] if mapped.index_set else [], [mapped.index_del] if mapped.index_del else [],
-                self.router.writes(mapped))))
         for (coll, op), n in touched.items():
             self.metrics.changes.inc(n, collection=str(coll), operation=str(op))
-        seeds = await self._seeds(items)
-        size = self.cfg.publish_batch
-        for start in range(0, len(items), size):
-            await self._publish_batch(lease, items[start:start + size],
-                                      {post: seed for post, (i, seed) in seeds.items() if start <= i < start + size})
-            self.metrics.to_redis.observe(time.monotonic() - read, min(size, len(items) - start))
+        # The mapping lets the event loop turn every YIELD_EVERY changes, so that the round trips of the tasks
+        # meanwhile (the like counts' reads, a batch's script, the next read) go on.
+        counting = asyncio.create_task(self._like_counts_ahead(placed))
+        publishing: asyncio.Task[None] | None = None
+        try:
+            pending: list[Pending] = []  # each change, mapped
+            counted: set[str] = set()  # the posts whose likes the changes mapped so far count
+            size = self.cfg.publish_batch
+            for start in range(0, len(placed), size):
+                end = min(start + size, len(placed))
+                first: dict[str, int] = {}  # the posts whose likes this batch counts first, and where
+                for i in range(start, end):
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    change, position = placed[i]
+                    at = times[i]
+                    mapped = self._map_known(change, position, at)
+                    if mapped is None:
+                        mapped = await self._map(change, position)
+                    pending.append(Pending(change["_id"], f"{at}:{position}", mapped.events,
+                                           () if mapped.index_set is None else (mapped.index_set,),
+                                           () if mapped.index_del is None else (mapped.index_del,),
+                                           () if mapped.post_info is None else self.router.writes(mapped)))
+                    for e in mapped.events:
+                        if e.counter is not None and e.counter.post_id not in counted:
+                            counted.add(e.counter.post_id)
+                            first[e.counter.post_id] = i
+                seeds = await self._seeds(first, placed, counting) if first else {}
+                if publishing is not None:
+                    task, publishing = publishing, None
+                    await task  # the batch before is published before this one goes
+                publishing = asyncio.create_task(
+                    self._publish_batch(lease, pending[start:end], placed[start:end], seeds, read))
+            if publishing is not None:
+                task, publishing = publishing, None
+                await task
+        finally:
+            await cancel_all([task for task in (counting, publishing) if task is not None])
         self.router.settle()
 
+    def _map_known(self, change: dict[str, Any], position: int, at: int) -> mapping.Mapped | None:
+        """Map a change with what the router holds, without a coroutine (most changes); None when that takes a
+        round trip: then :meth:`_map`."""
+        try:
+            mapped = self.router.map_known(change, position, at)
+        except Exception:
+            mapped = self._unmappable(change)
+        return None if mapped is None else self._mapped(change, mapped)
+
     async def _map(self, change: dict[str, Any], position: int) -> mapping.Mapped:
-        coll = (change.get("ns") or {}).get("coll")
         try:
             mapped = await self.router.map(change, position)
         except (PyMongoError, RedisError):
             raise  # an outage, not a bad change: the change is retried, never skipped
         except Exception:
-            log.exception("skipping change %s on %s: it could not be mapped", change.get("_id"), coll)
-            mapped = mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
+            mapped = self._unmappable(change)
+        return self._mapped(change, mapped)
+
+    @staticmethod
+    def _unmappable(change: dict[str, Any]) -> mapping.Mapped:
+        log.exception("skipping change %s on %s: it could not be mapped", change.get("_id"),
+                      (change.get("ns") or {}).get("coll"))
+        return mapping.Mapped(skipped=mapping.SKIP_BAD_DOCUMENT)
+
+    def _mapped(self, change: dict[str, Any], mapped: mapping.Mapped) -> mapping.Mapped:
         if mapped.skipped:
             self.metrics.skipped.inc(reason=mapped.skipped)
             if mapped.skipped in (mapping.SKIP_UNROUTABLE_DELETE, mapping.SKIP_NO_POST, mapping.SKIP_BAD_ID):
-                log.info("change %s on %s published no event: %s", change["_id"]["_data"][:26], coll, mapped.skipped)
+                log.info("change %s on %s published no event: %s", change["_id"]["_data"][:26],
+                         (change.get("ns") or {}).get("coll"), mapped.skipped)
         return mapped
 
-    async def _seeds(self, items: list[Item]) -> dict[str, tuple[int, Seed]]:
-        """The like counts Redis does not hold of the posts whose likes ``items`` count, each as of the first
-        item that counts them, and that item's index."""
-        first: dict[str, int] = {}
-        for i, item in enumerate(items):
-            for e in item.pending.events:
-                if e.counter is not None and e.counter.post_id not in first:
-                    first[e.counter.post_id] = i
+    async def _like_counts_ahead(self, placed: list[tuple[dict[str, Any], int]]
+                                 ) -> tuple[frozenset[str], set[str], Snapshot | None]:
+        """What the like counts of a run's changes need, read before they are mapped (:meth:`_seeds` takes it
+        after): the posts whose likes the changes insert or delete, those whose count Redis holds, and the
+        counts of the others from MongoDB, as of before the first of those changes (None when there are none)."""
+        likes = self.like_counts.likes(placed)
+        first = liked(*likes)
         if not first:
-            return {}
+            return frozenset(), set(), None
         held = await self.publisher.counted(list(first))
-        need = {post: i for post, i in first.items() if post not in held}
-        seeds = await self.like_counts.seeds([(item.change, item.position) for item in items], need)
-        return {post: (need[post], seed) for post, seed in seeds.items()}
+        missing = {post: i for post, i in first.items() if post not in held}
+        return frozenset(first), held, await self.like_counts.snapshot(placed, missing, likes) if missing else None
 
-    async def _publish_batch(self, lease: str, items: list[Item], seeds: dict[str, Seed]) -> None:
+    async def _seeds(self, first: dict[str, int], placed: list[tuple[dict[str, Any], int]],
+                     ahead: asyncio.Task[tuple[frozenset[str], set[str], Snapshot | None]]) -> dict[str, Seed]:
+        """The like counts Redis does not hold of the posts in ``first``, each as of the change of ``placed`` that
+        counts its likes first (its index in ``first``), with what ``ahead`` (:meth:`_like_counts_ahead`) read."""
+        liked, held, snapshot = await ahead
+        unknown = [post for post in first if post not in liked]  # a delete's, its post known from the index
+        if unknown:
+            held = held | await self.publisher.counted(unknown)
+        need = {post: i for post, i in first.items() if post not in held}
+        return await self.like_counts.seeds(placed, need, snapshot) if need else {}
+
+    async def _publish_batch(self, lease: str, pending: list[Pending], placed: list[tuple[dict[str, Any], int]],
+                             seeds: dict[str, Seed], read: float | None = None) -> None:
+        """Publish consecutive changes (``pending``, mapped, and ``placed``) with one script call; ``read``: when
+        they were read (``time.monotonic()``), for the stage they took."""
         while True:
             try:
                 outcome = await self.publisher.publish_batch(lease=lease, previous=self.redis_token, seeds=seeds,
-                                                             changes=[item.pending for item in items])
+                                                             changes=pending)
                 break
             except NeedSeed as need:
                 # Counts Redis lost since the read asked (or was not asked for): as of this batch's first like
                 first: dict[str, int] = {}
-                for i, item in enumerate(items):
-                    for e in item.pending.events:
+                for i, change in enumerate(pending):
+                    for e in change.events:
                         if e.counter is not None and e.counter.post_id in need.post_ids:
                             first.setdefault(e.counter.post_id, i)
-                seeds = {**seeds, **await self.like_counts.seeds(
-                    [(item.change, item.position) for item in items], first)}
+                seeds = {**seeds, **await self.like_counts.seeds(placed, first)}
         self.metrics.batches.inc()
-        last = items[-1]
-        self.last_time, self.last_position = last.time_part, last.position
+        self.last_time, self.last_position = _at(pending[-1].at)
         self.redis_token = outcome.last
         if outcome.skipped:
             self.metrics.duplicates.inc(outcome.skipped)
-        types: collections.Counter[str] = collections.Counter(
-            e.type for item in items[outcome.skipped:] for e in item.pending.events)
+        types: collections.Counter[str] = collections.Counter(map(_TYPE, itertools.chain.from_iterable(
+            [change.events for change in pending[outcome.skipped:]])))
         for type_, n in types.items():
             self.metrics.published.inc(n, type=type_)
-        wall = wall_seconds(last.change)
+        if read is not None:
+            self.metrics.to_redis.observe(time.monotonic() - read, len(pending))
+        wall = wall_seconds(placed[-1][0])
         if wall is not None:
             self.last_wall = wall
 

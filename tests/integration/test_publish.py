@@ -156,3 +156,35 @@ async def test_a_batch_under_a_stale_lease_publishes_nothing(publisher: Publishe
     assert await publisher.state() == {}
     assert (await publisher.publish_batch(lease="b:2", previous="", changes=changes(100, 104), seeds=seed)).skipped == 0
     assert await publisher.redis.xlen(publisher.keys.events) == 10
+
+
+async def test_a_call_carries_its_envelopes_in_one_argument_and_each_entry_holds_its_own(
+        publisher: Publisher) -> None:
+    """However many events a batch has, the script gets one argument with all their envelopes, and splits it by
+    the byte length of each (a multi-byte character counts its bytes), past the changes it skips as well."""
+    calls: list[list[Any]] = []
+    script = publisher._publish
+
+    async def spy(keys: list[Any], args: list[Any]) -> Any:
+        calls.append(list(args))
+        return await script(keys=keys, args=args)
+
+    publisher._publish = spy  # type: ignore[assignment]
+    seed = {"p": Seed(0, point(ev.time_part(100, 1), 0))}
+    batch = changes(100, 105)
+    for i, change in enumerate(batch):
+        change.events[0] = Event(change.events[0].id, ev.POST_CREATED, ("public",),
+                                 {"id": str(i), "title": "é" * i + "日本" + "\n" * (i % 2)}, i)
+    assert (await publisher.publish_batch(lease="", previous="", changes=batch[:3], seeds=seed)).skipped == 0
+    assert (await publisher.publish_batch(lease="", previous="", changes=batch)).skipped == 3
+    assert [len(args) for args in calls] == [7, 7]
+    entries = await publisher.redis.xrange(publisher.keys.events)
+    published = [e for change in batch for e in change.events]
+    assert [entry_id.decode() for entry_id, _ in entries] == [e.id for e in published]
+    likes = 0
+    for (_, fields), event in zip(entries, published, strict=True):
+        envelope = event.envelope()
+        if event.counter is not None:
+            likes += 1
+            envelope["data"] = {**envelope["data"], "likes": likes}
+        assert fields[b"e"] == orjson.dumps(envelope)

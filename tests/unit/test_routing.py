@@ -164,6 +164,9 @@ class DocumentsTwin:
             raise SnapshotUnavailable("older than the snapshot history")
         return copy.deepcopy(w.post_at(post_id, t))
 
+    async def posts_now(self, post_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        return {post_id: await self.post(post_id, None) for post_id in post_ids}
+
 
 # -- the router, piece by piece ----------------------------------------------------------------------------
 
@@ -204,6 +207,47 @@ def test_a_post_the_index_knows_needs_no_mongodb_read() -> None:
     assert docs.reads == [] and mapped.post_info is None
     asyncio.run(router.map(comment_change(6), 0))
     assert memory.reads == 1  # then from the cache
+
+
+def test_a_change_whose_post_is_at_hand_is_mapped_without_a_round_trip_as_map_maps_it() -> None:
+    world = World(CFG, window=10**9)
+    world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "visibility": "public", "text": "s"})
+    router, memory, docs = routed(world)
+    memory.posts["p1"] = PostInfo("u1", True, at(3))
+    assert router.map_known(comment_change(5), 0, at(5)) is None  # only Redis holds the post's entry yet
+    first = asyncio.run(router.map(comment_change(5), 0))
+    known = router.map_known(comment_change(6), 0, at(6))  # now in the cache
+    assert known is not None and known == asyncio.run(router.map(comment_change(6), 0))
+    assert rooms(known) == rooms(first) == [(ev.COMMENT_ADDED, ("post:p1",)), (ev.NOTIFICATION_NEW, ("user:u1",))]
+    assert memory.reads == 1 and docs.reads == []
+    # what needs MongoDB, or the index of likes and comments, still takes the round trip
+    assert router.map_known(comment_change(2), 0, at(2)) is None  # the entry holds from after this change
+    assert router.map_known(comment_change(6, "update"), 0, at(6)) is None  # the post as it is now, not read ahead
+    unlike = like_change(7, "delete")
+    assert router.map_known(unlike, 0, at(7)) is None and rooms(asyncio.run(router.map(unlike, 0))) == []
+    assert memory.reads == 1 and docs.reads == []
+    asyncio.run(router.prefetch([comment_change(6, "update")]))
+    assert docs.reads == [None]
+    known = router.map_known(comment_change(6, "update"), 0, at(6))
+    assert known is not None and rooms(known) == [(ev.COMMENT_UPDATED, ("post:p1",))]
+
+
+def test_the_posts_comment_updates_need_as_they_are_now_are_read_once_with_their_changes() -> None:
+    """The watcher reads them with the changes (ahead, while the changes before are published): the prefetch then
+    asks MongoDB nothing more."""
+    world = World(CFG, window=10**9)
+    world.write("insert", "posts", "p1", {"_id": "p1", "authorId": "u1", "visibility": "public", "text": "s"})
+    router, memory, docs = routed(world)
+    memory.posts["p1"] = PostInfo("u1", True, at(1))
+    asyncio.run(router.map(comment_change(4), 0))  # the post's entry in the cache
+    changes = [comment_change(5), comment_change(6, "update"), comment_change(7, "update")]
+    now = asyncio.run(router.posts_now(changes))
+    assert docs.reads == [None] and now == {"p1": world.docs["posts"]["p1"]}
+    asyncio.run(router.prefetch(changes, now))
+    assert docs.reads == [None]
+    known = router.map_known(changes[1], 0, at(6))
+    assert known is not None and rooms(known) == [(ev.COMMENT_UPDATED, ("post:p1",))]
+    assert asyncio.run(routed(world, lookup_documents=False)[0].posts_now(changes)) == {}  # with post-images
 
 
 def test_a_post_unknown_to_the_index_is_read_as_of_just_before_the_change_and_remembered() -> None:
@@ -485,7 +529,10 @@ class WatcherModel:
             change = self.world.change(self.next, pre_images=self.pre_images, post_images=self.post_images)
             record = self.world.oplog[self.next]
             self.next += 1
-            mapped = await self.router.map(change, 0)
+            ct = change["clusterTime"]  # as the watcher maps: without a round trip where it can
+            mapped = self.router.map_known(change, 0, ev.time_part(ct.time, ct.inc))
+            if mapped is None:
+                mapped = await self.router.map(change, 0)
             self.memory.publish(self.router, mapped)
             self.published.append((record, mapped, change))
 
