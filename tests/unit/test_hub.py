@@ -888,9 +888,9 @@ def ids_of(sent: list[dict[str, Any]]) -> list[str]:
     return [f["id"] for f in sent if f["op"] == "event"]
 
 
-async def test_a_live_event_during_a_paced_replay_comes_after_it() -> None:
-    """Regression: a live event handed over while a long replay waited for the client to take a part went out at
-    once, before the rest of the replay and before ``synced`` (ids went back)."""
+def long_history() -> tuple[Hub, MemoryHistory, Any]:
+    """A hub with a bound of 50 unsent frames, and a server whose history holds 400 events of post:x (1-2 to
+    1-401), all handed over by its stream reader."""
     hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
     history = MemoryHistory()
     state = server(hub, history, "1-1")
@@ -898,6 +898,13 @@ async def test_a_live_event_during_a_paced_replay_comes_after_it() -> None:
     for n in range(2, 402):
         history.publish(n, ["post:x"])
     state.reader.last = b"1-401"
+    return hub, history, state
+
+
+async def test_a_live_event_during_a_paced_replay_comes_after_it() -> None:
+    """Regression: a live event handed over while a long replay waited for the client to take a part went out at
+    once, before the rest of the replay and before ``synced`` (ids went back)."""
+    hub, history, state = long_history()
 
     class Live(QueuingTransport):
         def write(self, data: bytes) -> None:
@@ -913,25 +920,38 @@ async def test_a_live_event_during_a_paced_replay_comes_after_it() -> None:
     assert hub.metrics.slow.value() == 0 and conn.alive
 
 
-async def test_what_a_read_again_sent_is_not_sent_again_by_a_stream_reader_behind_it() -> None:
-    """A read again reaches the head of the stream, which a stream reader behind it hands over later: those events
-    came twice, once from history and once live."""
+async def lagging_burst(size: int, part: int, reads: int | None = None
+                        ) -> tuple[Any, BurstHistory, Conn, FakeTransport, list[tuple[bytes, list[bytes]]]]:
+    """A connection in ``public`` that has had one event, and a burst of ``size`` events of public, post:x, both,
+    and another room published but not handed over yet: the stream reader hands over ``part`` of it at each
+    history read (the first ``reads`` reads; None: all). Returns the server, its history, the connection, its
+    transport, and the rest of the burst."""
     state, history = burst_server(size=0, bursts=0)
-    hub = state.hub
-    conn, transport = connection(hub, [])
+    conn, transport = connection(state.hub, [])
     await client_says(state, conn, op="subscribe", rooms=["public"])
     read(state, history.publish_next(["public", "post:x"]))
     kinds = (["public"], ["post:x"], ["public", "post:x"], ["hashtag:x"])
-    burst = [history.publish_next(kinds[i % 4]) for i in range(400)]
+    burst = [history.publish_next(kinds[i % 4]) for i in range(size)]
     real = history.pages
+    left = [reads]
 
     async def lagging(reads: dict[str, tuple[str, int, int, int]], extra: int) -> Any:
-        if len(burst) == 400:
-            read(state, *burst[:200])  # the reader hands over half of the burst during the first read
-            del burst[:200]
+        if burst and left[0] != 0:
+            read(state, *burst[:part])
+            del burst[:part]
+            if left[0] is not None:
+                left[0] -= 1
         return await real(reads, extra)
 
     history.pages = lagging  # type: ignore[method-assign]
+    return state, history, conn, transport, burst
+
+
+async def test_what_a_read_again_sent_is_not_sent_again_by_a_stream_reader_behind_it() -> None:
+    """A read again reaches the head of the stream, which a stream reader behind it hands over later: those events
+    came twice, once from history and once live."""
+    state, history, conn, transport, burst = await lagging_burst(400, 200, reads=1)  # half, during the first read
+    hub = state.hub
     await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
     assert hub.metrics.rereads.value() == 1
     assert conn.catch is not None  # the reader is behind what the connection has been sent
@@ -968,13 +988,7 @@ async def test_a_paced_replay_holds_its_frames_against_the_replay_memory_until_t
     """Regression: the replay memory was held only while history was read; then the replay's frames waited, uncounted,
     until a slow client took them (40 clients resuming 10 MB each took a server with a 16 MB budget to 640 MB, the
     gauge at 0). Now what is not written yet stays held, given back part by part as it is written."""
-    hub = Hub(queue_bytes=1 << 20, queue_messages=50, close_timeout=0.01)
-    history = MemoryHistory()
-    state = server(hub, history, "1-1")
-    state.cfg.replay_limit = 1000
-    for n in range(2, 402):
-        history.publish(n, ["post:x"])
-    state.reader.last = b"1-401"
+    hub, history, state = long_history()
     held: list[int] = []  # what the replay memory held at each write
 
     class Watched(QueuingTransport):
@@ -998,22 +1012,8 @@ async def test_a_stream_reader_catching_up_during_a_replay_does_not_close_a_clie
     copies filled the hold and passed its bounds: each counted as a new read again). Now what a read again has read
     is dropped when the reader hands it over late, and a read again counts against the bound only when it finds no
     less than the last read (the client does not catch up)."""
-    state, history = burst_server(size=0, bursts=0)
+    state, history, conn, transport, burst = await lagging_burst(1600, 300)  # a part at each read
     hub = state.hub
-    conn, transport = connection(hub, [])
-    await client_says(state, conn, op="subscribe", rooms=["public"])
-    read(state, history.publish_next(["public", "post:x"]))
-    kinds = (["public"], ["post:x"], ["public", "post:x"], ["hashtag:x"])
-    burst = [history.publish_next(kinds[i % 4]) for i in range(1600)]
-    real = history.pages
-
-    async def lagging(reads: dict[str, tuple[str, int, int, int]], extra: int) -> Any:
-        if burst:
-            read(state, *burst[:300])  # the reader hands over the next part of the burst at each read
-            del burst[:300]
-        return await real(reads, extra)
-
-    history.pages = lagging  # type: ignore[method-assign]
     await client_says(state, conn, op="subscribe", rooms=["post:x"], since="1-1")
     assert conn.alive and not transport.closed and hub.metrics.slow.value() == 0
     if burst:
