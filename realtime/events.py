@@ -124,6 +124,14 @@ def parse_id(event_id: object) -> tuple[int, int]:
     return ms, seq
 
 
+def id_before(key: tuple[int, int]) -> tuple[int, int]:
+    """The id just before ``key`` (``(0, 0)`` for the first): a read of a stream after it begins with ``key``."""
+    ms, seq = key
+    if seq:
+        return ms, seq - 1
+    return (ms - 1, (1 << 64) - 1) if ms else (0, 0)
+
+
 def id_cluster_time(event_id: str) -> tuple[int, int]:
     """The ``(seconds, increment)`` of the change an event id was derived from."""
     ms, _ = parse_id(event_id)

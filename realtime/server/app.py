@@ -590,8 +590,7 @@ async def _replay_held(state: State, conn: Conn, rooms: tuple[str, ...], since: 
             if spilled is None and out.fits(frames):
                 hold.release()  # (nothing was kept since the take) live from here on, behind these frames
                 if frames:
-                    conn.send(b"".join(data for data, _ in frames), len(frames))
-                    out.written(frames)
+                    out.send(frames)
                 break
             if not await out.write(frames):
                 return  # gone, or closed as slow
@@ -604,7 +603,9 @@ async def _replay_held(state: State, conn: Conn, rooms: tuple[str, ...], since: 
                 hub.slow(conn)  # it reads more slowly than its rooms publish: it resumes from its last event
                 return
             hub.metrics.rereads.inc()
-            read = functools.partial(collect, state.history, tuple(conn.session.rooms), _before(spilled),
+            ms, seq = ev.id_before(spilled)  # a read after it begins with `spilled`
+            after = f"{ms}-{seq}"
+            read = functools.partial(collect, state.history, tuple(conn.session.rooms), after,
                                      state.cfg.replay_limit, memory=budget, had=again)
             try:
                 more = await retrying(read, state.cfg.retry_seconds, "a replay's read again")
@@ -675,8 +676,9 @@ class _Paced:
             self.synced = b""
         return out
 
-    def written(self, frames: list[Framed]) -> None:
-        """``frames`` are in the connection's transport: what they held of the budget goes back."""
+    def send(self, frames: list[Framed]) -> None:
+        """Write ``frames`` at once; what they held of the budget goes back."""
+        self.conn.send(b"".join(data for data, _ in frames), len(frames))
         self.budget.shrink(self.budget.size - sum(cost for _, cost in frames))
 
     def fits(self, frames: list[Framed]) -> bool:
@@ -711,18 +713,9 @@ class _Paced:
     async def _part(self, chunk: list[Framed]) -> bool:
         if self.unsent and not await self.drained():
             return False
-        self.conn.send(b"".join(data for data, _ in chunk), len(chunk))
-        self.written(chunk)
+        self.send(chunk)
         self.unsent = True
         return self.conn.alive
-
-
-def _before(key: tuple[int, int]) -> str:
-    """The id just before ``key``: a read of history after it begins with ``key``."""
-    ms, seq = key
-    if seq:
-        return f"{ms}-{seq - 1}"
-    return f"{ms - 1}-{(1 << 64) - 1}" if ms else "0-0"
 
 
 async def _drained(conn: Conn, stall: float) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from realtime.events import parse_id
+from realtime.events import id_before, parse_id
 from realtime.resume import RoomHistory, StreamState
 
 
@@ -32,8 +32,7 @@ def _max_deleted(info: dict[Any, Any]) -> tuple[int, int]:
     first = _id(get("recorded-first-entry-id"))
     if not length or first is None or first == (0, 0):  # all gone, the last one too
         return max(deleted, _id(get("last-generated-id")) or (0, 0))
-    ms, seq = first
-    return max(deleted, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
+    return max(deleted, id_before(first))
 
 
 # KEYS[1]: a room's history. ARGV: the id to read after, a byte bound, a count bound, the bytes counted per

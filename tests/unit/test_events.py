@@ -27,3 +27,12 @@ def test_an_event_is_frozen_and_compares_without_its_counter() -> None:
 
 def test_a_counter_is_a_named_tuple_counting_likes_by_default() -> None:
     assert Counter("p1", -1) == ("p1", -1, "likes") and Counter("p1", 1, "n").field == "n"
+
+
+def test_the_id_before_an_id() -> None:
+    """The id just before another: a read of a stream after it begins with that id."""
+    from realtime.events import id_before
+
+    assert id_before((5, 3)) == (5, 2)
+    assert id_before((5, 0)) == (4, (1 << 64) - 1)
+    assert id_before((0, 0)) == (0, 0)
