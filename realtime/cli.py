@@ -147,8 +147,10 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
 
 
 async def _run_mongo(args: argparse.Namespace) -> int:
+    from realtime.collector import freeze_survivors
     from realtime.standin.server import Server
 
+    freeze_survivors()
     server = Server(args.host, args.port, oplog_max_entries=args.oplog_max_entries,
                     oplog_max_bytes=args.oplog_max_bytes, noop_interval=args.noop_interval)
     try:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from realtime import httpd
+from realtime.collector import freeze_start_up
 from realtime.config import ConfigError
 from watchers import config as config_module
 from watchers.config import WatcherConfig
@@ -110,8 +111,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         print(f"realtime watch: configuration error: {exc}", file=sys.stderr)
         return 2
 
-    gc.collect()
-    gc.freeze()
+    freeze_start_up()
     gc.set_threshold(*GC_THRESHOLDS)
 
     async def go() -> int:

@@ -8,6 +8,7 @@ Each handler takes the command document and returns the reply document (without 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -16,7 +17,7 @@ import logging
 import platform
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -747,12 +748,10 @@ class Engine:
             raise unsupported("a hint naming a sparse or partial index")
 
     def _project(self, doc: dict[str, Any], projection: dict[str, Any]) -> dict[str, Any]:
-        import mongomock
-
-        scratch: Any = mongomock.MongoClient()["p"]["p"]
-        scratch.insert_one(clone(doc))
-        found = self.store._read(lambda: scratch.find_one({}, projection))
-        return dict(found) if found is not None else {}
+        with self.store.scratch() as scratch:
+            scratch.insert_one(clone(doc))
+            found = self.store._read(lambda: scratch.find_one({}, projection))
+            return dict(found) if found is not None else {}
 
     # -- reads ------------------------------------------------------------------------------------------
     def _new_cursor(self, ns: str, docs: list[dict[str, Any]], first: int | None,
@@ -775,7 +774,9 @@ class Engine:
     def _mcoll(self, db: str, coll: str) -> Any:
         return self.store._mcoll(db, coll)
 
-    def _source(self, cmd: dict[str, Any], db: str, coll: str, query: Any = None) -> tuple[Any, Timestamp | None]:
+    @contextlib.contextmanager
+    def _source(self, cmd: dict[str, Any], db: str, coll: str,
+                query: Any = None) -> Iterator[tuple[Any, Timestamp | None]]:
         """The collection a read runs on, and the cluster time a snapshot read (outside a transaction) read at.
 
         The collection is the live one, or (at ``readConcern.atClusterTime``, or while other transactions have
@@ -796,16 +797,15 @@ class Engine:
         hide = [t for t in {id(t): t for t in self.locks.values()}.values()
                 if t is not own and t.state == "open" and any(u[:2] == (db, coll) for u in t.undo)]
         if not self.store.visible(db, coll, own) and at is None:
-            return None, read_at
-        if at is None and not hide:
-            return self._mcoll(db, coll), read_at
-        import mongomock
-
-        scratch: Any = mongomock.MongoClient()["snapshot"]["snapshot"]
-        docs = self.store.snapshot(db, coll, at, hide, query)
-        if docs:
-            scratch.insert_many(docs)
-        return scratch, read_at
+            yield None, read_at
+        elif at is None and not hide:
+            yield self._mcoll(db, coll), read_at
+        else:
+            docs = self.store.snapshot(db, coll, at, hide, query)
+            with self.store.scratch() as scratch:
+                if docs:
+                    scratch.insert_many(docs)
+                yield scratch, read_at
 
     def _own_transaction(self, cmd: dict[str, Any]) -> Transaction | None:
         if cmd.get("autocommit") is not False or cmd.get("lsid") is None:
@@ -823,17 +823,17 @@ class Engine:
         docs: list[dict[str, Any]] = []
         if (db, coll) == ("local", "system.replset"):  # what rs.conf() reads where replSetGetConfig is not used
             return self._new_cursor("local.system.replset", [self.replica_set_config()], cmd.get("batchSize"))
-        mc, read_at = self._source(cmd, db, coll, filter_)
-        if mc is not None:
-            cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
-            if cmd.get("sort"):
-                cursor = cursor.sort(sort_list(cmd["sort"]))
-            if cmd.get("skip"):
-                cursor = cursor.skip(int(cmd["skip"]))
-            limit = int(cmd.get("limit") or 0)
-            if limit:
-                cursor = cursor.limit(abs(limit))
-            docs = [dict(d) for d in self.store._read(lambda: materialize(cursor))]
+        with self._source(cmd, db, coll, filter_) as (mc, read_at):
+            if mc is not None:
+                cursor = self.store._read(lambda: mc.find(filter_, cmd.get("projection") or None))
+                if cmd.get("sort"):
+                    cursor = cursor.sort(sort_list(cmd["sort"]))
+                if cmd.get("skip"):
+                    cursor = cursor.skip(int(cmd["skip"]))
+                limit = int(cmd.get("limit") or 0)
+                if limit:
+                    cursor = cursor.limit(abs(limit))
+                docs = [dict(d) for d in self.store._read(lambda: materialize(cursor))]
         return self._new_cursor(f"{db}.{coll}", docs, cmd.get("batchSize"), bool(cmd.get("singleBatch")), read_at,
                                 time_limit)
 
@@ -842,10 +842,10 @@ class Engine:
         db, coll = cmd["$db"], _coll_arg(cmd, "count")
         self._check_hint(db, coll, cmd.get("hint"))
         validate.check_filter(cmd.get("query"))
-        mc, _ = self._source(cmd, db, coll, cmd.get("query"))
-        if mc is None:
-            return {"n": 0}
-        n = self.store._read(lambda: mc.count_documents(cmd.get("query") or {}))
+        with self._source(cmd, db, coll, cmd.get("query")) as (mc, _):
+            if mc is None:
+                return {"n": 0}
+            n = self.store._read(lambda: mc.count_documents(cmd.get("query") or {}))
         n = max(n - int(cmd.get("skip") or 0), 0)
         if cmd.get("limit"):
             n = min(n, abs(int(cmd["limit"])))
@@ -859,8 +859,8 @@ class Engine:
         key = cmd.get("key")
         if not isinstance(key, str):
             raise CommandError(14, "BSON field 'distinct.key' is missing or is not a string")
-        mc, read_at = self._source(cmd, db, coll, cmd.get("query"))
-        values = [] if mc is None else self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))
+        with self._source(cmd, db, coll, cmd.get("query")) as (mc, read_at):
+            values = [] if mc is None else self.store._read(lambda: list(mc.distinct(key, cmd.get("query") or {})))
         reply: dict[str, Any] = {"values": sort_values(values)}
         time_limit.check()
         if read_at is not None:
@@ -899,9 +899,9 @@ class Engine:
                                     cmd.get("cursor", {}).get("batchSize"), time_limit=time_limit)
         docs: list[dict[str, Any]] = []
         first = pipeline[0] if pipeline else {}
-        mc, read_at = self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None)
-        if mc is not None:
-            docs = [_id_first(dict(d)) for d in self.store._read(lambda: aggregate(mc, pipeline))]
+        with self._source(cmd, db, coll, first.get("$match") if list(first) == ["$match"] else None) as (mc, read_at):
+            if mc is not None:
+                docs = [_id_first(dict(d)) for d in self.store._read(lambda: aggregate(mc, pipeline))]
         return self._new_cursor(f"{db}.{coll}", docs, cmd.get("cursor", {}).get("batchSize"), read_at=read_at,
                                 time_limit=time_limit)
 

@@ -64,3 +64,26 @@ def test_as_stored_copies_only_what_it_changes() -> None:
     stored = _as_stored(aware)
     assert stored["a"]["b"][1] == dt.datetime(2026, 1, 1, 12) and stored["a"]["b"][1].tzinfo is None
     assert stored["c"] is aware["c"] and aware["a"]["b"][1].tzinfo is dt.UTC
+
+
+def test_a_scratch_collection_is_empty_each_time_and_emptied_after_use() -> None:
+    from realtime.standin.oplog import Oplog
+    from realtime.standin.store import Store
+
+    store = Store(Oplog())
+    with store.scratch() as outer:
+        outer.insert_one({"_id": 1})
+        with store.scratch() as inner:  # a scratch within a scratch (an update's, during a read) is another one
+            assert inner.count_documents({}) == 0
+            inner.insert_one({"_id": 1})
+        assert outer.count_documents({}) == 1
+    try:
+        with store.scratch() as again:
+            assert again.count_documents({}) == 0
+            again.insert_one({"_id": 2})
+            raise RuntimeError("the read failed")
+    except RuntimeError:
+        pass
+    with store.scratch() as last:
+        assert last.count_documents({}) == 0
+    assert store._scratch_client["scratch"].list_collection_names() == []
