@@ -40,6 +40,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import gc
 import hashlib
 import json
 import math
@@ -201,9 +202,19 @@ class WsClient(asyncio.Protocol):
         self.fail(f"connection lost: {exc}")
 
 
+def quiet_collector() -> None:
+    """The measuring processes (clients, producers) do not collect garbage: a full collection pauses them
+    for tens of milliseconds, between a producer's stamp and its write or between a frame's arrival and its
+    reading, which would be counted as the product's latency. What they allocate is freed by reference
+    counting; a run is bounded."""
+    gc.freeze()
+    gc.disable()
+
+
 def clients_main(port: int, n: int, pipe: multiprocessing.connection.Connection) -> None:
     """In its own process: open n connections, subscribe each to public, then answer the parent's questions."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_collector()
     asyncio.run(_clients(port, n, pipe))
 
 
@@ -290,6 +301,7 @@ def producer_main(uri: str, phase: str, k: int, writers: int, threads: int, rate
     ``writers`` taking turns on one absolute schedule of ``rate`` posts a second (writer w makes writes w,
     w + writers, w + 2 writers...), ``batch`` posts a write."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_collector()
     client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000, maxPoolSize=threads + 2)
     try:
         posts = client[DB].posts
