@@ -733,7 +733,8 @@ WebSocket clients subscribed to `public`, and {cfg['producers']} producer proces
 each) run in processes of their own. For {cfg['seconds']:g} s per rate the writers insert public posts with
 PyMongo, taking turns at the offered rate on an absolute schedule, each post carrying the writer's
 `time.time_ns()` taken just before its `insert_one` (a rate with "writes of N": `insert_many` of N posts, one
-stamp for the N); latency is each client's receipt time minus that stamp (same clock), per delivery.
+stamp for the N); latency is each client's receipt time minus that stamp (same clock), per delivery. The
+clients' and producers' processes do not collect garbage during a run (a pause there would count as latency).
 
 Backlog: when the producers stop, the changes written that the watcher has not read yet, and the deliveries
 not received yet; then the run waits for the rest (at most {cfg['drain_max']:g} s). The watcher's lag
