@@ -50,16 +50,12 @@ from realtime.server.lean import FastProtocol, Heartbeats
 from realtime.server.presence import Presence
 from realtime.server.reader import StreamReader
 from realtime.server.retry import Unavailable, retrying
-from realtime.server.transports import ENTRY_EXTRA, HttpClients, collect
+from realtime.server.transports import ENTRY_EXTRA, REREADS, HttpClients, collect
 from realtime.tasks import cancel_all
 from watchers.keys import Keys
 
 log = logging.getLogger("realtime.server")
 REPLAY_CHUNK = 64 * 1024  # bytes of replayed frames written at a time (each frame still counts as one message)
-# Reads of history again during one replay, each when the live events kept meanwhile passed the connection's bounds,
-# that find no fewer events than the last read (the client does not catch up), before the replay closes the
-# connection as slow.
-REREADS = 3
 Framed = tuple[bytes, int]  # a replay's frame, and the bytes of the replay memory it holds until written
 CLOSE_DRAIN = 5.0  # seconds a closed connection's late frames are read (and dropped) before the socket closes
 

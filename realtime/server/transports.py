@@ -55,6 +55,10 @@ PAGE = 128 * 1024  # bytes a replay reads from Redis per round trip, for all its
 ENTRY_EXTRA = 64  # bytes counted per event held, on top of its payload (the objects around it)
 READ_EXTRA = ENTRY_EXTRA + 32  # per envelope read: its payload adds "op" and "room" (11 bytes; 31 without "ts")
 CHUNK = 64 * 1024  # bytes of replayed events an SSE stream writes at a time
+# Reads of history again during one replay (WebSocket or SSE), each when the live events kept meanwhile passed the
+# connection's bounds, that find no fewer events than the last read (the client does not catch up), before the
+# replay closes the connection as slow.
+REREADS = 3
 
 
 def event_payload(envelope: dict[str, Any], room: str) -> bytes:
@@ -422,11 +426,12 @@ class SseStream:
     """One SSE response, written as a WebSocket connection is: the hub feeds it each event of its rooms, once,
     and it writes it to the transport at once (no task, no queue of its own), closing the stream as slow when
     the transport holds more than ``max_bytes`` unsent, or has held unsent bytes for more than ``max_messages``
-    writes in a row. Until :meth:`live`, while the replay is read, live events are kept aside (within the same
-    bounds) and written after it, but for those it already sent."""
+    writes in a row. Until :meth:`live`, while the replay is read, live events are kept aside and written after
+    it, but for those it already sent; past the same bounds no more are kept, and :attr:`spilled` says from which
+    event on the rooms' history has to be read again (see :meth:`replayed`)."""
 
     __slots__ = ("backlog", "chunked", "done", "ended", "expires", "final", "held", "held_size", "hub", "last",
-                 "max_bytes", "max_messages", "rooms", "transport")
+                 "max_bytes", "max_messages", "rooms", "spilled", "transport")
 
     def __init__(self, rooms: tuple[str, ...], hub: Any, max_bytes: int, max_messages: int, expires: float) -> None:
         self.rooms = rooms
@@ -436,6 +441,7 @@ class SseStream:
         self.last = (0, 0)
         self.held: list[tuple[tuple[int, int] | None, bytes]] | None = []  # (id, or None for a reset; text)
         self.held_size = 0
+        self.spilled: tuple[int, int] | None = None  # the first live event not kept aside, past the bounds
         self.transport: Any = None
         self.chunked = True
         self.backlog = 0  # writes while the transport held unsent bytes
@@ -451,11 +457,11 @@ class SseStream:
         if time.time() >= self.expires:
             self.end("token_expired")  # nothing after exp
             return
-        self._out(key, _sse_event(key, payload))
+        self._out(key, _sse_event(key, payload), key)
 
     def reset(self, key: tuple[int, int], reason: str) -> None:
         if not self.ended:
-            self._out(None, _sse_reset(self.rooms, reason))
+            self._out(None, _sse_reset(self.rooms, reason), key)
 
     def going_away(self) -> None:
         self.end("going_away", retry=random.randint(*GOING_AWAY_RETRY))
@@ -466,10 +472,14 @@ class SseStream:
         self.transport, self.chunked = transport, chunked
         self._close()  # (when it ended before the response started)
 
-    def replayed(self, got: Collected) -> None:
-        """Write a replay, then what came live meanwhile (but for what the replay sent); live from then on."""
+    def replayed(self, got: Collected) -> tuple[int, int] | None:
+        """Write a replay, then what came live meanwhile (but for what the replay sent); live from then on.
+
+        When live events passed the bounds meanwhile, those kept before the first that was not are written, live
+        events are kept aside again from now, and the id of that first one is returned: the rooms' history is to be
+        read again from it (and given here again). None once live (or ended)."""
         if self.ended:
-            return
+            return None
         for why, rooms in got.resets.items():
             self._write(_sse_reset(rooms, why), 1)
         upto = (0, 0)
@@ -490,7 +500,19 @@ class SseStream:
             # An id without data moves EventSource's Last-Event-ID past the reset, without an event: a reconnect
             # then goes on from here rather than being told the same reset again.
             self._write(b"id: %d-%d\n\n" % max(got.head, upto), 1)
-        self.live(max(got.head, upto))  # the replay covered the rooms up to the head: live goes on after it
+        spilled = self.spilled
+        if spilled is None:
+            self.live(max(got.head, upto))  # the replay covered the rooms up to the head: live goes on after it
+            return None
+        # The replay covered the rooms up to the head; the live events kept cover them up to `spilled`.
+        upto = max(got.head, upto)
+        held, self.held, self.held_size, self.spilled = self.held, [], 0, None
+        for at, data in held or ():
+            if self.ended:
+                return None
+            if at is None or upto < at < spilled:
+                self._write(data, 1)
+        return None if self.ended else spilled
 
     def live(self, upto: tuple[int, int] = (0, 0)) -> None:
         """Write what was kept aside (after ``upto``, where the replay ended); write live events at once, but
@@ -545,15 +567,19 @@ class SseStream:
     def _framed(self, data: bytes) -> bytes:
         return b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
 
-    def _out(self, key: tuple[int, int] | None, data: bytes) -> None:
+    def _out(self, key: tuple[int, int] | None, data: bytes, at: tuple[int, int]) -> None:
+        """Write an event (``key``; None for a reset, at ``at``), or keep it aside during a replay."""
         held = self.held
         if held is None:
             self._write(data, 1)
             return
+        if self.spilled is not None:
+            return  # read from history again, with the rest
+        if self.held_size + len(data) > self.max_bytes or len(held) >= self.max_messages:
+            self.spilled = at
+            return
         held.append((key, data))
         self.held_size += len(data)
-        if self.held_size > self.max_bytes or len(held) > self.max_messages:
-            self.end("slow")
 
     def _write(self, data: bytes, messages: int) -> None:
         t = self.transport
@@ -613,7 +639,7 @@ async def _stream(state: Any, request: Request, stream: SseStream, since: str | 
             async with state.replays.hold() as hold:
                 got = await collect(state.history, stream.rooms, since, cfg.replay_limit, state.deep, memory=hold)
                 if not stream.expiring():
-                    stream.replayed(got)
+                    await _replay(state, stream, got, hold)
                 del got
         except ReplayBusy:
             stream.fail("unavailable", "too many replays at once; retry")
@@ -632,6 +658,27 @@ async def _stream(state: Any, request: Request, stream: SseStream, since: str | 
                 await response.send(b": heartbeat\n\n")
         except TimeoutError:
             stream.end("slow")
+
+
+async def _replay(state: Any, stream: SseStream, got: Collected, hold: Hold) -> None:
+    """Write a replay; while live events kept aside meanwhile passed the stream's bounds, read the rooms' history
+    again from the first that was not kept, and write that (at most REREADS reads that find no fewer events than
+    the last: a client that reads more slowly than its rooms publish is closed as slow, and resumes)."""
+    spilled = stream.replayed(got)
+    found, stuck = len(got.events), 0
+    while spilled is not None and not stream.expiring():
+        hold.shrink(0)  # what was read is written (or in the transport's buffer, which the bounds limit)
+        if stuck == REREADS:
+            stream.end("slow")
+            return
+        state.hub.metrics.rereads.inc()
+        ms, seq = ev.id_before(spilled)  # a read after it begins with `spilled`
+        more = await collect(state.history, stream.rooms, f"{ms}-{seq}", state.cfg.replay_limit, memory=hold)
+        if len(more.events) >= found:
+            stuck += 1
+        found = len(more.events)
+        state.hub.metrics.replayed.inc(found)
+        spilled = stream.replayed(more)
 
 
 # -- shared ---------------------------------------------------------------------------------------------------------

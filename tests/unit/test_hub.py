@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import socket
 import time
@@ -1043,3 +1044,52 @@ async def test_ids_never_go_back_after_a_replay_on_a_server_whose_reader_is_behi
     ops = [(f["op"], f.get("id")) for f in frames(transport)]
     assert ops.index(("synced", None)) == ops.index(("event", "1-7")) + 1
     assert conn.catch is None and hub.metrics.slow.value() == 0
+
+
+async def sse_replay(size: int, bursts: int) -> tuple[Any, BurstHistory, Any, Any]:
+    """An SSE stream of public and post:x with a bound of 50 unsent events, resuming from 1-1 on a server during
+    whose first ``bursts`` history reads the stream reader hands ``size`` events over. Returns the server, its
+    history, the stream and its transport."""
+    from realtime.server import transports
+
+    state, history = burst_server(size=size, bursts=bursts, queue_messages=50)
+    read(state, history.publish_next(["public", "post:x"]))  # (before the stream: its replay's first event)
+    stream = transports.SseStream(("public", "post:x"), state.hub, 1 << 20, 50, math.inf)
+    transport = QueuingTransport(reads=1 << 30)
+    stream.attach(transport, chunked=False)
+    state.hub.listen(stream)
+    async with state.replays.hold() as hold:
+        got = await transports.collect(state.history, stream.rooms, "1-1", state.cfg.replay_limit, memory=hold)
+        await transports._replay(state, stream, got, hold)
+    return state, history, stream, transport
+
+
+def sse_ids(transport: Any) -> list[str]:
+    return [line[4:].decode() for line in b"".join(transport.writes).split(b"\n") if line.startswith(b"id: ")]
+
+
+async def test_an_sse_replay_past_its_holds_bounds_reads_history_again() -> None:
+    """Pins: live events past the bounds of an SSE stream's hold during its replay closed the stream as slow (4008);
+    a client resuming in a busy room could loop (resume, overflow, resume). It reads history again, as a WebSocket
+    does: every event once, in order."""
+    state, history, stream, transport = await sse_replay(size=200, bursts=1)
+    assert not stream.ended
+    assert sse_ids(transport) == wanted(history, {"public", "post:x"})
+    assert state.hub.metrics.rereads.value() == 1
+    read(state, history.publish_next(["public"]))  # live from here on
+    assert sse_ids(transport)[-1] == f"1-{history.next}"
+
+
+async def test_an_sse_replay_whose_client_never_catches_up_is_closed_as_slow() -> None:
+    state, history, stream, transport = await sse_replay(size=200, bursts=1000)
+    assert stream.ended == "slow"
+    assert state.hub.metrics.rereads.value() == transports_rereads()
+    got = sse_ids(transport)
+    assert len(got) == len(set(got)) and got == sorted(got, key=parse_id)  # nothing twice, nothing out of order
+    assert got == wanted(history, {"public", "post:x"})[:len(got)]  # and no hole in what it sent
+
+
+def transports_rereads() -> int:
+    from realtime.server import transports
+
+    return transports.REREADS

@@ -144,9 +144,28 @@ def test_live_events_kept_aside_during_the_replay_are_bounded_and_merged_after_i
         b"id: 1-0", b"id: 2-0", b"id: 3-0", b"id: 4-0"]
 
     s2, _, _ = stream(max_bytes=100_000, max_messages=3)
-    for i in range(1, 5):
+    for i in range(1, 6):
         s2.feed((i, 0), "public", payload(i))
-    assert s2.ended == "slow", "what is kept aside is bounded too"
+    assert s2.held is not None and len(s2.held) == 3, "what is kept aside is bounded too"
+    assert s2.spilled == (4, 0) and not s2.ended  # from the first not kept, read from history again
+
+
+def test_past_the_bounds_the_replay_is_read_again_from_the_first_live_event_not_kept() -> None:
+    """Pins: an SSE stream whose live events kept aside during a replay passed the bounds was closed as slow
+    (4008) where a WebSocket reads history again."""
+    s, t, _ = stream(max_messages=3, sends=1 << 20)
+    for i in range(3, 9):  # live during the replay: 3, 4, 5 kept, 6 on not
+        s.feed((i, 0), "public", payload(i))
+    again = s.replayed(Collected(events=[((1, 0), "public", payload(1)), ((2, 0), "public", payload(2))],
+                                 head=(2, 0)))
+    assert again == (6, 0) and not s.ended
+    s.feed((9, 0), "public", payload(9))  # live during the read again: kept
+    assert s.replayed(Collected(events=[((i, 0), "public", payload(i)) for i in (6, 7, 8)], head=(8, 0))) is None
+    s.feed((10, 0), "public", payload(10))  # live
+    texts = b"".join(chunks(t.sent)[0])
+    assert [line for line in texts.split(b"\n") if line.startswith(b"id:")] == [
+        b"id: %d-0" % i for i in range(1, 11)]
+    assert not s.ended
 
 
 def test_a_reader_behind_the_replay_does_not_send_again_what_the_replay_covered() -> None:
