@@ -531,6 +531,11 @@ class Watcher:
         self.router.clear()  # its cache must match where this stream starts (another leader may have moved on)
         async with stream:
             first = _first_time(point, stream)
+            if point is self.first_start and stream.resume_token is not None:
+                # A new deployment's stream starts "now": only a checkpoint finds that place again after a
+                # restart (nothing is published yet). Saved before the reset marker, so that a watcher stopped
+                # in between starts there, not at a later "now" that would leave out the writes between.
+                await self._save_checkpoint(stream.resume_token)
             if point.reset is not None:
                 # This stream does not continue what Redis holds: clients resuming from before it must refetch.
                 await self._reset(lease, first - 1, point.reset, {})
@@ -632,10 +637,12 @@ class Watcher:
     async def _checkpoint(self, token: dict[str, Any] | None) -> None:
         """Save ``token`` (the last change published, or the stream's token after an empty read) as the
         checkpoint, when one is due."""
-        now = time.monotonic()
-        if now - self.last_checkpoint < self.cfg.checkpoint_interval or token is None:
+        if time.monotonic() - self.last_checkpoint < self.cfg.checkpoint_interval or token is None:
             return
-        self.last_checkpoint = now
+        await self._save_checkpoint(token)
+
+    async def _save_checkpoint(self, token: dict[str, Any]) -> None:
+        self.last_checkpoint = time.monotonic()
         await self.checkpoints.save(Checkpoint(dict(token), f"{self.last_time}:{self.last_position}"))
         self.metrics.checkpoints.inc()
 

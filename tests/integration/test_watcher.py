@@ -165,6 +165,20 @@ def test_like_counts_are_read_again_after_a_reset(r: redis.Redis, standin: Stand
     assert r.hget("{rt}:likes", "p1") == b"7"
 
 
+def test_a_new_deployments_watcher_stopped_at_once_goes_on_where_its_stream_started(
+        r: redis.Redis, mongo_client: MongoClient[dict[str, Any]], watchers: Any) -> None:
+    """Pins: a new deployment's watcher stopped before its first checkpoint (its first read had not come back)
+    started again from a later "now": what was written while it was down was never published."""
+    w = leading(watchers("w", REALTIME_MAX_AWAIT_MS="5000").start(), r)  # its first read waits 5 s
+    assert [e["data"]["reason"] for e in stream(r)] == ["stream_started"]
+    w.kill(signal.SIGKILL)
+    mongo_client.app.posts.insert_many([{"_id": f"down{i}", "authorId": "u1"} for i in range(5)])
+    w.start()
+    wait_for(lambda: len(published(stream(r))) == 5, "the posts written while it was down")
+    time.sleep(0.5)
+    assert [e["data"]["id"] for e in stream(r) if e["type"] == ev.POST_CREATED] == [f"down{i}" for i in range(5)]
+
+
 def test_quiet_database_keeps_the_checkpoint_moving(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
                                                     watchers: Any) -> None:
     watchers("w").start()

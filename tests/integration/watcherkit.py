@@ -39,7 +39,7 @@ class WatcherProcess(Service):
         super().__init__(log_dir, name, dict(
             os.environ, MONGODB_URI=mongo_uri, REDIS_URL=redis_url, REALTIME_WATCHER_NAME=name,
             REALTIME_WATCHER_HTTP=f"127.0.0.1:{port}", REALTIME_LEASE_SECONDS="1",
-            REALTIME_CHECKPOINT_INTERVAL="0.2", REALTIME_MAX_AWAIT_MS="100", **env), port)
+            REALTIME_CHECKPOINT_INTERVAL="0.2", REALTIME_MAX_AWAIT_MS="100") | env, port)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
