@@ -700,6 +700,17 @@ class Engine:
             raise CommandError(9, "Either an update or remove=true must be specified")
         if remove and cmd.get("upsert"):
             raise CommandError(9, "Cannot specify both an upsert and remove=true")
+        if cmd.get("fields"):
+            # A projection the stand-in cannot apply fails before the write, not after it (the write stayed, and
+            # a transaction went on to commit it): tried on the document the query finds now.
+            mc = self._mcoll(db, coll) if self.store.exists(db, coll) else None
+            try:
+                current = self.store._read(lambda: mc.find_one(query)) if mc is not None else None
+                self._project(dict(current) if current is not None else {"_id": None}, cmd["fields"])
+            except CommandError:
+                if txn is not None:
+                    self.store.abort(txn, self.locks)
+                raise
 
         def one() -> WriteResult:
             if remove:

@@ -545,6 +545,34 @@ def test_find_one_and_update_with_sort_and_projection(coll: Collection[Doc]) -> 
     assert coll.count_documents({"state": "new"}) == 2
 
 
+def test_find_one_and_update_that_fails_on_its_projection_writes_nothing(client: MongoClient[Doc],
+                                                                        coll: Collection[Doc]) -> None:
+    """Pins: a projection the stand-in cannot apply failed after the update was made (and a transaction went on to
+    commit it). A findAndModify either succeeds with its update or fails without it."""
+    coll.insert_one({"_id": 1, "arr": [1, 2, 3], "n": 0})
+    try:
+        got = coll.find_one_and_update({"_id": 1, "arr": 2}, {"$inc": {"n": 1}}, projection={"arr.$": 1},
+                                       return_document=ReturnDocument.AFTER)
+    except OperationFailure:
+        assert one(coll, 1)["n"] == 0
+    else:
+        assert got == {"_id": 1, "arr": [2]} and one(coll, 1)["n"] == 1
+    n = one(coll, 1)["n"]
+    with client.start_session() as session:
+        session.start_transaction()
+        try:
+            coll.find_one_and_update({"_id": 1, "arr": 2}, {"$inc": {"n": 100}}, projection={"arr.$": 1},
+                                     session=session)
+        except OperationFailure:
+            with pytest.raises(OperationFailure) as failed:
+                session.commit_transaction()
+            assert failed.value.code == 251  # NoSuchTransaction: the statement's failure ended it
+            assert one(coll, 1)["n"] == n
+        else:
+            session.commit_transaction()
+            assert one(coll, 1)["n"] == n + 100
+
+
 def test_find_one_and_update_upsert(coll: Collection[Doc]) -> None:
     before = coll.find_one_and_update({"_id": "a", "kind": "k"}, {"$set": {"v": 1}}, upsert=True)
     assert before is None
