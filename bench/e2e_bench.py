@@ -529,7 +529,7 @@ def cpu_of(procs: dict[str, list[int]]) -> dict[str, float]:
 
 def run_phase(args: argparse.Namespace, rate: float, batch: int, mongo_uri: str, clients: Clients, watcher_port: int,
               server_port: int, procs: dict[str, list[int]], deadline: float) -> dict[str, Any]:
-    phase = f"r{rate:g}x{batch}"
+    phase = f"r{round(rate * 1000)}x{batch}"  # digits alone: it goes into ids, which the clients split at "."
     producers = Producers(mongo_uri, phase, args.producers, args.threads, rate, args.seconds, batch)
     try:
         watcher_before, server_before = scrape(watcher_port), scrape(server_port)
@@ -676,7 +676,13 @@ def rates(text: str) -> list[tuple[float, int]]:
     out = []
     for part in text.split(","):
         rate, _, batch = part.strip().partition("x")
-        out.append((float(rate), int(batch or 1)))
+        try:
+            offered, size = float(rate), int(batch or 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a rate: {part!r} (e.g. 200 or 5000x10)") from None
+        if not (0 < offered <= 1_000_000 and 1 <= size <= 10_000):
+            raise argparse.ArgumentTypeError(f"out of range: {part!r} (0 < rate <= 1000000, 1 <= size <= 10000)")
+        out.append((offered, size))
     return out
 
 
