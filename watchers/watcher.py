@@ -53,6 +53,7 @@ from watchers.routing import MongoDocuments, RedisMemory, Router
 log = logging.getLogger("realtime.watcher")
 
 HISTORY_LOST = {286: "history_lost", 280: "token_not_found", 260: "invalid_token"}
+EVENT_TOO_LARGE = 10334  # BSONObjectTooLarge: a change event (with its documents) over 16 MB
 STREAM_STARTED = "stream_started"  # a reset marker's reason: a stream that follows nothing Redis holds
 PING_TIMEOUT = 2.0  # seconds /readyz waits for MongoDB's answer when the watcher is not hearing from it
 # Redis answers that mean it cannot serve for now (full, a read-only replica after a failover, a cluster
@@ -402,8 +403,13 @@ class Watcher:
                 point = await self._stream(lease, point)
                 delays = self._backoff()
             except (PyMongoError, RedisError, Diverged) as exc:
-                self.metrics.errors.inc(kind=type(exc).__name__)
-                if isinstance(exc, Diverged):
+                too_large = isinstance(exc, OperationFailure) and exc.code == EVENT_TOO_LARGE
+                self.metrics.errors.inc(kind="event_too_large" if too_large else type(exc).__name__)
+                if too_large:
+                    log.error("a change event is over MongoDB's 16 MB limit, and the stream cannot go past it: "
+                              "nothing after it is published (see docs/operations.md, a change event over 16 MB); "
+                              "retrying: %s", exc)
+                elif isinstance(exc, Diverged):
                     log.warning("Redis does not hold the last change published (%s): it restarted from older "
                                 "data; planning the resume point again", exc)
                 else:
