@@ -46,6 +46,7 @@ SKIP_NO_AUTHOR = "no_author"  # a post that is not public (or of unknown visibil
 SKIP_BAD_ID = "bad_id"  # an _id or user id that cannot appear in a room name
 SKIP_BAD_DOCUMENT = "bad_document"
 SKIP_NOT_WATCHED = "not_watched"
+SKIP_TOO_LARGE = "too_large"  # MongoDB could not send its documents (over 16 MB): a reset marker takes its place
 
 
 class PostInfo(NamedTuple):  # a tuple, not a frozen dataclass: one is made for most changes, and that is cheaper
@@ -87,11 +88,33 @@ class Mapped:
     index_del: tuple[str, str] | None = None  # (kind, id) to forget
 
 
-def stream_pipeline(cfg: MappingConfig) -> list[dict[str, Any]]:
+# A change event MongoDB can send is at most 16 MB with its documents (16 MiB + 16 KiB in all): past this, their
+# share, the stream sends the change's place alone (stream_pipeline's places); what else an event holds is small.
+EVENT_DOCUMENTS_MAX = 16 * 1024 * 1024 - 64 * 1024
+TOO_LARGE = "realtimeTooLarge"  # the field that marks a change sent without its documents
+
+
+def _size(field: str) -> dict[str, Any]:
+    return {"$ifNull": [{"$bsonSize": field}, 0]}
+
+
+def stream_pipeline(cfg: MappingConfig, *, places: bool = False) -> list[dict[str, Any]]:
     """The change stream's ``$match``. Event ids count changes among those this pipeline lets through, so
-    the watcher and every replay from the oplog must use exactly this one."""
-    return [{"$match": {"$or": [{"ns.coll": {"$in": [cfg.posts, cfg.likes, cfg.comments]}},
-                                {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
+    the watcher and every replay from the oplog must use exactly this one.
+
+    ``places``: then also send the place alone (``_id``, cluster time, namespace, document key, and
+    ``realtimeTooLarge: true``) of a change whose documents MongoDB could not send in one event, where the stream
+    would otherwise stop for good (``BSONObjectTooLarge``). It lets through the same changes (ids are the same),
+    but costs a server more per event: the watcher adds it only to go past such a change."""
+    match = [{"$match": {"$or": [{"ns.coll": {"$in": [cfg.posts, cfg.likes, cfg.comments]}},
+                                 {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
+    if not places:
+        return match
+    documents = {"$add": [_size("$fullDocument"), _size("$fullDocumentBeforeChange"), _size("$updateDescription")]}
+    place = {name: f"${name}" for name in ("_id", "operationType", "clusterTime", "wallTime", "ns", "documentKey",
+                                            "lsid", "txnNumber")}
+    return [*match, {"$replaceWith": {"$cond": [{"$gt": [documents, EVENT_DOCUMENTS_MAX]},
+                                                {**place, TOO_LARGE: True}, "$$ROOT"]}}]
 
 
 def _key(change: dict[str, Any]) -> Any:
@@ -392,6 +415,8 @@ def map_change(change: dict[str, Any], position: int, cfg: MappingConfig,
     coll = _coll(change)
     if op not in ("insert", "update", "replace", "delete") or coll not in (cfg.posts, cfg.likes, cfg.comments):
         return Mapped(skipped=SKIP_NOT_WATCHED)
+    if change.get(TOO_LARGE) is True:  # its documents did not come (see stream_pipeline)
+        return Mapped(skipped=SKIP_TOO_LARGE)
     builder = _Builder(change, position, at)
     known = post if post is not None and post.since <= builder.at else None  # post.as_of(builder.at)
     if coll == cfg.posts:

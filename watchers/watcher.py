@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from realtime import events as ev
 from realtime.backoff import backoff
 from realtime.events import Event
+from realtime.ids import id_text
 from realtime.metrics import STAGE_LATENCY, Registry
 from realtime.tasks import cancel_all
 from watchers import mapping
@@ -54,6 +55,7 @@ log = logging.getLogger("realtime.watcher")
 
 HISTORY_LOST = {286: "history_lost", 280: "token_not_found", 260: "invalid_token"}
 EVENT_TOO_LARGE = 10334  # BSONObjectTooLarge: a change event (with its documents) over 16 MB
+EVENT_TOO_LARGE_REASON = "event_too_large"  # the reason of the reset marker in place of such a change
 STREAM_STARTED = "stream_started"  # a reset marker's reason: a stream that follows nothing Redis holds
 PING_TIMEOUT = 2.0  # seconds /readyz waits for MongoDB's answer when the watcher is not hearing from it
 # Redis answers that mean it cannot serve for now (full, a read-only replica after a failover, a cluster
@@ -251,7 +253,8 @@ class Watcher:
                              lookup_documents=cfg.full_document == "updateLookup",
                              tombstone_ms=int(cfg.tombstone_seconds * 1000),
                              on_as_of_now=lambda: self.metrics.skipped.inc(reason="visibility_as_of_now"))
-        self.like_counts = LikeCounts(mongo, self.db, cfg.mapping, self.pipeline(),
+        # (its reads again of a transaction's changes may meet one MongoDB cannot send: they ask for places)
+        self.like_counts = LikeCounts(mongo, self.db, cfg.mapping, mapping.stream_pipeline(cfg.mapping, places=True),
                                       on_approximate=lambda: self.metrics.skipped.inc(reason="approximate_seed"),
                                       subject=self.router.subject)
         self.outages = Outages()
@@ -261,6 +264,7 @@ class Watcher:
         self.last_time, self.last_position = -1, -1
         self.last_poll = time.monotonic()
         self.last_checkpoint = 0.0
+        self.places = False  # whether the stream sends the place alone of a change MongoDB cannot send whole
         self.streaming = False  # a change stream is open and being read
         self.caught_up = True  # the last poll of the stream returned nothing
         self.last_wall = 0.0  # wall time of the last change handled
@@ -385,7 +389,7 @@ class Watcher:
 
     # -- the stream --------------------------------------------------------------------------------------
     def pipeline(self) -> list[dict[str, Any]]:
-        return mapping.stream_pipeline(self.cfg.mapping)
+        return mapping.stream_pipeline(self.cfg.mapping, places=self.places)
 
     async def _stream_forever(self, lease: str) -> None:
         """Stream from the resume point; after any failure of Redis or MongoDB, back off, then plan the resume
@@ -405,10 +409,15 @@ class Watcher:
             except (PyMongoError, RedisError, Diverged) as exc:
                 too_large = isinstance(exc, OperationFailure) and exc.code == EVENT_TOO_LARGE
                 self.metrics.errors.inc(kind="event_too_large" if too_large else type(exc).__name__)
-                if too_large:
-                    log.error("a change event is over MongoDB's 16 MB limit, and the stream cannot go past it: "
-                              "nothing after it is published (see docs/operations.md, a change event over 16 MB); "
-                              "retrying: %s", exc)
+                if too_large and not self.places:
+                    # The next stream sends the place of such a change alone, until the watcher is past it.
+                    self.places = True
+                    log.warning("a change event is over MongoDB's 16 MB limit: reading on with its place alone (%s)",
+                                exc)
+                elif too_large:
+                    log.error("a change event is over MongoDB's 16 MB limit, even with its place alone: the stream "
+                              "cannot go past it, and nothing after it is published (see docs/operations.md, a "
+                              "change event over 16 MB); retrying: %s", exc)
                 elif isinstance(exc, Diverged):
                     log.warning("Redis does not hold the last change published (%s): it restarted from older "
                                 "data; planning the resume point again", exc)
@@ -631,8 +640,9 @@ class Watcher:
         # that nothing was ever published, which tells a new deployment from a Redis data loss.
         return ResumePoint(resume_after=start, at=f"{self.last_time}:{self.last_position}")
 
-    async def _reset(self, lease: str, time_part: int, reason: str, extra: dict[str, Any]) -> None:
-        event = Event(f"{time_part}-{MAX_SEQ}", ev.RESET, (ev.ALL_ROOMS,), {"reason": reason, **extra},
+    async def _reset(self, lease: str, time_part: int, reason: str, extra: dict[str, Any], seq: int = MAX_SEQ
+                     ) -> None:
+        event = Event(f"{time_part}-{seq}", ev.RESET, (ev.ALL_ROOMS,), {"reason": reason, **extra},
                       int(time.time() * 1000))
         if await self.publisher.reset(lease=lease, event=event, forget_token=False):
             self.metrics.resets.inc(reason=reason)
@@ -669,12 +679,14 @@ class Watcher:
             self.metrics.read(change, now)
         run: list[dict[str, Any]] = []
         for change in changes:
-            if change.get("operationType", "") not in STREAM_EVENTS:
+            if change.get("operationType", "") not in STREAM_EVENTS and change.get(mapping.TOO_LARGE) is not True:
                 run.append(change)
                 continue
             if run:
                 await self._publish_run(lease, run, read, posts_now)
                 run = []
+            if change.get(mapping.TOO_LARGE) is True:
+                return await self._handle_too_large(lease, change)
             nxt = await self._handle_stream_event(lease, change)
             if nxt is not None:
                 return nxt
@@ -695,6 +707,36 @@ class Watcher:
         reason = {"drop": "collection_dropped", "rename": "collection_renamed"}.get(op, "database_dropped")
         await self._reset(lease, time_part, reason, {"collection": coll} if coll else {})
         return None
+
+    async def _handle_too_large(self, lease: str, change: dict[str, Any]) -> ResumePoint:
+        """A change MongoDB could not send with its documents (over 16 MB in one event): the stream sent its place
+        alone (see :func:`mapping.stream_pipeline`). What it published is unknown: a reset marker takes the place
+        of its events, for every room (clients refetch), and what the watcher knew of its document (a post's
+        routing, a reaction's post, like counts) is forgotten, to be read from MongoDB when next needed. The
+        marker goes first: a watcher stopped before the change is published reads it again, and finds the
+        marker written."""
+        op = change.get("operationType", "")
+        coll = (change.get("ns") or {}).get("coll")
+        time_part, position = self._place(change, self.last_time, self.last_position)
+        self.metrics.changes.inc(collection=str(coll), operation=str(op))
+        self.metrics.skipped.inc(reason=mapping.SKIP_TOO_LARGE)
+        key = id_text((change.get("documentKey") or {}).get("_id"))
+        log.error("change %s (%s on %s, document %s) is over MongoDB's 16 MB limit with its documents: published "
+                  "as a reset marker (%s) in its place", change["_id"]["_data"][:26], op, coll, key,
+                  EVENT_TOO_LARGE_REASON)
+        self.router.clear()
+        extra: dict[str, Any] = {"collection": coll} if isinstance(coll, str) else {}
+        if key is not None:
+            extra["id"] = key
+        await self._reset(lease, time_part, EVENT_TOO_LARGE_REASON, extra, seq=position * ev.EVENTS_PER_CHANGE)
+        cfg = self.cfg.mapping
+        posts = [(key, None, 0)] if coll == cfg.posts and key is not None else []
+        kind = {cfg.likes: "like", cfg.comments: "comment"}.get(coll) if isinstance(coll, str) else None
+        forget = [(kind, key)] if kind is not None and key is not None else []
+        await self._publish_batch(lease, [Pending(change["_id"], f"{time_part}:{position}", [], (), forget, posts)],
+                                  [(change, position)], {})
+        self.places = False  # past it: a stream as cheap as before, from here
+        return ResumePoint(resume_after=change["_id"], at=f"{time_part}:{position}")
 
     @staticmethod
     def _place(change: dict[str, Any], last_time: int, last_position: int) -> tuple[int, int]:

@@ -119,6 +119,29 @@ for _stage in ("$group", "$count"):
         mongomock.aggregate._PIPELINE_HANDLERS[_stage])
 
 
+# -- $bsonSize, which mongomock does not know --------------------------------------------------------
+_parse_expression = mongomock.aggregate._Parser.parse
+
+
+def _parse_with_bson_size(parser: Any, expression: Any) -> Any:
+    """``{$bsonSize: <object>}``: the object's size in encoded BSON bytes; null for null or a missing field."""
+    if not (isinstance(expression, dict) and len(expression) == 1 and "$bsonSize" in expression):
+        return _parse_expression(parser, expression)
+    try:
+        value = parser.parse(expression["$bsonSize"])
+    except KeyError:
+        return None
+    if value is None:
+        return None
+    if not isinstance(value, dict | RawBSONDocument):
+        raise pymongo.errors.OperationFailure(
+            f"$bsonSize requires a document input, found: {bson_type(value)}", 31393)
+    return len(value.raw) if isinstance(value, RawBSONDocument) else len(bson.encode(value))
+
+
+mongomock.aggregate._Parser.parse = _parse_with_bson_size
+
+
 # -- top-level field names that start with "$" ------------------------------------------------------
 # MongoDB 5.0 and later store them ({_id: 1, $a: 1} is a valid insert); mongomock refuses them. Its other check
 # (no NUL in a field name) stays.

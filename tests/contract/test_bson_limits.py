@@ -264,3 +264,16 @@ def test_a_change_event_over_the_limit_fails_the_stream(db: Database[Doc]) -> No
     assert str(info.value).startswith("BSONObj size: ")
     assert "First element: _id: { _data: " in str(info.value)
 
+
+
+def test_bson_size_gives_a_documents_encoded_size(db: Database[Doc]) -> None:
+    """``$bsonSize`` (4.4+): what a pipeline measures an event's documents with before they reach the limit."""
+    docs = [{"_id": 1, "t": "small", "n": {"a": [1, 2]}}, {"_id": 2, "t": "é" * 1000}]
+    db.sizes.insert_many(docs)
+    got = list(db.sizes.aggregate([{"$project": {"s": {"$bsonSize": "$$ROOT"}, "sub": {"$bsonSize": "$n"},
+                                                  "none": {"$bsonSize": "$missing"}}}, {"$sort": {"_id": 1}}]))
+    assert got == [{"_id": 1, "s": len(bson.encode(docs[0])), "sub": len(bson.encode(docs[0]["n"])), "none": None},
+                   {"_id": 2, "s": len(bson.encode(docs[1])), "sub": None, "none": None}]
+    with pytest.raises(OperationFailure) as refused:
+        list(db.sizes.aggregate([{"$project": {"s": {"$bsonSize": "$t"}}}]))
+    assert refused.value.code == 31393

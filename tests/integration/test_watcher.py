@@ -16,6 +16,7 @@ import redis
 from pymongo import MongoClient
 
 from realtime import events as ev
+from realtime.events import parse_id
 from realtime.standin import StandIn
 from tests.conftest import TIMEOUT, RedisServer
 from tests.integration.producer import Producer
@@ -179,18 +180,53 @@ def test_a_new_deployments_watcher_stopped_at_once_goes_on_where_its_stream_star
     assert [e["data"]["id"] for e in stream(r) if e["type"] == ev.POST_CREATED] == [f"down{i}" for i in range(5)]
 
 
-def test_a_change_event_over_16_mb_is_reported_as_such(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
-                                                       watchers: Any) -> None:
-    """A change event MongoDB cannot send (over 16 MB with its pre- and post-image) stops the stream where it is,
-    as on a real server. Not passed yet (docs/operations.md): what this pins is that it says so, in its own words
-    and in its own error kind, and that the watcher lives on."""
+def test_a_change_over_16_mb_is_published_as_a_reset_in_its_place(
+        r: redis.Redis, mongo_client: MongoClient[dict[str, Any]], watchers: Any) -> None:
+    """Pins: a change whose event MongoDB cannot send (over 16 MB with its pre- and post-image) stopped the stream
+    for good, MongoDB closing it at each retry: nothing after it was ever published. The stream now sends its
+    place alone, and the watcher publishes a reset marker there, then goes on."""
     w = leading(watchers("w").start(), r)
-    posts = mongo_client.app.posts
-    posts.insert_one({"_id": "big", "authorId": "u1", "text": "x" * 8_500_000})
-    posts.update_one({"_id": "big"}, {"$set": {"views": 1}})  # the event holds the post twice: 17 MB
-    wait_for(lambda: w.metric("realtime_watcher_errors_total", kind="event_too_large") >= 1, "the error")
-    assert "a change event is over MongoDB's 16 MB limit" in w.log()
-    assert w.proc is not None and w.proc.poll() is None  # alive
+    db = mongo_client.app
+    db.posts.insert_one({"_id": "big", "authorId": "u1", "text": "x" * 8_500_000})
+    db.posts.update_one({"_id": "big"}, {"$set": {"views": 1}})  # the event would hold the post twice: 17 MB
+    db.posts.insert_one({"_id": "after", "authorId": "u1"})
+    db.likes.insert_one({"_id": "l1", "postId": "after", "userId": "u2"})
+    wait_for(lambda: any(e["type"] == ev.POST_LIKED for e in stream(r)), "the like after it")
+    events = stream(r)
+    assert [(e["type"], e["data"].get("reason") or e["data"].get("id")) for e in events] == [
+        (ev.RESET, "stream_started"), (ev.POST_CREATED, "big"), (ev.RESET, "event_too_large"),
+        (ev.POST_CREATED, "after"), (ev.POST_LIKED, "l1"), (ev.NOTIFICATION_NEW, None)]
+    marker = events[2]
+    assert marker["rooms"] == [ev.ALL_ROOMS] and marker["data"] == {"reason": "event_too_large",
+                                                                    "collection": "posts", "id": "big"}
+    assert marker["id"] in [e["id"] for e in stream(r, "{rt}:resets")]
+    assert events[1]["id"] < marker["id"] < events[3]["id"]
+    assert w.metric("realtime_watcher_errors_total", kind="event_too_large") == 1  # refused once, then passed
+    assert w.metric("realtime_watcher_skipped_total", reason="too_large") == 1
+    assert "over MongoDB's 16 MB limit" in w.log()
+
+
+def test_a_change_over_16_mb_inside_a_transaction_keeps_its_place_and_the_counts(
+        r: redis.Redis, mongo_client: MongoClient[dict[str, Any]], watchers: Any) -> None:
+    """The marker takes the change's own place among the transaction's changes (they share a cluster time), and
+    the like counts after it are exact (Redis forgets those it held: they are read from MongoDB again)."""
+    leading(watchers("w").start(), r)
+    db = mongo_client.app
+    db.posts.insert_one({"_id": "p", "authorId": "u1"})
+    db.likes.insert_one({"_id": "big", "postId": "p", "userId": "u9", "pad": "x" * 9_000_000})
+    with mongo_client.start_session() as session, session.start_transaction():
+        db.likes.insert_one({"_id": "a", "postId": "p", "userId": "u2"}, session=session)
+        db.likes.update_one({"_id": "big"}, {"$set": {"seen": True}}, session=session)  # 18 MB with its images
+        db.likes.insert_one({"_id": "b", "postId": "p", "userId": "u3"}, session=session)
+    wait_for(lambda: any(e["type"] == ev.POST_LIKED and e["data"]["id"] == "b" for e in stream(r)), "the last like")
+    events = [e for e in stream(r) if e["type"] in (ev.POST_LIKED, ev.RESET)]
+    assert [(e["type"], e["data"].get("reason") or e["data"]["id"]) for e in events] == [
+        (ev.RESET, "stream_started"), (ev.POST_LIKED, "big"), (ev.POST_LIKED, "a"), (ev.RESET, "event_too_large"),
+        (ev.POST_LIKED, "b")]
+    ids = [parse_id(e["id"]) for e in events[2:]]
+    assert ids == sorted(ids) and ids[0][0] == ids[1][0] == ids[2][0]  # one cluster time, in the changes' order
+    assert [e["data"]["likes"] for e in events if e["type"] == ev.POST_LIKED] == [1, 2, 3]
+    assert db.likes.count_documents({"postId": "p"}) == 3
 
 
 def test_quiet_database_keeps_the_checkpoint_moving(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
