@@ -208,6 +208,13 @@ def post_entry(info: PostInfo) -> dict[str, Any]:
             "tags": None if info.tags is None else list(info.tags)}
 
 
+def blind_entry(at: int) -> PostInfo:
+    """What is known of a post from a change of it at cluster time ``at`` whose documents did not come (over MongoDB's
+    16 MB): nothing, for the changes at that time (a transaction's: a read of MongoDB just before it would show the
+    post as it was before the transaction; routing then fails closed); after it, MongoDB is asked again."""
+    return PostInfo(None, None, at, False, None)
+
+
 def from_entry(entry: Any) -> PostInfo | None:
     """A post index entry read back; None when it is not one (then nothing is known). An entry written by an
     earlier release has no ``tags``: they are unknown."""

@@ -347,6 +347,8 @@ class Router:
         """What a post's index entry tells of it as of the change at cluster time ``at`` (see :meth:`_post`);
         None when MongoDB must be asked."""
         if entry is not None and entry.since <= at:  # entry.as_of(at)
+            if lookup and entry.since < at and entry.author_id is None and entry.public is None:
+                return None  # it knows nothing past its own time (see mapping.blind_entry): ask MongoDB
             if not (lookup and tags and entry.public is True and entry.tags is None):
                 return entry, False
         elif not lookup:

@@ -712,7 +712,8 @@ class Watcher:
         """A change MongoDB could not send with its documents (over 16 MB in one event): the stream sent its place
         alone (see :func:`mapping.stream_pipeline`). What it published is unknown: a reset marker takes the place
         of its events, for every room (clients refetch), and what the watcher knew of its document (a post's
-        routing, a reaction's post, like counts) is forgotten, to be read from MongoDB when next needed. The
+        routing, a reaction's post, like counts) is forgotten, to be read from MongoDB when next needed (a post's
+        routing is unknown for the other changes at its cluster time: see :func:`mapping.blind_entry`). The
         marker goes first: a watcher stopped before the change is published reads it again, and finds the
         marker written."""
         op = change.get("operationType", "")
@@ -730,7 +731,8 @@ class Watcher:
             extra["id"] = key
         await self._reset(lease, time_part, EVENT_TOO_LARGE_REASON, extra, seq=position * ev.EVENTS_PER_CHANGE)
         cfg = self.cfg.mapping
-        posts = [(key, None, 0)] if coll == cfg.posts and key is not None else []
+        posts = [(key, orjson.dumps(mapping.post_entry(mapping.blind_entry(time_part))), 0)] \
+            if coll == cfg.posts and key is not None else []
         kind = {cfg.likes: "like", cfg.comments: "comment"}.get(coll) if isinstance(coll, str) else None
         forget = [(kind, key)] if kind is not None and key is not None else []
         await self._publish_batch(lease, [Pending(change["_id"], f"{time_part}:{position}", [], (), forget, posts)],

@@ -229,6 +229,28 @@ def test_a_change_over_16_mb_inside_a_transaction_keeps_its_place_and_the_counts
     assert db.likes.count_documents({"postId": "p"}) == 3
 
 
+def test_a_post_made_private_by_a_change_over_16_mb_leaks_nothing_to_public_rooms(
+        r: redis.Redis, mongo_client: MongoClient[dict[str, Any]], watchers: Any) -> None:
+    """Pins (found by an outside attack): the reactions that came after such a change in its transaction went to the
+    post's public room: the post, read from MongoDB as of just before the transaction, was public still. Its routing
+    is unknown for the rest of the transaction (nothing public), and read from MongoDB again after it."""
+    leading(watchers("w").start(), r)
+    db = mongo_client.app
+    db.posts.insert_one({"_id": "p", "authorId": "u1", "visibility": "public", "text": "x" * 8_500_000})
+    with mongo_client.start_session() as session, session.start_transaction():
+        db.posts.update_one({"_id": "p"}, {"$set": {"visibility": "private", "text": "y" * 8_500_000}},
+                            session=session)
+        db.comments.insert_one({"_id": "c1", "postId": "p", "userId": "u2", "text": "private"}, session=session)
+        db.likes.insert_one({"_id": "l1", "postId": "p", "userId": "u2"}, session=session)
+    db.comments.insert_one({"_id": "c2", "postId": "p", "userId": "u3", "text": "private too"})
+    wait_for(lambda: any(e["data"].get("id") == "c2" for e in stream(r)), "the comment after the transaction")
+    events = stream(r)
+    assert any(e["type"] == ev.RESET and e["data"].get("reason") == "event_too_large" for e in events)
+    after = [e for e in events if e["data"].get("id") in ("c1", "l1", "c2")]
+    assert after and all(room == "user:u1" for e in after for room in e["rooms"]), after
+    assert [e["rooms"] for e in after if e["data"]["id"] == "c2"] == [["user:u1"]]  # MongoDB asked again
+
+
 def test_quiet_database_keeps_the_checkpoint_moving(r: redis.Redis, mongo_client: MongoClient[dict[str, Any]],
                                                     watchers: Any) -> None:
     watchers("w").start()
