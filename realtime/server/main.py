@@ -10,7 +10,6 @@ from typing import Any
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from realtime.collector import freeze_start_up
 from realtime.config import ConfigError
 from realtime.server import config as config_module
 from realtime.server import lean
@@ -23,13 +22,7 @@ log = logging.getLogger("realtime.server")
 
 def factory() -> Sanic[Any, Any]:
     """Builds the app in each worker process, from the same environment."""
-    app = create_app(config_module.load())
-    app.after_server_start(_freeze_start_up)
-    return app
-
-
-async def _freeze_start_up(app: Sanic[Any, Any]) -> None:
-    freeze_start_up()
+    return create_app(config_module.load())
 
 
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
